@@ -1,0 +1,162 @@
+//! The composition root: the one place that knows every part.
+//!
+//! `App::build` wires configuration, WeChat client, QR pool, store and routes; the caller
+//! passes the listener (tests bind port 0) and the shutdown signal (tests use their own).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, QR_LIFE_MARGIN};
+use crate::http::{self, AppState};
+use crate::login::LoginService;
+use crate::login::pool::QrPool;
+use crate::store::memory::MemoryStore;
+use crate::wechat::api::WechatApi;
+use crate::wechat::error::ApiError;
+use crate::wechat::token::TokenCache;
+
+/// How often expired keys are purged from the in-memory store.
+const PURGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WeChat client could not be built.
+    #[error("cannot set up the WeChat client: {0}")]
+    Wechat(#[from] ApiError),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built, not yet running, wxlogin.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    login: LoginService,
+    store: MemoryStore,
+    cancel: CancellationToken,
+}
+
+impl App {
+    /// Builds the app and binds `config.bind`.
+    pub async fn build(config: &Config, extra: Option<Router>) -> Result<Self, AppError> {
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        Self::with_listener(config, listener, extra)
+    }
+
+    /// Builds the app on a listener the caller bound. `extra` routes (the sandbox's) are
+    /// merged in. Must be called inside a tokio runtime.
+    pub fn with_listener(
+        config: &Config,
+        listener: TcpListener,
+        extra: Option<Router>,
+    ) -> Result<Self, AppError> {
+        let api = WechatApi::new(
+            &config.wechat_api_base,
+            config.appid.clone(),
+            config.secret_key.clone(),
+            config.wechat_timeout,
+        )?;
+        let pool = QrPool::new(
+            TokenCache::new(api),
+            config.pool_size,
+            config.qr_ttl_secs,
+            config.sse_timeout + QR_LIFE_MARGIN,
+        );
+        let store = MemoryStore::new();
+        let login = LoginService::new(pool, Arc::new(store.clone()));
+        let cancel = CancellationToken::new();
+        let state = AppState {
+            login: login.clone(),
+            api_token: config.api_token.clone(),
+            mp_token: config.mp_token.clone(),
+            sse_timeout: config.sse_timeout,
+            sse_keepalive: config.sse_keepalive,
+            shutdown: cancel.clone(),
+        };
+        let mut router = http::router(state);
+        if let Some(extra) = extra {
+            router = router.merge(extra);
+        }
+        Ok(Self {
+            listener,
+            router: http::common_layers(router),
+            login,
+            store,
+            cancel,
+        })
+    }
+
+    /// The address the app listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The login flow, for inspection (tests, the sandbox).
+    pub fn login(&self) -> LoginService {
+        self.login.clone()
+    }
+
+    /// Serves until `shutdown` completes; then open streams end and the call returns once
+    /// in-flight requests are done.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let Self {
+            listener,
+            router,
+            login,
+            store,
+            cancel,
+        } = self;
+        let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
+        let purge_cancel = cancel.child_token();
+        let purge = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => store.purge_expired(),
+                    () = purge_cancel.cancelled() => return,
+                }
+            }
+        });
+        let stop = cancel.clone();
+        // Small SSE writes must leave at once, not wait for Nagle.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: ending open streams");
+                stop.cancel();
+            })
+            .await;
+        cancel.cancel();
+        let _ = tokio::join!(refill, purge);
+        served.map_err(AppError::Serve)
+    }
+}

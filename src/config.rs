@@ -1,0 +1,248 @@
+//! Configuration: the only reader of the environment and `.env`.
+//!
+//! Values come from environment variables and a `.env` file in the working directory; a real
+//! environment variable wins. Everything is parsed and checked once, here: a missing or invalid
+//! setting stops start-up with one line naming it, and secrets are wrapped in [`Secret`] so no
+//! `Debug` print can leak them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::wechat::api::DEFAULT_BASE;
+use crate::wechat::secret::Secret;
+
+/// The longest life WeChat allows a temporary QR code (30 days).
+pub const MAX_QR_TTL_SECS: u64 = 2_592_000;
+/// A QR code is handed out only while it has the stream's wait plus this much life left.
+pub const QR_LIFE_MARGIN: Duration = Duration::from_secs(60);
+
+/// The validated configuration of one wxlogin process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `API_TOKEN`: what a page passes to `/sse?token=`.
+    pub api_token: Secret,
+    /// `APPID`: the Official Account's appid.
+    pub appid: String,
+    /// `SECRET_KEY`: the account's appsecret.
+    pub secret_key: Secret,
+    /// `MP_TOKEN`: the callback Token set in the WeChat console.
+    pub mp_token: Secret,
+    /// `LOG_YAML`: optional logging configuration file.
+    pub log_yaml: Option<PathBuf>,
+    /// `BIND`: where to listen.
+    pub bind: SocketAddr,
+    /// `WECHAT_API_BASE`: the WeChat API (tests and the sandbox point it at the fake).
+    pub wechat_api_base: String,
+    /// `SSE_TIMEOUT_SECS`: how long one stream waits for a scan.
+    pub sse_timeout: Duration,
+    /// `SSE_KEEPALIVE_SECS`: the interval of keep-alive comments on a stream (at most 15 s).
+    pub sse_keepalive: Duration,
+    /// `POOL_SIZE`: QR codes prepared ahead.
+    pub pool_size: usize,
+    /// `QR_TTL_SECS`: the life of a QR code, in seconds.
+    pub qr_ttl_secs: u32,
+    /// `WECHAT_TIMEOUT_MS`: the bound on one WeChat API call.
+    pub wechat_timeout: Duration,
+}
+
+/// A setting that is missing or invalid: start-up stops with this one line.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {setting} {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub setting: &'static str,
+    /// What is wrong with it (never its value when it is a secret).
+    pub problem: String,
+}
+
+fn problem(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads `.env` (if present in the working directory) and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let vars = Self::gather(".env")?;
+        Self::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    /// The variables of `.env` at `path` overlaid by the process environment.
+    pub fn gather(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+        let mut vars = HashMap::new();
+        match dotenvy::from_path_iter(path) {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) =
+                        item.map_err(|e| problem("(.env)", format!("is unreadable: {e}")))?;
+                    vars.insert(k, v);
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(problem("(.env)", format!("is unreadable: {e}"))),
+        }
+        vars.extend(std::env::vars());
+        Ok(vars)
+    }
+
+    /// Builds the configuration from a lookup of variable names (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let required = |k: &'static str| get(k).ok_or_else(|| problem(k, "is missing"));
+
+        let sse_timeout_secs: u64 = parse_or(&get, "SSE_TIMEOUT_SECS", 120)?;
+        if !(1..=86_400).contains(&sse_timeout_secs) {
+            return Err(problem("SSE_TIMEOUT_SECS", "must be between 1 and 86400"));
+        }
+        let keepalive_secs: u64 = parse_or(&get, "SSE_KEEPALIVE_SECS", 15)?;
+        if !(1..=15).contains(&keepalive_secs) {
+            return Err(problem("SSE_KEEPALIVE_SECS", "must be between 1 and 15"));
+        }
+        let pool_size: usize = parse_or(&get, "POOL_SIZE", 10)?;
+        if pool_size > 10_000 {
+            return Err(problem("POOL_SIZE", "must be at most 10000"));
+        }
+        let qr_ttl: u64 = parse_or(&get, "QR_TTL_SECS", 1800)?;
+        if qr_ttl > MAX_QR_TTL_SECS {
+            return Err(problem("QR_TTL_SECS", "must be at most 2592000 (30 days)"));
+        }
+        let needed = sse_timeout_secs + QR_LIFE_MARGIN.as_secs();
+        if qr_ttl < needed {
+            return Err(problem(
+                "QR_TTL_SECS",
+                format!("must be at least SSE_TIMEOUT_SECS + 60 = {needed}"),
+            ));
+        }
+        let wechat_timeout_ms: u64 = parse_or(&get, "WECHAT_TIMEOUT_MS", 3000)?;
+        if !(100..=30_000).contains(&wechat_timeout_ms) {
+            return Err(problem(
+                "WECHAT_TIMEOUT_MS",
+                "must be between 100 and 30000",
+            ));
+        }
+        let base = get("WECHAT_API_BASE").unwrap_or_else(|| DEFAULT_BASE.to_owned());
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(problem("WECHAT_API_BASE", "must be an http(s) URL"));
+        }
+        let api_token = required("API_TOKEN")?;
+        if api_token.len() < 8 {
+            return Err(problem("API_TOKEN", "must be at least 8 characters"));
+        }
+        Ok(Self {
+            api_token: Secret::new(api_token),
+            appid: required("APPID")?,
+            secret_key: Secret::new(required("SECRET_KEY")?),
+            mp_token: Secret::new(required("MP_TOKEN")?),
+            log_yaml: get("LOG_YAML").map(PathBuf::from),
+            bind: parse_or(&get, "BIND", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
+            wechat_api_base: base,
+            sse_timeout: Duration::from_secs(sse_timeout_secs),
+            sse_keepalive: Duration::from_secs(keepalive_secs),
+            pool_size,
+            // Checked above to be at most MAX_QR_TTL_SECS, which fits.
+            qr_ttl_secs: u32::try_from(qr_ttl).unwrap_or(u32::MAX),
+            wechat_timeout: Duration::from_millis(wechat_timeout_ms),
+        })
+    }
+}
+
+fn parse_or<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    setting: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(setting) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| problem(setting, format!("is not valid: {v:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        [
+            ("API_TOKEN", "page-token-123"),
+            ("APPID", "wx123"),
+            ("SECRET_KEY", "s3cret-value"),
+            ("MP_TOKEN", "mp-token"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_credentials_are_set() {
+        let c = load(&base()).unwrap();
+        assert_eq!(c.bind.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.sse_timeout, Duration::from_secs(120));
+        assert_eq!(c.pool_size, 10);
+        assert_eq!(c.qr_ttl_secs, 1800);
+        assert_eq!(c.wechat_api_base, DEFAULT_BASE);
+    }
+
+    #[test]
+    fn a_missing_setting_is_named() {
+        let mut vars = base();
+        vars.remove("MP_TOKEN");
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.to_string(), "configuration: MP_TOKEN is missing");
+    }
+
+    #[test]
+    fn invalid_numbers_and_bounds_are_refused_with_the_setting_named() {
+        for (k, v) in [
+            ("SSE_TIMEOUT_SECS", "abc"),
+            ("SSE_TIMEOUT_SECS", "0"),
+            ("QR_TTL_SECS", "2592001"),
+            ("QR_TTL_SECS", "100"),
+            ("POOL_SIZE", "-1"),
+            ("BIND", "nowhere"),
+            ("WECHAT_API_BASE", "ftp://x"),
+        ] {
+            let mut vars = base();
+            vars.insert(k.into(), v.into());
+            let e = load(&vars).unwrap_err();
+            assert_eq!(e.setting, k, "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_errors() {
+        let c = load(&base()).unwrap();
+        let printed = format!("{c:?}");
+        for secret in ["page-token-123", "s3cret-value", "mp-token"] {
+            assert!(!printed.contains(secret), "{secret} leaked");
+        }
+        let mut vars = base();
+        vars.insert("API_TOKEN".into(), "short".into());
+        assert!(!load(&vars).unwrap_err().to_string().contains("short"));
+    }
+
+    #[test]
+    fn dotenv_values_are_read_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "APPID=wx-from-file\nPATH=overridden\n").unwrap();
+        let vars = Config::gather(path.to_str().unwrap()).unwrap();
+        assert_eq!(vars.get("APPID").map(String::as_str), Some("wx-from-file"));
+        assert_ne!(vars.get("PATH").map(String::as_str), Some("overridden"));
+    }
+}

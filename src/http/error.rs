@@ -1,0 +1,65 @@
+//! The one error type of the HTTP layer. Each variant has its status; the body says what was
+//! wrong with the request, never internal causes (those are logged where they happen).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// 400: the request is malformed; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: a token or signature is missing, wrong or stale.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 404: no such thing (or no longer).
+    #[error("not found")]
+    NotFound,
+    /// 503 with `Retry-After`: cannot serve now; try again later.
+    #[error("{message}")]
+    Unavailable {
+        /// When to try again (rounded up to whole seconds, at least 1).
+        retry_after: Duration,
+        /// What is unavailable.
+        message: &'static str,
+    },
+}
+
+impl HttpError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": self.code(), "message": self.to_string() }));
+        let mut response = (self.status(), body).into_response();
+        if let Self::Unavailable { retry_after, .. } = self {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,42 @@
+//! `GET /qrcode/{scene}.svg`: the QR code of a waiting stream, rendered here from the ticket's
+//! content, so pages need not hotlink mp.weixin.qq.com (which strict referrer or CSP settings
+//! break). Only scenes with a stream waiting are served; the scene is a 128-bit secret.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AppState;
+use super::error::HttpError;
+use crate::wechat::ids::Scene;
+
+/// Renders `content` as an SVG QR code.
+pub fn render_svg(content: &str) -> Option<String> {
+    let code = ::qrcode::QrCode::with_error_correction_level(content, ::qrcode::EcLevel::M).ok()?;
+    Some(
+        code.render::<::qrcode::render::svg::Color<'_>>()
+            .min_dimensions(240, 240)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
+/// The handler.
+pub async fn svg(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
+    let scene = file
+        .strip_suffix(".svg")
+        .and_then(|s| Scene::parse(s).ok())
+        .ok_or(HttpError::NotFound)?;
+    let content = state.login.qr_content(&scene).ok_or(HttpError::NotFound)?;
+    let svg = render_svg(&content).ok_or(HttpError::NotFound)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        svg,
+    ))
+}

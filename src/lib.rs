@@ -1,0 +1,25 @@
+//! wxlogin: log website users in by scanning a WeChat Official Account QR code.
+//!
+//! # Layout
+//! - [`config`]: the only reader of the environment and `.env`; typed, validated, secrets redacted.
+//! - [`wechat`]: the WeChat protocol (API client, access token, callback signature, XML, safe
+//!   mode crypto). No axum, no store: it could be its own crate.
+//! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
+//!   and the one place where a scan is resolved to a stream.
+//! - [`store`]: state that several instances would share (callback dedupe keys, ...).
+//! - [`http`]: the axum adapter: routes, SSE, the callback endpoint, health, errors.
+//! - [`sandbox`]: an in-process fake WeChat and a "phone" that sends signed callbacks; used by
+//!   `wxlogin sandbox`, `wxlogin fake-wechat` and the tests.
+//! - [`app`]: the composition root: builds everything from a [`config::Config`] and runs it.
+//! - [`telemetry`]: tracing setup (`LOG_YAML`, `RUST_LOG`).
+//! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod login;
+pub mod sandbox;
+pub mod store;
+pub mod telemetry;
+pub mod wechat;

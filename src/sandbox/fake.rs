@@ -1,0 +1,435 @@
+//! A fake WeChat API server that behaves like the real one where wxlogin depends on it:
+//! `stable_token` (same token while valid, `force_refresh`), `/cgi-bin/token` (a new token that
+//! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, WeChat's
+//! errcodes for bad credentials and tokens, and fault injection (errcodes, delays) for tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::MAX_QR_TTL_SECS;
+use crate::wechat::error::errcode;
+use crate::wechat::ids::Scene;
+use crate::wechat::secret::Secret;
+
+/// The life of an access token, as WeChat gives it.
+pub const TOKEN_TTL: Duration = Duration::from_secs(7200);
+/// While a token has more than this left, `stable_token` hands the same one back.
+const TOKEN_REUSE_MIN: Duration = Duration::from_secs(300);
+
+/// The credentials of the fake Official Account.
+#[derive(Clone, Debug)]
+pub struct FakeAccount {
+    /// The appid.
+    pub appid: String,
+    /// The appsecret.
+    pub secret: Secret,
+    /// The callback Token (`MP_TOKEN`).
+    pub mp_token: Secret,
+    /// The account's `gh_` id (`ToUserName` of callbacks).
+    pub gh_id: String,
+}
+
+fn random_text(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+impl FakeAccount {
+    /// An account with random credentials.
+    pub fn random() -> Self {
+        Self {
+            appid: format!("wxsandbox{}", &hex::encode(random_text(4))[..8]),
+            secret: Secret::new(random_text(16)),
+            mp_token: Secret::new(random_text(12)),
+            gh_id: "gh_sandbox000001".to_owned(),
+        }
+    }
+}
+
+/// A fault to inject into the next call of an endpoint.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer `{errcode, errmsg}` instead.
+    Errcode(i64),
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+}
+
+/// What the fake has done, for assertions.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls of `stable_token` and `token`.
+    pub token_requests: AtomicU64,
+    /// New tokens minted (the first one included).
+    pub tokens_issued: AtomicU64,
+    /// `force_refresh` calls honoured.
+    pub forced_refreshes: AtomicU64,
+    /// Calls of `qrcode/create`.
+    pub qr_requests: AtomicU64,
+    /// QR codes created.
+    pub qr_created: AtomicU64,
+}
+
+/// A QR code the fake created.
+#[derive(Clone, Debug)]
+pub struct TicketInfo {
+    /// The ticket.
+    pub ticket: String,
+    /// The code's content.
+    pub url: String,
+    /// Its scene.
+    pub scene: String,
+    /// When it stops working.
+    pub expires_at: Instant,
+}
+
+struct IssuedToken {
+    value: String,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct Faults {
+    token: VecDeque<Fault>,
+    qr: VecDeque<Fault>,
+}
+
+pub(crate) struct FakeState {
+    pub(crate) account: FakeAccount,
+    token: Mutex<Option<IssuedToken>>,
+    /// Tickets by the content of their code (what a phone reads).
+    by_url: Mutex<HashMap<String, TicketInfo>>,
+    faults: Mutex<Faults>,
+    pub(crate) counters: Counters,
+    pub(crate) callback_url: Mutex<Option<String>>,
+    pub(crate) http: reqwest::Client,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fake WeChat. Cheap to clone.
+#[derive(Clone)]
+pub struct FakeWechat {
+    pub(crate) state: Arc<FakeState>,
+}
+
+fn error_reply(code: i64) -> Response {
+    let msg = match code {
+        errcode::BUSY => "system error",
+        errcode::INVALID_CREDENTIAL => "invalid credential, access_token is invalid or not latest",
+        errcode::ACCESS_TOKEN_EXPIRED => "access_token expired",
+        errcode::INVALID_APPID => "invalid appid",
+        errcode::INVALID_SECRET => "invalid appsecret",
+        errcode::IP_NOT_WHITELISTED => "invalid ip, not in whitelist",
+        errcode::DAILY_QUOTA => "reach max api daily quota limit",
+        errcode::NO_PERMISSION => "api unauthorized",
+        41001 => "access_token missing",
+        47001 => "data format error",
+        _ => "error",
+    };
+    Json(json!({"errcode": code, "errmsg": msg})).into_response()
+}
+
+impl FakeWechat {
+    /// A fake for `account`; its phone will need [`FakeWechat::set_callback`].
+    pub fn new(account: FakeAccount) -> Self {
+        Self {
+            state: Arc::new(FakeState {
+                account,
+                token: Mutex::new(None),
+                by_url: Mutex::new(HashMap::new()),
+                faults: Mutex::new(Faults::default()),
+                counters: Counters::default(),
+                callback_url: Mutex::new(None),
+                http: reqwest::Client::new(),
+            }),
+        }
+    }
+
+    /// The account.
+    pub fn account(&self) -> &FakeAccount {
+        &self.state.account
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    /// Where the phone sends callbacks (wxlogin's `/wechat_event` URL).
+    pub fn set_callback(&self, url: impl Into<String>) {
+        *lock(&self.state.callback_url) = Some(url.into());
+    }
+
+    /// The next `times` calls of `qrcode/create` meet `fault`.
+    pub fn fail_qr(&self, fault: Fault, times: usize) {
+        lock(&self.state.faults)
+            .qr
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// The next `times` token calls meet `fault`.
+    pub fn fail_token(&self, fault: Fault, times: usize) {
+        lock(&self.state.faults)
+            .token
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Invalidates the current token, as a `/cgi-bin/token` call by another program would.
+    pub fn revoke_token(&self) {
+        *lock(&self.state.token) = None;
+    }
+
+    /// Makes the code of `scene` expire now.
+    pub fn expire_scene(&self, scene: &str) {
+        for info in lock(&self.state.by_url).values_mut() {
+            if info.scene == scene {
+                info.expires_at = Instant::now();
+            }
+        }
+    }
+
+    /// The code the fake made for `scene`, if any.
+    pub fn ticket_for_scene(&self, scene: &str) -> Option<TicketInfo> {
+        lock(&self.state.by_url)
+            .values()
+            .find(|t| t.scene == scene)
+            .cloned()
+    }
+
+    /// The code whose content is `url`, if any.
+    pub fn ticket_for_url(&self, url: &str) -> Option<TicketInfo> {
+        lock(&self.state.by_url).get(url).cloned()
+    }
+
+    /// The fake API's routes, plus `/sandbox/scan` (the phone, see [`super::phone`]).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/cgi-bin/stable_token", post(stable_token))
+            .route("/cgi-bin/token", get(legacy_token))
+            .route("/cgi-bin/qrcode/create", post(qrcode_create))
+            .route("/sandbox/scan", post(super::phone::scan_handler))
+            .with_state(self.clone())
+    }
+
+    async fn take_fault(&self, qr: bool) -> Option<Response> {
+        let fault = {
+            let mut faults = lock(&self.state.faults);
+            if qr {
+                faults.qr.pop_front()
+            } else {
+                faults.token.pop_front()
+            }
+        };
+        match fault? {
+            Fault::Errcode(code) => Some(error_reply(code)),
+            Fault::Delay(d) => {
+                tokio::time::sleep(d).await;
+                None
+            }
+        }
+    }
+
+    fn mint_token(&self) -> (String, u64) {
+        let value = random_text(48);
+        *lock(&self.state.token) = Some(IssuedToken {
+            value: value.clone(),
+            expires_at: Instant::now() + TOKEN_TTL,
+        });
+        self.state
+            .counters
+            .tokens_issued
+            .fetch_add(1, Ordering::Relaxed);
+        (value, TOKEN_TTL.as_secs())
+    }
+
+    fn check_credentials(&self, appid: &str, secret: &str) -> Result<(), Response> {
+        if appid != self.state.account.appid {
+            return Err(error_reply(errcode::INVALID_APPID));
+        }
+        if !self.state.account.secret.ct_eq(secret) {
+            return Err(error_reply(errcode::INVALID_SECRET));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct StableTokenBody {
+    grant_type: String,
+    appid: String,
+    secret: String,
+    #[serde(default)]
+    force_refresh: bool,
+}
+
+async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -> Response {
+    fake.state
+        .counters
+        .token_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(reply) = fake.take_fault(false).await {
+        return reply;
+    }
+    let Ok(body) = serde_json::from_slice::<StableTokenBody>(&body) else {
+        return error_reply(47001);
+    };
+    if body.grant_type != "client_credential" {
+        return error_reply(40002);
+    }
+    if let Err(reply) = fake.check_credentials(&body.appid, &body.secret) {
+        return reply;
+    }
+    if !body.force_refresh {
+        let current = lock(&fake.state.token).as_ref().and_then(|t| {
+            let left = t.expires_at.saturating_duration_since(Instant::now());
+            (left > TOKEN_REUSE_MIN).then(|| (t.value.clone(), left.as_secs()))
+        });
+        if let Some((value, left)) = current {
+            return Json(json!({"access_token": value, "expires_in": left})).into_response();
+        }
+    } else {
+        fake.state
+            .counters
+            .forced_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let (value, ttl) = fake.mint_token();
+    Json(json!({"access_token": value, "expires_in": ttl})).into_response()
+}
+
+#[derive(Deserialize)]
+struct LegacyTokenQuery {
+    appid: Option<String>,
+    secret: Option<String>,
+}
+
+/// `/cgi-bin/token`: always a new token, which revokes the previous one (as WeChat does).
+async fn legacy_token(
+    State(fake): State<FakeWechat>,
+    Query(q): Query<LegacyTokenQuery>,
+) -> Response {
+    fake.state
+        .counters
+        .token_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(reply) = fake.take_fault(false).await {
+        return reply;
+    }
+    if let Err(reply) = fake.check_credentials(
+        q.appid.as_deref().unwrap_or_default(),
+        q.secret.as_deref().unwrap_or_default(),
+    ) {
+        return reply;
+    }
+    let (value, ttl) = fake.mint_token();
+    Json(json!({"access_token": value, "expires_in": ttl})).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+async fn qrcode_create(
+    State(fake): State<FakeWechat>,
+    Query(q): Query<TokenQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    fake.state
+        .counters
+        .qr_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(reply) = fake.take_fault(true).await {
+        return reply;
+    }
+    let Some(token) = q.access_token.filter(|t| !t.is_empty()) else {
+        return error_reply(41001);
+    };
+    {
+        let current = lock(&fake.state.token);
+        match current.as_ref() {
+            Some(t) if t.value == token && t.expires_at > Instant::now() => {}
+            Some(t) if t.value == token => return error_reply(errcode::ACCESS_TOKEN_EXPIRED),
+            _ => return error_reply(errcode::INVALID_CREDENTIAL),
+        }
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error_reply(47001);
+    };
+    let scene = match body["action_name"].as_str() {
+        Some("QR_STR_SCENE") => body["action_info"]["scene"]["scene_str"]
+            .as_str()
+            .filter(|s| (1..=64).contains(&s.len()))
+            .map(str::to_owned),
+        Some("QR_SCENE") => body["action_info"]["scene"]["scene_id"]
+            .as_u64()
+            .map(|n| n.to_string()),
+        _ => None,
+    };
+    let Some(scene) = scene else {
+        return error_reply(47001);
+    };
+    let expire = body["expire_seconds"]
+        .as_u64()
+        .unwrap_or(30)
+        .clamp(1, MAX_QR_TTL_SECS);
+    let mut ticket_bytes = [0u8; 36];
+    rand::rng().fill_bytes(&mut ticket_bytes);
+    let info = TicketInfo {
+        // Real tickets are standard base64 with + / =, which callers must URL-encode.
+        ticket: format!(
+            "gQ{}=",
+            base64::engine::general_purpose::STANDARD.encode(ticket_bytes)
+        ),
+        url: format!("http://weixin.qq.com/q/{}", random_text(16)),
+        scene,
+        expires_at: Instant::now() + Duration::from_secs(expire),
+    };
+    fake.state
+        .counters
+        .qr_created
+        .fetch_add(1, Ordering::Relaxed);
+    let reply = json!({"ticket": info.ticket, "expire_seconds": expire, "url": info.url});
+    {
+        let mut by_url = lock(&fake.state.by_url);
+        // Forget codes that expired long ago, so a long sandbox run stays small.
+        if by_url.len() > 10_000 {
+            let now = Instant::now();
+            by_url.retain(|_, t| t.expires_at + Duration::from_secs(3600) > now);
+        }
+        by_url.insert(info.url.clone(), info);
+    }
+    Json(reply).into_response()
+}
+
+/// Parses a scene the phone was asked to scan, as the real phone reads it from the code.
+pub(crate) fn scene_of(fake: &FakeWechat, target: &ScanTarget) -> Option<TicketInfo> {
+    match target {
+        ScanTarget::Scene(scene) => fake.ticket_for_scene(scene.as_str()),
+        ScanTarget::Url(url) => fake.ticket_for_url(url),
+    }
+}
+
+/// What the phone points at.
+#[derive(Clone, Debug)]
+pub enum ScanTarget {
+    /// A code by its scene (the sandbox page knows the scene).
+    Scene(Scene),
+    /// A code by its content, as a camera reads it.
+    Url(String),
+}

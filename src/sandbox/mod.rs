@@ -1,0 +1,207 @@
+//! The sandbox: wxlogin against an in-process fake WeChat, with a demo page.
+//!
+//! - [`fake`]: the fake WeChat API server (token, QR codes, errcodes, fault injection).
+//! - [`phone`]: the fake phone that scans a code and sends the signed callback.
+//!
+//! `wxlogin sandbox` needs no configuration and never talks to the real WeChat, whatever is
+//! configured: the account's credentials are made up and `WECHAT_API_BASE` points at the fake.
+//! The integration tests use the same fake.
+
+pub mod fake;
+pub mod phone;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::fake::{FakeAccount, FakeWechat};
+use crate::app::{App, AppError};
+use crate::config::{Config, ConfigError};
+use crate::wechat::secret::Secret;
+
+/// The demo page, with `__API_TOKEN__` and `__SANDBOX__` to fill in.
+const SANDBOX_PAGE: &str = include_str!("../../assets/sandbox.html");
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The app failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// A socket could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the fake WeChat on a free loopback port and serves it until `cancel`.
+pub async fn spawn_fake(
+    fake: &FakeWechat,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    serve_fake(fake, listener, cancel)
+}
+
+/// Serves the fake WeChat on `listener` until `cancel`.
+pub fn serve_fake(
+    fake: &FakeWechat,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let router = fake.router();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "fake WeChat stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// The configuration of a sandbox: the fake account's credentials and API, and the rest
+/// (`BIND`, `SSE_TIMEOUT_SECS`, `POOL_SIZE`, `API_TOKEN`, ...) from `vars`. The sandbox listens
+/// on 127.0.0.1:8000 unless `BIND` says otherwise.
+pub fn sandbox_config(
+    vars: &HashMap<String, String>,
+    account: &FakeAccount,
+    fake_addr: SocketAddr,
+) -> Result<Config, ConfigError> {
+    let api_token = vars
+        .get("API_TOKEN")
+        .filter(|t| !t.trim().is_empty())
+        .cloned()
+        .unwrap_or_else(|| format!("sandbox-{}", &phone::random_openid()[1..17]));
+    let overrides: HashMap<&str, String> = HashMap::from([
+        ("APPID", account.appid.clone()),
+        ("SECRET_KEY", account.secret.expose().to_owned()),
+        ("MP_TOKEN", account.mp_token.expose().to_owned()),
+        ("WECHAT_API_BASE", format!("http://{fake_addr}")),
+        ("API_TOKEN", api_token),
+    ]);
+    Config::from_lookup(|k| match overrides.get(k) {
+        Some(v) => Some(v.clone()),
+        None if k == "BIND" => Some(
+            vars.get(k)
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1:8000".into()),
+        ),
+        None => vars.get(k).cloned(),
+    })
+}
+
+#[derive(Clone)]
+struct PageState {
+    fake: FakeWechat,
+    api_token: Secret,
+}
+
+/// The sandbox's own routes: the demo page at `/` and the phone at `/sandbox/scan`.
+pub fn sandbox_routes(fake: &FakeWechat, api_token: &Secret) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route(
+            "/sandbox/scan",
+            post(phone::scan_handler).with_state(fake.clone()),
+        )
+        .with_state(PageState {
+            fake: fake.clone(),
+            api_token: api_token.clone(),
+        })
+}
+
+async fn page(State(state): State<PageState>) -> impl IntoResponse {
+    let _ = &state.fake;
+    // The sandbox's token is made up for this run; showing it on the demo page is its purpose.
+    let html = SANDBOX_PAGE
+        .replace("__API_TOKEN__", state.api_token.expose())
+        .replace("__SANDBOX__", "true");
+    ([(header::CACHE_CONTROL, "no-store")], Html(html))
+}
+
+/// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`.
+pub async fn run(
+    vars: HashMap<String, String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SandboxError> {
+    let account = FakeAccount::random();
+    let fake = FakeWechat::new(account.clone());
+    let cancel = CancellationToken::new();
+    let fake_addr = spawn_fake(&fake, cancel.clone()).await?;
+    let config = sandbox_config(&vars, &account, fake_addr)?;
+    let app = App::build(&config, Some(sandbox_routes(&fake, &config.api_token))).await?;
+    let addr = app.local_addr()?;
+    let callback_host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    fake.set_callback(format!("http://{callback_host}/wechat_event"));
+    eprintln!(
+        "\n  wxlogin SANDBOX: a fake WeChat runs in this process; the real WeChat is never contacted.\n  \
+         Open http://{callback_host}/ and press \"scan\".\n  \
+         Streams: GET http://{callback_host}/sse?token={}\n",
+        config.api_token.expose()
+    );
+    tracing::info!(%addr, fake = %fake_addr, "sandbox running");
+    let result = app.run_until(shutdown).await;
+    cancel.cancel();
+    result.map_err(Into::into)
+}
+
+/// `wxlogin fake-wechat`: only the fake WeChat API, on 127.0.0.1:`port`. The account is read
+/// from `APPID`, `SECRET_KEY` and `MP_TOKEN` (so a wxlogin with the same settings can use it).
+pub async fn run_fake(
+    vars: HashMap<String, String>,
+    port: u16,
+    callback: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), SandboxError> {
+    let get = |k: &'static str| {
+        vars.get(k)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or(ConfigError {
+                setting: k,
+                problem: "is missing (the fake account uses it)".into(),
+            })
+    };
+    let account = FakeAccount {
+        appid: get("APPID")?,
+        secret: Secret::new(get("SECRET_KEY")?),
+        mp_token: Secret::new(get("MP_TOKEN")?),
+        gh_id: "gh_sandbox000001".into(),
+    };
+    let fake = FakeWechat::new(account);
+    fake.set_callback(callback);
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let cancel = CancellationToken::new();
+    let addr = serve_fake(&fake, listener, cancel.clone())?;
+    tracing::info!(%addr, "fake WeChat listening; POST /sandbox/scan to scan");
+    shutdown.await;
+    cancel.cancel();
+    Ok(())
+}
+
+/// Counters of the fake, as JSON (handy when poking the sandbox by hand).
+pub fn counters_json(fake: &FakeWechat) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = fake.counters();
+    Json(serde_json::json!({
+        "token_requests": c.token_requests.load(Relaxed),
+        "tokens_issued": c.tokens_issued.load(Relaxed),
+        "qr_created": c.qr_created.load(Relaxed),
+    }))
+}

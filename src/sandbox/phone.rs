@@ -1,0 +1,249 @@
+//! The fake phone: scans a code the fake WeChat made and sends wxlogin the callback that
+//! WeChat would send: the event XML, signed with `MP_TOKEN`, retried like WeChat retries (5 s
+//! per attempt, three attempts, the same event each time).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::fake::{FakeWechat, ScanTarget, scene_of};
+use crate::wechat::ids::Scene;
+use crate::wechat::signature::signature;
+
+/// WeChat's wait for an answer, and its attempts per event.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts WeChat makes for one event.
+pub const ATTEMPTS: u32 = 3;
+
+/// Seconds since the epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The XML of a scan event, as WeChat writes it. `subscribe` events carry `qrscene_` + scene.
+pub fn scan_xml(
+    gh_id: &str,
+    openid: &str,
+    create_time: i64,
+    new_follower: bool,
+    scene: &str,
+    ticket: &str,
+) -> String {
+    let (event, key) = if new_follower {
+        ("subscribe", format!("qrscene_{scene}"))
+    } else {
+        ("SCAN", scene.to_owned())
+    };
+    format!(
+        "<xml><ToUserName><![CDATA[{gh_id}]]></ToUserName>\n\
+         <FromUserName><![CDATA[{openid}]]></FromUserName>\n\
+         <CreateTime>{create_time}</CreateTime>\n\
+         <MsgType><![CDATA[event]]></MsgType>\n\
+         <Event><![CDATA[{event}]]></Event>\n\
+         <EventKey><![CDATA[{key}]]></EventKey>\n\
+         <Ticket><![CDATA[{ticket}]]></Ticket>\n\
+         </xml>"
+    )
+}
+
+/// The query string of a plaintext-mode push: `signature`, `timestamp`, `nonce`, `openid`.
+pub fn signed_query(mp_token: &str, timestamp: i64, nonce: &str, openid: &str) -> String {
+    let ts = timestamp.to_string();
+    let sig = signature(mp_token, &ts, nonce);
+    let openid = percent_encoding::utf8_percent_encode(openid, percent_encoding::NON_ALPHANUMERIC);
+    format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid={openid}")
+}
+
+/// A random nonce as WeChat sends them (digits).
+pub fn nonce() -> String {
+    rand::rng()
+        .random_range(100_000_000u64..10_000_000_000)
+        .to_string()
+}
+
+/// What wxlogin answered the (last) attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Why the phone could not send a callback.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The fake never made that code.
+    #[error("no such QR code")]
+    UnknownCode,
+    /// The code has expired: WeChat shows the user an error and sends nothing.
+    #[error("the QR code has expired")]
+    Expired,
+    /// No callback URL is set.
+    #[error("no callback URL is configured")]
+    NoCallback,
+    /// Every attempt failed to get an answer.
+    #[error("wxlogin did not answer: {0}")]
+    Unreachable(String),
+}
+
+impl FakeWechat {
+    /// Scans `target` as `openid` (a new follower when `new_follower`) and delivers the
+    /// callback to wxlogin, retrying like WeChat.
+    pub async fn scan(
+        &self,
+        target: &ScanTarget,
+        openid: &str,
+        new_follower: bool,
+    ) -> Result<Delivery, ScanError> {
+        let info = scene_of(self, target).ok_or(ScanError::UnknownCode)?;
+        if info.expires_at <= Instant::now() {
+            return Err(ScanError::Expired);
+        }
+        let xml = scan_xml(
+            &self.account().gh_id,
+            openid,
+            now_secs(),
+            new_follower,
+            &info.scene,
+            &info.ticket,
+        );
+        self.push(openid, xml).await
+    }
+
+    /// Sends `xml` as a signed callback from `openid`, retrying like WeChat.
+    pub async fn push(&self, openid: &str, xml: String) -> Result<Delivery, ScanError> {
+        let url = self
+            .state
+            .callback_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(ScanError::NoCallback)?;
+        let mut last_error = String::new();
+        for attempt in 1..=ATTEMPTS {
+            // Each retry is signed afresh, as WeChat does; the event (and CreateTime) stays.
+            let query = signed_query(
+                self.account().mp_token.expose(),
+                now_secs(),
+                &nonce(),
+                openid,
+            );
+            let sent = self
+                .state
+                .http
+                .post(format!("{url}?{query}"))
+                .header("content-type", "text/xml")
+                .timeout(ATTEMPT_TIMEOUT)
+                .body(xml.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(response) if !response.status().is_server_error() => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    return Ok(Delivery {
+                        status,
+                        body,
+                        attempts: attempt,
+                    });
+                }
+                Ok(response) => last_error = format!("status {}", response.status()),
+                Err(e) => last_error = e.without_url().to_string(),
+            }
+        }
+        Err(ScanError::Unreachable(last_error))
+    }
+}
+
+/// The body of `POST /sandbox/scan`.
+#[derive(Debug, Deserialize)]
+pub struct ScanRequest {
+    /// The code's scene (what the sandbox page knows).
+    pub scene: Option<String>,
+    /// Or the code's content (what a camera reads).
+    pub url: Option<String>,
+    /// Who scans; random when absent.
+    pub openid: Option<String>,
+    /// Scan as a new follower (`subscribe`) instead of a follower (`SCAN`).
+    #[serde(default)]
+    pub new_follower: bool,
+}
+
+/// `POST /sandbox/scan`: the phone, over HTTP.
+pub async fn scan_handler(
+    State(fake): State<FakeWechat>,
+    body: Result<Json<ScanRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let target = match (req.scene, req.url) {
+        (Some(scene), _) => match Scene::parse(&scene) {
+            Ok(scene) => ScanTarget::Scene(scene),
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        },
+        (None, Some(url)) => ScanTarget::Url(url),
+        (None, None) => {
+            return (StatusCode::BAD_REQUEST, "scene or url is required").into_response();
+        }
+    };
+    let openid = req
+        .openid
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(random_openid);
+    match fake.scan(&target, &openid, req.new_follower).await {
+        Ok(delivery) => Json(json!({"openid": openid, "delivery": delivery})).into_response(),
+        Err(e @ (ScanError::UnknownCode | ScanError::Expired)) => {
+            (StatusCode::GONE, e.to_string()).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// A random openid of the usual shape (28 characters starting with `o`).
+pub fn random_openid() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 21];
+    rand::rng().fill(&mut bytes);
+    let mut id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    id.truncate(27);
+    format!("o{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::callback::{Callback, ScanKind, classify};
+    use crate::wechat::xml::parse;
+
+    #[test]
+    fn the_phone_writes_what_wxlogin_reads() {
+        let xml = scan_xml("gh_1", "oUser", 1_409_735_668, true, "abc", "T+/=");
+        let Callback::Scan(scan) = classify(&parse(&xml).unwrap()) else {
+            panic!("not a scan")
+        };
+        assert_eq!(scan.kind, ScanKind::Subscribe);
+        assert_eq!(scan.scene.as_str(), "abc");
+        assert_eq!(scan.openid.as_str(), "oUser");
+    }
+
+    #[test]
+    fn random_openids_look_like_wechat_ones() {
+        let id = random_openid();
+        assert_eq!(id.len(), 28);
+        assert!(id.starts_with('o'));
+    }
+}

@@ -1,0 +1,134 @@
+//! A parsed callback, classified into what wxlogin acts on.
+
+use super::ids::{OpenId, Scene};
+use super::xml::CallbackXml;
+
+/// How the user came to scan: already a follower, or following by this scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanKind {
+    /// `Event=SCAN`: the user already follows the account.
+    Scan,
+    /// `Event=subscribe` with `EventKey=qrscene_…`: the user followed by scanning.
+    Subscribe,
+}
+
+impl ScanKind {
+    /// The event name as WeChat writes it and as the browser receives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scan => "SCAN",
+            Self::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// A scan of a temporary QR code with a scene.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEvent {
+    /// SCAN or subscribe.
+    pub kind: ScanKind,
+    /// The QR code's scene.
+    pub scene: Scene,
+    /// Who scanned.
+    pub openid: OpenId,
+    /// WeChat's `CreateTime`; with the openid it identifies retries of one event.
+    pub create_time: String,
+    /// The account's `gh_` id (for a passive reply).
+    pub account: String,
+}
+
+impl ScanEvent {
+    /// The key under which WeChat's retries of this event are recognised.
+    pub fn dedupe_key(&self) -> String {
+        format!("{}:{}", self.openid.as_str(), self.create_time)
+    }
+}
+
+/// What a callback is, for wxlogin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Callback {
+    /// A scan of a QR code with a scene: possibly a login.
+    Scan(ScanEvent),
+    /// Anything else: messages, menu clicks, plain follows, unfollows, ...
+    Other,
+}
+
+/// Classifies a parsed callback.
+pub fn classify(xml: &CallbackXml) -> Callback {
+    if xml.msg_type.as_deref() != Some("event") {
+        return Callback::Other;
+    }
+    let key = xml.event_key.as_deref().unwrap_or_default();
+    let (kind, scene) = match xml.event.as_deref() {
+        Some("SCAN") => (ScanKind::Scan, key),
+        Some("subscribe") => match key.strip_prefix("qrscene_") {
+            Some(scene) => (ScanKind::Subscribe, scene),
+            None => return Callback::Other,
+        },
+        _ => return Callback::Other,
+    };
+    let (Ok(scene), Some(openid), Some(create_time)) = (
+        Scene::parse(scene),
+        xml.from_user_name.as_deref().filter(|s| !s.is_empty()),
+        xml.create_time.as_deref(),
+    ) else {
+        return Callback::Other;
+    };
+    Callback::Scan(ScanEvent {
+        kind,
+        scene,
+        openid: OpenId::new(openid),
+        create_time: create_time.to_owned(),
+        account: xml.to_user_name.clone().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event: &str, key: Option<&str>) -> CallbackXml {
+        CallbackXml {
+            to_user_name: Some("gh_1".into()),
+            from_user_name: Some("oUser".into()),
+            create_time: Some("1409735668".into()),
+            msg_type: Some("event".into()),
+            event: Some(event.into()),
+            event_key: key.map(Into::into),
+            ..CallbackXml::default()
+        }
+    }
+
+    #[test]
+    fn scan_uses_the_key_as_the_scene() {
+        let Callback::Scan(s) = classify(&event("SCAN", Some("abc"))) else {
+            panic!("not a scan")
+        };
+        assert_eq!((s.kind, s.scene.as_str()), (ScanKind::Scan, "abc"));
+        assert_eq!(s.dedupe_key(), "oUser:1409735668");
+    }
+
+    #[test]
+    fn subscribe_strips_the_leading_prefix_only() {
+        let Callback::Scan(s) = classify(&event("subscribe", Some("qrscene_abc"))) else {
+            panic!("not a scan")
+        };
+        assert_eq!((s.kind, s.scene.as_str()), (ScanKind::Subscribe, "abc"));
+        assert_eq!(
+            classify(&event("subscribe", Some("abc_qrscene_x"))),
+            Callback::Other
+        );
+    }
+
+    #[test]
+    fn plain_follows_other_events_and_messages_are_other() {
+        assert_eq!(classify(&event("subscribe", None)), Callback::Other);
+        assert_eq!(classify(&event("subscribe", Some(""))), Callback::Other);
+        assert_eq!(classify(&event("scan", Some("abc"))), Callback::Other);
+        assert_eq!(classify(&event("CLICK", Some("abc"))), Callback::Other);
+        assert_eq!(classify(&event("SCAN", Some("a/b"))), Callback::Other);
+        let mut text = event("SCAN", Some("abc"));
+        text.msg_type = Some("text".into());
+        assert_eq!(classify(&text), Callback::Other);
+    }
+}

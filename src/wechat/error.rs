@@ -1,0 +1,117 @@
+//! Errors of the WeChat API client, typed the way the protocol is: WeChat said no (with its
+//! errcode), the request failed, or the reply did not parse.
+
+/// errcodes the client acts on. See DESIGN.md, "WeChat facts".
+pub mod errcode {
+    /// System busy: retry with backoff.
+    pub const BUSY: i64 = -1;
+    /// Access token invalid or not the latest.
+    pub const INVALID_CREDENTIAL: i64 = 40001;
+    /// Access token malformed.
+    pub const INVALID_ACCESS_TOKEN: i64 = 40014;
+    /// Access token expired.
+    pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+    /// Bad appid.
+    pub const INVALID_APPID: i64 = 40013;
+    /// Bad appsecret.
+    pub const INVALID_SECRET: i64 = 40125;
+    /// The caller's IP is not on the account's whitelist.
+    pub const IP_NOT_WHITELISTED: i64 = 40164;
+    /// Daily quota of this API reached.
+    pub const DAILY_QUOTA: i64 = 45009;
+    /// Per-minute quota reached.
+    pub const MINUTE_QUOTA: i64 = 45011;
+    /// The account may not use this API.
+    pub const NO_PERMISSION: i64 = 48001;
+}
+
+/// Why a WeChat API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// WeChat answered with a non-zero errcode.
+    #[error("WeChat errcode {errcode}: {errmsg}")]
+    Wechat {
+        /// WeChat's errcode.
+        errcode: i64,
+        /// WeChat's errmsg.
+        errmsg: String,
+    },
+    /// The request did not complete (connect, timeout, non-2xx transport status).
+    #[error("request to WeChat failed: {0}")]
+    Request(#[source] reqwest::Error),
+    /// WeChat answered something we could not read; `body` keeps (the start of) it.
+    #[error("unreadable reply from WeChat: {source}; body starts {body:?}")]
+    Parse {
+        /// Why it did not parse.
+        #[source]
+        source: serde_json::Error,
+        /// The first bytes of the body, for the log.
+        body: String,
+    },
+    /// Forced refreshes are rationed (20 a day, 30 s apart) and none is left now.
+    #[error("the access token was rejected and no forced refresh is allowed right now")]
+    ForceRefreshRationed,
+}
+
+/// How an error should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The access token is bad: refresh and retry once.
+    Token,
+    /// WeChat is busy or unreachable: retry later.
+    Transient,
+    /// A quota is used up: back off for longer.
+    Quota,
+    /// The account or deployment is misconfigured (secret, whitelist, permission): an
+    /// operator must act; retrying will not help.
+    Config,
+    /// Anything else.
+    Other,
+}
+
+impl ApiError {
+    /// WeChat's errcode, when WeChat gave one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            Self::Wechat { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// What this error means for the caller.
+    pub fn kind(&self) -> ErrorKind {
+        use errcode::*;
+        match self {
+            Self::Wechat { errcode, .. } => match *errcode {
+                INVALID_CREDENTIAL | INVALID_ACCESS_TOKEN | ACCESS_TOKEN_EXPIRED => {
+                    ErrorKind::Token
+                }
+                BUSY => ErrorKind::Transient,
+                DAILY_QUOTA | MINUTE_QUOTA => ErrorKind::Quota,
+                INVALID_APPID | INVALID_SECRET | IP_NOT_WHITELISTED | NO_PERMISSION => {
+                    ErrorKind::Config
+                }
+                _ => ErrorKind::Other,
+            },
+            Self::Request(_) | Self::Parse { .. } => ErrorKind::Transient,
+            Self::ForceRefreshRationed => ErrorKind::Token,
+        }
+    }
+
+    /// A sentence for operators: what to fix, for the configuration errors.
+    pub fn advice(&self) -> Option<&'static str> {
+        use errcode::*;
+        match self.errcode()? {
+            INVALID_APPID => Some("APPID is not a valid appid"),
+            INVALID_SECRET => Some("SECRET_KEY (the appsecret) is wrong"),
+            IP_NOT_WHITELISTED => Some(
+                "this server's IP is not on the account's IP whitelist (WeChat console: 设置与开发 → 基本配置 → IP白名单)",
+            ),
+            NO_PERMISSION => {
+                Some("the account may not create QR codes (a verified service account is needed)")
+            }
+            DAILY_QUOTA => Some("the daily quota of this API is used up; it resets at midnight"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The WeChat Official Account protocol, as wxlogin needs it.
+//!
+//! Nothing here knows about axum, the store or the login flow: it turns WeChat's wire formats
+//! into typed values and back, and talks to the WeChat API.
+//! - [`api`]: the HTTP client for `stable_token` and `qrcode/create`.
+//! - [`token`]: the access token cache (one refresh for all callers, retry on token errors).
+//! - [`signature`]: callback signatures (`signature`, `msg_signature`).
+//! - [`crypto`]: safe mode (AES-256-CBC message envelope).
+//! - [`xml`]: the callback XML parser (no DTDs, no entities).
+//! - [`callback`]: a parsed callback classified into what wxlogin acts on.
+//! - [`error`]: the API client's error type.
+//! - [`ids`]: scene, openid and ticket newtypes; [`secret`]: values that never print.
+
+pub mod api;
+pub mod callback;
+pub mod crypto;
+pub mod error;
+pub mod ids;
+pub mod secret;
+pub mod signature;
+pub mod token;
+pub mod xml;

@@ -1,0 +1,239 @@
+//! The callback XML parser.
+//!
+//! WeChat sends a flat `<xml>` element whose children hold text or CDATA. We read only the
+//! top-level fields we know, never resolve DTDs or entities beyond XML's five predefined ones
+//! and character references (so XXE and "billion laughs" have nothing to expand), and refuse
+//! anything that is not well-formed.
+
+use quick_xml::Reader;
+use quick_xml::events::Event;
+
+/// The fields of a callback that wxlogin reads. Absent fields are `None`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CallbackXml {
+    /// The account's `gh_` id.
+    pub to_user_name: Option<String>,
+    /// The sender's openid.
+    pub from_user_name: Option<String>,
+    /// Seconds since the epoch, as WeChat wrote it.
+    pub create_time: Option<String>,
+    /// `event`, `text`, ...
+    pub msg_type: Option<String>,
+    /// `SCAN`, `subscribe`, ... (case-sensitive).
+    pub event: Option<String>,
+    /// The scene (`SCAN`) or `qrscene_` + scene (`subscribe`).
+    pub event_key: Option<String>,
+    /// The QR code's ticket.
+    pub ticket: Option<String>,
+    /// Safe mode's encrypted body.
+    pub encrypt: Option<String>,
+    /// Message id (ordinary messages only).
+    pub msg_id: Option<String>,
+}
+
+/// Why a body is not a callback we can read. Each maps to 400.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// The body declares a DTD: refused, whatever it says.
+    #[error("DTDs are not accepted")]
+    Dtd,
+    /// An entity other than XML's predefined five or a character reference.
+    #[error("undeclared entity &{0};")]
+    Entity(String),
+    /// The root element is not `<xml>`.
+    #[error("the root element must be <xml>")]
+    Root,
+    /// Nesting deeper than any WeChat message uses.
+    #[error("elements nested too deeply")]
+    TooDeep,
+    /// Not well-formed XML.
+    #[error("malformed XML: {0}")]
+    Malformed(String),
+}
+
+/// Deeper than any message WeChat sends (`<xml><ScanCodeInfo><ScanResult>` is 3).
+const MAX_DEPTH: usize = 8;
+
+impl CallbackXml {
+    fn field(&mut self, name: &[u8]) -> Option<&mut Option<String>> {
+        Some(match name {
+            b"ToUserName" => &mut self.to_user_name,
+            b"FromUserName" => &mut self.from_user_name,
+            b"CreateTime" => &mut self.create_time,
+            b"MsgType" => &mut self.msg_type,
+            b"Event" => &mut self.event,
+            b"EventKey" => &mut self.event_key,
+            b"Ticket" => &mut self.ticket,
+            b"Encrypt" => &mut self.encrypt,
+            b"MsgId" => &mut self.msg_id,
+            _ => return None,
+        })
+    }
+}
+
+fn predefined_entity(name: &str) -> Option<char> {
+    Some(match name {
+        "lt" => '<',
+        "gt" => '>',
+        "amp" => '&',
+        "apos" => '\'',
+        "quot" => '"',
+        _ => return None,
+    })
+}
+
+fn malformed(e: impl std::fmt::Display) -> XmlError {
+    XmlError::Malformed(e.to_string())
+}
+
+/// Parses a callback body (already checked to be UTF-8).
+pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
+    let mut reader = Reader::from_str(body);
+    reader.config_mut().check_end_names = true;
+    let mut out = CallbackXml::default();
+    // The element path: depth 1 is <xml>, depth 2 a field.
+    let mut depth = 0usize;
+    let mut current: Option<Vec<u8>> = None;
+    let mut text = String::new();
+    let mut seen_root = false;
+    loop {
+        match reader.read_event().map_err(malformed)? {
+            Event::DocType(_) => return Err(XmlError::Dtd),
+            Event::Start(start) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(XmlError::TooDeep);
+                }
+                if depth == 1 {
+                    if seen_root || start.name().as_ref() != b"xml" {
+                        return Err(XmlError::Root);
+                    }
+                    seen_root = true;
+                } else if depth == 2 {
+                    current = Some(start.name().as_ref().to_vec());
+                    text.clear();
+                }
+            }
+            Event::Empty(start) => {
+                if depth == 0 {
+                    return Err(XmlError::Root);
+                }
+                if depth == 1 {
+                    if let Some(slot) = out.field(start.name().as_ref()) {
+                        *slot = Some(String::new());
+                    }
+                }
+            }
+            Event::End(_) => {
+                if depth == 2 {
+                    if let Some(name) = current.take() {
+                        if let Some(slot) = out.field(&name) {
+                            *slot = Some(std::mem::take(&mut text));
+                        }
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Event::Text(t) if depth == 2 => {
+                text.push_str(&t.decode().map_err(malformed)?);
+            }
+            Event::CData(c) if depth == 2 => {
+                text.push_str(&c.decode().map_err(malformed)?);
+            }
+            Event::GeneralRef(r) => {
+                let ch = match r.resolve_char_ref().map_err(malformed)? {
+                    Some(ch) => ch,
+                    None => {
+                        let name = r.decode().map_err(malformed)?;
+                        predefined_entity(&name).ok_or_else(|| XmlError::Entity(name.into()))?
+                    }
+                };
+                if depth == 2 {
+                    text.push(ch);
+                }
+            }
+            Event::Text(t) => {
+                // Text outside a field: only whitespace is allowed.
+                let s = t.decode().map_err(malformed)?;
+                if !s.trim().is_empty() {
+                    return Err(XmlError::Malformed("text outside an element".into()));
+                }
+            }
+            Event::Eof => break,
+            // Declarations, comments, processing instructions, nested CDATA: ignored.
+            _ => {}
+        }
+    }
+    if !seen_root || depth != 0 {
+        return Err(XmlError::Root);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUBSCRIBE: &str = "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n\
+        <FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>\n\
+        <CreateTime>1409735668</CreateTime>\n\
+        <MsgType><![CDATA[event]]></MsgType>\n\
+        <Event><![CDATA[subscribe]]></Event>\n\
+        <EventKey><![CDATA[qrscene_123123]]></EventKey>\n\
+        <Ticket><![CDATA[TICKET]]></Ticket>\n</xml>";
+
+    #[test]
+    fn reads_the_sample_subscribe_event() {
+        let x = parse(SUBSCRIBE).unwrap();
+        assert_eq!(x.to_user_name.as_deref(), Some("gh_10f6c3c3ac5a"));
+        assert_eq!(
+            x.from_user_name.as_deref(),
+            Some("oyORnuP8q7ou2gfYjqLzSIWZf0rs")
+        );
+        assert_eq!(x.create_time.as_deref(), Some("1409735668"));
+        assert_eq!(x.msg_type.as_deref(), Some("event"));
+        assert_eq!(x.event.as_deref(), Some("subscribe"));
+        assert_eq!(x.event_key.as_deref(), Some("qrscene_123123"));
+        assert_eq!(x.ticket.as_deref(), Some("TICKET"));
+        assert_eq!(x.encrypt, None);
+    }
+
+    #[test]
+    fn predefined_and_character_references_are_resolved() {
+        let x = parse("<xml><EventKey>a&amp;b&#x41;&#66;</EventKey></xml>").unwrap();
+        assert_eq!(x.event_key.as_deref(), Some("a&bAB"));
+    }
+
+    #[test]
+    fn nested_fields_do_not_overwrite_top_level_ones() {
+        let x =
+            parse("<xml><Event>SCAN</Event><ScanCodeInfo><Event>x</Event></ScanCodeInfo></xml>")
+                .unwrap();
+        assert_eq!(x.event.as_deref(), Some("SCAN"));
+    }
+
+    #[test]
+    fn xxe_and_dtds_are_refused() {
+        let xxe = r#"<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><EventKey>&xxe;</EventKey></xml>"#;
+        assert!(matches!(parse(xxe), Err(XmlError::Dtd)));
+        assert!(matches!(
+            parse("<xml><EventKey>&xxe;</EventKey></xml>"),
+            Err(XmlError::Entity(name)) if name == "xxe"
+        ));
+    }
+
+    #[test]
+    fn malformed_documents_are_refused() {
+        for bad in [
+            "",
+            "not xml",
+            "<xml><Event>SCAN</Evnt></xml>",
+            "<xml><Event>SCAN</Event>",
+            "<root><Event>SCAN</Event></root>",
+            "<xml></xml><xml></xml>",
+            "<xml><a><b><c><d><e><f><g><h><i/></h></g></f></e></d></c></b></a></xml>",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
