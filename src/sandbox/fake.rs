@@ -257,14 +257,15 @@ impl FakeWechat {
         (value, TOKEN_TTL.as_secs())
     }
 
-    fn check_credentials(&self, appid: &str, secret: &str) -> Result<(), Response> {
+    /// The errcode for wrong credentials, if they are wrong.
+    fn check_credentials(&self, appid: &str, secret: &str) -> Option<i64> {
         if appid != self.state.account.appid {
-            return Err(error_reply(errcode::INVALID_APPID));
+            return Some(errcode::INVALID_APPID);
         }
         if !self.state.account.secret.ct_eq(secret) {
-            return Err(error_reply(errcode::INVALID_SECRET));
+            return Some(errcode::INVALID_SECRET);
         }
-        Ok(())
+        None
     }
 }
 
@@ -291,8 +292,8 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
     if body.grant_type != "client_credential" {
         return error_reply(40002);
     }
-    if let Err(reply) = fake.check_credentials(&body.appid, &body.secret) {
-        return reply;
+    if let Some(code) = fake.check_credentials(&body.appid, &body.secret) {
+        return error_reply(code);
     }
     if !body.force_refresh {
         let current = lock(&fake.state.token).as_ref().and_then(|t| {
@@ -330,11 +331,11 @@ async fn legacy_token(
     if let Some(reply) = fake.take_fault(false).await {
         return reply;
     }
-    if let Err(reply) = fake.check_credentials(
+    if let Some(code) = fake.check_credentials(
         q.appid.as_deref().unwrap_or_default(),
         q.secret.as_deref().unwrap_or_default(),
     ) {
-        return reply;
+        return error_reply(code);
     }
     let (value, ttl) = fake.mint_token();
     Json(json!({"access_token": value, "expires_in": ttl})).into_response()

@@ -86,7 +86,7 @@ struct SceneStr<'a> {
     scene_str: &'a str,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct QrReply {
     ticket: String,
     expire_seconds: u32,

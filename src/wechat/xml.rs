@@ -152,7 +152,7 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                     text.push(ch);
                 }
             }
-            Event::Text(t) => {
+            Event::Text(t) if depth <= 1 => {
                 // Text outside a field: only whitespace is allowed.
                 let s = t.decode().map_err(malformed)?;
                 if !s.trim().is_empty() {
@@ -160,6 +160,7 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                 }
             }
             Event::Eof => break,
+            // Text of nested elements (depth 3 and more) is not ours to read.
             // Declarations, comments, processing instructions, nested CDATA: ignored.
             _ => {}
         }

@@ -1,0 +1,247 @@
+//! `spawn_app()`: a wxlogin on 127.0.0.1:0 talking to its own fake WeChat, and clients for it.
+
+use std::collections::HashMap;
+use std::sync::Once;
+use std::time::Duration;
+
+use eventsource_stream::{Event, Eventsource};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use wxlogin::app::App;
+use wxlogin::config::Config;
+use wxlogin::login::LoginService;
+use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
+use wxlogin::sandbox::phone;
+
+/// A running wxlogin with its fake WeChat; stopped when dropped.
+pub struct TestApp {
+    pub base: String,
+    pub fake: FakeWechat,
+    pub login: LoginService,
+    pub api_token: String,
+    pub client: reqwest::Client,
+    cancel: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = wxlogin::telemetry::init(None);
+        }
+    });
+}
+
+/// A wxlogin with default settings (short keep-alive, so vanished clients are noticed fast).
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A wxlogin with extra settings (`("SSE_TIMEOUT_SECS", "1")`, ...).
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    init_logs();
+    let cancel = CancellationToken::new();
+    let fake = FakeWechat::new(FakeAccount::random());
+    let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
+        .await
+        .expect("fake WeChat binds");
+    let api_token = "it-api-token-0123456789".to_owned();
+    let account = fake.account();
+    let mut vars: HashMap<String, String> = [
+        ("API_TOKEN", api_token.as_str()),
+        ("APPID", account.appid.as_str()),
+        ("SECRET_KEY", account.secret.expose()),
+        ("MP_TOKEN", account.mp_token.expose()),
+        ("BIND", "127.0.0.1:0"),
+        ("SSE_KEEPALIVE_SECS", "1"),
+        ("POOL_SIZE", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.insert("WECHAT_API_BASE".into(), format!("http://{fake_addr}"));
+    for (k, v) in settings {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
+    let app = App::build(&config, None).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let login = app.login();
+    fake.set_callback(format!("http://{addr}/wechat_event"));
+    let stop = cancel.clone();
+    tokio::spawn(async move { app.run_until(async move { stop.cancelled().await }).await });
+    TestApp {
+        base: format!("http://{addr}"),
+        fake,
+        login,
+        api_token,
+        client: reqwest::Client::new(),
+        cancel,
+    }
+}
+
+/// An open `/sse` stream, read with an event-stream parser.
+pub struct Stream {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    events: BoxStream<'static, Result<Event, String>>,
+}
+
+impl Stream {
+    /// The next data event's JSON, or `None` when the stream ended or `wait` passed.
+    pub async fn next_json_within(&mut self, wait: Duration) -> Option<Value> {
+        match tokio::time::timeout(wait, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(serde_json::from_str(&event.data).expect("JSON data")),
+            _ => None,
+        }
+    }
+
+    /// The next data event's JSON; panics after 10 s.
+    pub async fn next_json(&mut self) -> Value {
+        self.next_json_within(Duration::from_secs(10))
+            .await
+            .expect("an event within 10 s")
+    }
+
+    /// The next raw event (with its id).
+    pub async fn next_event(&mut self) -> Event {
+        tokio::time::timeout(Duration::from_secs(10), self.events.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream open")
+            .expect("well-formed event")
+    }
+
+    /// Whether the stream ends (no further event) within `wait`.
+    pub async fn ends_within(&mut self, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.events.next()).await,
+            Ok(None)
+        )
+    }
+}
+
+impl TestApp {
+    /// Opens `/sse` with the right token.
+    pub async fn open(&self) -> Stream {
+        self.open_with(&format!("token={}", self.api_token)).await
+    }
+
+    /// Opens `/sse` with its first event read: the stream and its scene.
+    pub async fn open_with_qr(&self) -> (Stream, String, Value) {
+        let mut stream = self.open().await;
+        assert_eq!(stream.status, 200);
+        let qr = stream.next_json().await;
+        let scene = qr["scene_id"].as_str().expect("scene_id").to_owned();
+        (stream, scene, qr)
+    }
+
+    /// Opens `/sse?{query}`.
+    pub async fn open_with(&self, query: &str) -> Stream {
+        let response = self
+            .client
+            .get(format!("{}/sse?{query}", self.base))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        Stream {
+            status,
+            headers,
+            events,
+        }
+    }
+
+    /// Scans the code of `scene` through the fake phone.
+    pub async fn scan(&self, scene: &str, openid: &str, new_follower: bool) -> phone::Delivery {
+        let scene = wxlogin::wechat::ids::Scene::parse(scene).expect("scene");
+        self.fake
+            .scan(
+                &wxlogin::sandbox::fake::ScanTarget::Scene(scene),
+                openid,
+                new_follower,
+            )
+            .await
+            .expect("callback delivered")
+    }
+
+    /// POSTs a callback body with the given query string.
+    pub async fn post_callback(
+        &self,
+        query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/wechat_event?{query}", self.base))
+            .header("content-type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A correctly signed query for now.
+    pub fn signed_query(&self, openid: &str) -> String {
+        phone::signed_query(
+            self.fake.account().mp_token.expose(),
+            phone::now_secs(),
+            &phone::nonce(),
+            openid,
+        )
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Waits until `/readyz` says ready (the pool is filled).
+    pub async fn wait_ready(&self) {
+        wait_until(Duration::from_secs(10), || async {
+            self.get("/readyz").await.status() == 200
+        })
+        .await;
+    }
+}
+
+/// Polls `check` until it holds; panics after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a counter of the fake.
+pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::SeqCst)
+}

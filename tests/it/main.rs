@@ -1,0 +1,12 @@
+//! Integration tests: wxlogin on real HTTP (loopback), against the fake WeChat.
+//! One test binary; `helpers` has `spawn_app()`. Set `TEST_LOG=1` to see the service's logs.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod callbacks;
+mod helpers;
+mod sandbox;
+mod startup;
+mod streams;
+mod wechat_faults;

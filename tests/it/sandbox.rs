@@ -1,0 +1,128 @@
+//! `wxlogin sandbox`, as a user runs it: the binary, the page, a click on "scan".
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+        .arg("sandbox")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The banner names the page; wait for it (the server is bound before it is printed).
+    let stderr = child.stderr.take().unwrap();
+    let _child = Killed(child);
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("/sse?token=") {
+                break;
+            }
+        }
+        text
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
+        .await
+        .expect("sandbox starts")
+        .unwrap();
+    assert!(banner.contains("SANDBOX"), "{banner}");
+    assert!(banner.contains("never contacted"), "{banner}");
+
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let page = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("__API_TOKEN__"));
+    let token = html
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page carries the sandbox token")
+        .to_owned();
+
+    // What the page does: open the stream, press "scan".
+    let response = client
+        .get(format!("{base}/sse?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = response.bytes_stream().eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    let qr: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let scene = qr["scene_id"].as_str().unwrap();
+    let svg = client
+        .get(format!("{base}{}", qr["qrcode_svg"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), 200);
+
+    let scan = client
+        .post(format!("{base}/sandbox/scan"))
+        .json(&serde_json::json!({"scene": scene, "openid": "oSandboxUser", "new_follower": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scan.status(), 200);
+    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    assert_eq!(
+        result,
+        serde_json::json!({"userId": "oSandboxUser", "event": "SCAN"})
+    );
+
+    // A scan of a code the fake never made, or a malformed request: clear 4xx.
+    let unknown = client
+        .post(format!("{base}/sandbox/scan"))
+        .json(&serde_json::json!({"scene": "AAAAAAAAAAAAAAAAAAAAAA"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 410);
+    let malformed = client
+        .post(format!("{base}/sandbox/scan"))
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+}
