@@ -13,6 +13,8 @@ use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::login_token::{KeyError, LoginTokens};
+use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::{self, AppState};
 use crate::login::LoginService;
@@ -22,8 +24,8 @@ use crate::wechat::api::WechatApi;
 use crate::wechat::error::ApiError;
 use crate::wechat::token::TokenCache;
 
-/// How often expired keys are purged from the in-memory store.
-const PURGE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often expired sessions and keys are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the app could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +42,27 @@ pub enum AppError {
     /// The WeChat client could not be built.
     #[error("cannot set up the WeChat client: {0}")]
     Wechat(#[from] ApiError),
+    /// The login token key could not be loaded.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
+}
+
+/// The login token issuer the configuration asks for: HS256 with `LOGIN_TOKEN_SECRET`, else
+/// EdDSA with the key in `LOGIN_TOKEN_KEY_FILE`, else EdDSA with a key made now.
+fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
+    let (appid, audience, ttl) = (
+        config.appid.as_str(),
+        config.login_token_audience.as_str(),
+        config.login_token_ttl,
+    );
+    match (&config.login_token_secret, &config.login_token_key_file) {
+        (Some(secret), _) => LoginTokens::hs256(secret, appid, audience, ttl),
+        (None, Some(path)) => LoginTokens::ed25519_from_pem_file(path, appid, audience, ttl),
+        (None, None) => LoginTokens::ed25519_generated(appid, audience, ttl),
+    }
 }
 
 /// A built, not yet running, wxlogin.
@@ -86,13 +106,28 @@ impl App {
             config.sse_timeout + QR_LIFE_MARGIN,
         );
         let store = MemoryStore::new();
-        let login = LoginService::new(pool, Arc::new(store.clone()));
+        let login = LoginService::new(
+            pool,
+            Arc::new(store.clone()),
+            Arc::new(login_tokens(config)?),
+            config.sse_timeout,
+        );
         let cancel = CancellationToken::new();
         let state = AppState {
             login: login.clone(),
             api_token: config.api_token.clone(),
             mp_token: config.mp_token.clone(),
-            sse_timeout: config.sse_timeout,
+            appid: config.appid.clone(),
+            aes_keys: config.aes_keys.clone(),
+            reply_text: config.reply_text.clone(),
+            page_tokens: Arc::new(
+                PageTokens::new(&config.api_token, config.page_token_ttl).map_err(|_| {
+                    KeyError {
+                        setting: "API_TOKEN",
+                        problem: "cannot key page tokens".into(),
+                    }
+                })?,
+            ),
             sse_keepalive: config.sse_keepalive,
             shutdown: cancel.clone(),
         };
@@ -134,11 +169,15 @@ impl App {
         } = self;
         let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
         let purge_cancel = cancel.child_token();
+        let purge_login = login.clone();
         let purge = tokio::spawn(async move {
             let mut tick = tokio::time::interval(PURGE_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => store.purge_expired(),
+                    _ = tick.tick() => {
+                        store.purge_expired();
+                        purge_login.purge_expired();
+                    }
                     () = purge_cancel.cancelled() => return,
                 }
             }

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::wechat::api::DEFAULT_BASE;
+use crate::wechat::crypto::KeyRing;
 use crate::wechat::secret::Secret;
 
 /// The longest life WeChat allows a temporary QR code (30 days).
@@ -46,6 +47,22 @@ pub struct Config {
     pub qr_ttl_secs: u32,
     /// `WECHAT_TIMEOUT_MS`: the bound on one WeChat API call.
     pub wechat_timeout: Duration,
+    /// `ENCODING_AES_KEY` (and `ENCODING_AES_KEY_PREVIOUS` during a rotation): safe mode.
+    pub aes_keys: Option<KeyRing>,
+    /// `LOGIN_TOKEN_SECRET`: sign login tokens with HS256 and this secret instead of EdDSA.
+    pub login_token_secret: Option<Secret>,
+    /// `LOGIN_TOKEN_KEY_FILE`: the Ed25519 key (PKCS#8 PEM) for login tokens; generated at
+    /// start-up when absent.
+    pub login_token_key_file: Option<PathBuf>,
+    /// `LOGIN_TOKEN_TTL_SECS`: the life of a login token.
+    pub login_token_ttl: Duration,
+    /// `LOGIN_TOKEN_AUDIENCE`: the `aud` of login tokens not bound to a page's origin.
+    pub login_token_audience: String,
+    /// `PAGE_TOKEN_TTL_SECS`: the default life of a page token from `POST /tokens`.
+    pub page_token_ttl: Duration,
+    /// `REPLY_TEXT`: the text reply the user sees in WeChat after a login scan (`{time}` is
+    /// replaced by the time); `success` (no reply) when unset.
+    pub reply_text: Option<String>,
 }
 
 /// A setting that is missing or invalid: start-up stops with this one line.
@@ -133,6 +150,53 @@ impl Config {
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(problem("WECHAT_API_BASE", "must be an http(s) URL"));
         }
+        let aes_keys = match get("ENCODING_AES_KEY") {
+            None if get("ENCODING_AES_KEY_PREVIOUS").is_some() => {
+                return Err(problem(
+                    "ENCODING_AES_KEY_PREVIOUS",
+                    "is set without ENCODING_AES_KEY",
+                ));
+            }
+            None => None,
+            Some(current) => {
+                let previous = get("ENCODING_AES_KEY_PREVIOUS");
+                let check = |k: &'static str, v: &str| {
+                    crate::wechat::crypto::AesKey::from_encoding_aes_key(v).map_err(|_| {
+                        problem(
+                            k,
+                            "must be the 43-character EncodingAESKey from the WeChat console",
+                        )
+                    })
+                };
+                let current_key = check("ENCODING_AES_KEY", &current)?;
+                let previous_key = match previous.as_deref() {
+                    Some(p) => Some(check("ENCODING_AES_KEY_PREVIOUS", p)?),
+                    None => None,
+                };
+                Some(KeyRing::new(current_key, previous_key))
+            }
+        };
+        let login_token_ttl: u64 = parse_or(&get, "LOGIN_TOKEN_TTL_SECS", 300)?;
+        if !(10..=86_400).contains(&login_token_ttl) {
+            return Err(problem(
+                "LOGIN_TOKEN_TTL_SECS",
+                "must be between 10 and 86400",
+            ));
+        }
+        let page_token_ttl: u64 = parse_or(&get, "PAGE_TOKEN_TTL_SECS", 300)?;
+        if !(10..=3600).contains(&page_token_ttl) {
+            return Err(problem(
+                "PAGE_TOKEN_TTL_SECS",
+                "must be between 10 and 3600",
+            ));
+        }
+        let login_token_secret = get("LOGIN_TOKEN_SECRET");
+        if login_token_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(problem(
+                "LOGIN_TOKEN_SECRET",
+                "must be at least 32 characters",
+            ));
+        }
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
@@ -151,6 +215,13 @@ impl Config {
             // Checked above to be at most MAX_QR_TTL_SECS, which fits.
             qr_ttl_secs: u32::try_from(qr_ttl).unwrap_or(u32::MAX),
             wechat_timeout: Duration::from_millis(wechat_timeout_ms),
+            aes_keys,
+            login_token_secret: login_token_secret.map(Secret::new),
+            login_token_key_file: get("LOGIN_TOKEN_KEY_FILE").map(PathBuf::from),
+            login_token_ttl: Duration::from_secs(login_token_ttl),
+            login_token_audience: get("LOGIN_TOKEN_AUDIENCE").unwrap_or_else(|| "wxlogin".into()),
+            page_token_ttl: Duration::from_secs(page_token_ttl),
+            reply_text: get("REPLY_TEXT"),
         })
     }
 }
@@ -216,12 +287,40 @@ mod tests {
             ("POOL_SIZE", "-1"),
             ("BIND", "nowhere"),
             ("WECHAT_API_BASE", "ftp://x"),
+            ("ENCODING_AES_KEY", "too-short"),
+            (
+                "ENCODING_AES_KEY",
+                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH",
+            ),
+            (
+                "ENCODING_AES_KEY_PREVIOUS",
+                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            ),
+            ("LOGIN_TOKEN_SECRET", "short"),
+            ("LOGIN_TOKEN_TTL_SECS", "0"),
         ] {
             let mut vars = base();
             vars.insert(k.into(), v.into());
             let e = load(&vars).unwrap_err();
             assert_eq!(e.setting, k, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn safe_mode_keys_are_read_with_rotation() {
+        let mut vars = base();
+        vars.insert(
+            "ENCODING_AES_KEY".into(),
+            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into(),
+        );
+        assert!(load(&vars).unwrap().aes_keys.is_some());
+        vars.insert(
+            "ENCODING_AES_KEY_PREVIOUS".into(),
+            "bcdefghijklmnopqrstuvwxyz0123456789ABCDEFGa".into(),
+        );
+        let keys = load(&vars).unwrap().aes_keys.unwrap();
+        assert!(keys.previous().is_some());
+        assert!(!format!("{keys:?}").contains("abcdefghijklmnop"));
     }
 
     #[test]

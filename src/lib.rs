@@ -1,6 +1,7 @@
 //! wxlogin: log website users in by scanning a WeChat Official Account QR code.
 //!
 //! # Layout
+//! - [`auth`]: the tokens wxlogin issues: login tokens (JWT) for site backends, page tokens.
 //! - [`config`]: the only reader of the environment and `.env`; typed, validated, secrets redacted.
 //! - [`wechat`]: the WeChat protocol (API client, access token, callback signature, XML, safe
 //!   mode crypto). No axum, no store: it could be its own crate.
@@ -15,6 +16,7 @@
 //! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`).
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

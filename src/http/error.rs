@@ -20,6 +20,9 @@ pub enum HttpError {
     /// 404: no such thing (or no longer).
     #[error("not found")]
     NotFound,
+    /// 409: the request conflicts with what happened before (a login token used twice).
+    #[error("{0}")]
+    Conflict(&'static str),
     /// 503 with `Retry-After`: cannot serve now; try again later.
     #[error("{message}")]
     Unavailable {
@@ -36,6 +39,7 @@ impl HttpError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -45,6 +49,7 @@ impl HttpError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -26,6 +26,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let body = json!({
         "ready": pool.healthy,
         "open_streams": state.login.open_streams(),
+        "live_scenes": state.login.live_scenes(),
         "pool": pool,
     });
     (status, Json(body))

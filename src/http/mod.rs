@@ -1,13 +1,17 @@
 //! The axum adapter: routes, and nothing else of the product's logic.
 //!
-//! - [`sse`]: `GET /sse`, the stream a page waits on.
+//! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
+//! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`access`]: who may call what (`API_TOKEN`, page tokens).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`.
 //! - [`error`]: the one error type, each variant with its status.
 
+pub mod access;
 pub mod error;
 pub mod health;
+pub mod login;
 pub mod qrcode;
 pub mod sse;
 pub mod wechat_event;
@@ -16,12 +20,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use std::sync::Arc;
+
+use crate::auth::page_token::PageTokens;
 use crate::login::LoginService;
+use crate::wechat::crypto::KeyRing;
 use crate::wechat::secret::Secret;
 
 /// The largest callback body accepted; WeChat's are a few hundred bytes.
@@ -36,8 +44,14 @@ pub struct AppState {
     pub api_token: Secret,
     /// `MP_TOKEN`, for callback signatures.
     pub mp_token: Secret,
-    /// How long a stream waits for a scan.
-    pub sse_timeout: Duration,
+    /// The account's appid (safe mode checks messages are for it).
+    pub appid: String,
+    /// Safe mode keys, when configured.
+    pub aes_keys: Option<KeyRing>,
+    /// `REPLY_TEXT`, the reply to a login scan.
+    pub reply_text: Option<String>,
+    /// Page tokens.
+    pub page_tokens: Arc<PageTokens>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
     /// Cancelled at shutdown: open streams end so the server can stop.
@@ -56,6 +70,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
         )
         .route("/qrcode/{file}", get(qrcode::svg))
+        .route("/login/{scene}/status", get(login::status))
+        .route("/login/verify", post(login::verify))
+        .route("/tokens", post(login::mint))
+        .route("/.well-known/jwks.json", get(login::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)

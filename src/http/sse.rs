@@ -1,33 +1,40 @@
 //! `GET /sse?token=…`: the stream a page waits on.
 //!
-//! First event: the QR code. Then exactly one of: the scan result, a timeout event after
-//! `SSE_TIMEOUT_SECS`, or nothing at shutdown; then the stream ends. Keep-alive comments keep
-//! proxies from closing it. Every event has an id (`<scene>.<n>`) so a reconnecting
-//! EventSource names what it saw.
+//! First event: the QR code. Then exactly one of: the scan result, a timeout event when the
+//! wait is over, or nothing at shutdown; then the stream ends. Keep-alive comments keep
+//! proxies from closing it. Every event has an id, `<scene>.0` for the QR code and `<scene>.1`
+//! for the last event, so a reconnecting EventSource names what it saw (`Last-Event-ID`) and
+//! resumes its session (same QR code) instead of starting a new one; `?scene=` does the same
+//! for clients that manage reconnection themselves.
 
 use std::convert::Infallible;
 use std::future::ready;
+use std::time::Instant;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use futures_util::stream;
+use futures_util::stream::{self, BoxStream};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use super::access::page_access;
 use super::error::HttpError;
-use crate::login::PendingLogin;
-use crate::login::event::{Lang, LoginEvent, QrIssued, TimeoutEvent};
+use crate::login::event::{Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
+use crate::login::scenes::{Attachment, Resumed, SceneView};
+use crate::wechat::ids::Scene;
 
 /// The query of `/sse`.
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {
-    /// `API_TOKEN`.
+    /// `API_TOKEN` or a page token.
     token: Option<String>,
     /// `en` for English texts; Chinese otherwise.
     lang: Option<String>,
+    /// Resume this scene (as `Last-Event-ID` does).
+    scene: Option<String>,
 }
 
 fn data_event(id: String, data: &impl Serialize) -> Event {
@@ -36,62 +43,98 @@ fn data_event(id: String, data: &impl Serialize) -> Event {
     Event::default().id(id).data(json)
 }
 
+/// The scene a reconnecting client names, and whether it saw the last event already.
+fn named_scene(headers: &HeaderMap, query: Option<&str>) -> Option<(Scene, bool)> {
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    match last_id {
+        Some(id) => {
+            let (scene, seq) = id.rsplit_once('.')?;
+            Some((Scene::parse(scene).ok()?, seq != "0"))
+        }
+        None => Some((Scene::parse(query?).ok()?, false)),
+    }
+}
+
+/// What follows the QR code on the stream.
+enum Tail {
+    /// Wait for the scan on this attachment.
+    Wait(Attachment),
+    /// The result is known already.
+    Result(LoginResult),
+}
+
 /// The handler.
 pub async fn sse(
     State(state): State<AppState>,
     Query(query): Query<SseQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let token = query
-        .token
-        .ok_or(HttpError::Unauthorized("the token parameter is missing"))?;
-    if !state.api_token.ct_eq(&token) {
-        return Err(HttpError::Unauthorized("wrong token"));
-    }
+    let audience = page_access(&state, query.token.as_deref(), &headers)?;
     let lang = Lang::parse(query.lang.as_deref());
-    let PendingLogin { qr, result, guard } = state.login.start().await.map_err(|e| {
-        tracing::warn!(reason = %e.reason, "no QR code for a new stream");
-        HttpError::Unavailable {
-            retry_after: e.retry_after,
-            message: "no QR code can be had from WeChat right now",
+    let resumed = named_scene(&headers, query.scene.as_deref())
+        .and_then(|(scene, has_result)| state.login.resume(&scene, has_result));
+    let (view, tail) = match resumed {
+        Some(Resumed::Waiting(view, attachment)) => {
+            tracing::debug!(scene = %view.qr.scene, "stream resumed");
+            (view, Tail::Wait(attachment))
         }
-    })?;
-    let scene = qr.scene.clone();
-    tracing::debug!(%scene, "stream opened");
-    let first = data_event(
+        Some(Resumed::Result(view, result)) => {
+            tracing::debug!(scene = %view.qr.scene, "stream resumed to a parked result");
+            (view, Tail::Result(result))
+        }
+        None => {
+            let (view, attachment) = state.login.start(audience).await.map_err(|e| {
+                tracing::warn!(reason = %e.reason, "no QR code for a new stream");
+                HttpError::Unavailable {
+                    retry_after: e.retry_after,
+                    message: "no QR code can be had from WeChat right now",
+                }
+            })?;
+            tracing::debug!(scene = %view.qr.scene, "stream opened");
+            (view, Tail::Wait(attachment))
+        }
+    };
+    Ok(respond(&state, &view, tail, lang))
+}
+
+fn qr_event(view: &SceneView) -> Event {
+    let scene = &view.qr.scene;
+    data_event(
         format!("{scene}.0"),
         &QrIssued {
             scene_id: scene.as_str(),
-            qrcode_url: qr.ticket.showqrcode_url(),
-            expire_seconds: qr.remaining().as_secs(),
-            timeout_seconds: state.sse_timeout.as_secs(),
+            qrcode_url: view.qr.ticket.showqrcode_url(),
+            expire_seconds: view.qr.remaining().as_secs(),
+            timeout_seconds: ceil_secs(view.deadline.saturating_duration_since(Instant::now())),
             qrcode_svg: format!("/qrcode/{scene}.svg"),
         },
-    );
-    let timeout = state.sse_timeout;
-    let shutdown = state.shutdown.clone();
-    let last = async move {
-        // The guard lives as long as this future: when the client goes away the body stream
-        // is dropped, the guard with it, and the scene is unregistered.
-        let _guard = guard;
-        tokio::select! {
-            received = result => match received {
-                Ok(result) => {
-                    tracing::info!(%scene, openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
-                    Some(data_event(format!("{scene}.1"), &LoginEvent::from(&result)))
-                }
-                Err(_) => None,
-            },
-            () = tokio::time::sleep(timeout) => {
-                tracing::debug!(%scene, "stream timed out");
-                Some(data_event(format!("{scene}.1"), &TimeoutEvent::new(lang)))
-            }
-            () = shutdown.cancelled() => None,
+    )
+}
+
+/// Whole seconds, rounded up: a fresh 120 s wait reads 120, not 119.
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn result_event(scene: &Scene, result: &LoginResult) -> Event {
+    data_event(format!("{scene}.1"), &LoginEvent::from(result))
+}
+
+fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Response {
+    let first = stream::once(ready(qr_event(view)));
+    let events: BoxStream<'static, Event> = match tail {
+        Tail::Result(result) => first
+            .chain(stream::once(ready(result_event(&view.qr.scene, &result))))
+            .boxed(),
+        Tail::Wait(attachment) => {
+            let last = wait_for_result(attachment, view.deadline, state.shutdown.clone(), lang);
+            first.chain(stream::once(last).filter_map(ready)).boxed()
         }
     };
-    let events = stream::once(ready(first))
-        .chain(stream::once(last).filter_map(ready))
-        .map(Ok::<_, Infallible>);
-    let mut response = Sse::new(events)
+    let mut response = Sse::new(events.map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::new().interval(state.sse_keepalive))
         .into_response();
     // Tells nginx not to buffer the stream (axum already sets Cache-Control: no-cache).
@@ -99,5 +142,44 @@ pub async fn sse(
         HeaderName::from_static("x-accel-buffering"),
         HeaderValue::from_static("no"),
     );
-    Ok(response)
+    response
+}
+
+/// Waits for the scan, the end of the wait, or shutdown. The attachment lives as long as this
+/// future: when the client goes away the body stream is dropped, the attachment with it, and
+/// the stream is detached (its session stays resumable until the deadline).
+async fn wait_for_result(
+    mut attachment: Attachment,
+    deadline: Instant,
+    shutdown: tokio_util::sync::CancellationToken,
+    lang: Lang,
+) -> Option<Event> {
+    enum End {
+        Result(LoginResult),
+        Replaced,
+        Timeout,
+        Shutdown,
+    }
+    let end = tokio::select! {
+        received = &mut attachment.result => match received {
+            Ok(result) => End::Result(result),
+            // A newer stream resumed this session.
+            Err(_) => End::Replaced,
+        },
+        () = tokio::time::sleep_until(deadline.into()) => End::Timeout,
+        () = shutdown.cancelled() => End::Shutdown,
+    };
+    let scene = attachment.scene().clone();
+    match end {
+        End::Result(result) => {
+            tracing::info!(%scene, openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
+            Some(result_event(&scene, &result))
+        }
+        End::Timeout => {
+            tracing::debug!(%scene, "stream timed out");
+            attachment.close();
+            Some(data_event(format!("{scene}.1"), &TimeoutEvent::new(lang)))
+        }
+        End::Replaced | End::Shutdown => None,
+    }
 }

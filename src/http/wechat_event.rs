@@ -1,11 +1,14 @@
 //! `/wechat_event`: WeChat's URL check (GET) and its event pushes (POST).
 //!
 //! A POST is believed only after its signature (constant time) and timestamp (within five
-//! minutes) check out; the body must be UTF-8 XML without DTDs; WeChat's retries of one event
-//! are recognised. Whatever is not a login scan is answered `success` and otherwise ignored.
-//! Answers come well inside WeChat's 5 s: nothing here waits on WeChat.
+//! minutes) check out; in safe mode (`encrypt_type=aes`) the `Encrypt` element must also carry
+//! a valid `msg_signature` and decrypt, with the current or the previous EncodingAESKey, to a
+//! message for our appid. The body must be UTF-8 XML without DTDs; WeChat's retries of one
+//! event are recognised. A login scan may be answered with a text reply (`REPLY_TEXT`,
+//! encrypted with the key that opened the request); everything else gets `success`. Answers
+//! come well inside WeChat's 5 s: nothing here waits on WeChat.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -16,9 +19,11 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::HttpError;
 use crate::login::Outcome;
-use crate::wechat::callback::{Callback, classify};
+use crate::wechat::callback::{Callback, ScanEvent, classify};
+use crate::wechat::crypto::{KeySlot, seal_reply, verify_msg_signature};
+use crate::wechat::reply::text_reply;
 use crate::wechat::signature::verify_signature;
-use crate::wechat::xml;
+use crate::wechat::xml::{self, CallbackXml};
 
 /// How far a callback's `timestamp` may be from our clock.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
@@ -38,8 +43,10 @@ pub struct EventQuery {
     signature: Option<String>,
     timestamp: Option<String>,
     nonce: Option<String>,
-    /// Safe mode: `aes`.
+    /// Safe and compatible mode: `aes`.
     encrypt_type: Option<String>,
+    /// Safe and compatible mode: the signature over the `Encrypt` text.
+    msg_signature: Option<String>,
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
@@ -77,19 +84,67 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
-/// `POST /wechat_event`: checks the callback and delivers a login scan to its stream.
+/// Opens a safe-mode body: checks `msg_signature` over `Encrypt`, then decrypts it. Returns
+/// the inner message and the key that opened it.
+fn open_encrypted(
+    state: &AppState,
+    outer: CallbackXml,
+    q: &EventQuery,
+    timestamp: &str,
+    nonce: &str,
+) -> Result<(CallbackXml, Option<KeySlot>), HttpError> {
+    let Some(keys) = &state.aes_keys else {
+        // Compatible mode carries the plaintext too; without a key that is what we read.
+        if outer.msg_type.is_some() {
+            return Ok((outer, None));
+        }
+        return Err(HttpError::BadRequest(
+            "encrypted callback, but safe mode (ENCODING_AES_KEY) is not configured".into(),
+        ));
+    };
+    let encrypt = outer
+        .encrypt
+        .as_deref()
+        .ok_or_else(|| HttpError::BadRequest("encrypt_type=aes but no Encrypt element".into()))?;
+    let msg_signature = q
+        .msg_signature
+        .as_deref()
+        .ok_or(HttpError::Unauthorized("msg_signature is required"))?;
+    if !verify_msg_signature(
+        state.mp_token.expose(),
+        timestamp,
+        nonce,
+        encrypt,
+        msg_signature,
+    ) {
+        tracing::warn!("encrypted callback with a wrong msg_signature rejected");
+        return Err(HttpError::Unauthorized("msg_signature mismatch"));
+    }
+    // Which step failed stays in the log: telling the sender would make a padding oracle.
+    let opened = keys.open(&state.appid, encrypt).map_err(|e| {
+        tracing::warn!(error = %e, "encrypted callback does not decrypt");
+        HttpError::BadRequest("the Encrypt element cannot be decrypted".into())
+    })?;
+    let inner = xml::parse(&opened.xml).map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    Ok((inner, Some(opened.slot)))
+}
+
+/// `POST /wechat_event`: checks the callback and resolves a login scan.
 pub async fn receive(
     State(state): State<AppState>,
     Query(q): Query<EventQuery>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let (Some(signature), Some(timestamp), Some(nonce)) = (q.signature, q.timestamp, q.nonce)
-    else {
+    let (Some(signature), Some(timestamp), Some(nonce)) = (
+        q.signature.as_deref(),
+        q.timestamp.as_deref(),
+        q.nonce.as_deref(),
+    ) else {
         return Err(HttpError::Unauthorized(
             "signature, timestamp and nonce are required",
         ));
     };
-    if !verify_signature(state.mp_token.expose(), &timestamp, &nonce, &signature) {
+    if !verify_signature(state.mp_token.expose(), timestamp, nonce, signature) {
         tracing::warn!("callback with a wrong signature rejected");
         return Err(HttpError::Unauthorized("signature mismatch"));
     }
@@ -104,31 +159,87 @@ pub async fn receive(
     }
     let text = std::str::from_utf8(&body)
         .map_err(|_| HttpError::BadRequest("the body is not UTF-8".into()))?;
-    let message = xml::parse(text).map_err(|e| HttpError::BadRequest(e.to_string()))?;
-    if q.encrypt_type.as_deref() == Some("aes") && message.msg_type.is_none() {
-        return Err(HttpError::BadRequest(
-            "encrypted callback, but safe mode (ENCODING_AES_KEY) is not configured".into(),
-        ));
-    }
-    if let Callback::Scan(scan) = classify(&message) {
-        let outcome = state.login.complete(&scan).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
-            HttpError::Unavailable {
-                retry_after: std::time::Duration::from_secs(1),
-                message: "temporarily unable to process the event",
-            }
-        })?;
-        match outcome {
-            Outcome::Delivered => {}
-            Outcome::Duplicate => {
-                tracing::debug!(scene = %scan.scene, "retry of a handled callback");
-            }
-            Outcome::NoWaiter => tracing::info!(
-                scene = %scan.scene,
-                openid = %scan.openid.short(),
-                "scan for a QR code no stream waits on: delivered to nobody"
-            ),
+    let outer = xml::parse(text).map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    let (message, slot) = if q.encrypt_type.as_deref() == Some("aes") {
+        open_encrypted(&state, outer, &q, timestamp, nonce)?
+    } else {
+        (outer, None)
+    };
+    let Callback::Scan(scan) = classify(&message) else {
+        return Ok(plain(StatusCode::OK, "success".into()));
+    };
+    let outcome = state.login.complete(&scan).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
+        HttpError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            message: "temporarily unable to process the event",
         }
+    })?;
+    match outcome {
+        Outcome::Delivered => {}
+        Outcome::Parked => tracing::info!(
+            scene = %scan.scene,
+            openid = %scan.openid.short(),
+            "scan while the stream is away: kept for its return"
+        ),
+        Outcome::Duplicate => tracing::debug!(scene = %scan.scene, "retry of a handled callback"),
+        Outcome::NoWaiter => tracing::info!(
+            scene = %scan.scene,
+            openid = %scan.openid.short(),
+            "scan for a QR code no stream waits on: delivered to nobody"
+        ),
     }
-    Ok(plain(StatusCode::OK, "success".into()))
+    match (&state.reply_text, outcome.is_login()) {
+        (Some(template), true) => Ok(reply(&state, &scan, template, slot)),
+        _ => Ok(plain(StatusCode::OK, "success".into())),
+    }
+}
+
+/// Fills `{time}` (HH:MM) and `{date}` (YYYY-MM-DD), in China Standard Time.
+pub fn fill_reply(template: &str) -> String {
+    let beijing =
+        chrono::FixedOffset::east_opt(8 * 3600).map(|tz| chrono::Utc::now().with_timezone(&tz));
+    match beijing {
+        Some(now) => template
+            .replace("{time}", &now.format("%H:%M").to_string())
+            .replace("{date}", &now.format("%Y-%m-%d").to_string()),
+        None => template.to_owned(),
+    }
+}
+
+/// The passive text reply to a login scan, encrypted when the request was.
+fn reply(state: &AppState, scan: &ScanEvent, template: &str, slot: Option<KeySlot>) -> Response {
+    let xml = text_reply(
+        scan.openid.as_str(),
+        &scan.account,
+        now_secs(),
+        &fill_reply(template),
+    );
+    let body = match (slot, &state.aes_keys) {
+        (Some(slot), Some(keys)) => {
+            let timestamp = now_secs().to_string();
+            let nonce = crate::auth::random_id();
+            match seal_reply(
+                keys.key(slot),
+                state.mp_token.expose(),
+                &state.appid,
+                &xml,
+                &timestamp,
+                &nonce,
+            ) {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encrypt the reply; answering success");
+                    return plain(StatusCode::OK, "success".into());
+                }
+            }
+        }
+        _ => xml,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }

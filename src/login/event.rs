@@ -24,14 +24,18 @@ pub struct QrIssued<'a> {
 
 /// The result of a scan, pushed to the stream that waits on the scene.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanResult {
+pub struct LoginResult {
     /// Who scanned.
     pub openid: OpenId,
     /// Follower (`SCAN`) or new follower (`subscribe`).
     pub kind: ScanKind,
+    /// The signed proof of this login for the site's backend (absent only if signing
+    /// failed, which is logged).
+    pub login_token: Option<String>,
 }
 
-/// The JSON of a [`ScanResult`]: `{"userId": openid, "event": "SCAN" | "subscribe"}`.
+/// The JSON of a [`LoginResult`]:
+/// `{"userId": openid, "event": "SCAN" | "subscribe", "login_token": "…"}`.
 #[derive(Debug, Serialize)]
 pub struct LoginEvent<'a> {
     /// The openid.
@@ -39,13 +43,17 @@ pub struct LoginEvent<'a> {
     pub user_id: &'a str,
     /// `SCAN` or `subscribe`.
     pub event: &'static str,
+    /// The signed login token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_token: Option<&'a str>,
 }
 
-impl<'a> From<&'a ScanResult> for LoginEvent<'a> {
-    fn from(r: &'a ScanResult) -> Self {
+impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
+    fn from(r: &'a LoginResult) -> Self {
         Self {
             user_id: r.openid.as_str(),
             event: r.kind.as_str(),
+            login_token: r.login_token.as_deref(),
         }
     }
 }
@@ -98,14 +106,15 @@ mod tests {
 
     #[test]
     fn the_login_event_has_the_fastapi_shape() {
-        let r = ScanResult {
+        let r = LoginResult {
             openid: OpenId::new("oAbc"),
             kind: ScanKind::Subscribe,
+            login_token: Some("a.b.c".into()),
         };
         let json = serde_json::to_value(LoginEvent::from(&r)).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"userId": "oAbc", "event": "subscribe"})
+            serde_json::json!({"userId": "oAbc", "event": "subscribe", "login_token": "a.b.c"})
         );
     }
 

@@ -1,23 +1,22 @@
-//! The product's flow, without HTTP: hand a stream a fresh QR code, and resolve a scan to the
-//! one stream waiting on it.
+//! The product's flow, without HTTP: hand a stream a fresh QR code, resolve a scan to the one
+//! session waiting on it, and let a stream that dropped resume its session.
 //!
 //! - [`pool`]: the stock of fresh QR codes.
-//! - [`registry`]: the streams waiting on this instance.
+//! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
 //! - [`event`]: what the browser receives.
 
 pub mod event;
 pub mod pool;
-pub mod registry;
+pub mod scenes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use self::event::ScanResult;
-use self::pool::{QrCode, QrPool, Unavailable};
-use self::registry::{Registry, WaiterGuard};
+use self::event::LoginResult;
+use self::pool::{QrPool, Unavailable};
+use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
+use crate::auth::login_token::LoginTokens;
 use crate::store::{Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
@@ -29,11 +28,15 @@ pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
 /// Counters of what happened, for operators.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Streams started (a QR code handed out).
+    /// Streams started with a fresh QR code.
     pub streams_started: AtomicU64,
-    /// Scans handed to their waiting stream.
+    /// Streams that resumed a session.
+    pub streams_resumed: AtomicU64,
+    /// Scans handed to an attached stream.
     pub scans_delivered: AtomicU64,
-    /// Scans for which no stream waited (late, unknown, or not ours).
+    /// Scans parked for a stream that is away.
+    pub scans_parked: AtomicU64,
+    /// Scans for which no session waited (late, unknown, or not ours).
     pub scans_undeliverable: AtomicU64,
     /// WeChat's retries of an event already seen.
     pub scans_duplicate: AtomicU64,
@@ -47,20 +50,12 @@ pub struct LoginService {
 
 struct Inner {
     pool: QrPool,
-    registry: Registry,
+    scenes: Scenes,
     store: Arc<dyn Store>,
+    tokens: Arc<LoginTokens>,
+    /// How long a stream waits for a scan.
+    wait: Duration,
     stats: Stats,
-}
-
-/// A stream's login in progress: its QR code, and where the result will arrive. Dropping it
-/// unregisters the scene.
-pub struct PendingLogin {
-    /// The QR code to show.
-    pub qr: QrCode,
-    /// Receives the scan, once.
-    pub result: oneshot::Receiver<ScanResult>,
-    /// Unregisters the scene when dropped.
-    pub guard: WaiterGuard,
 }
 
 /// What became of a scan.
@@ -68,41 +63,70 @@ pub struct PendingLogin {
 pub enum Outcome {
     /// Handed to the stream waiting on its scene.
     Delivered,
-    /// No stream waits on that scene (any more): delivered to nobody.
+    /// Its session waits but no stream is attached: kept for the stream's return.
+    Parked,
+    /// No session waits on that scene (any more): delivered to nobody.
     NoWaiter,
     /// A retry of an event already handled.
     Duplicate,
 }
 
+impl Outcome {
+    /// Whether the scan logged somebody in (delivered now or on resume).
+    pub fn is_login(self) -> bool {
+        matches!(self, Self::Delivered | Self::Parked)
+    }
+}
+
 impl LoginService {
-    /// Builds the service over a QR pool and a store.
-    pub fn new(pool: QrPool, store: Arc<dyn Store>) -> Self {
+    /// Builds the service. `wait` is how long a stream waits for a scan.
+    pub fn new(
+        pool: QrPool,
+        store: Arc<dyn Store>,
+        tokens: Arc<LoginTokens>,
+        wait: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                registry: Registry::new(),
+                scenes: Scenes::new(),
                 store,
+                tokens,
+                wait,
                 stats: Stats::default(),
             }),
         }
     }
 
-    /// Starts a login: takes a fresh QR code and registers the stream that will wait on it.
-    pub async fn start(&self) -> Result<PendingLogin, Unavailable> {
+    /// Starts a login: takes a fresh QR code and opens a session with the stream attached.
+    /// `audience` is who the login token will be for (a page token's origin).
+    pub async fn start(
+        &self,
+        audience: Option<Arc<str>>,
+    ) -> Result<(SceneView, Attachment), Unavailable> {
         let qr = self.inner.pool.take().await?;
-        let (guard, result) = self
-            .inner
-            .registry
-            .register(qr.scene.clone(), Arc::clone(&qr.content));
+        let deadline = Instant::now() + self.inner.wait;
         self.inner
             .stats
             .streams_started
             .fetch_add(1, Ordering::Relaxed);
-        Ok(PendingLogin { qr, result, guard })
+        Ok(self.inner.scenes.open(qr, deadline, audience))
+    }
+
+    /// A reconnecting stream names its scene; see [`Scenes::resume`].
+    pub fn resume(&self, scene: &Scene, has_result: bool) -> Option<Resumed> {
+        let resumed = self.inner.scenes.resume(scene, has_result);
+        if resumed.is_some() {
+            self.inner
+                .stats
+                .streams_resumed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        resumed
     }
 
     /// Resolves a verified scan: once per event (WeChat's retries are recognised), to the one
-    /// stream waiting on its scene, if any.
+    /// session waiting on its scene, if any.
     pub async fn complete(&self, scan: &ScanEvent) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
         if !self
@@ -114,32 +138,76 @@ impl LoginService {
             stats.scans_duplicate.fetch_add(1, Ordering::Relaxed);
             return Ok(Outcome::Duplicate);
         }
-        let result = ScanResult {
-            openid: scan.openid.clone(),
-            kind: scan.kind,
+        let resolution = self.inner.scenes.resolve(&scan.scene, |audience| {
+            let login_token = self
+                .inner
+                .tokens
+                .issue(
+                    scan.openid.as_str(),
+                    scan.scene.as_str(),
+                    scan.kind.as_str(),
+                    audience,
+                )
+                .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
+                .ok();
+            LoginResult {
+                openid: scan.openid.clone(),
+                kind: scan.kind,
+                login_token,
+            }
+        });
+        let (counter, outcome) = match resolution {
+            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered),
+            Resolution::Parked => (&stats.scans_parked, Outcome::Parked),
+            Resolution::Nobody => (&stats.scans_undeliverable, Outcome::NoWaiter),
         };
-        if self.inner.registry.deliver(&scan.scene, result) {
-            stats.scans_delivered.fetch_add(1, Ordering::Relaxed);
-            Ok(Outcome::Delivered)
-        } else {
-            stats.scans_undeliverable.fetch_add(1, Ordering::Relaxed);
-            Ok(Outcome::NoWaiter)
-        }
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(outcome)
     }
 
-    /// The content of the QR code of a stream waiting now (for rendering its image).
+    /// The state of a scene, for polling clients.
+    pub fn status(&self, scene: &Scene) -> Status {
+        self.inner.scenes.status(scene)
+    }
+
+    /// The content of the QR code of a session that still waits (for rendering its image).
     pub fn qr_content(&self, scene: &Scene) -> Option<Arc<str>> {
-        self.inner.registry.content(scene)
+        self.inner.scenes.content(scene)
     }
 
-    /// Streams waiting on this instance now.
+    /// Streams attached now.
     pub fn open_streams(&self) -> usize {
-        self.inner.registry.len()
+        self.inner.scenes.attached()
+    }
+
+    /// Sessions held now (waiting, or holding a result for a returning stream).
+    pub fn live_scenes(&self) -> usize {
+        self.inner.scenes.len()
+    }
+
+    /// Removes sessions whose time is over.
+    pub fn purge_expired(&self) {
+        self.inner.scenes.purge_expired();
     }
 
     /// The QR pool.
     pub fn pool(&self) -> &QrPool {
         &self.inner.pool
+    }
+
+    /// The login token issuer.
+    pub fn tokens(&self) -> &LoginTokens {
+        &self.inner.tokens
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// How long a stream waits for a scan.
+    pub fn wait(&self) -> Duration {
+        self.inner.wait
     }
 
     /// The counters.

@@ -33,8 +33,10 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
-use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
+
+use super::signature::{sign_sorted, verify_sorted};
+use super::xml::push_cdata;
 
 /// Length of an EncodingAESKey as configured in the WeChat admin console.
 pub const ENCODING_AES_KEY_LEN: usize = 43;
@@ -335,21 +337,11 @@ impl KeyRing {
     }
 }
 
-/// Hex SHA-1 of `parts` sorted lexicographically and concatenated.
-fn sha1_sorted(parts: &mut [&str]) -> String {
-    parts.sort_unstable();
-    let mut hasher = Sha1::new();
-    for part in parts.iter() {
-        hasher.update(part.as_bytes());
-    }
-    hex::encode(hasher.finalize())
-}
-
 /// The safe-mode `msg_signature`: hex SHA-1 of `token`, `timestamp`, `nonce` and `encrypt`,
 /// sorted lexicographically and concatenated.
 #[must_use]
 pub fn msg_signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
-    sha1_sorted(&mut [token, timestamp, nonce, encrypt])
+    sign_sorted(&[token, timestamp, nonce, encrypt])
 }
 
 /// Checks a `msg_signature` in constant time (hex case-insensitive).
@@ -361,16 +353,7 @@ pub fn verify_msg_signature(
     encrypt: &str,
     expected: &str,
 ) -> bool {
-    let actual = msg_signature(token, timestamp, nonce, encrypt);
-    let expected = expected.to_ascii_lowercase();
-    actual.as_bytes().ct_eq(expected.as_bytes()).into()
-}
-
-/// Appends `text` as CDATA, splitting any `]]>` so it cannot close the section early.
-fn push_cdata(out: &mut String, text: &str) {
-    out.push_str("<![CDATA[");
-    out.push_str(&text.replace("]]>", "]]]]><![CDATA[>"));
-    out.push_str("]]>");
+    verify_sorted(&[token, timestamp, nonce, encrypt], expected)
 }
 
 /// Appends `text` as escaped XML character data.

@@ -8,6 +8,7 @@
 //! - [`crypto`]: safe mode (AES-256-CBC message envelope).
 //! - [`xml`]: the callback XML parser (no DTDs, no entities).
 //! - [`callback`]: a parsed callback classified into what wxlogin acts on.
+//! - [`reply`]: passive replies (the text the user sees after scanning).
 //! - [`error`]: the API client's error type.
 //! - [`ids`]: scene, openid and ticket newtypes; [`secret`]: values that never print.
 
@@ -16,6 +17,7 @@ pub mod callback;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+pub mod reply;
 pub mod secret;
 pub mod signature;
 pub mod token;

@@ -86,6 +86,13 @@ fn malformed(e: impl std::fmt::Display) -> XmlError {
     XmlError::Malformed(e.to_string())
 }
 
+/// Appends `text` as CDATA, splitting any `]]>` so it cannot close the section early.
+pub fn push_cdata(out: &mut String, text: &str) {
+    out.push_str("<![CDATA[");
+    out.push_str(&text.replace("]]>", "]]]]><![CDATA[>"));
+    out.push_str("]]>");
+}
+
 /// Parses a callback body (already checked to be UTF-8).
 pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
     let mut reader = Reader::from_str(body);

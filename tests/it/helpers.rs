@@ -245,3 +245,11 @@ where
 pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// Asserts a result event: `userId`, `event`, and a `login_token` shaped like a JWT.
+pub fn assert_login(result: &Value, openid: &str, event: &str) {
+    assert_eq!(result["userId"], openid, "{result}");
+    assert_eq!(result["event"], event, "{result}");
+    let token = result["login_token"].as_str().expect("a login_token");
+    assert_eq!(token.split('.').count(), 3, "{token}");
+}

@@ -104,10 +104,8 @@ async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
         .unwrap()
         .unwrap();
     let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
-    assert_eq!(
-        result,
-        serde_json::json!({"userId": "oSandboxUser", "event": "SCAN"})
-    );
+    assert_eq!(result["userId"], "oSandboxUser");
+    assert_eq!(result["event"], "SCAN");
 
     // A scan of a code the fake never made, or a malformed request: clear 4xx.
     let unknown = client

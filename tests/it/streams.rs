@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::helpers::{count, spawn_app, spawn_app_with, wait_until};
+use crate::helpers::{assert_login, count, spawn_app, spawn_app_with, wait_until};
 
 #[tokio::test]
 async fn a_wrong_or_missing_token_gets_401_and_no_qr_code() {
@@ -69,10 +69,7 @@ async fn a_scan_reaches_its_stream_which_then_ends() {
     let event = stream.next_event().await;
     assert_eq!(event.id, format!("{scene}.1"));
     let result: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-    assert_eq!(
-        result,
-        serde_json::json!({"userId": "oFollower123", "event": "SCAN"})
-    );
+    assert_login(&result, "oFollower123", "SCAN");
     assert!(stream.ends_within(Duration::from_secs(2)).await);
     assert_eq!(app.login.open_streams(), 0);
 }
@@ -82,11 +79,7 @@ async fn a_new_follower_scan_arrives_as_subscribe() {
     let app = spawn_app().await;
     let (mut stream, scene, _) = app.open_with_qr().await;
     app.scan(&scene, "oNewFollower", true).await;
-    let result = stream.next_json().await;
-    assert_eq!(
-        result,
-        serde_json::json!({"userId": "oNewFollower", "event": "subscribe"})
-    );
+    assert_login(&stream.next_json().await, "oNewFollower", "subscribe");
 }
 
 #[tokio::test]
@@ -194,23 +187,33 @@ async fn keep_alive_comments_flow_while_waiting() {
 
 #[tokio::test]
 async fn fifty_clients_that_vanish_mid_stream_leave_nothing_behind() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(&[("SSE_TIMEOUT_SECS", "2")]).await;
     let opened = futures_util::future::join_all((0..50).map(|_| app.open_with_qr())).await;
     assert_eq!(app.login.open_streams(), 50);
     let scenes: Vec<String> = opened.iter().map(|(_, s, _)| s.clone()).collect();
     drop(opened);
-    // Keep-alives every second reveal the closed sockets.
+    // Keep-alives every second reveal the closed sockets: the streams are gone at once...
     wait_until(Duration::from_secs(5), || async {
         app.login.open_streams() == 0
+    })
+    .await;
+    // ...and their sessions, kept for a reconnect, end with their wait.
+    wait_until(Duration::from_secs(6), || async {
+        app.login.live_scenes() == 0
     })
     .await;
     for scene in &scenes {
         assert_eq!(app.get(&format!("/qrcode/{scene}.svg")).await.status(), 404);
     }
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["open_streams"], 0);
+    assert_eq!(ready["live_scenes"], 0);
     // Their scans now reach nobody.
     let delivery = app.scan(&scenes[0], "oGone", false).await;
     assert_eq!(delivery.status, 200);
     assert_eq!(count(&app.login.stats().scans_delivered), 0);
+    assert_eq!(count(&app.login.stats().scans_parked), 0);
+    assert_eq!(count(&app.login.stats().scans_undeliverable), 1);
 }
 
 #[tokio::test]

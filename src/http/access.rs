@@ -1,0 +1,69 @@
+//! Who may call what: `API_TOKEN` (server to server, and pages of sites that accept putting
+//! it in browser code, as the FastAPI service required) or a page token minted by
+//! `POST /tokens`.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+
+use super::AppState;
+use super::error::HttpError;
+use crate::auth::page_token::{PageTokenError, normalize_origin, origin_of_url};
+
+/// The origin a browser request comes from: its `Origin`, else the origin of its `Referer`
+/// (browsers omit `Origin` on same-origin GETs).
+pub fn request_origin(headers: &HeaderMap) -> Option<String> {
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null")
+    {
+        return Some(normalize_origin(origin));
+    }
+    headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(origin_of_url)
+}
+
+/// Checks the token a page presents (`?token=`): `API_TOKEN` or a valid page token from the
+/// right origin. Returns the page token's origin, which becomes the login token's audience.
+pub fn page_access(
+    state: &AppState,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<str>>, HttpError> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(HttpError::Unauthorized("the token parameter is missing"))?;
+    if state.api_token.ct_eq(token) {
+        return Ok(None);
+    }
+    match state
+        .page_tokens
+        .verify(token, request_origin(headers).as_deref())
+    {
+        Ok(claims) => Ok(claims.origin.map(Into::into)),
+        Err(PageTokenError::Expired) => Err(HttpError::Unauthorized("the page token has expired")),
+        Err(PageTokenError::WrongOrigin) => Err(HttpError::Unauthorized(
+            "the page token is bound to another origin",
+        )),
+        Err(PageTokenError::Invalid) => Err(HttpError::Unauthorized("wrong token")),
+    }
+}
+
+/// Checks `Authorization: Bearer API_TOKEN` (server-to-server calls).
+pub fn require_api_token(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(HttpError::Unauthorized(
+            "Authorization: Bearer API_TOKEN is required",
+        ))?;
+    if state.api_token.ct_eq(given.trim()) {
+        Ok(())
+    } else {
+        Err(HttpError::Unauthorized("wrong API token"))
+    }
+}

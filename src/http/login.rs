@@ -1,0 +1,170 @@
+//! The login's other doors: polling for clients that cannot hold a stream, the site
+//! backend's verification of a login token, page tokens, and the public key set.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::access::{page_access, require_api_token};
+use super::error::HttpError;
+use crate::auth::login_token::LoginTokenError;
+use crate::auth::page_token::{normalize_origin, origin_of_url};
+use crate::auth::unix_now;
+use crate::login::event::LoginEvent;
+use crate::login::scenes::Status;
+use crate::wechat::ids::Scene;
+
+/// The query of the status endpoint.
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| HttpError::BadRequest(e.body_text()))
+}
+
+/// `GET /login/{scene}/status?token=…`: `pending`, `done` with the result, or `expired`.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(scene): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    page_access(&state, q.token.as_deref(), &headers)?;
+    let body = match Scene::parse(&scene) {
+        Err(_) => json!({"status": "expired"}),
+        Ok(scene) => match state.login.status(&scene) {
+            Status::Pending(view) => json!({
+                "status": "pending",
+                "scene_id": scene.as_str(),
+                "expire_seconds": view.deadline.saturating_duration_since(Instant::now()).as_secs(),
+            }),
+            Status::Done(result) => {
+                let mut body =
+                    serde_json::to_value(LoginEvent::from(&result)).unwrap_or_else(|_| json!({}));
+                body["status"] = "done".into();
+                body
+            }
+            Status::Expired => json!({"status": "expired"}),
+        },
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// The body of `POST /login/verify`.
+#[derive(Debug, Deserialize)]
+pub struct VerifyRequest {
+    /// The token the page received.
+    login_token: String,
+    /// When given, the token must be for this audience.
+    audience: Option<String>,
+}
+
+/// `POST /login/verify` (bearer `API_TOKEN`): valid and unused → 200 with the claims, and
+/// the token is used up; used before → 409; expired, forged or for another audience → 401.
+pub async fn verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    require_api_token(&state, &headers)?;
+    let req = json_body(body)?;
+    let claims = state
+        .login
+        .tokens()
+        .verify(&req.login_token, req.audience.as_deref())
+        .map_err(|e| match e {
+            LoginTokenError::Expired => HttpError::Unauthorized("the login token has expired"),
+            LoginTokenError::WrongAudience => {
+                HttpError::Unauthorized("the login token is for another audience")
+            }
+            LoginTokenError::Invalid => HttpError::Unauthorized("the login token is invalid"),
+        })?;
+    // Keep the used id a little past the token's expiry, after which it is refused anyway.
+    let ttl = Duration::from_secs(claims.exp.saturating_sub(unix_now()) + 60);
+    let first = state
+        .login
+        .store()
+        .claim_once(&format!("jti:{}", claims.jti), ttl)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot record a used login token");
+            HttpError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                message: "temporarily unable to verify",
+            }
+        })?;
+    if !first {
+        return Err(HttpError::Conflict("the login token has been used already"));
+    }
+    Ok(Json(claims).into_response())
+}
+
+/// The body of `POST /tokens` (optional).
+#[derive(Debug, Default, Deserialize)]
+pub struct MintRequest {
+    /// Bind the token to this origin (`https://www.example.com`).
+    origin: Option<String>,
+    /// Life in seconds (default `PAGE_TOKEN_TTL_SECS`, at most 3600).
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /tokens` (bearer `API_TOKEN`): a page token for `/sse` and the status endpoint.
+pub async fn mint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, HttpError> {
+    require_api_token(&state, &headers)?;
+    let req: MintRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        MintRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    if let Some(origin) = &req.origin {
+        // An origin is scheme://host[:port], nothing after it.
+        let valid = origin.len() <= 255
+            && (origin.starts_with("https://") || origin.starts_with("http://"))
+            && origin_of_url(origin).as_deref() == Some(normalize_origin(origin).as_str());
+        if !valid {
+            return Err(HttpError::BadRequest(
+                "origin must look like https://www.example.com".into(),
+            ));
+        }
+    }
+    let ttl = req.ttl_seconds.map(Duration::from_secs);
+    let (token, expires_in) = state
+        .page_tokens
+        .mint(req.origin.as_deref(), ttl)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a page token");
+            HttpError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                message: "temporarily unable to mint tokens",
+            }
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_in": expires_in, "origin": req.origin})),
+    )
+        .into_response())
+}
+
+/// `GET /.well-known/jwks.json`: the public key that signs login tokens (EdDSA).
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(state.login.tokens().jwks()),
+    )
+        .into_response()
+}
