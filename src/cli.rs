@@ -18,9 +18,18 @@ pub enum Command {
     /// `.env`).
     Serve,
     /// Run the service against an in-process fake WeChat, with a demo page: no account needed.
-    Sandbox,
+    Sandbox(SandboxArgs),
     /// Run only the fake WeChat API (for tests and load tools).
     FakeWechat(FakeWechatArgs),
+}
+
+/// Options of `wxlogin sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Run the fake account in safe mode (安全模式): callbacks are AES-encrypted and signed
+    /// with msg_signature, as WeChat does.
+    #[arg(long)]
+    pub safe_mode: bool,
 }
 
 /// Options of `wxlogin fake-wechat`.

@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command.unwrap_or(Command::Serve)
     {
         Command::Serve => serve(&vars).await,
-        Command::Sandbox => wxlogin::sandbox::run(vars, shutdown_signal())
+        Command::Sandbox(args) => wxlogin::sandbox::run(vars, args.safe_mode, shutdown_signal())
             .await
             .map_err(Into::into),
         Command::FakeWechat(args) => {

@@ -38,6 +38,8 @@ pub struct FakeAccount {
     pub mp_token: Secret,
     /// The account's `gh_` id (`ToUserName` of callbacks).
     pub gh_id: String,
+    /// Safe mode: the EncodingAESKey callbacks are encrypted with (plaintext mode if `None`).
+    pub encoding_aes_key: Option<Secret>,
 }
 
 fn random_text(bytes: usize) -> String {
@@ -54,7 +56,19 @@ impl FakeAccount {
             secret: Secret::new(random_text(16)),
             mp_token: Secret::new(random_text(12)),
             gh_id: "gh_sandbox000001".to_owned(),
+            encoding_aes_key: None,
         }
+    }
+
+    /// The same account in safe mode, with a random EncodingAESKey.
+    pub fn with_safe_mode(mut self) -> Self {
+        // 43 characters of the base64 alphabet, as the WeChat console generates them.
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut key = base64::engine::general_purpose::STANDARD.encode(bytes);
+        key.truncate(43);
+        self.encoding_aes_key = Some(Secret::new(key));
+        self
     }
 }
 

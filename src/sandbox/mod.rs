@@ -84,13 +84,19 @@ pub fn sandbox_config(
         .filter(|t| !t.trim().is_empty())
         .cloned()
         .unwrap_or_else(|| format!("sandbox-{}", &phone::random_openid()[1..17]));
-    let overrides: HashMap<&str, String> = HashMap::from([
+    let mut overrides: HashMap<&str, String> = HashMap::from([
         ("APPID", account.appid.clone()),
         ("SECRET_KEY", account.secret.expose().to_owned()),
         ("MP_TOKEN", account.mp_token.expose().to_owned()),
         ("WECHAT_API_BASE", format!("http://{fake_addr}")),
         ("API_TOKEN", api_token),
+        // The sandbox's mode is the fake account's, never a real account's key.
+        ("ENCODING_AES_KEY", String::new()),
+        ("ENCODING_AES_KEY_PREVIOUS", String::new()),
     ]);
+    if let Some(key) = &account.encoding_aes_key {
+        overrides.insert("ENCODING_AES_KEY", key.expose().to_owned());
+    }
     Config::from_lookup(|k| match overrides.get(k) {
         Some(v) => Some(v.clone()),
         None if k == "BIND" => Some(
@@ -131,12 +137,18 @@ async fn page(State(state): State<PageState>) -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(html))
 }
 
-/// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`.
+/// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`. With
+/// `safe_mode` the fake account encrypts its callbacks (安全模式) and wxlogin decrypts them.
 pub async fn run(
     vars: HashMap<String, String>,
+    safe_mode: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SandboxError> {
-    let account = FakeAccount::random();
+    let account = if safe_mode {
+        FakeAccount::random().with_safe_mode()
+    } else {
+        FakeAccount::random()
+    };
     let fake = FakeWechat::new(account.clone());
     let cancel = CancellationToken::new();
     let fake_addr = spawn_fake(&fake, cancel.clone()).await?;
@@ -149,8 +161,13 @@ pub async fn run(
         addr
     };
     fake.set_callback(format!("http://{callback_host}/wechat_event"));
+    let mode = if safe_mode {
+        "safe mode (encrypted callbacks)"
+    } else {
+        "plaintext mode"
+    };
     eprintln!(
-        "\n  wxlogin SANDBOX: a fake WeChat runs in this process; the real WeChat is never contacted.\n  \
+        "\n  wxlogin SANDBOX ({mode}): a fake WeChat runs in this process; the real WeChat is never contacted.\n  \
          Open http://{callback_host}/ and press \"scan\".\n  \
          Streams: GET http://{callback_host}/sse?token={}\n",
         config.api_token.expose()
@@ -183,6 +200,10 @@ pub async fn run_fake(
         secret: Secret::new(get("SECRET_KEY")?),
         mp_token: Secret::new(get("MP_TOKEN")?),
         gh_id: "gh_sandbox000001".into(),
+        encoding_aes_key: vars
+            .get("ENCODING_AES_KEY")
+            .filter(|k| !k.is_empty())
+            .map(Secret::new),
     };
     let fake = FakeWechat::new(account);
     fake.set_callback(callback);

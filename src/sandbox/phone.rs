@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::fake::{FakeWechat, ScanTarget, scene_of};
+use crate::wechat::crypto::{AesKey, msg_signature};
 use crate::wechat::ids::Scene;
 use crate::wechat::signature::signature;
+use crate::wechat::xml::push_cdata;
 
 /// WeChat's wait for an answer, and its attempts per event.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +81,22 @@ pub struct Delivery {
     pub body: String,
     /// Attempts made.
     pub attempts: u32,
+    /// The passive reply's XML (decrypted in safe mode), when wxlogin sent one.
+    pub reply: Option<String>,
+}
+
+/// The reply's XML: the body itself, or in safe mode the decrypted `Encrypt` of it.
+fn read_reply(body: &str, key: Option<&AesKey>, appid: &str) -> Option<String> {
+    if !body.starts_with("<xml") {
+        return None;
+    }
+    match key {
+        None => Some(body.to_owned()),
+        Some(key) => {
+            let outer = crate::wechat::xml::parse(body).ok()?;
+            key.decrypt(appid, outer.encrypt.as_deref()?).ok()
+        }
+    }
 }
 
 /// Why the phone could not send a callback.
@@ -131,32 +149,58 @@ impl FakeWechat {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(ScanError::NoCallback)?;
+        let account = self.account();
+        let token = account.mp_token.expose();
+        // Safe mode: the body is the encrypted envelope, as WeChat sends it.
+        let key = match &account.encoding_aes_key {
+            Some(k) => Some(
+                AesKey::from_encoding_aes_key(k.expose())
+                    .map_err(|e| ScanError::Unreachable(format!("bad EncodingAESKey: {e}")))?,
+            ),
+            None => None,
+        };
+        let (body, encrypted) = match &key {
+            Some(key) => {
+                let encrypted = key
+                    .encrypt(&account.appid, &xml)
+                    .map_err(|e| ScanError::Unreachable(e.to_string()))?;
+                let mut body = String::from("<xml><ToUserName>");
+                push_cdata(&mut body, &account.gh_id);
+                body.push_str("</ToUserName><Encrypt>");
+                push_cdata(&mut body, &encrypted);
+                body.push_str("</Encrypt></xml>");
+                (body, Some(encrypted))
+            }
+            None => (xml, None),
+        };
         let mut last_error = String::new();
         for attempt in 1..=ATTEMPTS {
             // Each retry is signed afresh, as WeChat does; the event (and CreateTime) stays.
-            let query = signed_query(
-                self.account().mp_token.expose(),
-                now_secs(),
-                &nonce(),
-                openid,
-            );
+            let (timestamp, nonce) = (now_secs(), nonce());
+            let mut query = signed_query(token, timestamp, &nonce, openid);
+            if let Some(encrypted) = &encrypted {
+                let signature = msg_signature(token, &timestamp.to_string(), &nonce, encrypted);
+                query.push_str(&format!("&encrypt_type=aes&msg_signature={signature}"));
+            }
             let sent = self
                 .state
                 .http
                 .post(format!("{url}?{query}"))
                 .header("content-type", "text/xml")
                 .timeout(ATTEMPT_TIMEOUT)
-                .body(xml.clone())
+                .body(body.clone())
                 .send()
                 .await;
             match sent {
                 Ok(response) if !response.status().is_server_error() => {
                     let status = response.status().as_u16();
                     let body = response.text().await.unwrap_or_default();
+                    let reply = read_reply(&body, key.as_ref(), &account.appid);
                     return Ok(Delivery {
                         status,
                         body,
                         attempts: attempt,
+                        reply,
                     });
                 }
                 Ok(response) => last_error = format!("status {}", response.status()),

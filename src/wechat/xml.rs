@@ -230,6 +230,23 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn arbitrary_fields_round_trip(key in "[^\\]<>&]{0,60}", user in "[a-zA-Z0-9_-]{1,40}") {
+            let xml = format!(
+                "<xml><FromUserName><![CDATA[{user}]]></FromUserName><EventKey><![CDATA[{key}]]></EventKey></xml>"
+            );
+            let parsed = parse(&xml).unwrap();
+            proptest::prop_assert_eq!(parsed.from_user_name.as_deref(), Some(user.as_str()));
+            proptest::prop_assert_eq!(parsed.event_key.as_deref(), Some(key.as_str()));
+        }
+    }
+
     #[test]
     fn malformed_documents_are_refused() {
         for bad in [

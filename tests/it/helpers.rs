@@ -47,9 +47,27 @@ pub async fn spawn_app() -> TestApp {
 
 /// A wxlogin with extra settings (`("SSE_TIMEOUT_SECS", "1")`, ...).
 pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    spawn_app_for(FakeAccount::random(), settings).await
+}
+
+/// A wxlogin in safe mode: the fake account encrypts its callbacks with the key wxlogin has.
+pub async fn spawn_safe_app(settings: &[(&str, &str)]) -> TestApp {
+    let account = FakeAccount::random().with_safe_mode();
+    let key = account
+        .encoding_aes_key
+        .as_ref()
+        .map(|k| k.expose().to_owned())
+        .unwrap();
+    let mut all = vec![("ENCODING_AES_KEY", key.as_str())];
+    all.extend_from_slice(settings);
+    spawn_app_for(account, &all).await
+}
+
+/// A wxlogin for the fake `account`, with extra settings.
+pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> TestApp {
     init_logs();
     let cancel = CancellationToken::new();
-    let fake = FakeWechat::new(FakeAccount::random());
+    let fake = FakeWechat::new(account);
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
@@ -96,6 +114,22 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Reads a `/sse` response as an event stream.
+    pub fn from_response(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        Self {
+            status,
+            headers,
+            events,
+        }
+    }
+
     /// The next data event's JSON, or `None` when the stream ended or `wait` passed.
     pub async fn next_json_within(&mut self, wait: Duration) -> Option<Value> {
         match tokio::time::timeout(wait, self.events.next()).await {
@@ -152,18 +186,7 @@ impl TestApp {
             .send()
             .await
             .expect("request sent");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let events = response
-            .bytes_stream()
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .boxed();
-        Stream {
-            status,
-            headers,
-            events,
-        }
+        Stream::from_response(response)
     }
 
     /// Scans the code of `scene` through the fake phone.

@@ -9,4 +9,5 @@ mod helpers;
 mod sandbox;
 mod startup;
 mod streams;
+mod trust;
 mod wechat_faults;

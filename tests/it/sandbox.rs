@@ -26,10 +26,20 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
+    sandbox_scan_logs_in(&[], "plaintext mode").await;
+}
+
+#[tokio::test]
+async fn the_sandbox_in_safe_mode_encrypts_its_callbacks_and_still_logs_in() {
+    sandbox_scan_logs_in(&["--safe-mode"], "safe mode").await;
+}
+
+async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
         .arg("sandbox")
+        .args(flags)
         .current_dir(dir.path())
         .env_clear()
         .env("BIND", format!("127.0.0.1:{port}"))
@@ -59,6 +69,7 @@ async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
         .unwrap();
     assert!(banner.contains("SANDBOX"), "{banner}");
     assert!(banner.contains("never contacted"), "{banner}");
+    assert!(banner.contains(mode), "{banner}");
 
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
