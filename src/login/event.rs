@@ -32,6 +32,8 @@ pub struct LoginResult {
     /// The signed proof of this login for the site's backend (absent only if signing
     /// failed, which is logged).
     pub login_token: Option<String>,
+    /// When the callback was resolved (for the scan-to-push latency).
+    pub resolved_at: std::time::Instant,
 }
 
 /// The JSON of a [`LoginResult`]:
@@ -110,6 +112,7 @@ mod tests {
             openid: OpenId::new("oAbc"),
             kind: ScanKind::Subscribe,
             login_token: Some("a.b.c".into()),
+            resolved_at: std::time::Instant::now(),
         };
         let json = serde_json::to_value(LoginEvent::from(&r)).unwrap();
         assert_eq!(

@@ -17,6 +17,7 @@ use self::event::LoginResult;
 use self::pool::{QrPool, Unavailable};
 use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
+use crate::metrics::{self, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
@@ -56,6 +57,7 @@ struct Inner {
     /// How long a stream waits for a scan.
     wait: Duration,
     stats: Stats,
+    metrics: Arc<Metrics>,
 }
 
 /// What became of a scan.
@@ -85,6 +87,7 @@ impl LoginService {
         store: Arc<dyn Store>,
         tokens: Arc<LoginTokens>,
         wait: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -94,8 +97,14 @@ impl LoginService {
                 tokens,
                 wait,
                 stats: Stats::default(),
+                metrics,
             }),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Starts a login: takes a fresh QR code and opens a session with the stream attached.
@@ -110,6 +119,13 @@ impl LoginService {
             .stats
             .streams_started
             .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .streams
+            .get_or_create(&metrics::Outcome {
+                outcome: "new".into(),
+            })
+            .inc();
         Ok(self.inner.scenes.open(qr, deadline, audience))
     }
 
@@ -121,6 +137,13 @@ impl LoginService {
                 .stats
                 .streams_resumed
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .metrics
+                .streams
+                .get_or_create(&metrics::Outcome {
+                    outcome: "resumed".into(),
+                })
+                .inc();
         }
         resumed
     }
@@ -136,6 +159,7 @@ impl LoginService {
             .await?
         {
             stats.scans_duplicate.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.scan("duplicate");
             return Ok(Outcome::Duplicate);
         }
         let resolution = self.inner.scenes.resolve(&scan.scene, |audience| {
@@ -154,14 +178,20 @@ impl LoginService {
                 openid: scan.openid.clone(),
                 kind: scan.kind,
                 login_token,
+                resolved_at: Instant::now(),
             }
         });
-        let (counter, outcome) = match resolution {
-            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered),
-            Resolution::Parked => (&stats.scans_parked, Outcome::Parked),
-            Resolution::Nobody => (&stats.scans_undeliverable, Outcome::NoWaiter),
+        let (counter, outcome, name) = match resolution {
+            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered, "delivered"),
+            Resolution::Parked => (&stats.scans_parked, Outcome::Parked, "parked"),
+            Resolution::Nobody => (
+                &stats.scans_undeliverable,
+                Outcome::NoWaiter,
+                "undeliverable",
+            ),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.scan(name);
         Ok(outcome)
     }
 

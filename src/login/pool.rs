@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::wechat::error::{ApiError, ErrorKind};
 use crate::wechat::ids::{Scene, Ticket};
 use crate::wechat::token::TokenCache;
@@ -111,6 +112,7 @@ struct Inner {
     made: AtomicU64,
     today: Mutex<DailyCount>,
     on_demand: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,7 +122,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl QrPool {
     /// A pool keeping `target` codes of `ttl_secs` life, handing out only codes with at
     /// least `min_life` left.
-    pub fn new(tokens: TokenCache, target: usize, ttl_secs: u32, min_life: Duration) -> Self {
+    pub fn new(
+        tokens: TokenCache,
+        target: usize,
+        ttl_secs: u32,
+        min_life: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tokens,
@@ -133,6 +141,7 @@ impl QrPool {
                 made: AtomicU64::new(0),
                 today: Mutex::new(DailyCount::default()),
                 on_demand: Semaphore::new(ON_DEMAND_CONCURRENCY),
+                metrics,
             }),
         }
     }
@@ -229,6 +238,7 @@ impl QrPool {
 
     fn record_success(&self) {
         let made = self.inner.made.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.metrics.qr_made.inc();
         let day = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() / 86_400)

@@ -344,6 +344,7 @@ mod tests {
             openid: OpenId::new(openid),
             kind: ScanKind::Scan,
             login_token: None,
+            resolved_at: Instant::now(),
         }
     }
 
@@ -416,13 +417,18 @@ mod tests {
         );
         assert!(matches!(scenes.status(&scene), Status::Expired));
 
-        let (view, _attachment) = scenes.open(qr(), Instant::now(), None);
+        let (view, attachment) = scenes.open(qr(), Instant::now(), None);
         let scene = view.qr.scene.clone();
         assert_eq!(
             scenes.resolve(&scene, |_| result("late")),
             Resolution::Nobody
         );
         assert!(scenes.resume(&scene, false).is_none());
+        // Its stream closes it itself; a purge leaves it to the stream for a while...
+        scenes.purge_expired();
+        assert_eq!(scenes.len(), 1);
+        // ...but once the stream is gone, an overdue session is purged.
+        drop(attachment);
         scenes.purge_expired();
         assert!(scenes.is_empty());
     }

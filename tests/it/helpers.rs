@@ -81,6 +81,8 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
         ("BIND", "127.0.0.1:0"),
         ("SSE_KEEPALIVE_SECS", "1"),
         ("POOL_SIZE", "5"),
+        // Every test client is 127.0.0.1: the per-IP limit has tests of its own.
+        ("SSE_PER_IP_PER_MIN", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
