@@ -18,6 +18,8 @@ use wxlogin::sandbox::phone;
 /// A running wxlogin with its fake WeChat; stopped when dropped.
 pub struct TestApp {
     pub base: String,
+    /// The fake WeChat's base URL.
+    pub fake_base: String,
     pub fake: FakeWechat,
     pub login: LoginService,
     pub api_token: String,
@@ -100,6 +102,7 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
     tokio::spawn(async move { app.run_until(async move { stop.cancelled().await }).await });
     TestApp {
         base: format!("http://{addr}"),
+        fake_base: format!("http://{fake_addr}"),
         fake,
         login,
         api_token,

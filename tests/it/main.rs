@@ -6,6 +6,7 @@
 
 mod callbacks;
 mod helpers;
+mod ops;
 mod sandbox;
 mod startup;
 mod streams;
