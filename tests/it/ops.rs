@@ -181,9 +181,12 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
 
 // ---------------------------------------------------------------- forwarding
 
+/// A forwarded request as the downstream saw it: query string and body.
+type Seen = (Option<String>, Bytes);
+
 #[derive(Clone, Default)]
 struct Downstream {
-    seen: Arc<Mutex<Vec<(Option<String>, Bytes)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     delay: Duration,
 }
 
