@@ -152,6 +152,13 @@ impl LoginService {
     /// session waiting on its scene, if any.
     pub async fn complete(&self, scan: &ScanEvent) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
+        // A scan of a scene we hold no session for resolves nothing: answer without recording
+        // its dedupe key, so scans of unknown codes cost no memory.
+        if !self.inner.scenes.contains(&scan.scene) {
+            stats.scans_undeliverable.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.scan("undeliverable");
+            return Ok(Outcome::NoWaiter);
+        }
         if !self
             .inner
             .store

@@ -281,6 +281,11 @@ impl Scenes {
         }
     }
 
+    /// Whether a session exists for `scene` (waiting, or holding a result).
+    pub fn contains(&self, scene: &Scene) -> bool {
+        self.inner.sessions.contains_key(scene)
+    }
+
     /// The content of the QR code of a scene that still waits.
     pub fn content(&self, scene: &Scene) -> Option<Arc<str>> {
         let session = self.inner.sessions.get(scene)?;

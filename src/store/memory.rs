@@ -1,17 +1,19 @@
 //! The in-memory store: the default, for one process.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use futures_util::future::BoxFuture;
 
 use super::{Store, StoreError};
 
-/// Keys with an expiry, in one process. Cheap to clone.
+/// Keys with an expiry, in one process. Cheap to clone; sharded, so concurrent callbacks do
+/// not queue on one lock.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    keys: Arc<Mutex<HashMap<String, Instant>>>,
+    keys: Arc<DashMap<String, Instant>>,
 }
 
 impl MemoryStore {
@@ -24,21 +26,17 @@ impl MemoryStore {
     /// and not the history.
     pub fn purge_expired(&self) {
         let now = Instant::now();
-        self.lock().retain(|_, expires| *expires > now);
+        self.keys.retain(|_, expires| *expires > now);
     }
 
     /// The number of keys held (expired ones not yet purged included).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.keys.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+        self.keys.is_empty()
     }
 }
 
@@ -49,11 +47,14 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let now = Instant::now();
-        let mut keys = self.lock();
-        let claimed = match keys.get(key) {
-            Some(expires) if *expires > now => false,
-            _ => {
-                keys.insert(key.to_owned(), now + ttl);
+        let claimed = match self.keys.entry(key.to_owned()) {
+            Entry::Occupied(mut e) if *e.get() <= now => {
+                e.insert(now + ttl);
+                true
+            }
+            Entry::Occupied(_) => false,
+            Entry::Vacant(e) => {
+                e.insert(now + ttl);
                 true
             }
         };
@@ -73,8 +74,12 @@ mod tests {
         assert!(!store.claim_once("a", ttl).await.unwrap());
         assert!(store.claim_once("b", ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            store.claim_once("a", ttl).await.unwrap(),
+            "expired: claimable again"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
         store.purge_expired();
         assert!(store.is_empty());
-        assert!(store.claim_once("a", ttl).await.unwrap());
     }
 }
