@@ -236,9 +236,15 @@ impl WechatApi {
 
 /// Reads a WeChat reply: an error object, or the expected value.
 fn parse_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let parse_error = |source| ApiError::Parse {
-        source,
-        body: String::from_utf8_lossy(bytes).chars().take(120).collect(),
+    let parse_error = |source| {
+        let text = String::from_utf8_lossy(bytes);
+        // An odd-shaped token reply must not put the token into the logs.
+        let body = if text.contains("access_token") {
+            "(withheld: it holds an access token)".to_owned()
+        } else {
+            text.chars().take(120).collect()
+        };
+        ApiError::Parse { source, body }
     };
     let err: ErrorReply = serde_json::from_slice(bytes).map_err(parse_error)?;
     if let Some(code) = err.errcode.filter(|c| *c != 0) {
@@ -267,6 +273,15 @@ mod tests {
         let r: QrReply =
             parse_reply(br#"{"errcode":0,"ticket":"t","expire_seconds":60,"url":"u"}"#).unwrap();
         assert_eq!(r.ticket, "t");
+    }
+
+    #[test]
+    fn an_unreadable_token_reply_does_not_leak_the_token() {
+        let Err(e) = parse_reply::<TokenReply>(br#"{"access_token":"SECRET123","expires_in":"x"}"#)
+        else {
+            panic!("parsed")
+        };
+        assert!(!e.to_string().contains("SECRET123"));
     }
 
     #[test]
