@@ -1,23 +1,27 @@
 //! The product's flow, without HTTP: hand a stream a fresh QR code, resolve a scan to the one
-//! session waiting on it, and let a stream that dropped resume its session.
+//! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
+//! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
 
 pub mod event;
 pub mod pool;
+mod registry;
 pub mod scenes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use self::event::LoginResult;
-use self::pool::{QrPool, Unavailable};
+use self::pool::{QrPool, TakeError};
 use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
-use crate::store::{Store, StoreError};
+use crate::store::{Inbox, Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
 
@@ -89,7 +93,7 @@ impl LoginService {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                scenes: Scenes::new(),
+                scenes: Scenes::new(Arc::clone(&store)),
                 store,
                 tokens,
                 wait,
@@ -103,91 +107,105 @@ impl LoginService {
     pub async fn start(
         &self,
         audience: Option<Arc<str>>,
-    ) -> Result<(SceneView, Attachment), Unavailable> {
+    ) -> Result<(SceneView, Attachment), TakeError> {
         let qr = self.inner.pool.take().await?;
         let deadline = Instant::now() + self.inner.wait;
+        let opened = self.inner.scenes.open(qr, deadline, audience).await?;
         self.inner
             .stats
             .streams_started
             .fetch_add(1, Ordering::Relaxed);
-        Ok(self.inner.scenes.open(qr, deadline, audience))
+        Ok(opened)
     }
 
     /// A reconnecting stream names its scene; see [`Scenes::resume`].
-    pub fn resume(&self, scene: &Scene, has_result: bool) -> Option<Resumed> {
-        let resumed = self.inner.scenes.resume(scene, has_result);
+    pub async fn resume(
+        &self,
+        scene: &Scene,
+        has_result: bool,
+    ) -> Result<Option<Resumed>, StoreError> {
+        let resumed = self.inner.scenes.resume(scene, has_result).await?;
         if resumed.is_some() {
             self.inner
                 .stats
                 .streams_resumed
                 .fetch_add(1, Ordering::Relaxed);
         }
-        resumed
+        Ok(resumed)
     }
 
-    /// Resolves a verified scan: once per event (WeChat's retries are recognised), to the one
-    /// session waiting on its scene, if any.
+    /// Resolves a verified scan: once per event (WeChat's retries are recognised, on any
+    /// instance), to the one session waiting on its scene, if any.
     pub async fn complete(&self, scan: &ScanEvent) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
-        if !self
+        let resolution = self
             .inner
-            .store
-            .claim_once(&scan.dedupe_key(), DEDUPE_TTL)
-            .await?
-        {
-            stats.scans_duplicate.fetch_add(1, Ordering::Relaxed);
-            return Ok(Outcome::Duplicate);
-        }
-        let resolution = self.inner.scenes.resolve(&scan.scene, |audience| {
-            let login_token = self
-                .inner
-                .tokens
-                .issue(
-                    scan.openid.as_str(),
-                    scan.scene.as_str(),
-                    scan.kind.as_str(),
-                    audience,
-                )
-                .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
-                .ok();
-            LoginResult {
-                openid: scan.openid.clone(),
-                kind: scan.kind,
-                login_token,
-            }
-        });
+            .scenes
+            .resolve(
+                &scan.scene,
+                &format!("scan:{}", scan.dedupe_key()),
+                DEDUPE_TTL,
+                |audience| {
+                    let login_token = self
+                        .inner
+                        .tokens
+                        .issue(
+                            scan.openid.as_str(),
+                            scan.scene.as_str(),
+                            scan.kind.as_str(),
+                            audience,
+                        )
+                        .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
+                        .ok();
+                    LoginResult {
+                        openid: scan.openid.clone(),
+                        kind: scan.kind,
+                        login_token,
+                    }
+                },
+            )
+            .await?;
         let (counter, outcome) = match resolution {
             Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered),
             Resolution::Parked => (&stats.scans_parked, Outcome::Parked),
             Resolution::Nobody => (&stats.scans_undeliverable, Outcome::NoWaiter),
+            Resolution::Duplicate => (&stats.scans_duplicate, Outcome::Duplicate),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(outcome)
     }
 
     /// The state of a scene, for polling clients.
-    pub fn status(&self, scene: &Scene) -> Status {
-        self.inner.scenes.status(scene)
+    pub async fn status(&self, scene: &Scene) -> Result<Status, StoreError> {
+        self.inner.scenes.status(scene).await
     }
 
     /// The content of the QR code of a session that still waits (for rendering its image).
-    pub fn qr_content(&self, scene: &Scene) -> Option<Arc<str>> {
-        self.inner.scenes.content(scene)
+    pub async fn qr_content(&self, scene: &Scene) -> Result<Option<Arc<str>>, StoreError> {
+        self.inner.scenes.content(scene).await
     }
 
-    /// Streams attached now.
+    /// Streams attached to this instance now.
     pub fn open_streams(&self) -> usize {
         self.inner.scenes.attached()
     }
 
-    /// Sessions held now (waiting, or holding a result for a returning stream).
-    pub fn live_scenes(&self) -> usize {
-        self.inner.scenes.len()
+    /// Sessions held now (waiting, or holding a result for a returning stream), when the
+    /// store can count them (the memory store; not Redis).
+    pub fn live_scenes(&self) -> Option<usize> {
+        self.inner.scenes.live()
     }
 
-    /// Removes sessions whose time is over.
+    /// Removes sessions and keys whose time is over (the memory store).
     pub fn purge_expired(&self) {
-        self.inner.scenes.purge_expired();
+        self.inner.store.purge_expired();
+    }
+
+    /// Hands notices from other instances to this instance's streams until `cancel` (a
+    /// no-op with the memory store).
+    pub async fn run_inbox(self, cancel: CancellationToken) {
+        let inbox: Arc<dyn Inbox> = Arc::new(self.inner.scenes.clone());
+        self.inner.store.listen(inbox, cancel).await;
     }
 
     /// The QR pool.

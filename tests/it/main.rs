@@ -6,6 +6,7 @@
 
 mod callbacks;
 mod helpers;
+mod redis_server;
 mod sandbox;
 mod startup;
 mod streams;
