@@ -94,21 +94,16 @@ pub async fn sse(
             (view, Tail::Result(result))
         }
         None => {
-            let (view, attachment) =
-                state
-                    .login
-                    .start(audience)
-                    .await
-                    .map_err(|e| match e {
-                        TakeError::Unavailable(e) => {
-                            tracing::warn!(reason = %e.reason, "no QR code for a new stream");
-                            HttpError::Unavailable {
-                                retry_after: e.retry_after,
-                                message: "no QR code can be had from WeChat right now",
-                            }
-                        }
-                        TakeError::Store(e) => store_unavailable(&e),
-                    })?;
+            let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
+                TakeError::Unavailable(e) => {
+                    tracing::warn!(reason = %e.reason, "no QR code for a new stream");
+                    HttpError::Unavailable {
+                        retry_after: e.retry_after,
+                        message: "no QR code can be had from WeChat right now",
+                    }
+                }
+                TakeError::Store(e) => store_unavailable(&e),
+            })?;
             tracing::debug!(scene = %view.qr.scene, "stream opened");
             (view, Tail::Wait(attachment))
         }

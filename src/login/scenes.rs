@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::event::LoginResult;
@@ -71,7 +72,12 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        if !self.scenes.inner.registry.remove(&self.scene, self.generation) {
+        if !self
+            .scenes
+            .inner
+            .registry
+            .remove(&self.scene, self.generation)
+        {
             return;
         }
         let holder = self.scenes.holder(self.generation);
@@ -137,7 +143,8 @@ struct Inner {
 }
 
 fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError(format!("a stored result is unreadable: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| StoreError(format!("a stored result is unreadable: {e}")))
 }
 
 fn view_of(record: &SessionRecord) -> Result<SceneView, StoreError> {
@@ -231,7 +238,10 @@ impl Scenes {
             }
             Some(Attached::Result { record, result }) => {
                 self.inner.registry.remove(scene, attachment.generation);
-                Ok(Some(Resumed::Result(view_of(&record)?, decode_result(&result)?)))
+                Ok(Some(Resumed::Result(
+                    view_of(&record)?,
+                    decode_result(&result)?,
+                )))
             }
             None => {
                 self.inner.registry.remove(scene, attachment.generation);
@@ -276,7 +286,9 @@ impl Scenes {
             (Resolved::Duplicate, _) => Resolution::Duplicate,
             (Resolved::Nobody, _) | (_, None) => Resolution::Nobody,
             (Resolved::Parked, _) => Resolution::Parked,
-            (Resolved::Delivered(h), Some(result)) if &h.instance == self.inner.store.instance() => {
+            (Resolved::Delivered(h), Some(result))
+                if &h.instance == self.inner.store.instance() =>
+            {
                 if self.inner.registry.deliver(scene, h.generation, result) {
                     Resolution::Delivered
                 } else {
@@ -336,7 +348,10 @@ impl Scenes {
         if held.is_empty() {
             return;
         }
-        tracing::info!(streams = held.len(), "checking the sessions of this instance's streams");
+        tracing::info!(
+            streams = held.len(),
+            "checking the sessions of this instance's streams"
+        );
         for (scene, generation, record) in held {
             let holder = self.holder(generation);
             let now_ms = unix_now_ms();
@@ -357,7 +372,12 @@ impl Scenes {
                         self.inner.registry.remove(&scene, generation);
                     }
                     SessionState::Waiting { holder: None } => {
-                        if let Err(e) = self.inner.store.attach(&scene, &holder, false, now_ms).await {
+                        if let Err(e) = self
+                            .inner
+                            .store
+                            .attach(&scene, &holder, false, now_ms)
+                            .await
+                        {
                             tracing::warn!(error = %e, %scene, "cannot re-attach a stream");
                         }
                     }
@@ -395,9 +415,9 @@ impl Inbox for Scenes {
         }
     }
 
-    fn reconnected(&self) {
+    fn reconnected(&self) -> BoxFuture<'static, ()> {
         let scenes = self.clone();
-        tokio::spawn(async move { scenes.recover().await });
+        Box::pin(async move { scenes.recover().await })
     }
 }
 
@@ -439,7 +459,9 @@ mod tests {
 
     async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
         scenes
-            .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| result(openid))
+            .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| {
+                result(openid)
+            })
             .await
             .unwrap()
     }
@@ -493,8 +515,7 @@ mod tests {
         let scenes = scenes();
         let (view, mut old) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap()
-        else {
+        let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap() else {
             panic!("not resumed")
         };
         assert_eq!(scenes.attached(), 1);
@@ -512,7 +533,10 @@ mod tests {
         assert_eq!(scenes.attached(), 0);
         assert_eq!(scenes.live(), Some(0));
         assert_eq!(resolve(&scenes, &scene, "late").await, Resolution::Nobody);
-        assert!(matches!(scenes.status(&scene).await.unwrap(), Status::Expired));
+        assert!(matches!(
+            scenes.status(&scene).await.unwrap(),
+            Status::Expired
+        ));
 
         let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
         let scene = view.qr.scene.clone();

@@ -218,9 +218,9 @@ impl Store for MemoryStore {
         holder: &'a Holder,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut sessions = self.sessions();
-        let held = sessions.get(scene).is_some_and(|s| {
-            matches!(&s.state, SessionState::Waiting { holder: Some(h) } if h == holder)
-        });
+        let held = sessions.get(scene).is_some_and(
+            |s| matches!(&s.state, SessionState::Waiting { holder: Some(h) } if h == holder),
+        );
         if held {
             sessions.remove(scene);
         }

@@ -202,8 +202,9 @@ pub trait Inbox: Send + Sync + 'static {
     /// A notice for a stream of this instance.
     fn notice(&self, notice: Notice);
     /// The channel carrying notices was (re)established: notices sent meanwhile may have been
-    /// lost, so the streams held here should check their sessions ([`Store::recover`]).
-    fn reconnected(&self);
+    /// lost, so the streams held here check their sessions ([`Store::recover`]). The instance
+    /// reports itself ready once this is done.
+    fn reconnected(&self) -> BoxFuture<'static, ()>;
 }
 
 /// A QR code in the shared stock: its scene (unique), the login flow's encoding, its expiry.
@@ -254,7 +255,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes the oldest code expiring at or after `fresh_until_ms`, dropping older ones that
     /// expire sooner. A code is taken once, by one caller, whatever the instance.
-    fn stock_take(&self, fresh_until_ms: u64) -> BoxFuture<'_, Result<Option<StockedQr>, StoreError>>;
+    fn stock_take(
+        &self,
+        fresh_until_ms: u64,
+    ) -> BoxFuture<'_, Result<Option<StockedQr>, StoreError>>;
 
     /// Codes in stock (any age).
     fn stock_len(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
@@ -293,8 +297,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Reads a session.
-    fn session<'a>(&'a self, scene: &'a Scene)
-    -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+    fn session<'a>(
+        &'a self,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
 
     /// After notices may have been lost: the session as it stands now, re-created as waiting
     /// for `holder` if the store lost it while its wait goes on (a restarted Redis).

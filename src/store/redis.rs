@@ -211,7 +211,10 @@ impl RedisStore {
 
     fn stock_keys(&self) -> (String, String) {
         let p = &self.inner.prefix;
-        (format!("{p}{{stock}}:codes"), format!("{p}{{stock}}:making"))
+        (
+            format!("{p}{{stock}}:codes"),
+            format!("{p}{{stock}}:making"),
+        )
     }
 
     fn token_keys(&self) -> (String, String) {
@@ -250,9 +253,10 @@ impl RedisStore {
             .map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::Io, "timed out subscribing"))
             })??;
+        // Notices arriving meanwhile wait in the subscription.
+        inbox.reconnected().await;
         self.inner.listening.store(true, Ordering::Relaxed);
         tracing::info!("listening for deliveries from other instances");
-        inbox.reconnected();
         let mut ping = tokio::time::interval(INBOX_PING);
         ping.tick().await;
         let ended = loop {
@@ -340,10 +344,7 @@ impl Store for RedisStore {
             for scene in scenes {
                 call.arg(scene);
             }
-            let granted: usize = call
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(err)?;
+            let granted: usize = call.invoke_async(&mut self.conn()).await.map_err(err)?;
             Ok(granted)
         })
     }
@@ -371,11 +372,7 @@ impl Store for RedisStore {
     fn stock_release<'a>(&'a self, scene: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let (_, making) = self.stock_keys();
-            let _: i64 = self
-                .conn()
-                .zrem(making, scene)
-                .await
-                .map_err(err)?;
+            let _: i64 = self.conn().zrem(making, scene).await.map_err(err)?;
             Ok(())
         })
     }
@@ -732,7 +729,10 @@ mod tests {
             redact_url("rediss://user:p%40ss@h:6380"),
             "rediss://[redacted]@h:6380"
         );
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert!(!redact_url("nonsense:hunter2").contains("hunter2"));
     }
 

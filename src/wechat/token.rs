@@ -212,7 +212,9 @@ impl TokenCache {
                 Step::Failed(e) => return Err(e),
                 Step::Wait if Instant::now() < give_up_at => tokio::time::sleep(SHARE_POLL).await,
                 Step::Wait => {
-                    tracing::warn!("the instance refreshing the access token is slow; fetching here");
+                    tracing::warn!(
+                        "the instance refreshing the access token is slow; fetching here"
+                    );
                     return self.fetch_here(rejected).await;
                 }
                 Step::ShareDown(e) => {
@@ -263,7 +265,10 @@ impl TokenCache {
             }
         }
         let token = match &self.inner.share {
-            Some(share) => self.fetch_shared(share.as_ref(), Some(&rejected.value)).await?,
+            Some(share) => {
+                self.fetch_shared(share.as_ref(), Some(&rejected.value))
+                    .await?
+            }
             None => self.fetch_here(Some(&rejected.value)).await?,
         };
         self.store(token.clone());

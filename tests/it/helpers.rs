@@ -52,8 +52,22 @@ macro_rules! on_every_backend {
 }
 pub(crate) use on_every_backend;
 
-/// The shared login token secret of instances on one Redis.
-pub const SHARED_SECRET: &str = "it-shared-login-token-secret-0123456789";
+/// The Ed25519 key instances on one Redis share to sign login tokens (a test key).
+const SHARED_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIP7bCvbBo5rA0o5P2nK37r7dZG35rBH2Z/yBPvmQ3YQZ
+-----END PRIVATE KEY-----
+";
+
+/// The path of [`SHARED_KEY_PEM`], written once per test run.
+pub fn shared_key_file() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("wxlogin-it-{}.pem", std::process::id()));
+        std::fs::write(&path, SHARED_KEY_PEM).expect("key file written");
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
+}
 
 /// A running wxlogin with its fake WeChat; stopped when dropped.
 pub struct TestApp {
@@ -178,7 +192,7 @@ pub fn instance_vars(
             .iter()
             .any(|(k, _)| *k == "LOGIN_TOKEN_SECRET" || *k == "LOGIN_TOKEN_KEY_FILE");
         if !keyed {
-            vars.insert("LOGIN_TOKEN_SECRET".into(), SHARED_SECRET.into());
+            vars.insert("LOGIN_TOKEN_KEY_FILE".into(), shared_key_file());
         }
     }
     for (k, v) in settings {
@@ -198,7 +212,9 @@ async fn spawn_instance(
 ) -> TestApp {
     let cancel = CancellationToken::new();
     let vars = {
-        let server = redis.as_ref().map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        let server = redis
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
         instance_vars(fake, fake_addr, server.as_deref(), settings)
     };
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");

@@ -6,6 +6,7 @@
 
 mod callbacks;
 mod helpers;
+mod instances;
 mod redis_server;
 mod sandbox;
 mod startup;

@@ -192,6 +192,11 @@ async fn fifty_clients_that_vanish_mid_stream_leave_nothing_behind() {
     // ...and their sessions, kept for a reconnect, end with their wait.
     wait_until(Duration::from_secs(6), || async {
         app.login.live_scenes().unwrap_or_default() == 0
+            && app
+                .get(&format!("/qrcode/{}.svg", scenes[49]))
+                .await
+                .status()
+                == 404
     })
     .await;
     for scene in &scenes {
