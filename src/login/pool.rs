@@ -420,7 +420,10 @@ impl QrPool {
                         () = made => {}
                         () = cancel.cancelled() => return,
                     }
-                    continue;
+                    // Less than asked for: the stock is full now; wait for the next take.
+                    if granted == names.len() {
+                        continue;
+                    }
                 }
                 Ok(_) => store_down = false,
                 Err(e) => {

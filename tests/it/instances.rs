@@ -317,3 +317,90 @@ async fn a_redis_restart_is_survived_without_duplicates_and_readiness_follows_it
         assert_login(&s.next_json().await, openid, "SCAN");
     }
 }
+
+/// Counts what Redis sees per login with `MONITOR`: the commands instances send (round
+/// trips) and the commands their scripts run inside Redis. `cargo test --test it
+/// redis_operations -- --nocapture` prints the figures (README, "Several instances").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_operations_per_login_are_few() {
+    use std::io::{BufRead, BufReader};
+    const LOGINS: usize = 20;
+    let apps = spawn_instances(2, &[("POOL_SIZE", "10")]).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let port = {
+        let redis = a.redis.as_ref().unwrap().lock().unwrap();
+        redis.url().rsplit(':').next().unwrap().to_owned()
+    };
+    let mut monitor = Command::new("redis-cli")
+        .args(["-p", &port, "monitor"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = monitor.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for i in 0..LOGINS {
+        // The stream on A, WeChat's callback on B, the site's backend verifies on B.
+        let (mut stream, scene, _) = a.open_with_qr().await;
+        let openid = format!("oCounted{i:03}");
+        let r = b
+            .post_callback(
+                &b.signed_query(&openid),
+                scan_body(a, &scene, &openid, now_secs()),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let result = stream.next_json().await;
+        let verified = b
+            .client
+            .post(format!("{}/login/verify", b.base))
+            .bearer_auth(&b.api_token)
+            .json(&serde_json::json!({"login_token": result["login_token"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(verified.status(), 200);
+    }
+    // Let the refills of the stock the logins took finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    let lines = lines.join().unwrap();
+
+    let command = |line: &str| {
+        line.split('"')
+            .nth(1)
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+    };
+    let mut sent = std::collections::BTreeMap::<String, usize>::new();
+    let mut scripted = std::collections::BTreeMap::<String, usize>::new();
+    for line in lines.iter().filter(|l| l.contains('"')) {
+        let map = if line.contains(" lua]") {
+            &mut scripted
+        } else {
+            &mut sent
+        };
+        *map.entry(command(line)).or_default() += 1;
+    }
+    let per_login = |m: &std::collections::BTreeMap<String, usize>| {
+        m.values().sum::<usize>() as f64 / LOGINS as f64
+    };
+    println!("Redis commands over {LOGINS} logins (QR, scan on the other instance, verify):");
+    println!("  sent by instances: {sent:?}");
+    println!("  run by scripts:    {scripted:?}");
+    println!(
+        "  per login: {:.1} round trips, {:.1} commands run inside scripts",
+        per_login(&sent),
+        per_login(&scripted)
+    );
+    assert!(per_login(&sent) <= 10.0, "{sent:?}");
+}

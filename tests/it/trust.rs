@@ -302,7 +302,6 @@ async fn verify_at_server(app: &TestApp, body: Value, bearer: &str) -> reqwest::
         .unwrap()
 }
 
-#[tokio::test]
 async fn a_site_backend_verifies_the_login_token_with_the_published_key() {
     let app = spawn_app().await;
     let token = login_token(&app, "oVerified").await;
@@ -631,6 +630,7 @@ async fn polling_sees_pending_then_done_and_an_expired_scene_says_expired() {
 }
 
 crate::helpers::on_every_backend!(
+    a_site_backend_verifies_the_login_token_with_the_published_key,
     encrypted_scan_and_subscribe_callbacks_reach_their_streams,
     a_login_scan_gets_a_text_reply_that_wechat_accepts,
     login_verify_accepts_a_token_once,
