@@ -78,6 +78,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The redis-server of a Redis-backed app (shared by the instances of one test).
     pub redis: Option<Arc<Mutex<RedisServer>>>,
+    /// Where the fake WeChat listens.
+    pub fake_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
 }
 
@@ -165,6 +167,14 @@ pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp
     apps
 }
 
+/// One more instance beside `peer`: the same fake WeChat and redis-server.
+pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> TestApp {
+    let fake_addr = peer
+        .fake_addr
+        .expect("the peer runs against an in-process fake");
+    spawn_instance(&peer.fake, fake_addr, peer.redis.clone(), settings).await
+}
+
 /// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
 pub fn instance_vars(
     fake: &FakeWechat,
@@ -230,6 +240,7 @@ async fn spawn_instance(
         api_token: API_TOKEN.to_owned(),
         client: reqwest::Client::new(),
         redis,
+        fake_addr: Some(fake_addr),
         cancel,
     }
 }

@@ -404,3 +404,30 @@ async fn redis_operations_per_login_are_few() {
     );
     assert!(per_login(&sent) <= 10.0, "{sent:?}");
 }
+
+#[tokio::test]
+async fn an_instance_started_while_redis_is_down_becomes_ready_when_it_comes_up() {
+    let apps = spawn_instances(1, &[("POOL_SIZE", "1")]).await;
+    let app = &apps[0];
+    app.wait_ready().await;
+    let redis = app.redis.clone().unwrap();
+    redis.lock().unwrap().kill();
+    // A second instance starts now, with Redis down: it starts, and says it is not ready.
+    let late = crate::helpers::spawn_instances_on(app, &[("POOL_SIZE", "1")]).await;
+    let ready = late.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["store"]["ok"], false);
+    assert_eq!(late.open().await.status, 503);
+    redis.lock().unwrap().restart();
+    late.wait_ready().await;
+    let (mut stream, scene, _) = late.open_with_qr().await;
+    let r = late
+        .post_callback(
+            &late.signed_query("oLate"),
+            scan_body(&late, &scene, "oLate", now_secs()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_login(&stream.next_json().await, "oLate", "SCAN");
+}

@@ -9,6 +9,7 @@ mod helpers;
 mod instances;
 mod redis_server;
 mod sandbox;
+mod sessions;
 mod startup;
 mod streams;
 mod trust;
