@@ -36,9 +36,9 @@ pub struct Stats {
     pub streams_started: AtomicU64,
     /// Streams that resumed a session.
     pub streams_resumed: AtomicU64,
-    /// Scans handed to an attached stream.
+    /// Scans handed to an attached stream (here, or on the instance holding it).
     pub scans_delivered: AtomicU64,
-    /// Scans parked for a stream that is away.
+    /// Scans parked for a stream that is away (or whose instance is gone).
     pub scans_parked: AtomicU64,
     /// Scans for which no session waited (late, unknown, or not ours).
     pub scans_undeliverable: AtomicU64,
