@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 
 use super::event::LoginResult;
@@ -344,6 +344,8 @@ impl Scenes {
     /// hands over results that arrived meanwhile, ends streams another instance took over,
     /// and re-creates sessions the store lost.
     pub async fn recover(&self) {
+        /// Sessions checked at once.
+        const CONCURRENCY: usize = 64;
         let held = self.inner.registry.held();
         if held.is_empty() {
             return;
@@ -352,45 +354,56 @@ impl Scenes {
             streams = held.len(),
             "checking the sessions of this instance's streams"
         );
-        for (scene, generation, record) in held {
-            let holder = self.holder(generation);
-            let now_ms = unix_now_ms();
-            let recovered = self
-                .inner
-                .store
-                .recover(&scene, &record, &holder, now_ms)
-                .await;
-            match recovered {
-                Ok(Some(s)) => match s.state {
-                    SessionState::Done { result } => match decode_result(&result) {
-                        Ok(result) => {
-                            self.inner.registry.deliver(&scene, generation, result);
-                        }
-                        Err(e) => tracing::error!(error = %e, %scene, "unreadable result"),
-                    },
-                    SessionState::Waiting { holder: Some(h) } if h != holder => {
-                        self.inner.registry.remove(&scene, generation);
-                    }
-                    SessionState::Waiting { holder: None } => {
-                        if let Err(e) = self
-                            .inner
-                            .store
-                            .attach(&scene, &holder, false, now_ms)
-                            .await
-                        {
-                            tracing::warn!(error = %e, %scene, "cannot re-attach a stream");
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        futures_util::stream::iter(held)
+            .for_each_concurrent(CONCURRENCY, |(scene, generation, record)| {
+                let failed = &failed;
+                async move {
+                    if let Err(e) = self.recover_one(&scene, generation, &record).await {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(error = %e, "cannot check sessions; will retry when reconnected");
                         }
                     }
-                    SessionState::Waiting { .. } => {}
-                },
-                // Its wait is over: the stream ends by itself.
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot check sessions; will retry when reconnected");
-                    return;
                 }
+            })
+            .await;
+    }
+
+    async fn recover_one(
+        &self,
+        scene: &Scene,
+        generation: u64,
+        record: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        let holder = self.holder(generation);
+        let now_ms = unix_now_ms();
+        let Some(session) = self
+            .inner
+            .store
+            .recover(scene, record, &holder, now_ms)
+            .await?
+        else {
+            // Its wait is over: the stream ends by itself.
+            return Ok(());
+        };
+        match session.state {
+            SessionState::Done { result } => {
+                self.inner
+                    .registry
+                    .deliver(scene, generation, decode_result(&result)?);
             }
+            SessionState::Waiting { holder: Some(h) } if h != holder => {
+                self.inner.registry.remove(scene, generation);
+            }
+            SessionState::Waiting { holder: None } => {
+                self.inner
+                    .store
+                    .attach(scene, &holder, false, now_ms)
+                    .await?;
+            }
+            SessionState::Waiting { .. } => {}
         }
+        Ok(())
     }
 }
 
