@@ -231,10 +231,6 @@ impl RedisStore {
         format!("{}{{{}}}", self.inbox_prefix(), self.inner.instance)
     }
 
-    fn holder_arg(&self, holder: &Holder) -> String {
-        holder.encode()
-    }
-
     /// Subscribes to this instance's inbox and hands its messages to `inbox` until the
     /// connection fails or `cancel`. `Ok(true)` when cancelled.
     async fn listen_once(
@@ -433,7 +429,7 @@ impl Store for RedisStore {
                 .arg(record.audience.as_deref().unwrap_or_default())
                 .arg(record.deadline_ms)
                 .arg(record.expires_ms)
-                .arg(self.holder_arg(holder))
+                .arg(holder.encode())
                 .arg(expire_at)
                 .invoke_async(&mut self.conn())
                 .await
@@ -455,7 +451,7 @@ impl Store for RedisStore {
                 .scripts
                 .attach
                 .key(self.session_key(scene))
-                .arg(self.holder_arg(holder))
+                .arg(holder.encode())
                 .arg(if has_result { "1" } else { "0" })
                 .arg(now_ms)
                 .arg(millis(ATTACHED_GRACE))
