@@ -3,7 +3,7 @@
 //! `App::build` wires configuration, WeChat client, QR pool, store and routes; the caller
 //! passes the listener (tests bind port 0) and the shutdown signal (tests use their own).
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
+use crate::http::forward::Forwarder;
+use crate::http::limits::{Limits, default_max_streams};
 use crate::http::{self, AppState};
 use crate::login::LoginService;
 use crate::login::pool::QrPool;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSetupError, RedisStore, redact_url};
@@ -75,7 +78,9 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     login: LoginService,
+    limits: Arc<Limits>,
     cancel: CancellationToken,
+    grace: Duration,
 }
 
 /// The store the configuration asks for: Redis with `REDIS_URL` (several instances), else
@@ -111,12 +116,23 @@ impl App {
         listener: TcpListener,
         extra: Option<Router>,
     ) -> Result<Self, AppError> {
+        let metrics = Metrics::new();
+        let observed = Arc::clone(&metrics);
         let api = WechatApi::new(
             &config.wechat_api_base,
             config.appid.clone(),
             config.secret_key.clone(),
             config.wechat_timeout,
-        )?;
+        )?
+        .with_observer(Arc::new(move |api, result| {
+            let result = match result {
+                Ok(()) => "ok".to_owned(),
+                Err(ApiError::Wechat { errcode, .. }) => errcode.to_string(),
+                Err(ApiError::Parse { .. }) => "unreadable".to_owned(),
+                Err(_) => "request_error".to_owned(),
+            };
+            observed.wechat_call(api, &result);
+        }));
         let store = store(config)?;
         let pool = QrPool::new(
             TokenCache::new(api, store.token_share()),
@@ -124,13 +140,26 @@ impl App {
             config.pool_size,
             config.qr_ttl_secs,
             config.sse_timeout + QR_LIFE_MARGIN,
+            Arc::clone(&metrics),
         );
         let login = LoginService::new(
             pool,
             store,
             Arc::new(login_tokens(config)?),
             config.sse_timeout,
+            Arc::clone(&metrics),
         );
+        let limits = Arc::new(Limits::new(
+            config.sse_per_ip_per_min,
+            config.trusted_proxies.clone(),
+            config.max_streams.unwrap_or_else(default_max_streams),
+        ));
+        let forwarder = match &config.forward_url {
+            Some(url) => {
+                Some(Forwarder::new(url).map_err(|e| AppError::Wechat(ApiError::Request(e)))?)
+            }
+            None => None,
+        };
         let cancel = CancellationToken::new();
         let state = AppState {
             login: login.clone(),
@@ -147,6 +176,10 @@ impl App {
                     }
                 })?,
             ),
+            metrics,
+            metrics_token: config.metrics_token.clone(),
+            limits: Arc::clone(&limits),
+            forwarder,
             sse_keepalive: config.sse_keepalive,
             shutdown: cancel.clone(),
         };
@@ -158,7 +191,9 @@ impl App {
             listener,
             router: http::common_layers(router),
             login,
+            limits,
             cancel,
+            grace: config.shutdown_grace,
         })
     }
 
@@ -172,8 +207,9 @@ impl App {
         self.login.clone()
     }
 
-    /// Serves until `shutdown` completes; then open streams end and the call returns once
-    /// in-flight requests are done.
+    /// Serves until `shutdown` completes. Then the listener closes, open streams get an
+    /// `event: shutdown` telling browsers to reconnect, in-flight requests finish, and the
+    /// call returns; if that takes longer than `SHUTDOWN_GRACE_SECS` it returns anyway.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -182,7 +218,9 @@ impl App {
             listener,
             router,
             login,
+            limits,
             cancel,
+            grace,
         } = self;
         let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
         let inbox = tokio::spawn(login.clone().run_inbox(cancel.child_token()));
@@ -192,7 +230,10 @@ impl App {
             let mut tick = tokio::time::interval(PURGE_INTERVAL);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => purge_login.purge_expired(),
+                    _ = tick.tick() => {
+                        purge_login.purge_expired();
+                        limits.purge();
+                    }
                     () = purge_cancel.cancelled() => return,
                 }
             }
@@ -202,13 +243,27 @@ impl App {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: ending open streams");
-                stop.cancel();
-            })
-            .await;
+        let serving = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: telling open streams to reconnect");
+            stop.cancel();
+        })
+        .into_future();
+        let deadline = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = deadline => {
+                tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace elapsed; exiting with requests still open");
+                Ok(())
+            }
+        };
         cancel.cancel();
         let _ = tokio::join!(refill, purge, inbox);
         served.map_err(AppError::Serve)

@@ -21,6 +21,10 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Run only the fake WeChat API (for tests and load tools).
     FakeWechat(FakeWechatArgs),
+    /// Check the configuration: fetch a token and create one QR code; exit non-zero on failure.
+    Check,
+    /// Print the OpenAPI document (as served at /openapi.json).
+    Openapi,
 }
 
 /// Options of `wxlogin sandbox`.

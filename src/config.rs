@@ -67,6 +67,20 @@ pub struct Config {
     /// `REPLY_TEXT`: the text reply the user sees in WeChat after a login scan (`{time}` is
     /// replaced by the time); `success` (no reply) when unset.
     pub reply_text: Option<String>,
+    /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <it>`.
+    pub metrics_token: Option<Secret>,
+    /// `SSE_PER_IP_PER_MIN`: new streams one client IP may open per minute (0: no limit).
+    pub sse_per_ip_per_min: u32,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed (IPs or CIDRs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `MAX_STREAMS`: streams held at once; derived from the open-files limit when unset.
+    pub max_streams: Option<usize>,
+    /// `SHUTDOWN_GRACE_SECS`: how long a shutdown may take before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// `FORWARD_URL`: where callbacks that are not login scans are passed on.
+    pub forward_url: Option<String>,
+    /// `DEMO_PAGE`: serve the demo page at `/` in serve mode.
+    pub demo_page: bool,
 }
 
 /// A setting that is missing or invalid: start-up stops with this one line.
@@ -220,6 +234,44 @@ impl Config {
                 ));
             }
         }
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<ipnet::IpNet>()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            problem("TRUSTED_PROXIES", format!("has an invalid address: {s:?}"))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let max_streams: Option<usize> = match get("MAX_STREAMS") {
+            None => None,
+            Some(_) => Some(parse_or(&get, "MAX_STREAMS", 0)?).filter(|n| *n > 0),
+        };
+        if get("MAX_STREAMS").is_some() && max_streams.is_none() {
+            return Err(problem("MAX_STREAMS", "must be at least 1"));
+        }
+        let shutdown_grace: u64 = parse_or(&get, "SHUTDOWN_GRACE_SECS", 10)?;
+        if !(1..=600).contains(&shutdown_grace) {
+            return Err(problem("SHUTDOWN_GRACE_SECS", "must be between 1 and 600"));
+        }
+        let forward_url = get("FORWARD_URL");
+        if forward_url
+            .as_ref()
+            .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(problem("FORWARD_URL", "must be an http(s) URL"));
+        }
+        let demo_page = match get("DEMO_PAGE").as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(_) => return Err(problem("DEMO_PAGE", "must be true or false")),
+        };
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
@@ -246,6 +298,13 @@ impl Config {
             page_token_ttl: Duration::from_secs(page_token_ttl),
             reply_text: get("REPLY_TEXT"),
             redis_url: redis_url.map(Secret::new),
+            metrics_token: get("METRICS_TOKEN").map(Secret::new),
+            sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
+            trusted_proxies,
+            max_streams,
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+            forward_url,
+            demo_page,
         })
     }
 }
@@ -322,6 +381,12 @@ mod tests {
             ),
             ("LOGIN_TOKEN_SECRET", "short"),
             ("LOGIN_TOKEN_TTL_SECS", "0"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"),
+            ("MAX_STREAMS", "0"),
+            ("SSE_PER_IP_PER_MIN", "-5"),
+            ("SHUTDOWN_GRACE_SECS", "0"),
+            ("FORWARD_URL", "ftp://x"),
+            ("DEMO_PAGE", "maybe"),
         ] {
             let mut vars = base();
             vars.insert(k.into(), v.into());

@@ -7,6 +7,7 @@
 //!   mode crypto). No axum, no store: it could be its own crate.
 //! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
 //!   and the one place where a scan is resolved to a stream.
+//! - [`metrics`]: Prometheus metrics, one registry per app.
 //! - [`store`]: state that instances share: the QR stock, login sessions and results, keys
 //!   claimed once, the access token, delivery to the instance holding a stream. In memory
 //!   (one process) or in Redis (several instances).
@@ -15,14 +16,17 @@
 //!   `wxlogin sandbox`, `wxlogin fake-wechat` and the tests.
 //! - [`app`]: the composition root: builds everything from a [`config::Config`] and runs it.
 //! - [`telemetry`]: tracing setup (`LOG_YAML`, `RUST_LOG`).
-//! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`).
+//! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`, `check`, `openapi`).
+//! - [`check`]: `wxlogin check`, a report on whether the configuration works.
 
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod login;
+pub mod metrics;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

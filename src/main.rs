@@ -43,6 +43,8 @@ async fn main() -> ExitCode {
         .get("LOG_YAML")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
+    // Streams are sockets: let this process use all the open files it is allowed.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let _log_guard = match wxlogin::telemetry::init(log_yaml.as_deref()) {
         Ok(guard) => guard,
         Err(e) => {
@@ -56,6 +58,19 @@ async fn main() -> ExitCode {
         Command::Sandbox(args) => wxlogin::sandbox::run(vars, args.safe_mode, shutdown_signal())
             .await
             .map_err(Into::into),
+        Command::Check => {
+            let report = wxlogin::check::run(&vars).await;
+            print!("{}", report.text);
+            if report.passed {
+                Ok(())
+            } else {
+                return ExitCode::FAILURE;
+            }
+        }
+        Command::Openapi => {
+            println!("{}", wxlogin::http::docs::openapi_text());
+            Ok(())
+        }
         Command::FakeWechat(args) => {
             wxlogin::sandbox::run_fake(vars, args.port, args.callback, shutdown_signal())
                 .await
@@ -75,7 +90,11 @@ async fn serve(
     vars: &std::collections::HashMap<String, String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::from_lookup(|k| vars.get(k).cloned())?;
-    let app = App::build(&config, None).await?;
+    // DEMO_PAGE puts API_TOKEN into a public page, as the FastAPI demo did: for trials only.
+    let demo = config
+        .demo_page
+        .then(|| wxlogin::http::assets::demo_routes(config.api_token.clone(), false));
+    let app = App::build(&config, demo).await?;
     tracing::info!(addr = %app.local_addr()?, "wxlogin serving");
     app.run_until(shutdown_signal()).await?;
     Ok(())

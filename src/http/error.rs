@@ -23,6 +23,12 @@ pub enum HttpError {
     /// 409: the request conflicts with what happened before (a login token used twice).
     #[error("{0}")]
     Conflict(&'static str),
+    /// 429 with `Retry-After`: this client opened too many streams.
+    #[error("too many new streams from this address; try again later")]
+    TooManyRequests {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// 503 with `Retry-After`: cannot serve now; try again later.
     #[error("{message}")]
     Unavailable {
@@ -40,6 +46,7 @@ impl HttpError {
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -50,6 +57,7 @@ impl HttpError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -59,7 +67,8 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.code(), "message": self.to_string() }));
         let mut response = (self.status(), body).into_response();
-        if let Self::Unavailable { retry_after, .. } = self {
+        if let Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after } = self
+        {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response
                 .headers_mut()

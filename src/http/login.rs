@@ -22,8 +22,10 @@ use crate::login::scenes::Status;
 use crate::wechat::ids::Scene;
 
 /// The query of the status endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TokenQuery {
+    /// `API_TOKEN` or a page token.
     token: Option<String>,
 }
 
@@ -33,6 +35,11 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
 }
 
 /// `GET /login/{scene}/status?token=…`: `pending`, `done` with the result, or `expired`.
+#[utoipa::path(get, path = "/login/{scene}/status", tag = "login",
+    params(("scene" = String, Path, description = "The scene_id of the first event"), TokenQuery),
+    responses(
+        (status = 200, description = "`{status: pending, scene_id, expire_seconds}`, `{status: done, userId, event, login_token}` or `{status: expired}`", body = serde_json::Value),
+        (status = 401, description = "Wrong token", body = serde_json::Value)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(scene): Path<String>,
@@ -67,7 +74,7 @@ pub async fn status(
 }
 
 /// The body of `POST /login/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
     /// The token the page received.
     login_token: String,
@@ -77,6 +84,14 @@ pub struct VerifyRequest {
 
 /// `POST /login/verify` (bearer `API_TOKEN`): valid and unused → 200 with the claims, and
 /// the token is used up; used before → 409; expired, forged or for another audience → 401.
+#[utoipa::path(post, path = "/login/verify", tag = "site backend", operation_id = "verify_login_token",
+    request_body = VerifyRequest,
+    security(("api_token" = [])),
+    responses(
+        (status = 200, description = "The claims; the token is now used", body = serde_json::Value),
+        (status = 400, description = "Malformed body", body = serde_json::Value),
+        (status = 401, description = "Wrong API token, or the login token is expired, forged or for another audience", body = serde_json::Value),
+        (status = 409, description = "The login token was used before", body = serde_json::Value)))]
 pub async fn verify(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -116,7 +131,7 @@ pub async fn verify(
 }
 
 /// The body of `POST /tokens` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct MintRequest {
     /// Bind the token to this origin (`https://www.example.com`).
     origin: Option<String>,
@@ -125,6 +140,13 @@ pub struct MintRequest {
 }
 
 /// `POST /tokens` (bearer `API_TOKEN`): a page token for `/sse` and the status endpoint.
+#[utoipa::path(post, path = "/tokens", tag = "site backend",
+    request_body(content = Option<MintRequest>, description = "Optional: `{origin, ttl_seconds}`"),
+    security(("api_token" = [])),
+    responses(
+        (status = 201, description = "`{token, expires_in, origin}`", body = serde_json::Value),
+        (status = 400, description = "Malformed body or origin", body = serde_json::Value),
+        (status = 401, description = "Wrong API token", body = serde_json::Value)))]
 pub async fn mint(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -167,6 +189,8 @@ pub async fn mint(
 }
 
 /// `GET /.well-known/jwks.json`: the public key that signs login tokens (EdDSA).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "site backend",
+    responses((status = 200, description = "JSON Web Key Set (empty with HS256)", body = serde_json::Value)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],

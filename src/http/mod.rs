@@ -5,12 +5,20 @@
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
-//! - [`health`]: `GET /healthz`, `GET /readyz`.
+//! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! - [`limits`]: streams per client IP, the cap on open streams, the client IP itself.
+//! - [`forward`]: passing other callbacks on to `FORWARD_URL`.
+//! - [`docs`]: `GET /openapi.json` and the `/docs` page.
+//! - [`assets`]: `GET /wxlogin.js` (the login widget) and the demo page.
 //! - [`error`]: the one error type, each variant with its status.
 
 pub mod access;
+pub mod assets;
+pub mod docs;
 pub mod error;
+pub mod forward;
 pub mod health;
+pub mod limits;
 pub mod login;
 pub mod qrcode;
 pub mod sse;
@@ -20,15 +28,20 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::forward::Forwarder;
+use self::limits::Limits;
 use crate::auth::page_token::PageTokens;
 use crate::login::LoginService;
+use crate::metrics::Metrics;
 use crate::wechat::crypto::KeyRing;
 use crate::wechat::secret::Secret;
 
@@ -52,17 +65,26 @@ pub struct AppState {
     pub reply_text: Option<String>,
     /// Page tokens.
     pub page_tokens: Arc<PageTokens>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `METRICS_TOKEN`, when `/metrics` is protected.
+    pub metrics_token: Option<Secret>,
+    /// Per-IP and global stream limits.
+    pub limits: Arc<Limits>,
+    /// `FORWARD_URL`'s client, when set.
+    pub forwarder: Option<Forwarder>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: CancellationToken,
 }
 
-/// The service's routes, with CORS open to any origin (as the FastAPI service had) and a
-/// trace span per request that names the route, never the URI (which carries `?token=`).
+/// Every request but a stream must be answered within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service's routes. Every route but the stream itself has a timeout.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/sse", get(sse::sse))
+    let bounded = Router::new()
         .route(
             "/wechat_event",
             get(wechat_event::verify)
@@ -76,17 +98,32 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(login::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(docs::openapi_json))
+        .route("/docs", get(docs::page))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+    Router::new()
+        .route("/sse", get(sse::sse))
+        .merge(bounded)
         .with_state(state)
+        .merge(assets::routes())
 }
 
-/// Layers that apply to every route, the sandbox's included.
+/// Layers that apply to every route, the sandbox's included: CORS open to any origin (as the
+/// FastAPI service had) and a trace span per request that names the route, never the URI
+/// (which carries `?token=`).
 pub fn common_layers(router: Router) -> Router {
     router
         .layer(
             CorsLayer::new()
                 .allow_origin(Any)
                 .allow_methods(Any)
-                .allow_headers(Any),
+                .allow_headers(Any)
+                // The widget reads it to wait before retrying a 503 or 429.
+                .expose_headers([axum::http::header::RETRY_AFTER]),
         )
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req

@@ -22,6 +22,11 @@ pub fn render_svg(content: &str) -> Option<String> {
 }
 
 /// The handler.
+#[utoipa::path(get, path = "/qrcode/{file}", tag = "login",
+    params(("file" = String, Path, description = "`<scene_id>.svg`")),
+    responses(
+        (status = 200, description = "The QR code", body = String, content_type = "image/svg+xml"),
+        (status = 404, description = "No session waits on that scene", body = serde_json::Value)))]
 pub async fn svg(
     State(state): State<AppState>,
     Path(file): Path<String>,

@@ -11,7 +11,10 @@ use std::convert::Infallible;
 use std::future::ready;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,19 +28,24 @@ use super::error::HttpError;
 use crate::login::event::{Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::wechat::ids::Scene;
 
 /// The query of `/sse`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SseQuery {
-    /// `API_TOKEN` or a page token.
+    /// `API_TOKEN` or a page token from `POST /tokens`.
     token: Option<String>,
     /// `en` for English texts; Chinese otherwise.
     lang: Option<String>,
     /// Resume this scene (as `Last-Event-ID` does).
     scene: Option<String>,
 }
+
+/// How soon a browser told to reconnect at shutdown should come back (to another instance).
+const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn data_event(id: String, data: &impl Serialize) -> Event {
     // These payloads are plain structs of strings and numbers: serialising cannot fail.
@@ -69,13 +77,35 @@ enum Tail {
 }
 
 /// The handler.
+#[utoipa::path(get, path = "/sse", tag = "login",
+    params(SseQuery, ("Last-Event-ID" = Option<String>, Header, description = "Set by EventSource on reconnect: resumes that scene")),
+    responses(
+        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.0` and `<scene>.1`; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
+        (status = 401, description = "Wrong, expired or other-origin token", body = serde_json::Value),
+        (status = 429, description = "Too many new streams from this IP (see Retry-After)", body = serde_json::Value),
+        (status = 503, description = "No QR code can be had, or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
 pub async fn sse(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<SseQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let audience = page_access(&state, query.token.as_deref(), &headers)?;
+    let metrics = &state.metrics;
+    let audience = page_access(&state, query.token.as_deref(), &headers).inspect_err(|_| {
+        metrics.refuse_stream("unauthorized");
+    })?;
     let lang = Lang::parse(query.lang.as_deref());
+    if state.login.open_streams() >= state.limits.max_streams {
+        metrics.refuse_stream("max_streams");
+        tracing::warn!(
+            max = state.limits.max_streams,
+            "stream cap reached: refusing"
+        );
+        return Err(HttpError::Unavailable {
+            retry_after: std::time::Duration::from_secs(5),
+            message: "too many open streams; try again shortly",
+        });
+    }
     let resumed = match named_scene(&headers, query.scene.as_deref()) {
         Some((scene, has_result)) => state
             .login
@@ -94,8 +124,14 @@ pub async fn sse(
             (view, Tail::Result(result))
         }
         None => {
+            let ip = state.limits.client_ip(peer, &headers);
+            if let Err(wait) = state.limits.take_stream_token(ip) {
+                metrics.refuse_stream("rate_limited");
+                return Err(HttpError::TooManyRequests { retry_after: wait });
+            }
             let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
                 TakeError::Unavailable(e) => {
+                    metrics.refuse_stream("no_qr");
                     tracing::warn!(reason = %e.reason, "no QR code for a new stream");
                     HttpError::Unavailable {
                         retry_after: e.retry_after,
@@ -150,7 +186,13 @@ fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Respon
             .chain(stream::once(ready(result_event(&view.qr.scene, &result))))
             .boxed(),
         Tail::Wait(attachment) => {
-            let last = wait_for_result(attachment, view.deadline, state.shutdown.clone(), lang);
+            let last = wait_for_result(
+                attachment,
+                view.deadline,
+                state.shutdown.clone(),
+                Arc::clone(&state.metrics),
+                lang,
+            );
             first.chain(stream::once(last).filter_map(ready)).boxed()
         }
     };
@@ -172,6 +214,7 @@ async fn wait_for_result(
     mut attachment: Attachment,
     deadline: Instant,
     shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
     lang: Lang,
 ) -> Option<Event> {
     enum End {
@@ -193,13 +236,25 @@ async fn wait_for_result(
     match end {
         End::Result(result) => {
             tracing::info!(%scene, openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
-            Some(result_event(&scene, &result))
+            let event = result_event(&scene, &result);
+            Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
+            Some(event)
+        }
+        End::Shutdown => {
+            // The session stays: the browser reconnects (to another instance, with a shared
+            // store) and resumes it.
+            Some(
+                Event::default()
+                    .event("shutdown")
+                    .retry(SHUTDOWN_RETRY)
+                    .data(r#"{"event":"shutdown","message":"server restarting; reconnecting"}"#),
+            )
         }
         End::Timeout => {
             tracing::debug!(%scene, "stream timed out");
             attachment.close().await;
             Some(data_event(format!("{scene}.1"), &TimeoutEvent::new(lang)))
         }
-        End::Replaced | End::Shutdown => None,
+        End::Replaced => None,
     }
 }

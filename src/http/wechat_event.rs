@@ -8,17 +8,19 @@
 //! encrypted with the key that opened the request); everything else gets `success`. Answers
 //! come well inside WeChat's 5 s: nothing here waits on WeChat.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::HttpError;
+use super::forward::Forwarded;
 use crate::login::Outcome;
+use crate::metrics::{Metrics, Outcome as Label};
 use crate::wechat::callback::{Callback, ScanEvent, classify};
 use crate::wechat::crypto::{KeySlot, seal_reply, verify_msg_signature};
 use crate::wechat::reply::text_reply;
@@ -59,6 +61,14 @@ fn plain(status: StatusCode, body: String) -> Response {
 }
 
 /// `GET /wechat_event`: answers `echostr` when the signature matches; 400 otherwise.
+#[utoipa::path(get, path = "/wechat_event", tag = "wechat", operation_id = "wechat_url_check",
+    params(
+        ("signature" = String, Query, description = "hex SHA-1 of the sorted MP_TOKEN, timestamp, nonce"),
+        ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("echostr" = String, Query, description = "Echoed back when the signature matches")),
+    responses(
+        (status = 200, description = "The echostr", body = String, content_type = "text/plain"),
+        (status = 400, description = "Missing parameters or wrong signature", body = serde_json::Value)))]
 pub async fn verify(
     State(state): State<AppState>,
     Query(q): Query<VerifyQuery>,
@@ -84,6 +94,9 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
+/// A rejected callback: the reason for the metrics, and the answer.
+struct Rejected(&'static str, HttpError);
+
 /// Opens a safe-mode body: checks `msg_signature` over `Encrypt`, then decrypts it. Returns
 /// the inner message and the key that opened it.
 fn open_encrypted(
@@ -92,24 +105,29 @@ fn open_encrypted(
     q: &EventQuery,
     timestamp: &str,
     nonce: &str,
-) -> Result<(CallbackXml, Option<KeySlot>), HttpError> {
+) -> Result<(CallbackXml, Option<KeySlot>), Rejected> {
     let Some(keys) = &state.aes_keys else {
         // Compatible mode carries the plaintext too; without a key that is what we read.
         if outer.msg_type.is_some() {
             return Ok((outer, None));
         }
-        return Err(HttpError::BadRequest(
-            "encrypted callback, but safe mode (ENCODING_AES_KEY) is not configured".into(),
+        return Err(Rejected(
+            "safe_mode_off",
+            HttpError::BadRequest(
+                "encrypted callback, but safe mode (ENCODING_AES_KEY) is not configured".into(),
+            ),
         ));
     };
-    let encrypt = outer
-        .encrypt
-        .as_deref()
-        .ok_or_else(|| HttpError::BadRequest("encrypt_type=aes but no Encrypt element".into()))?;
-    let msg_signature = q
-        .msg_signature
-        .as_deref()
-        .ok_or(HttpError::Unauthorized("msg_signature is required"))?;
+    let encrypt = outer.encrypt.as_deref().ok_or_else(|| {
+        Rejected(
+            "no_encrypt",
+            HttpError::BadRequest("encrypt_type=aes but no Encrypt element".into()),
+        )
+    })?;
+    let msg_signature = q.msg_signature.as_deref().ok_or(Rejected(
+        "bad_msg_signature",
+        HttpError::Unauthorized("msg_signature is required"),
+    ))?;
     if !verify_msg_signature(
         state.mp_token.expose(),
         timestamp,
@@ -118,62 +136,121 @@ fn open_encrypted(
         msg_signature,
     ) {
         tracing::warn!("encrypted callback with a wrong msg_signature rejected");
-        return Err(HttpError::Unauthorized("msg_signature mismatch"));
+        return Err(Rejected(
+            "bad_msg_signature",
+            HttpError::Unauthorized("msg_signature mismatch"),
+        ));
     }
     // Which step failed stays in the log: telling the sender would make a padding oracle.
     let opened = keys.open(&state.appid, encrypt).map_err(|e| {
         tracing::warn!(error = %e, "encrypted callback does not decrypt");
-        HttpError::BadRequest("the Encrypt element cannot be decrypted".into())
+        Rejected(
+            "undecryptable",
+            HttpError::BadRequest("the Encrypt element cannot be decrypted".into()),
+        )
     })?;
-    let inner = xml::parse(&opened.xml).map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    let inner = xml::parse(&opened.xml)
+        .map_err(|e| Rejected("bad_xml", HttpError::BadRequest(e.to_string())))?;
     Ok((inner, Some(opened.slot)))
 }
 
 /// `POST /wechat_event`: checks the callback and resolves a login scan.
+#[utoipa::path(post, path = "/wechat_event", tag = "wechat", operation_id = "wechat_callback",
+    params(
+        ("signature" = String, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("openid" = Option<String>, Query),
+        ("encrypt_type" = Option<String>, Query, description = "`aes` in safe and compatible mode"),
+        ("msg_signature" = Option<String>, Query, description = "Safe mode: signature over Encrypt")),
+    request_body(content = String, content_type = "text/xml", description = "WeChat's event XML (at most 64 KiB)"),
+    responses(
+        (status = 200, description = "`success`, a passive reply (REPLY_TEXT), or the FORWARD_URL's answer", body = String),
+        (status = 400, description = "Malformed: not UTF-8, not XML, a DTD, undecryptable", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong signature, stale timestamp", body = serde_json::Value),
+        (status = 413, description = "Body over 64 KiB"),
+        (status = 503, description = "Cannot record the event now: WeChat retries", body = serde_json::Value)))]
 pub async fn receive(
     State(state): State<AppState>,
     Query(q): Query<EventQuery>,
+    RawQuery(raw_query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<Response, HttpError> {
+) -> Response {
+    let started = Instant::now();
+    let answer = match handle(&state, &q, raw_query.as_deref(), &headers, body).await {
+        Ok(answer) => answer,
+        Err(Rejected(reason, error)) => {
+            state.metrics.reject_callback(reason);
+            error.into_response()
+        }
+    };
+    Metrics::observe(&state.metrics.callback_seconds, started.elapsed());
+    answer
+}
+
+async fn handle(
+    state: &AppState,
+    q: &EventQuery,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Rejected> {
     let (Some(signature), Some(timestamp), Some(nonce)) = (
         q.signature.as_deref(),
         q.timestamp.as_deref(),
         q.nonce.as_deref(),
     ) else {
-        return Err(HttpError::Unauthorized(
-            "signature, timestamp and nonce are required",
+        return Err(Rejected(
+            "missing_signature",
+            HttpError::Unauthorized("signature, timestamp and nonce are required"),
         ));
     };
     if !verify_signature(state.mp_token.expose(), timestamp, nonce, signature) {
         tracing::warn!("callback with a wrong signature rejected");
-        return Err(HttpError::Unauthorized("signature mismatch"));
-    }
-    let sent: i64 = timestamp
-        .parse()
-        .map_err(|_| HttpError::BadRequest("timestamp is not a number".into()))?;
-    if (now_secs() - sent).abs() > MAX_CLOCK_SKEW_SECS {
-        tracing::warn!(timestamp = sent, "callback with a stale timestamp rejected");
-        return Err(HttpError::Unauthorized(
-            "timestamp is more than 5 minutes from now",
+        return Err(Rejected(
+            "bad_signature",
+            HttpError::Unauthorized("signature mismatch"),
         ));
     }
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| HttpError::BadRequest("the body is not UTF-8".into()))?;
-    let outer = xml::parse(text).map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    let sent: i64 = timestamp.parse().map_err(|_| {
+        Rejected(
+            "bad_timestamp",
+            HttpError::BadRequest("timestamp is not a number".into()),
+        )
+    })?;
+    if (now_secs() - sent).abs() > MAX_CLOCK_SKEW_SECS {
+        tracing::warn!(timestamp = sent, "callback with a stale timestamp rejected");
+        return Err(Rejected(
+            "stale_timestamp",
+            HttpError::Unauthorized("timestamp is more than 5 minutes from now"),
+        ));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        Rejected(
+            "not_utf8",
+            HttpError::BadRequest("the body is not UTF-8".into()),
+        )
+    })?;
+    let outer =
+        xml::parse(text).map_err(|e| Rejected("bad_xml", HttpError::BadRequest(e.to_string())))?;
     let (message, slot) = if q.encrypt_type.as_deref() == Some("aes") {
-        open_encrypted(&state, outer, &q, timestamp, nonce)?
+        open_encrypted(state, outer, q, timestamp, nonce)?
     } else {
         (outer, None)
     };
-    let Callback::Scan(scan) = classify(&message) else {
-        return Ok(plain(StatusCode::OK, "success".into()));
+    let scan = match classify(&message) {
+        Callback::Scan(scan) if scan.scene.is_ours() => scan,
+        // Not a login scan of ours: the account's own backend may want it.
+        _ => return Ok(forward(state, raw_query, headers, body).await),
     };
     let outcome = state.login.complete(&scan).await.map_err(|e| {
         tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
-        HttpError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            message: "temporarily unable to process the event",
-        }
+        Rejected(
+            "store_unavailable",
+            HttpError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                message: "temporarily unable to process the event",
+            },
+        )
     })?;
     match outcome {
         Outcome::Delivered => {}
@@ -190,8 +267,44 @@ pub async fn receive(
         ),
     }
     match (&state.reply_text, outcome.is_login()) {
-        (Some(template), true) => Ok(reply(&state, &scan, template, slot)),
-        _ => Ok(plain(StatusCode::OK, "success".into())),
+        (Some(template), true) => Ok(reply(state, &scan, template, slot)),
+        _ => Ok(success()),
+    }
+}
+
+fn success() -> Response {
+    plain(StatusCode::OK, "success".into())
+}
+
+/// Passes a callback that is not ours on to `FORWARD_URL`, if set, and relays the answer.
+async fn forward(
+    state: &AppState,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(forwarder) = &state.forwarder else {
+        return success();
+    };
+    let outcome = |o: &str| Label { outcome: o.into() };
+    match forwarder.forward(raw_query, headers, body).await {
+        Forwarded::Answer(answer) => {
+            state
+                .metrics
+                .callbacks_forwarded
+                .get_or_create(&outcome("relayed"))
+                .inc();
+            answer
+        }
+        Forwarded::Failed(why) => {
+            tracing::warn!(error = %why, "FORWARD_URL did not answer; answering success");
+            state
+                .metrics
+                .callbacks_forwarded
+                .get_or_create(&outcome("failed"))
+                .inc();
+            success()
+        }
     }
 }
 
@@ -230,7 +343,7 @@ fn reply(state: &AppState, scan: &ScanEvent, template: &str, slot: Option<KeySlo
                 Ok(sealed) => sealed,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encrypt the reply; answering success");
-                    return plain(StatusCode::OK, "success".into());
+                    return success();
                 }
             }
         }

@@ -33,6 +33,10 @@ pub struct LoginResult {
     /// The signed proof of this login for the site's backend (absent only if signing
     /// failed, which is logged).
     pub login_token: Option<String>,
+    /// When the callback was resolved (for the scan-to-push latency). Not sent between
+    /// instances (their clocks differ): a result from another instance counts from arrival.
+    #[serde(skip, default = "std::time::Instant::now")]
+    pub resolved_at: std::time::Instant,
 }
 
 /// The JSON of a [`LoginResult`]:
@@ -111,6 +115,7 @@ mod tests {
             openid: OpenId::new("oAbc"),
             kind: ScanKind::Subscribe,
             login_token: Some("a.b.c".into()),
+            resolved_at: std::time::Instant::now(),
         };
         let json = serde_json::to_value(LoginEvent::from(&r)).unwrap();
         assert_eq!(

@@ -21,6 +21,7 @@ use self::event::LoginResult;
 use self::pool::{QrPool, TakeError};
 use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
+use crate::metrics::{self, Metrics};
 use crate::store::{Inbox, Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
@@ -60,6 +61,7 @@ struct Inner {
     /// How long a stream waits for a scan.
     wait: Duration,
     stats: Stats,
+    metrics: Arc<Metrics>,
 }
 
 /// What became of a scan.
@@ -89,6 +91,7 @@ impl LoginService {
         store: Arc<dyn Store>,
         tokens: Arc<LoginTokens>,
         wait: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -98,8 +101,14 @@ impl LoginService {
                 tokens,
                 wait,
                 stats: Stats::default(),
+                metrics,
             }),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Starts a login: takes a fresh QR code and opens a session with the stream attached.
@@ -115,6 +124,13 @@ impl LoginService {
             .stats
             .streams_started
             .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .streams
+            .get_or_create(&metrics::Outcome {
+                outcome: "new".into(),
+            })
+            .inc();
         Ok(opened)
     }
 
@@ -130,6 +146,13 @@ impl LoginService {
                 .stats
                 .streams_resumed
                 .fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .metrics
+                .streams
+                .get_or_create(&metrics::Outcome {
+                    outcome: "resumed".into(),
+                })
+                .inc();
         }
         Ok(resumed)
     }
@@ -161,17 +184,23 @@ impl LoginService {
                         openid: scan.openid.clone(),
                         kind: scan.kind,
                         login_token,
+                        resolved_at: Instant::now(),
                     }
                 },
             )
             .await?;
-        let (counter, outcome) = match resolution {
-            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered),
-            Resolution::Parked => (&stats.scans_parked, Outcome::Parked),
-            Resolution::Nobody => (&stats.scans_undeliverable, Outcome::NoWaiter),
-            Resolution::Duplicate => (&stats.scans_duplicate, Outcome::Duplicate),
+        let (counter, outcome, name) = match resolution {
+            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered, "delivered"),
+            Resolution::Parked => (&stats.scans_parked, Outcome::Parked, "parked"),
+            Resolution::Nobody => (
+                &stats.scans_undeliverable,
+                Outcome::NoWaiter,
+                "undeliverable",
+            ),
+            Resolution::Duplicate => (&stats.scans_duplicate, Outcome::Duplicate, "duplicate"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.scan(name);
         Ok(outcome)
     }
 

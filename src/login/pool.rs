@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::store::{
     StockedQr, Store, StoreError, instant_to_ms, millis, ms_to_instant, unix_now_ms,
 };
@@ -166,6 +167,7 @@ struct Inner {
     made: AtomicU64,
     today: Mutex<DailyCount>,
     on_demand: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,6 +183,7 @@ impl QrPool {
         target: usize,
         ttl_secs: u32,
         min_life: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -194,6 +197,7 @@ impl QrPool {
                 made: AtomicU64::new(0),
                 today: Mutex::new(DailyCount::default()),
                 on_demand: Semaphore::new(ON_DEMAND_CONCURRENCY),
+                metrics,
             }),
         }
     }
@@ -290,6 +294,7 @@ impl QrPool {
 
     fn record_success(&self) {
         let made = self.inner.made.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inner.metrics.qr_made.inc();
         let day = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() / 86_400)

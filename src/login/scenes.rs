@@ -261,15 +261,14 @@ impl Scenes {
         make: impl FnOnce(Option<&str>) -> LoginResult,
     ) -> Result<Resolution, StoreError> {
         let now_ms = unix_now_ms();
-        let result = match self.inner.store.session(scene).await? {
-            Some(s)
-                if matches!(s.state, SessionState::Waiting { .. })
-                    && now_ms < s.record.deadline_ms =>
-            {
-                Some(make(s.record.audience.as_deref()))
-            }
-            _ => None,
+        // No session for the scene: it resolves nothing, and recording the event's key would
+        // only let floods of unknown or forged scenes grow memory.
+        let Some(session) = self.inner.store.session(scene).await? else {
+            return Ok(Resolution::Nobody);
         };
+        let result = (matches!(session.state, SessionState::Waiting { .. })
+            && now_ms < session.record.deadline_ms)
+            .then(|| make(session.record.audience.as_deref()));
         let encoded = match &result {
             Some(r) => Some(
                 serde_json::to_string(r)
@@ -463,6 +462,7 @@ mod tests {
             openid: OpenId::new(openid),
             kind: ScanKind::Scan,
             login_token: None,
+            resolved_at: Instant::now(),
         }
     }
 

@@ -13,10 +13,7 @@ pub mod phone;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,9 +22,6 @@ use self::fake::{FakeAccount, FakeWechat};
 use crate::app::{App, AppError};
 use crate::config::{Config, ConfigError};
 use crate::wechat::secret::Secret;
-
-/// The demo page, with `__API_TOKEN__` and `__SANDBOX__` to fill in.
-const SANDBOX_PAGE: &str = include_str!("../../assets/sandbox.html");
 
 /// Why the sandbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,33 +102,14 @@ pub fn sandbox_config(
     })
 }
 
-#[derive(Clone)]
-struct PageState {
-    fake: FakeWechat,
-    api_token: Secret,
-}
-
 /// The sandbox's own routes: the demo page at `/` and the phone at `/sandbox/scan`.
 pub fn sandbox_routes(fake: &FakeWechat, api_token: &Secret) -> Router {
     Router::new()
-        .route("/", get(page))
+        .merge(crate::http::assets::demo_routes(api_token.clone(), true))
         .route(
             "/sandbox/scan",
             post(phone::scan_handler).with_state(fake.clone()),
         )
-        .with_state(PageState {
-            fake: fake.clone(),
-            api_token: api_token.clone(),
-        })
-}
-
-async fn page(State(state): State<PageState>) -> impl IntoResponse {
-    let _ = &state.fake;
-    // The sandbox's token is made up for this run; showing it on the demo page is its purpose.
-    let html = SANDBOX_PAGE
-        .replace("__API_TOKEN__", state.api_token.expose())
-        .replace("__SANDBOX__", "true");
-    ([(header::CACHE_CONTROL, "no-store")], Html(html))
 }
 
 /// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`. With

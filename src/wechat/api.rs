@@ -1,6 +1,7 @@
 //! The WeChat API client: `stable_token` and `qrcode/create`, with timeouts and retries of
 //! WeChat's "busy" answer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -37,6 +38,9 @@ pub struct QrTicket {
     pub expire_seconds: u32,
 }
 
+/// Told of every call's result: the API's name and `Ok` or the error (for metrics).
+pub type Observer = Arc<dyn Fn(&'static str, Result<(), &ApiError>) + Send + Sync>;
+
 /// A client of the WeChat API for one Official Account. Cheap to clone.
 #[derive(Clone)]
 pub struct WechatApi {
@@ -44,6 +48,7 @@ pub struct WechatApi {
     base: String,
     appid: String,
     secret: Secret,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for WechatApi {
@@ -121,7 +126,14 @@ impl WechatApi {
             base: base.trim_end_matches('/').to_owned(),
             appid: appid.into(),
             secret,
+            observer: None,
         })
+    }
+
+    /// Calls `observer` after every request with its outcome.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The account's appid.
@@ -139,7 +151,7 @@ impl WechatApi {
             secret: self.secret.expose(),
             force_refresh,
         };
-        let reply: TokenReply = self.post_with_retry(&url, &body).await?;
+        let reply: TokenReply = self.post_with_retry("stable_token", &url, &body).await?;
         Ok(AccessToken {
             value: Secret::new(reply.access_token),
             expires_in: reply.expires_in,
@@ -167,7 +179,7 @@ impl WechatApi {
                 },
             },
         };
-        let reply: QrReply = self.post_with_retry(&url, &body).await?;
+        let reply: QrReply = self.post_with_retry("qrcode_create", &url, &body).await?;
         Ok(QrTicket {
             ticket: Ticket::new(reply.ticket),
             url: reply.url,
@@ -177,13 +189,18 @@ impl WechatApi {
 
     async fn post_with_retry<B: Serialize, T: DeserializeOwned>(
         &self,
+        api: &'static str,
         url: &str,
         body: &B,
     ) -> Result<T, ApiError> {
         let mut pause = BUSY_FIRST_PAUSE;
         let mut attempt = 1;
         loop {
-            match self.post_once(url, body).await {
+            let result = self.post_once(url, body).await;
+            if let Some(observer) = &self.observer {
+                observer(api, result.as_ref().map(|_| ()));
+            }
+            match result {
                 Err(e) if e.errcode() == Some(errcode::BUSY) && attempt < BUSY_ATTEMPTS => {
                     tracing::debug!(attempt, "WeChat is busy; retrying");
                     tokio::time::sleep(pause).await;
@@ -219,9 +236,15 @@ impl WechatApi {
 
 /// Reads a WeChat reply: an error object, or the expected value.
 fn parse_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let parse_error = |source| ApiError::Parse {
-        source,
-        body: String::from_utf8_lossy(bytes).chars().take(120).collect(),
+    let parse_error = |source| {
+        let text = String::from_utf8_lossy(bytes);
+        // An odd-shaped token reply must not put the token into the logs.
+        let body = if text.contains("access_token") {
+            "(withheld: it holds an access token)".to_owned()
+        } else {
+            text.chars().take(120).collect()
+        };
+        ApiError::Parse { source, body }
     };
     let err: ErrorReply = serde_json::from_slice(bytes).map_err(parse_error)?;
     if let Some(code) = err.errcode.filter(|c| *c != 0) {
@@ -250,6 +273,15 @@ mod tests {
         let r: QrReply =
             parse_reply(br#"{"errcode":0,"ticket":"t","expire_seconds":60,"url":"u"}"#).unwrap();
         assert_eq!(r.ticket, "t");
+    }
+
+    #[test]
+    fn an_unreadable_token_reply_does_not_leak_the_token() {
+        let Err(e) = parse_reply::<TokenReply>(br#"{"access_token":"SECRET123","expires_in":"x"}"#)
+        else {
+            panic!("parsed")
+        };
+        assert!(!e.to_string().contains("SECRET123"));
     }
 
     #[test]

@@ -18,13 +18,23 @@ pub struct Scene(String);
 #[error("a scene is 1-64 characters of A-Z a-z 0-9 - _")]
 pub struct InvalidScene;
 
+/// The prefix of the scenes wxlogin makes, so its QR codes are told apart from the account's
+/// other QR codes (whose scans are not logins, and may be forwarded).
+const OUR_PREFIX: &str = "wxl_";
+
 impl Scene {
-    /// A fresh random scene: 128 bits, base64url without padding (22 characters).
+    /// A fresh random scene: `wxl_` and 128 bits, base64url without padding (26 characters).
     pub fn random() -> Self {
         use base64::Engine as _;
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        Self(format!("{OUR_PREFIX}{random}"))
+    }
+
+    /// Whether wxlogin made this scene (its shape; not whether it is still live).
+    pub fn is_ours(&self) -> bool {
+        self.0.len() == OUR_PREFIX.len() + 22 && self.0.starts_with(OUR_PREFIX)
     }
 
     /// Parses a scene received from outside (a callback's `EventKey`, a URL path).
@@ -147,7 +157,9 @@ mod tests {
         let a = Scene::random();
         let b = Scene::random();
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 22);
+        assert_eq!(a.as_str().len(), 26);
+        assert!(a.is_ours());
+        assert!(!Scene::parse("123123").unwrap().is_ours());
         assert_eq!(Scene::parse(a.as_str()), Ok(a));
     }
 

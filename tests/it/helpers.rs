@@ -72,6 +72,8 @@ pub fn shared_key_file() -> String {
 /// A running wxlogin with its fake WeChat; stopped when dropped.
 pub struct TestApp {
     pub base: String,
+    /// The fake WeChat's base URL.
+    pub fake_base: String,
     pub fake: FakeWechat,
     pub login: LoginService,
     pub api_token: String,
@@ -191,6 +193,8 @@ pub fn instance_vars(
         ("BIND", "127.0.0.1:0"),
         ("SSE_KEEPALIVE_SECS", "1"),
         ("POOL_SIZE", "5"),
+        // Every test client is 127.0.0.1: the per-IP limit has tests of its own.
+        ("SSE_PER_IP_PER_MIN", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -235,6 +239,7 @@ async fn spawn_instance(
     tokio::spawn(async move { app.run_until(async move { stop.cancelled().await }).await });
     TestApp {
         base: format!("http://{addr}"),
+        fake_base: format!("http://{fake_addr}"),
         fake: fake.clone(),
         login,
         api_token: API_TOKEN.to_owned(),

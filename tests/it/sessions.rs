@@ -75,6 +75,7 @@ fn result(openid: &str) -> LoginResult {
         openid: OpenId::new(openid),
         kind: ScanKind::Scan,
         login_token: None,
+        resolved_at: Instant::now(),
     }
 }
 

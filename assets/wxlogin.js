@@ -1,0 +1,499 @@
+/**
+ * wxlogin.js: the "scan with WeChat to log in" widget of wxlogin. One ES module, no
+ * dependencies, no build step.
+ *
+ *   import { mount } from 'https://wxlogin.example.com/wxlogin.js';
+ *   const login = mount(document.getElementById('login'), {
+ *     getToken: () => fetch('/my/wxlogin-token').then((r) => r.text()), // or token: '…'
+ *     onLogin: ({ userId, event, login_token }) => { ... },   // verify login_token server-side
+ *   });
+ *   // login.refresh(), login.destroy(), login.setLang('en')
+ *
+ * Options: base (the wxlogin URL; default: where this file was loaded from), token or getToken
+ * (called for each new QR code, and once more after a 401), lang ('zh' default, 'en'), labels
+ * (overrides, flat or per language: {expired: '…'} or {en: {expired: '…'}}), size (px),
+ * onLogin(result), onError(error: Error with .code and .status).
+ *
+ * Stable hooks: the element's data-wxlogin-state is loading | qr | done | expired | error; the
+ * image is img.wxlogin-qr, the refresh / retry button button.wxlogin-refresh, the user line
+ * .wxlogin-user. Each change dispatches a bubbling 'wxlogin:state' event, detail {state, scene}.
+ * Styles are adopted with zero specificity (:where), so any rule of the page wins (except
+ * [hidden], which stays hidden).
+ */
+
+const LABELS = {
+  zh: {
+    loading: '正在生成二维码…',
+    alt: '微信登录二维码',
+    scan: '请使用微信扫一扫登录',
+    hint: '扫码后在微信中确认关注即可登录',
+    left: '{time} 后过期',
+    reconnecting: '连接中断，正在恢复…',
+    done: '登录成功',
+    doneNew: '登录成功，感谢关注',
+    user: 'OpenID：{user}',
+    expired: '二维码已过期，点击刷新',
+    imgFail: '二维码加载失败，点击重试',
+    token: '登录凭证无效，请刷新页面后重试',
+    busy: '服务繁忙，稍后自动重试',
+    network: '无法连接登录服务，稍后自动重试',
+    failed: '登录服务出错 (HTTP {status})',
+    retryIn: '{s} 秒后重试',
+    retry: '重试',
+  },
+  en: {
+    loading: 'Generating QR code…',
+    alt: 'WeChat login QR code',
+    scan: 'Scan with WeChat to log in',
+    hint: 'Scan, then follow the account in WeChat to log in',
+    left: 'Expires in {time}',
+    reconnecting: 'Connection lost, recovering…',
+    done: 'Logged in',
+    doneNew: 'Logged in, thanks for following',
+    user: 'OpenID: {user}',
+    expired: 'QR code expired, click to refresh',
+    imgFail: 'QR code failed to load, click to retry',
+    token: 'Invalid login token, reload the page and try again',
+    busy: 'Service busy, retrying shortly',
+    network: 'Cannot reach the login service, retrying shortly',
+    failed: 'Login service error (HTTP {status})',
+    retryIn: 'Retrying in {s} s',
+    retry: 'Retry',
+  },
+};
+
+const CSS = `
+:where(.wxlogin){--wxlogin-size:200px;display:block;text-align:center}
+:where(.wxlogin-box){display:flex;flex-direction:column;align-items:center;outline:none}
+:where(.wxlogin-frame){position:relative;box-sizing:border-box;width:var(--wxlogin-size);max-width:100%;aspect-ratio:1/1;padding:6px;border-radius:12px;background:#fff;border:1px solid #00000020;display:grid;place-items:center;overflow:hidden}
+:where(.wxlogin-qr){grid-area:1/1;width:100%;height:100%;display:block;transition:opacity .2s,filter .2s}
+:where(.wxlogin[data-wxlogin-state=expired] .wxlogin-qr,.wxlogin[data-wxlogin-state=error] .wxlogin-qr){opacity:.08;filter:blur(2px)}
+:where(.wxlogin-spin){grid-area:1/1;width:34px;height:34px;border-radius:50%;border:3px solid #dfe3e8;border-top-color:#07c160;animation:wxlogin-r .9s linear infinite}
+@keyframes wxlogin-r{to{transform:rotate(360deg)}}
+@media (prefers-reduced-motion:reduce){:where(.wxlogin-spin){animation-duration:3s}:where(.wxlogin-qr){transition:none}}
+:where(.wxlogin-center){position:absolute;inset:0;display:flex;flex-direction:column;align-items:center;justify-content:center;gap:14px;padding:10%}
+:where(.wxlogin-icon){display:flex;justify-content:center;width:36%}
+:where(.wxlogin[data-wxlogin-state=done] .wxlogin-icon){width:42%}
+:where(.wxlogin-icon>svg){width:100%;height:auto}
+:where(.wxlogin-refresh){font:inherit;font-size:14px;font-weight:600;line-height:1.35;color:#fff;background:#06803f;border:0;border-radius:10px;padding:10px 14px;min-height:44px;cursor:pointer;box-shadow:0 2px 8px #0000002e}
+:where(.wxlogin-refresh:hover){filter:brightness(1.08)}
+:where(.wxlogin-refresh:focus-visible){outline:3px solid #1a73e8;outline-offset:2px}
+:where(.wxlogin-status){margin:12px 0 0;font-weight:600;min-height:1.5em;overflow-wrap:anywhere}
+:where(.wxlogin[data-wxlogin-state=done] .wxlogin-status){color:#06803f}
+:where(.wxlogin[data-wxlogin-state=error] .wxlogin-status){color:#c62828}
+:where(.wxlogin-hint,.wxlogin-timer,.wxlogin-user){margin:4px 0 0;font-size:13px;opacity:.75;overflow-wrap:anywhere}
+:where(.wxlogin-timer){display:flex;align-items:center;justify-content:center;gap:8px;width:var(--wxlogin-size);max-width:100%;font-variant-numeric:tabular-nums}
+:where(.wxlogin-bar){flex:1;height:4px;border-radius:4px;background:#8882;overflow:hidden}
+:where(.wxlogin-bar>span){display:block;height:100%;background:#07c160;transition:width .5s linear}
+:where(.wxlogin-user){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+:where(.wxlogin-sr){position:absolute;width:1px;height:1px;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+.wxlogin [hidden]{display:none!important}
+`;
+
+const SVGNS = 'http://www.w3.org/2000/svg';
+// Built with DOM calls, not innerHTML, so pages enforcing Trusted Types can use the widget.
+const ICONS = {
+  done: [
+    ['circle', { cx: 36, cy: 36, r: 34, fill: '#07c160' }],
+    ['path', { d: 'm22 37 9 9 19-20', fill: 'none', stroke: '#fff', 'stroke-width': 6, 'stroke-linecap': 'round', 'stroke-linejoin': 'round' }],
+  ],
+  error: [
+    ['circle', { cx: 36, cy: 36, r: 34, fill: '#c62828' }],
+    ['path', { d: 'M36 18v24', stroke: '#fff', 'stroke-width': 7, 'stroke-linecap': 'round' }],
+    ['circle', { cx: 36, cy: 53, r: 4.5, fill: '#fff' }],
+  ],
+};
+
+function svgIcon(doc, parts) {
+  const svg = doc.createElementNS(SVGNS, 'svg');
+  svg.setAttribute('viewBox', '0 0 72 72');
+  svg.setAttribute('aria-hidden', 'true');
+  for (const [tag, attrs] of parts) {
+    const e = doc.createElementNS(SVGNS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    svg.append(e);
+  }
+  return svg;
+}
+
+/** A stream that has not delivered for this long past its deadline is given up locally. */
+const GRACE_MS = 10000;
+const POLL_MS = 2000;
+
+const styled = new WeakSet();
+function adoptStyle(doc) {
+  if (styled.has(doc)) return;
+  styled.add(doc);
+  try {
+    // A constructed sheet needs no <style> element, which a strict CSP would refuse.
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(CSS);
+    doc.adoptedStyleSheets = [...doc.adoptedStyleSheets, sheet];
+  } catch {
+    const style = doc.createElement('style');
+    style.textContent = CSS;
+    doc.head.append(style);
+  }
+}
+
+function el(doc, tag, cls, attrs = {}) {
+  const e = doc.createElement(tag);
+  if (cls) e.className = cls;
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+function wxError(code, message, status) {
+  return Object.assign(new Error(message), { code, status });
+}
+
+export function mount(element, options = {}) {
+  if (!element || element.nodeType !== 1) throw new TypeError('wxlogin: mount(element, options) needs an element');
+  const o = { ...options };
+  const base = String(o.base || new URL('.', import.meta.url).href).replace(/\/+$/, '');
+  const abs = (path) => (/^https?:\/\//.test(path) ? path : base + path);
+  let lang = o.lang === 'en' ? 'en' : 'zh';
+  const t = (key, vars = {}) => {
+    const l = o.labels || {};
+    const s = String(l[lang]?.[key] ?? l[key] ?? LABELS[lang][key] ?? LABELS.zh[key] ?? key);
+    return s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
+  };
+
+  const doc = element.ownerDocument;
+  adoptStyle(doc);
+  const box = el(doc, 'div', 'wxlogin-box', { tabindex: '-1' });
+  const frame = el(doc, 'div', 'wxlogin-frame');
+  const img = el(doc, 'img', 'wxlogin-qr', { decoding: 'async', referrerpolicy: 'no-referrer' });
+  const spin = el(doc, 'div', 'wxlogin-spin', { 'aria-hidden': 'true' });
+  const center = el(doc, 'div', 'wxlogin-center');
+  const icon = el(doc, 'div', 'wxlogin-icon', { 'aria-hidden': 'true' });
+  const button = el(doc, 'button', 'wxlogin-refresh', { type: 'button' });
+  const status = el(doc, 'p', 'wxlogin-status', { role: 'status', 'aria-live': 'polite' });
+  const hint = el(doc, 'p', 'wxlogin-hint');
+  const timer = el(doc, 'div', 'wxlogin-timer', { role: 'timer' });
+  const bar = el(doc, 'div', 'wxlogin-bar', { 'aria-hidden': 'true' });
+  const fill = el(doc, 'span');
+  const countdown = el(doc, 'span', 'wxlogin-countdown');
+  const user = el(doc, 'p', 'wxlogin-user');
+  const doneIcon = svgIcon(doc, ICONS.done);
+  const errorIcon = svgIcon(doc, ICONS.error);
+  bar.append(fill);
+  timer.append(bar, countdown);
+  center.append(icon, button);
+  frame.append(img, spin, center);
+  box.append(frame, status, hint, timer, user);
+  element.classList.add('wxlogin');
+  element.replaceChildren(box);
+
+  // Everything the widget knows; `gen` changes whenever a flow is abandoned, so late callbacks
+  // of an old stream, probe or poll recognise themselves and do nothing.
+  const S = { state: 'loading', scene: null, gen: 0, es: null, tok: '', total: 0, deadline: 0,
+    retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false };
+  const timers = { tick: 0, poll: 0, retry: 0 };
+
+  function set(state, msg = null) {
+    S.state = state;
+    S.msg = msg;
+    render();
+    element.dispatchEvent(new CustomEvent('wxlogin:state', { bubbles: true, detail: { state, scene: S.scene } }));
+  }
+
+  const text = (node, s) => { if (node.textContent !== s) node.textContent = s; };
+
+  function render() {
+    if (S.destroyed) return;
+    const st = S.state;
+    const focused = element.contains(doc.activeElement);
+    element.dataset.wxloginState = st;
+    element.style.setProperty('--wxlogin-size', `${Number(o.size) > 0 ? Number(o.size) : 200}px`);
+    box.lang = lang === 'en' ? 'en' : 'zh-CN';
+    img.alt = t('alt');
+    img.hidden = !img.getAttribute('src') || !['qr', 'expired'].includes(st);
+    spin.hidden = st !== 'loading';
+    icon.hidden = st !== 'done' && st !== 'error';
+    if (!icon.hidden) icon.replaceChildren(st === 'done' ? doneIcon : errorIcon);
+    frame.setAttribute('aria-busy', String(st === 'loading'));
+    const canRetry = st === 'expired' || (st === 'error' && S.msg?.retry);
+    button.hidden = !canRetry;
+    center.hidden = icon.hidden && button.hidden;
+    text(button, st === 'expired' ? t('expired') : S.msg?.key === 'imgFail' ? t('imgFail') : t('retry'));
+
+    let line = '';
+    if (st === 'loading') line = t('loading');
+    else if (st === 'qr') line = S.note ? t(S.note) : t('scan');
+    else if (st === 'done') line = t(S.isNew ? 'doneNew' : 'done');
+    else if (st === 'expired') line = t('expired');
+    else if (st === 'error') line = t(S.msg?.key || 'failed', S.msg?.vars);
+    text(status, line);
+    // The expired message is the button itself; the live region still announces it.
+    status.classList.toggle('wxlogin-sr', st === 'expired' || (st === 'error' && S.msg?.key === 'imgFail'));
+    text(hint, st === 'qr' ? t('hint') : '');
+    hint.hidden = st !== 'qr';
+    user.hidden = st !== 'done';
+    text(user, st === 'done' ? t('user', { user: S.user }) : '');
+    renderTimer();
+    if (focused) (button.hidden ? box : button).focus();
+  }
+
+  function renderTimer() {
+    const now = Date.now();
+    if (S.state === 'qr') {
+      const s = Math.max(0, Math.ceil((S.deadline - now) / 1000));
+      timer.hidden = false;
+      bar.hidden = false;
+      text(countdown, t('left', { time: `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}` }));
+      fill.style.width = `${S.total ? (100 * s) / S.total : 0}%`;
+    } else if (S.state === 'error' && S.retryAt) {
+      timer.hidden = false;
+      bar.hidden = true;
+      text(countdown, t('retryIn', { s: Math.max(0, Math.ceil((S.retryAt - now) / 1000)) }));
+    } else {
+      timer.hidden = true;
+    }
+  }
+
+  function tick() {
+    renderTimer();
+    // The server says when a code expired; expire here only if that never arrives.
+    if (S.state === 'qr' && Date.now() > S.deadline + GRACE_MS) {
+      stop();
+      set('expired');
+    }
+  }
+
+  function stop() {
+    S.gen += 1;
+    if (S.es) {
+      S.es.onmessage = S.es.onerror = null;
+      S.es.close();
+      S.es = null;
+    }
+    clearInterval(timers.tick);
+    clearTimeout(timers.poll);
+    clearTimeout(timers.retry);
+    S.retryAt = 0;
+    S.note = '';
+  }
+
+  function report(err) {
+    if (typeof o.onError === 'function') {
+      try { o.onError(err); } catch (e) { console.error(e); }
+    }
+  }
+
+  async function token(fresh) {
+    if (typeof o.getToken === 'function') {
+      if (fresh || !S.tok) S.tok = String(await o.getToken());
+    } else {
+      S.tok = String(o.token ?? '');
+    }
+    return S.tok;
+  }
+
+  /** Shows an error; with `after` seconds, tries again by itself after them. */
+  function fail(key, err, vars = {}, after = 0) {
+    stop();
+    const g = S.gen;
+    if (after > 0) {
+      S.retryAt = Date.now() + after * 1000;
+      timers.retry = setTimeout(() => { if (g === S.gen) start(); }, after * 1000);
+      timers.tick = setInterval(renderTimer, 1000);
+    }
+    set('error', { key, vars, retry: true });
+    report(err);
+  }
+
+  let backoff = 0;
+
+  async function start(after401 = false) {
+    stop();
+    const g = S.gen;
+    S.scene = null;
+    img.removeAttribute('src');
+    set('loading');
+    let tok;
+    try {
+      tok = await token(true);
+    } catch (e) {
+      if (g === S.gen) fail('token', wxError('token', `getToken failed: ${e?.message || e}`));
+      return;
+    }
+    if (g !== S.gen) return;
+    const url = `${base}/sse?token=${encodeURIComponent(tok)}${lang === 'en' ? '&lang=en' : ''}`;
+    const es = (S.es = new EventSource(url));
+    let opened = false;
+    let errors = 0;
+    es.onmessage = (ev) => {
+      if (g !== S.gen) return;
+      let m;
+      try { m = JSON.parse(ev.data); } catch { return; }
+      if (!m || typeof m !== 'object') return;
+      opened = true;
+      errors = 0;
+      backoff = 0;
+      handle(m, g);
+    };
+    es.onerror = () => {
+      if (g !== S.gen) return;
+      if (!opened) {
+        // EventSource hides the status; ask once with fetch to learn it.
+        es.onerror = null;
+        es.close();
+        probe(url, g, after401);
+        return;
+      }
+      errors += 1;
+      if (es.readyState === EventSource.CLOSED || errors >= 3) {
+        es.onmessage = es.onerror = null;
+        es.close();
+        poll(g);
+      } else if (S.state === 'qr') {
+        // The browser reconnects by itself, naming the last event; the server resumes the scene.
+        S.note = 'reconnecting';
+        render();
+      }
+    };
+  }
+
+  async function probe(url, g, after401) {
+    const ctl = new AbortController();
+    let res = null;
+    try {
+      res = await fetch(url, { signal: ctl.signal, cache: 'no-store', credentials: 'omit' });
+    } catch {
+      res = null;
+    }
+    ctl.abort(); // only the status and headers matter: a 200 would be a stream
+    if (g !== S.gen) return;
+    const st = res ? res.status : 0;
+    if (st === 401) {
+      if (typeof o.getToken === 'function' && !after401) start(true);
+      else fail('token', wxError('unauthorized', 'wxlogin refused the token', 401));
+    } else if (st === 503 || st === 429) {
+      const ra = parseInt(res.headers.get('retry-after') || '', 10);
+      fail('busy', wxError('unavailable', 'wxlogin cannot issue a QR code now', st), {}, ra > 0 ? Math.min(ra, 600) : 5);
+    } else {
+      // Network trouble, or a stream that works now: try again, a little later each time.
+      backoff = Math.min(60, backoff ? backoff * 2 : 3);
+      if (st === 0 || (st >= 200 && st < 300)) fail('network', wxError('network', 'cannot reach wxlogin', st), {}, backoff);
+      else fail('failed', wxError('http', `wxlogin answered HTTP ${st}`, st), { status: st }, backoff);
+    }
+  }
+
+  function handle(m, g) {
+    if (typeof m.userId === 'string' && m.userId) {
+      login(m);
+    } else if (m.event === 'timeout') {
+      stop();
+      set('expired');
+    } else if (m.scene_id) {
+      // A resumed stream repeats the scene with the time it has left.
+      const resumed = S.scene === String(m.scene_id);
+      S.scene = String(m.scene_id);
+      const secs = Number(m.timeout_seconds) > 0 ? Number(m.timeout_seconds) : 120;
+      S.total = resumed ? Math.max(S.total, secs) : secs;
+      S.deadline = Date.now() + secs * 1000;
+      const src = abs(m.qrcode_svg || `/qrcode/${encodeURIComponent(S.scene)}.svg`);
+      if (img.getAttribute('src') !== src) img.src = src;
+      S.note = '';
+      clearInterval(timers.tick);
+      timers.tick = setInterval(() => { if (g === S.gen) tick(); }, 1000);
+      set('qr');
+    }
+  }
+
+  function login(m) {
+    stop();
+    S.user = String(m.userId);
+    S.isNew = m.event === 'subscribe';
+    set('done');
+    if (typeof o.onLogin === 'function') {
+      try {
+        o.onLogin({ userId: m.userId, event: m.event, login_token: m.login_token });
+      } catch (e) {
+        console.error(e);
+      }
+    }
+  }
+
+  /** The stream keeps failing: ask the status endpoint every 2 s instead. */
+  function poll(g) {
+    S.es = null;
+    S.note = 'reconnecting';
+    render();
+    let refreshed = false;
+    const once = async () => {
+      if (g !== S.gen) return;
+      if (Date.now() > S.deadline + GRACE_MS) {
+        stop();
+        set('expired');
+        return;
+      }
+      try {
+        const res = await fetch(
+          `${base}/login/${encodeURIComponent(S.scene)}/status?token=${encodeURIComponent(S.tok)}`,
+          { cache: 'no-store', credentials: 'omit' },
+        );
+        if (g !== S.gen) return;
+        if (res.status === 401) {
+          if (typeof o.getToken !== 'function' || refreshed) {
+            fail('token', wxError('unauthorized', 'wxlogin refused the token', 401));
+            return;
+          }
+          refreshed = true;
+          await token(true);
+        } else if (res.status === 404 || res.status === 410) {
+          stop();
+          set('expired');
+          return;
+        } else if (res.ok) {
+          const m = await res.json();
+          if (g !== S.gen) return;
+          if (m.status === 'done') return login(m);
+          if (m.status === 'expired') {
+            stop();
+            set('expired');
+            return;
+          }
+          if (S.note) {
+            S.note = '';
+            render();
+          }
+        }
+      } catch {
+        // Offline for a moment: keep asking until the code's time is up.
+      }
+      if (g === S.gen) timers.poll = setTimeout(once, POLL_MS);
+    };
+    once();
+  }
+
+  img.addEventListener('error', () => {
+    if (S.state === 'qr' && img.getAttribute('src')) fail('imgFail', wxError('image', 'the QR image failed to load'));
+  });
+  button.addEventListener('click', () => start());
+
+  start();
+
+  return {
+    /** Abandons the current code and shows a new one. */
+    refresh() {
+      if (!S.destroyed) start();
+    },
+    /** Stops everything and empties the element. */
+    destroy() {
+      if (S.destroyed) return;
+      stop();
+      S.destroyed = true;
+      element.replaceChildren();
+      element.classList.remove('wxlogin');
+      delete element.dataset.wxloginState;
+      element.style.removeProperty('--wxlogin-size');
+    },
+    /** Switches the texts between 'zh' and 'en' without a new code. */
+    setLang(l) {
+      lang = l === 'en' ? 'en' : 'zh';
+      render();
+    },
+  };
+}

@@ -1,0 +1,91 @@
+//! `wxlogin check`: is this configuration going to work? Validates the settings, fetches an
+//! access token, creates one QR code, and reports each step on one line, secrets never shown.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::wechat::api::WechatApi;
+use crate::wechat::error::ApiError;
+use crate::wechat::ids::Scene;
+
+/// The outcome of the checks.
+pub struct Report {
+    /// One line per step, `ok` or `FAIL` first.
+    pub text: String,
+    /// Whether every step passed.
+    pub passed: bool,
+}
+
+fn explain(e: &ApiError) -> String {
+    match e.advice() {
+        Some(advice) => format!("{e} ({advice})"),
+        None => e.to_string(),
+    }
+}
+
+/// Runs the checks against the configuration in `vars`.
+pub async fn run(vars: &HashMap<String, String>) -> Report {
+    let mut text = String::new();
+    let mut line = |ok: bool, what: &str| {
+        let _ = writeln!(text, "{} {what}", if ok { "ok  " } else { "FAIL" });
+        ok
+    };
+    let config = match Config::from_lookup(|k| vars.get(k).cloned()) {
+        Ok(config) => config,
+        Err(e) => {
+            line(false, &e.to_string());
+            return Report {
+                text,
+                passed: false,
+            };
+        }
+    };
+    let mut passed = line(
+        true,
+        &format!(
+            "configuration (appid {}, WeChat API {}, safe mode {})",
+            config.appid,
+            config.wechat_api_base,
+            if config.aes_keys.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+        ),
+    );
+    let api = match WechatApi::new(
+        &config.wechat_api_base,
+        config.appid.clone(),
+        config.secret_key.clone(),
+        config.wechat_timeout,
+    ) {
+        Ok(api) => api,
+        Err(e) => {
+            line(false, &format!("WeChat client: {e}"));
+            return Report {
+                text,
+                passed: false,
+            };
+        }
+    };
+    match api.stable_token(false).await {
+        Err(e) => passed &= line(false, &format!("access token: {}", explain(&e))),
+        Ok(token) => {
+            passed &= line(
+                true,
+                &format!("access token (valid {} s more)", token.expires_in),
+            );
+            match api.create_qr(&token, &Scene::random(), 60).await {
+                Ok(qr) => {
+                    passed &= line(
+                        true,
+                        &format!("QR code created (lives {} s)", qr.expire_seconds),
+                    )
+                }
+                Err(e) => passed &= line(false, &format!("QR code: {}", explain(&e))),
+            }
+        }
+    }
+    Report { text, passed }
+}

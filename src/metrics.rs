@@ -1,0 +1,210 @@
+//! Prometheus metrics: one registry per app (no process-global state, so several apps in
+//! one process, as in the tests, keep their own counts).
+//!
+//! Counters are bumped where things happen; gauges of current state (open streams, QR stock,
+//! live sessions) are read when `/metrics` is scraped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label set with one `outcome` / `reason` value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// What happened.
+    pub outcome: String,
+}
+
+/// A WeChat API call's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCall {
+    /// `stable_token` or `qrcode_create`.
+    pub api: String,
+    /// `ok`, the errcode, or `request_error` / `unreadable`.
+    pub result: String,
+}
+
+/// A rejected callback's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rejection {
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The app's metrics. Share as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    /// Streams attached now (set at scrape time).
+    pub open_streams: Gauge,
+    /// Sessions held now (set at scrape time).
+    pub live_scenes: Gauge,
+    /// QR codes in stock (set at scrape time).
+    pub qr_stock: Gauge,
+    /// QR codes made.
+    pub qr_made: Counter,
+    /// Streams started, by `new` / `resumed`.
+    pub streams: Family<Outcome, Counter>,
+    /// Streams refused, by reason (`unauthorized`, `rate_limited`, `max_streams`, `no_qr`).
+    pub streams_refused: Family<Rejection, Counter>,
+    /// Scans, by outcome (`delivered`, `parked`, `undeliverable`, `duplicate`).
+    pub scans: Family<Outcome, Counter>,
+    /// Callbacks rejected, by reason.
+    pub callbacks_rejected: Family<Rejection, Counter>,
+    /// Callbacks passed on to `FORWARD_URL`, by outcome.
+    pub callbacks_forwarded: Family<Outcome, Counter>,
+    /// WeChat API calls, by API and result.
+    pub wechat_calls: Family<ApiCall, Counter>,
+    /// Time to handle a callback, in seconds.
+    pub callback_seconds: Histogram,
+    /// Time from a callback's arrival to its result being written to the stream, in seconds.
+    pub scan_to_push_seconds: Histogram,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5, 5.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// A registry with every metric, prefixed `wxlogin_`.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("wxlogin");
+        macro_rules! register {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let metric = $metric;
+                registry.register($name, $help, metric.clone());
+                metric
+            }};
+        }
+        let open_streams = register!(
+            "open_streams",
+            "Streams waiting for a scan",
+            Gauge::default()
+        );
+        let live_scenes = register!(
+            "live_scenes",
+            "Login sessions held (waiting or holding a result)",
+            Gauge::default()
+        );
+        let qr_stock = register!("qr_stock", "Fresh QR codes in stock", Gauge::default());
+        let qr_made = register!(
+            "qr_made",
+            "QR codes made through the WeChat API",
+            Counter::default()
+        );
+        let streams = register!(
+            "streams",
+            "Streams started, new or resumed",
+            Family::default()
+        );
+        let streams_refused = register!(
+            "streams_refused",
+            "Streams refused, by reason",
+            Family::default()
+        );
+        let scans = register!(
+            "scans",
+            "Scans of login QR codes, by outcome",
+            Family::default()
+        );
+        let callbacks_rejected = register!(
+            "callbacks_rejected",
+            "Callbacks rejected, by reason",
+            Family::default()
+        );
+        let callbacks_forwarded = register!(
+            "callbacks_forwarded",
+            "Callbacks passed on to FORWARD_URL, by outcome",
+            Family::default()
+        );
+        let wechat_calls = register!(
+            "wechat_api_calls",
+            "WeChat API calls, by API and result (ok or errcode)",
+            Family::default()
+        );
+        let callback_seconds = register!(
+            "callback_duration_seconds",
+            "Time to handle a WeChat callback",
+            Histogram::new(latency_buckets())
+        );
+        let scan_to_push_seconds = register!(
+            "scan_to_push_seconds",
+            "Time from a callback's arrival to the result on the stream",
+            Histogram::new(latency_buckets())
+        );
+        Arc::new(Self {
+            registry,
+            open_streams,
+            live_scenes,
+            qr_stock,
+            qr_made,
+            streams,
+            streams_refused,
+            scans,
+            callbacks_rejected,
+            callbacks_forwarded,
+            wechat_calls,
+            callback_seconds,
+            scan_to_push_seconds,
+        })
+    }
+
+    /// Counts a scan outcome.
+    pub fn scan(&self, outcome: &str) {
+        self.scans
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a rejected callback.
+    pub fn reject_callback(&self, reason: &str) {
+        self.callbacks_rejected
+            .get_or_create(&Rejection {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused stream.
+    pub fn refuse_stream(&self, reason: &str) {
+        self.streams_refused
+            .get_or_create(&Rejection {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a WeChat API call.
+    pub fn wechat_call(&self, api: &str, result: &str) {
+        self.wechat_calls
+            .get_or_create(&ApiCall {
+                api: api.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Records a duration in a histogram.
+    pub fn observe(histogram: &Histogram, elapsed: Duration) {
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,388 @@
+//! Real-browser tests: headless Chromium (Debian's `chromium` and `chromium-driver`) on the demo
+//! page of the `wxlogin sandbox` binary, through WebDriver. Screenshots of each final state go
+//! to `target/browser-screenshots/`. Set `TEST_LOG=1` to see the sandbox's logs.
+//!
+//! - `harness`: the sandbox process, the browser, waiting on the page, decoding the QR.
+//! - `proxy`: a TCP proxy that cuts the browser's connections from the server side.
+//! - `stub`: a scripted wxlogin for the failure paths (401, 503, a stream that dies for good).
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "browser/harness.rs"]
+mod harness;
+#[path = "browser/proxy.rs"]
+mod proxy;
+#[path = "browser/stub.rs"]
+mod stub;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use fantoccini::Locator;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha384};
+
+use harness::{Browser, Sandbox, Screen};
+use proxy::Proxy;
+use stub::{Mode, StubServer};
+
+const DESKTOP: Screen = Screen::Desktop;
+const PHONE: Screen = Screen::Phone;
+
+async fn open(name: &str, url: &str, screen: Screen) -> Browser {
+    let browser = Browser::start(name, screen).await;
+    browser.client.goto(url).await.expect("the page opens");
+    browser
+}
+
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    browser
+        .js(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+            vec![json!(css)],
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Records every scene the widget shows into `window.scenes`.
+async fn record_scenes(browser: &Browser) {
+    browser
+        .js(
+            "window.scenes = [];
+             document.getElementById('wxlogin').addEventListener('wxlogin:state',
+               (e) => { if (e.detail.scene) window.scenes.push(e.detail.scene); });",
+            vec![],
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn the_qr_code_appears_decodes_to_the_ticket_url_and_a_scan_logs_the_page_in() {
+    let sandbox = Sandbox::start(&[]).await;
+    let browser = open("scan", &sandbox.base, DESKTOP).await;
+
+    let shown = browser.wait_state("qr").await;
+    let scene = browser.scene().await;
+    let content = browser.decode_qr().await;
+    assert!(
+        content.starts_with("http://weixin.qq.com/q/"),
+        "the QR holds the ticket url, not {content:?} ({shown})"
+    );
+    let alt = browser
+        .js("return document.getElementById('qr').alt", vec![])
+        .await;
+    assert_eq!(alt, "微信登录二维码");
+    let frame_radius = browser
+        .js(
+            "return getComputedStyle(document.querySelector('.wxlogin-frame')).borderTopLeftRadius",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        frame_radius, "12px",
+        "the widget's styles apply under the page's CSP"
+    );
+    browser.save_screenshot("qr").await;
+
+    // The page pins the widget with its SRI hash (and Chromium ran it, so the hash is right).
+    let js = reqwest::get(format!("{}/wxlogin.js", sandbox.base))
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(js.headers().contains_key("etag"));
+    assert!(
+        js.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=")
+    );
+    let sri = format!(
+        "sha384-{}",
+        STANDARD.encode(Sha384::digest(js.bytes().await.unwrap()))
+    );
+    let pinned = browser
+        .js(
+            "return document.querySelector('script[integrity]').integrity",
+            vec![],
+        )
+        .await;
+    assert_eq!(pinned, sri);
+
+    // The fake phone scans the code shown on the page, by the page's own button.
+    let openid = browser
+        .js("return document.getElementById('openid').value", vec![])
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    click(&browser, "#scan").await;
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, openid);
+    assert!(text_of(&browser, ".wxlogin-user").await.contains(&openid));
+    assert_eq!(text_of(&browser, "#event").await, "SCAN");
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "登录成功");
+    browser.save_screenshot("logged-in").await;
+
+    // The code is used up: a second scan of it changes nothing.
+    sandbox.scan(&scene, "oSomeoneElse", false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(text_of(&browser, "#user").await, openid);
+
+    // "Log in again" (the widget's refresh()) shows a new code.
+    click(&browser, "#again").await;
+    browser.wait_state("qr").await;
+    assert_ne!(browser.scene().await, scene);
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_code_offers_a_refresh_and_only_the_new_code_logs_in() {
+    let sandbox = Sandbox::start(&[("SSE_TIMEOUT_SECS", "5")]).await;
+    let browser = open("expired", &sandbox.base, DESKTOP).await;
+
+    browser.wait_state("qr").await;
+    let old = browser.scene().await;
+    browser.wait_state("expired").await;
+    let button = text_of(&browser, ".wxlogin-refresh").await;
+    assert_eq!(button, "二维码已过期，点击刷新");
+    browser.save_screenshot("expired").await;
+
+    click(&browser, ".wxlogin-refresh").await;
+    browser.wait_state("qr").await;
+    let new = browser.scene().await;
+    assert_ne!(new, old, "a refresh shows a new code");
+    // Keyboard users keep their place: focus stays in the widget.
+    let focus_in_widget = browser
+        .js(
+            "return document.getElementById('wxlogin').contains(document.activeElement)",
+            vec![],
+        )
+        .await;
+    assert_eq!(focus_in_widget, true);
+
+    // A late scan of the expired code logs nobody in.
+    sandbox.scan(&old, "oLateScanner", false).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let now = browser.state().await;
+    assert_eq!(now["widget"], "qr", "{now}");
+    assert_eq!(browser.scene().await, new);
+
+    assert_eq!(sandbox.scan(&new, "oNewCodeUser", true).await, 200);
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, "oNewCodeUser");
+    assert_eq!(text_of(&browser, "#event").await, "subscribe");
+    browser.save_screenshot("refreshed-logged-in").await;
+    browser.close().await;
+}
+
+/// Needs the server to resume a scene on `Last-Event-ID` (issue 3): without it the reconnected
+/// stream brings a new code, and this test says so.
+#[tokio::test]
+async fn a_stream_cut_by_the_server_side_resumes_the_same_code_and_still_gets_the_scan() {
+    let sandbox = Sandbox::start(&[("SSE_KEEPALIVE_SECS", "1")]).await;
+    let proxy = Proxy::start(sandbox.addr).await;
+    let browser = open("resume", &format!("http://{}/", proxy.addr), DESKTOP).await;
+    browser.wait_state("qr").await;
+    record_scenes(&browser).await;
+    let scene = browser.scene().await;
+    browser.decode_qr().await;
+
+    // The connection drops while the user is looking at the code; it stays down while they scan.
+    proxy.hold();
+    assert!(proxy.cut() > 0, "the page had connections open");
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    while !text_of(&browser, ".wxlogin-status")
+        .await
+        .contains("连接中断")
+    {
+        assert!(std::time::Instant::now() < deadline, "no reconnecting note");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the server notice its client is gone (keep-alive writes fail) before the scan.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sandbox.scan(&scene, "oResumedUser", false).await, 200);
+    proxy.release();
+
+    // The reconnected EventSource names the last event it saw; the server resumes the scene
+    // (same code) and delivers the scan that came while the stream was away.
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    loop {
+        let scenes = browser.js("return window.scenes", vec![]).await;
+        let other: Vec<&Value> = scenes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| **s != json!(scene))
+            .collect();
+        assert!(
+            other.is_empty(),
+            "the reconnected stream brought a new code {other:?} instead of resuming {scene} \
+             (Last-Event-ID resume, issue 3)"
+        );
+        if browser.state().await["widget"] == "done" {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            browser.save_screenshot("failed-resume").await;
+            panic!("no login after the reconnect: {}", browser.state().await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, "oResumedUser");
+    browser.save_screenshot("resumed-logged-in").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_demo_page_fits_a_phone_and_works_by_keyboard_in_english() {
+    let sandbox = Sandbox::start(&[]).await;
+    let browser = open("phone", &sandbox.base, PHONE).await;
+    browser.wait_state("qr").await;
+    browser.decode_qr().await;
+    let widths = browser
+        .js(
+            "return [window.innerWidth, document.scrollingElement.scrollWidth]",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        widths,
+        json!([390, 390]),
+        "a phone's width, no sideways scrolling"
+    );
+    browser.save_screenshot("qr").await;
+
+    // The language toggle changes the texts, not the code.
+    let scene = browser.scene().await;
+    click(&browser, "#lang").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Scan with WeChat to log in"
+    );
+    assert_eq!(
+        browser
+            .js("return document.getElementById('qr').alt", vec![])
+            .await,
+        "WeChat login QR code"
+    );
+    assert_eq!(browser.scene().await, scene);
+
+    // Keyboard only: focus the OpenID field, press Enter.
+    let field = browser.client.find(Locator::Css("#openid")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys("oKeyboardUser\u{E007}").await.unwrap();
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, "oKeyboardUser");
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "Logged in");
+    browser.save_screenshot("logged-in-en").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_shows_a_token_error_and_a_fresh_page_token_is_fetched_once() {
+    let stub = StubServer::start(Mode::BusyFor(0)).await;
+
+    let browser = open(
+        "unauthorized",
+        &format!("{}/?token=wrong", stub.base),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "登录凭证无效，请刷新页面后重试"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log[0], json!(["error", "unauthorized", 401]), "{log}");
+    browser.save_screenshot("error").await;
+    browser.close().await;
+
+    // getToken: a stale token, a 401, one fresh token, the code.
+    let browser = open(
+        "page-token",
+        &format!("{}/?tokens=stale,{}", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("qr").await;
+    assert_eq!(browser.decode_qr().await, stub::TICKET_URL);
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log, json!([["getToken"], ["getToken"]]));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_busy_server_is_retried_after_retry_after_with_a_countdown() {
+    // The EventSource and the widget's probe are refused; the retry one second later succeeds.
+    let stub = StubServer::start(Mode::BusyFor(2)).await;
+    let browser = open(
+        "busy",
+        &format!("{}/?token={}&lang=en", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Service busy, retrying shortly"
+    );
+    assert!(
+        text_of(&browser, ".wxlogin-countdown")
+            .await
+            .starts_with("Retrying in")
+    );
+    browser.save_screenshot("busy").await;
+    browser.wait_state("qr").await;
+    assert_eq!(stub.sse_calls(), 3);
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log, json!([["error", "unavailable", 503]]));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
+    let stub = StubServer::start(Mode::DiesThenPolls).await;
+    let browser = open(
+        "polling",
+        &format!("{}/?token={}", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("qr").await;
+    browser.wait_state("done").await;
+    assert!(stub.status_calls() >= 3, "it polled");
+    assert!(
+        text_of(&browser, ".wxlogin-user")
+            .await
+            .contains("oPolledUser")
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(
+        log,
+        json!([["login", {"userId": "oPolledUser", "event": "subscribe", "login_token": "stub.login.token"}]])
+    );
+    browser.save_screenshot("done").await;
+    browser.close().await;
+}
