@@ -22,7 +22,9 @@ use crate::http::{self, AppState};
 use crate::login::LoginService;
 use crate::login::pool::QrPool;
 use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSetupError, RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
 use crate::wechat::error::ApiError;
 use crate::wechat::token::TokenCache;
@@ -48,6 +50,9 @@ pub enum AppError {
     /// The login token key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// `REDIS_URL` is not usable.
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -73,10 +78,23 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     login: LoginService,
-    store: MemoryStore,
     limits: Arc<Limits>,
     cancel: CancellationToken,
     grace: Duration,
+}
+
+/// The store the configuration asks for: Redis with `REDIS_URL` (several instances), else
+/// memory (one process).
+fn store(config: &Config) -> Result<Arc<dyn Store>, RedisSetupError> {
+    match &config.redis_url {
+        Some(url) => {
+            // Random per process: names this instance's streams and inbox in Redis.
+            let instance: Arc<str> = crate::auth::random_id()[..12].into();
+            tracing::info!(redis = %redact_url(url.expose()), %instance, "state is shared in Redis");
+            Ok(Arc::new(RedisStore::new(url, &config.appid, instance)?))
+        }
+        None => Ok(Arc::new(MemoryStore::new())),
+    }
 }
 
 impl App {
@@ -115,17 +133,18 @@ impl App {
             };
             observed.wechat_call(api, &result);
         }));
+        let store = store(config)?;
         let pool = QrPool::new(
-            TokenCache::new(api),
+            TokenCache::new(api, store.token_share()),
+            Arc::clone(&store),
             config.pool_size,
             config.qr_ttl_secs,
             config.sse_timeout + QR_LIFE_MARGIN,
             Arc::clone(&metrics),
         );
-        let store = MemoryStore::new();
         let login = LoginService::new(
             pool,
-            Arc::new(store.clone()),
+            store,
             Arc::new(login_tokens(config)?),
             config.sse_timeout,
             Arc::clone(&metrics),
@@ -172,7 +191,6 @@ impl App {
             listener,
             router: http::common_layers(router),
             login,
-            store,
             limits,
             cancel,
             grace: config.shutdown_grace,
@@ -200,12 +218,12 @@ impl App {
             listener,
             router,
             login,
-            store,
             limits,
             cancel,
             grace,
         } = self;
         let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
+        let inbox = tokio::spawn(login.clone().run_inbox(cancel.child_token()));
         let purge_cancel = cancel.child_token();
         let purge_login = login.clone();
         let purge = tokio::spawn(async move {
@@ -213,7 +231,6 @@ impl App {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        store.purge_expired();
                         purge_login.purge_expired();
                         limits.purge();
                     }
@@ -248,7 +265,7 @@ impl App {
             }
         };
         cancel.cancel();
-        let _ = tokio::join!(refill, purge);
+        let _ = tokio::join!(refill, purge, inbox);
         served.map_err(AppError::Serve)
     }
 }

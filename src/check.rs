@@ -1,10 +1,16 @@
 //! `wxlogin check`: is this configuration going to work? Validates the settings, fetches an
-//! access token, creates one QR code, and reports each step on one line, secrets never shown.
+//! access token, creates one QR code, pings Redis when `REDIS_URL` is set, and reports each
+//! step on one line, secrets never shown.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::config::Config;
+use crate::store::Store as _;
+use crate::store::redis::{RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
 use crate::wechat::error::ApiError;
 use crate::wechat::ids::Scene;
@@ -84,6 +90,20 @@ pub async fn run(vars: &HashMap<String, String>) -> Report {
                     )
                 }
                 Err(e) => passed &= line(false, &format!("QR code: {}", explain(&e))),
+            }
+        }
+    }
+    if let Some(url) = &config.redis_url {
+        let shown = redact_url(url.expose());
+        match RedisStore::new(url, &config.appid, Arc::from("check")) {
+            Err(e) => passed &= line(false, &format!("Redis: {e}")),
+            Ok(store) => {
+                let pinged = tokio::time::timeout(Duration::from_secs(3), store.ping()).await;
+                match pinged {
+                    Ok(Ok(())) => passed &= line(true, &format!("Redis at {shown} answers")),
+                    Ok(Err(e)) => passed &= line(false, &format!("Redis at {shown}: {e}")),
+                    Err(_) => passed &= line(false, &format!("Redis at {shown}: no answer in 3 s")),
+                }
             }
         }
     }

@@ -60,6 +60,10 @@ pub struct Config {
     pub login_token_audience: String,
     /// `PAGE_TOKEN_TTL_SECS`: the default life of a page token from `POST /tokens`.
     pub page_token_ttl: Duration,
+    /// `REDIS_URL`: share state with other instances through this Redis
+    /// (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); one process, in memory,
+    /// when unset. A secret: it may carry a password.
+    pub redis_url: Option<Secret>,
     /// `REPLY_TEXT`: the text reply the user sees in WeChat after a login scan (`{time}` is
     /// replaced by the time); `success` (no reply) when unset.
     pub reply_text: Option<String>,
@@ -211,6 +215,25 @@ impl Config {
                 "must be at least 32 characters",
             ));
         }
+        let redis_url = get("REDIS_URL");
+        if let Some(url) = &redis_url {
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok {
+                return Err(problem(
+                    "REDIS_URL",
+                    "must be a redis://, rediss:// or unix:// URL",
+                ));
+            }
+            if login_token_secret.is_none() && get("LOGIN_TOKEN_KEY_FILE").is_none() {
+                return Err(problem(
+                    "REDIS_URL",
+                    "is set, so several instances may run: set LOGIN_TOKEN_SECRET or \
+                     LOGIN_TOKEN_KEY_FILE so that they all sign login tokens with one key",
+                ));
+            }
+        }
         let trusted_proxies = match get("TRUSTED_PROXIES") {
             None => Vec::new(),
             Some(list) => list
@@ -274,6 +297,7 @@ impl Config {
             login_token_audience: get("LOGIN_TOKEN_AUDIENCE").unwrap_or_else(|| "wxlogin".into()),
             page_token_ttl: Duration::from_secs(page_token_ttl),
             reply_text: get("REPLY_TEXT"),
+            redis_url: redis_url.map(Secret::new),
             metrics_token: get("METRICS_TOKEN").map(Secret::new),
             sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
             trusted_proxies,
@@ -398,6 +422,26 @@ mod tests {
         let mut vars = base();
         vars.insert("API_TOKEN".into(), "short".into());
         assert!(!load(&vars).unwrap_err().to_string().contains("short"));
+    }
+
+    #[test]
+    fn redis_url_needs_a_shared_login_token_key_and_is_never_printed() {
+        let mut vars = base();
+        vars.insert("REDIS_URL".into(), "redis://:hunter2@cache:6379".into());
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.setting, "REDIS_URL");
+        assert!(!e.to_string().contains("hunter2"));
+        vars.insert(
+            "LOGIN_TOKEN_SECRET".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        );
+        let c = load(&vars).unwrap();
+        assert!(c.redis_url.is_some());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        vars.insert("REDIS_URL".into(), "http://hunter2@cache".into());
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.setting, "REDIS_URL");
+        assert!(!e.to_string().contains("hunter2"));
     }
 
     #[test]

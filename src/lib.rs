@@ -8,7 +8,9 @@
 //! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
 //!   and the one place where a scan is resolved to a stream.
 //! - [`metrics`]: Prometheus metrics, one registry per app.
-//! - [`store`]: state that several instances would share (callback dedupe keys, ...).
+//! - [`store`]: state that instances share: the QR stock, login sessions and results, keys
+//!   claimed once, the access token, delivery to the instance holding a stream. In memory
+//!   (one process) or in Redis (several instances).
 //! - [`http`]: the axum adapter: routes, SSE, the callback endpoint, health, errors.
 //! - [`sandbox`]: an in-process fake WeChat and a "phone" that sends signed callbacks; used by
 //!   `wxlogin sandbox`, `wxlogin fake-wechat` and the tests.

@@ -1,5 +1,7 @@
 //! Liveness and readiness.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -16,24 +18,38 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the last contact with WeChat succeeded (a token was had and QR
-/// codes were made) and no backoff is running; 503 otherwise, with the reason. The body also
-/// reports the stock and open streams.
+/// How long readiness waits for the store to answer.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /readyz`: 200 when the store answers (Redis, with this instance subscribed to its
+/// deliveries) and the last contact with WeChat succeeded (a token was had and QR codes were
+/// made) with no backoff running; 503 otherwise, with the reason. The body also reports the
+/// stock and open streams.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Ready: WeChat answers and QR codes can be made", body = serde_json::Value),
+        (status = 200, description = "Ready: the store answers, WeChat answers and QR codes can be made", body = serde_json::Value),
         (status = 503, description = "Not ready, with the reason", body = serde_json::Value)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let pool = state.login.pool().status();
-    let status = if pool.healthy {
+    let store = match tokio::time::timeout(STORE_PING_TIMEOUT, state.login.store().ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the store does not answer".to_owned()),
+    };
+    let pool = state.login.pool().status().await;
+    let ready = pool.healthy && store.is_ok();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({
-        "ready": pool.healthy,
+        "ready": ready,
         "open_streams": state.login.open_streams(),
         "live_scenes": state.login.live_scenes(),
+        "store": match &store {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
         "pool": pool,
     });
     (status, Json(body))
@@ -64,8 +80,12 @@ pub async fn metrics(
     let m = &state.metrics;
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.open_streams.set(gauge(state.login.open_streams()));
-    m.live_scenes.set(gauge(state.login.live_scenes()));
-    m.qr_stock.set(gauge(state.login.pool().status().stock));
+    // Unknown with Redis (counting would mean scanning every key): the gauge stays unset.
+    if let Some(live) = state.login.live_scenes() {
+        m.live_scenes.set(gauge(live));
+    }
+    m.qr_stock
+        .set(gauge(state.login.pool().status().await.stock));
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -49,7 +49,13 @@ pub async fn status(
     page_access(&state, q.token.as_deref(), &headers)?;
     let body = match Scene::parse(&scene) {
         Err(_) => json!({"status": "expired"}),
-        Ok(scene) => match state.login.status(&scene) {
+        Ok(scene) => match state.login.status(&scene).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read a session: the store is unavailable");
+            HttpError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                message: "temporarily unavailable",
+            }
+        })? {
             Status::Pending(view) => json!({
                 "status": "pending",
                 "scene_id": scene.as_str(),

@@ -26,8 +26,10 @@ use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
 use crate::login::event::{Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
+use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 use crate::wechat::ids::Scene;
 
 /// The query of `/sse`.
@@ -104,8 +106,14 @@ pub async fn sse(
             message: "too many open streams; try again shortly",
         });
     }
-    let resumed = named_scene(&headers, query.scene.as_deref())
-        .and_then(|(scene, has_result)| state.login.resume(&scene, has_result));
+    let resumed = match named_scene(&headers, query.scene.as_deref()) {
+        Some((scene, has_result)) => state
+            .login
+            .resume(&scene, has_result)
+            .await
+            .map_err(|e| store_unavailable(&e))?,
+        None => None,
+    };
     let (view, tail) = match resumed {
         Some(Resumed::Waiting(view, attachment)) => {
             tracing::debug!(scene = %view.qr.scene, "stream resumed");
@@ -121,19 +129,31 @@ pub async fn sse(
                 metrics.refuse_stream("rate_limited");
                 return Err(HttpError::TooManyRequests { retry_after: wait });
             }
-            let (view, attachment) = state.login.start(audience).await.map_err(|e| {
-                metrics.refuse_stream("no_qr");
-                tracing::warn!(reason = %e.reason, "no QR code for a new stream");
-                HttpError::Unavailable {
-                    retry_after: e.retry_after,
-                    message: "no QR code can be had from WeChat right now",
+            let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
+                TakeError::Unavailable(e) => {
+                    metrics.refuse_stream("no_qr");
+                    tracing::warn!(reason = %e.reason, "no QR code for a new stream");
+                    HttpError::Unavailable {
+                        retry_after: e.retry_after,
+                        message: "no QR code can be had from WeChat right now",
+                    }
                 }
+                TakeError::Store(e) => store_unavailable(&e),
             })?;
             tracing::debug!(scene = %view.qr.scene, "stream opened");
             (view, Tail::Wait(attachment))
         }
     };
     Ok(respond(&state, &view, tail, lang))
+}
+
+/// 503 while the store (Redis) cannot be reached: a stream could not be delivered to.
+fn store_unavailable(e: &StoreError) -> HttpError {
+    tracing::error!(error = %e, "cannot open a stream: the store is unavailable");
+    HttpError::Unavailable {
+        retry_after: std::time::Duration::from_secs(1),
+        message: "temporarily unavailable",
+    }
 }
 
 fn qr_event(view: &SceneView) -> Event {
@@ -232,7 +252,7 @@ async fn wait_for_result(
         }
         End::Timeout => {
             tracing::debug!(%scene, "stream timed out");
-            attachment.close();
+            attachment.close().await;
             Some(data_event(format!("{scene}.1"), &TimeoutEvent::new(lang)))
         }
         End::Replaced => None,

@@ -2,7 +2,7 @@
 //!
 //! The shapes are the FastAPI service's, so its pages keep working; fields are only added.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wechat::callback::ScanKind;
 use crate::wechat::ids::OpenId;
@@ -22,8 +22,9 @@ pub struct QrIssued<'a> {
     pub qrcode_svg: String,
 }
 
-/// The result of a scan, pushed to the stream that waits on the scene.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of a scan, pushed to the stream that waits on the scene (and kept in the
+/// store, as JSON, for a stream that reconnects).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginResult {
     /// Who scanned.
     pub openid: OpenId,
@@ -32,7 +33,9 @@ pub struct LoginResult {
     /// The signed proof of this login for the site's backend (absent only if signing
     /// failed, which is logged).
     pub login_token: Option<String>,
-    /// When the callback was resolved (for the scan-to-push latency).
+    /// When the callback was resolved (for the scan-to-push latency). Not sent between
+    /// instances (their clocks differ): a result from another instance counts from arrival.
+    #[serde(skip, default = "std::time::Instant::now")]
     pub resolved_at: std::time::Instant,
 }
 

@@ -1,24 +1,28 @@
 //! The product's flow, without HTTP: hand a stream a fresh QR code, resolve a scan to the one
-//! session waiting on it, and let a stream that dropped resume its session.
+//! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
+//! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
 
 pub mod event;
 pub mod pool;
+mod registry;
 pub mod scenes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use self::event::LoginResult;
-use self::pool::{QrPool, Unavailable};
+use self::pool::{QrPool, TakeError};
 use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
 use crate::metrics::{self, Metrics};
-use crate::store::{Store, StoreError};
+use crate::store::{Inbox, Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
 
@@ -33,9 +37,9 @@ pub struct Stats {
     pub streams_started: AtomicU64,
     /// Streams that resumed a session.
     pub streams_resumed: AtomicU64,
-    /// Scans handed to an attached stream.
+    /// Scans handed to an attached stream (here, or on the instance holding it).
     pub scans_delivered: AtomicU64,
-    /// Scans parked for a stream that is away.
+    /// Scans parked for a stream that is away (or whose instance is gone).
     pub scans_parked: AtomicU64,
     /// Scans for which no session waited (late, unknown, or not ours).
     pub scans_undeliverable: AtomicU64,
@@ -92,7 +96,7 @@ impl LoginService {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                scenes: Scenes::new(),
+                scenes: Scenes::new(Arc::clone(&store)),
                 store,
                 tokens,
                 wait,
@@ -112,9 +116,10 @@ impl LoginService {
     pub async fn start(
         &self,
         audience: Option<Arc<str>>,
-    ) -> Result<(SceneView, Attachment), Unavailable> {
+    ) -> Result<(SceneView, Attachment), TakeError> {
         let qr = self.inner.pool.take().await?;
         let deadline = Instant::now() + self.inner.wait;
+        let opened = self.inner.scenes.open(qr, deadline, audience).await?;
         self.inner
             .stats
             .streams_started
@@ -126,12 +131,16 @@ impl LoginService {
                 outcome: "new".into(),
             })
             .inc();
-        Ok(self.inner.scenes.open(qr, deadline, audience))
+        Ok(opened)
     }
 
     /// A reconnecting stream names its scene; see [`Scenes::resume`].
-    pub fn resume(&self, scene: &Scene, has_result: bool) -> Option<Resumed> {
-        let resumed = self.inner.scenes.resume(scene, has_result);
+    pub async fn resume(
+        &self,
+        scene: &Scene,
+        has_result: bool,
+    ) -> Result<Option<Resumed>, StoreError> {
+        let resumed = self.inner.scenes.resume(scene, has_result).await?;
         if resumed.is_some() {
             self.inner
                 .stats
@@ -145,49 +154,41 @@ impl LoginService {
                 })
                 .inc();
         }
-        resumed
+        Ok(resumed)
     }
 
-    /// Resolves a verified scan: once per event (WeChat's retries are recognised), to the one
-    /// session waiting on its scene, if any.
+    /// Resolves a verified scan: once per event (WeChat's retries are recognised, on any
+    /// instance), to the one session waiting on its scene, if any.
     pub async fn complete(&self, scan: &ScanEvent) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
-        // A scan of a scene we hold no session for resolves nothing: answer without recording
-        // its dedupe key, so scans of unknown codes cost no memory.
-        if !self.inner.scenes.contains(&scan.scene) {
-            stats.scans_undeliverable.fetch_add(1, Ordering::Relaxed);
-            self.inner.metrics.scan("undeliverable");
-            return Ok(Outcome::NoWaiter);
-        }
-        if !self
+        let resolution = self
             .inner
-            .store
-            .claim_once(&scan.dedupe_key(), DEDUPE_TTL)
-            .await?
-        {
-            stats.scans_duplicate.fetch_add(1, Ordering::Relaxed);
-            self.inner.metrics.scan("duplicate");
-            return Ok(Outcome::Duplicate);
-        }
-        let resolution = self.inner.scenes.resolve(&scan.scene, |audience| {
-            let login_token = self
-                .inner
-                .tokens
-                .issue(
-                    scan.openid.as_str(),
-                    scan.scene.as_str(),
-                    scan.kind.as_str(),
-                    audience,
-                )
-                .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
-                .ok();
-            LoginResult {
-                openid: scan.openid.clone(),
-                kind: scan.kind,
-                login_token,
-                resolved_at: Instant::now(),
-            }
-        });
+            .scenes
+            .resolve(
+                &scan.scene,
+                &format!("scan:{}", scan.dedupe_key()),
+                DEDUPE_TTL,
+                |audience| {
+                    let login_token = self
+                        .inner
+                        .tokens
+                        .issue(
+                            scan.openid.as_str(),
+                            scan.scene.as_str(),
+                            scan.kind.as_str(),
+                            audience,
+                        )
+                        .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
+                        .ok();
+                    LoginResult {
+                        openid: scan.openid.clone(),
+                        kind: scan.kind,
+                        login_token,
+                        resolved_at: Instant::now(),
+                    }
+                },
+            )
+            .await?;
         let (counter, outcome, name) = match resolution {
             Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered, "delivered"),
             Resolution::Parked => (&stats.scans_parked, Outcome::Parked, "parked"),
@@ -196,6 +197,7 @@ impl LoginService {
                 Outcome::NoWaiter,
                 "undeliverable",
             ),
+            Resolution::Duplicate => (&stats.scans_duplicate, Outcome::Duplicate, "duplicate"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.scan(name);
@@ -203,28 +205,36 @@ impl LoginService {
     }
 
     /// The state of a scene, for polling clients.
-    pub fn status(&self, scene: &Scene) -> Status {
-        self.inner.scenes.status(scene)
+    pub async fn status(&self, scene: &Scene) -> Result<Status, StoreError> {
+        self.inner.scenes.status(scene).await
     }
 
     /// The content of the QR code of a session that still waits (for rendering its image).
-    pub fn qr_content(&self, scene: &Scene) -> Option<Arc<str>> {
-        self.inner.scenes.content(scene)
+    pub async fn qr_content(&self, scene: &Scene) -> Result<Option<Arc<str>>, StoreError> {
+        self.inner.scenes.content(scene).await
     }
 
-    /// Streams attached now.
+    /// Streams attached to this instance now.
     pub fn open_streams(&self) -> usize {
         self.inner.scenes.attached()
     }
 
-    /// Sessions held now (waiting, or holding a result for a returning stream).
-    pub fn live_scenes(&self) -> usize {
-        self.inner.scenes.len()
+    /// Sessions held now (waiting, or holding a result for a returning stream), when the
+    /// store can count them (the memory store; not Redis).
+    pub fn live_scenes(&self) -> Option<usize> {
+        self.inner.scenes.live()
     }
 
-    /// Removes sessions whose time is over.
+    /// Removes sessions and keys whose time is over (the memory store).
     pub fn purge_expired(&self) {
-        self.inner.scenes.purge_expired();
+        self.inner.store.purge_expired();
+    }
+
+    /// Hands notices from other instances to this instance's streams until `cancel` (a
+    /// no-op with the memory store).
+    pub async fn run_inbox(self, cancel: CancellationToken) {
+        let inbox: Arc<dyn Inbox> = Arc::new(self.inner.scenes.clone());
+        self.inner.store.listen(inbox, cancel).await;
     }
 
     /// The QR pool.

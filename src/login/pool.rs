@@ -6,16 +6,24 @@
 //! stream's wait plus a margin of life left, and never goes back into the stock. When the stock
 //! is empty a code is made on demand; when WeChat cannot give one the pool backs off and says
 //! for how long, which `/sse` passes on as `Retry-After`.
+//!
+//! The stock itself is in the store, shared by all instances: a take is atomic there, and an
+//! instance reserves room before making codes, so that instances refilling at once keep the
+//! shared stock at `POOL_SIZE`, not a multiple of it.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::store::{
+    StockedQr, Store, StoreError, instant_to_ms, millis, ms_to_instant, unix_now_ms,
+};
 use crate::wechat::error::{ApiError, ErrorKind};
 use crate::wechat::ids::{Scene, Ticket};
 use crate::wechat::token::TokenCache;
@@ -29,6 +37,11 @@ const ON_DEMAND_CONCURRENCY: usize = 64;
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const BACKOFF_MAX_QUOTA: Duration = Duration::from_secs(300);
+/// How long a reservation for a code being made holds its room in the stock.
+const RESERVATION: Duration = Duration::from_secs(30);
+/// How often the refill task looks at the shared stock without being woken (other instances
+/// take from it too).
+const REFILL_TICK: Duration = Duration::from_secs(2);
 
 /// A temporary QR code made for one stream.
 #[derive(Debug, Clone)]
@@ -43,11 +56,52 @@ pub struct QrCode {
     pub expires_at: Instant,
 }
 
+/// A QR code as the store keeps it (its expiry is kept beside it, in Unix ms).
+#[derive(Serialize, Deserialize)]
+struct Stored<'a> {
+    scene: &'a str,
+    ticket: &'a str,
+    content: &'a str,
+}
+
 impl QrCode {
     /// Life left.
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
     }
+
+    /// The code as the store keeps it (without its expiry).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(&Stored {
+            scene: self.scene.as_str(),
+            ticket: self.ticket.as_str(),
+            content: &self.content,
+        })
+        .unwrap_or_default()
+    }
+
+    /// A code from [`QrCode::encode`] and its expiry.
+    pub fn decode(s: &str, expires_ms: u64) -> Result<Self, StoreError> {
+        let unreadable = || StoreError("a stored QR code is unreadable".into());
+        let stored: Stored<'_> = serde_json::from_str(s).map_err(|_| unreadable())?;
+        Ok(Self {
+            scene: Scene::parse(stored.scene).map_err(|_| unreadable())?,
+            ticket: Ticket::new(stored.ticket),
+            content: stored.content.into(),
+            expires_at: ms_to_instant(expires_ms),
+        })
+    }
+}
+
+/// Why a stream gets no QR code.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// WeChat gives none now.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The store cannot be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// No QR code can be had now.
@@ -65,7 +119,7 @@ pub struct Unavailable {
 pub struct PoolStatus {
     /// Whether the last contact with WeChat succeeded and no backoff is running.
     pub healthy: bool,
-    /// Codes in stock with enough life left.
+    /// Codes in stock (the shared stock, with Redis), fresh or aged.
     pub stock: usize,
     /// Codes made since start.
     pub made: u64,
@@ -101,7 +155,8 @@ pub struct QrPool {
 
 struct Inner {
     tokens: TokenCache,
-    stock: Mutex<VecDeque<QrCode>>,
+    /// Where the stock is.
+    store: Arc<dyn Store>,
     target: usize,
     ttl_secs: u32,
     /// The least life a code must have left to be handed out.
@@ -120,10 +175,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl QrPool {
-    /// A pool keeping `target` codes of `ttl_secs` life, handing out only codes with at
-    /// least `min_life` left.
+    /// A pool keeping `target` codes of `ttl_secs` life in `store`'s stock, handing out only
+    /// codes with at least `min_life` left.
     pub fn new(
         tokens: TokenCache,
+        store: Arc<dyn Store>,
         target: usize,
         ttl_secs: u32,
         min_life: Duration,
@@ -132,7 +188,7 @@ impl QrPool {
         Self {
             inner: Arc::new(Inner {
                 tokens,
-                stock: Mutex::new(VecDeque::with_capacity(target)),
+                store,
                 target,
                 ttl_secs,
                 min_life,
@@ -147,8 +203,8 @@ impl QrPool {
     }
 
     /// A fresh code: from stock, else made now. Never the same code twice.
-    pub async fn take(&self) -> Result<QrCode, Unavailable> {
-        if let Some(qr) = self.pop_fresh() {
+    pub async fn take(&self) -> Result<QrCode, TakeError> {
+        if let Some(qr) = self.pop_fresh().await? {
             self.inner.wake.notify_one();
             return Ok(qr);
         }
@@ -164,26 +220,27 @@ impl QrPool {
                 reason: "shutting down".into(),
             })?;
         // The refill task may have stocked up while we waited for a permit.
-        if let Some(qr) = self.pop_fresh() {
+        if let Some(qr) = self.pop_fresh().await? {
             return Ok(qr);
         }
         self.check_backoff()?;
-        self.make_one().await.map_err(|e| Unavailable {
-            retry_after: self.retry_after(),
-            reason: e.to_string(),
-        })
+        let made = self
+            .make_one(Scene::random())
+            .await
+            .map_err(|e| Unavailable {
+                retry_after: self.retry_after(),
+                reason: e.to_string(),
+            })?;
+        Ok(made)
     }
 
-    /// Pops the oldest code that still has enough life; drops the ones that do not.
-    fn pop_fresh(&self) -> Option<QrCode> {
-        let mut stock = lock(&self.inner.stock);
-        while let Some(qr) = stock.pop_front() {
-            if qr.remaining() >= self.inner.min_life {
-                return Some(qr);
-            }
-            tracing::debug!(scene = %qr.scene, "dropping a QR code that aged in stock");
+    /// Takes the oldest code that still has enough life; the store drops the ones that do not.
+    async fn pop_fresh(&self) -> Result<Option<QrCode>, StoreError> {
+        let fresh_until = unix_now_ms().saturating_add(millis(self.inner.min_life));
+        match self.inner.store.stock_take(fresh_until).await? {
+            Some(stocked) => Ok(Some(QrCode::decode(&stocked.payload, stocked.expires_ms)?)),
+            None => Ok(None),
         }
-        None
     }
 
     fn check_backoff(&self) -> Result<(), Unavailable> {
@@ -205,8 +262,7 @@ impl QrPool {
             .unwrap_or(BACKOFF_FIRST)
     }
 
-    async fn make_one(&self) -> Result<QrCode, ApiError> {
-        let scene = Scene::random();
+    async fn make_one(&self, scene: Scene) -> Result<QrCode, ApiError> {
         let started = Instant::now();
         let ttl = self.inner.ttl_secs;
         let api = self.inner.tokens.api().clone();
@@ -294,13 +350,12 @@ impl QrPool {
     }
 
     /// The state for `/readyz`.
-    pub fn status(&self) -> PoolStatus {
-        let stock = lock(&self.inner.stock)
-            .iter()
-            .filter(|qr| qr.remaining() >= self.inner.min_life)
-            .count();
+    pub async fn status(&self) -> PoolStatus {
+        let stock = self.inner.store.stock_len().await.unwrap_or_default();
         let health = lock(&self.inner.health);
-        let healthy = health.ever_succeeded && health.consecutive_failures == 0;
+        // Codes in the shared stock prove WeChat gives them, even if another instance made
+        // them all.
+        let healthy = (health.ever_succeeded || stock > 0) && health.consecutive_failures == 0;
         PoolStatus {
             healthy,
             stock,
@@ -318,34 +373,74 @@ impl QrPool {
         }
     }
 
-    /// Codes in stock (any age).
-    pub fn stock_len(&self) -> usize {
-        lock(&self.inner.stock).len()
+    /// Makes codes for the reserved `scenes` and puts them in stock; ends the reservations
+    /// of those that could not be made.
+    async fn make_reserved(&self, scenes: Vec<Scene>) {
+        let made = futures_util::future::join_all(scenes.into_iter().map(|scene| async move {
+            let name = scene.as_str().to_owned();
+            match self.make_one(scene).await {
+                Ok(qr) => {
+                    let stocked = StockedQr {
+                        scene: name,
+                        expires_ms: instant_to_ms(qr.expires_at),
+                        payload: qr.encode(),
+                    };
+                    self.inner.store.stock_put(&stocked).await
+                }
+                Err(_) => self.inner.store.stock_release(&name).await,
+            }
+        }))
+        .await;
+        if let Some(Err(e)) = made.into_iter().find(Result::is_err) {
+            tracing::warn!(error = %e, "cannot stock QR codes");
+        }
     }
 
     /// Keeps the stock at its target until `cancel`: fills it at start, then makes one code
-    /// for each one taken, backing off while WeChat fails.
+    /// for each one taken (by any instance), backing off while WeChat fails.
     pub async fn run_refill(self, cancel: CancellationToken) {
+        let mut store_down = false;
         loop {
-            let missing = self.inner.target.saturating_sub(self.stock_len());
-            if missing > 0 {
-                let backoff_until = lock(&self.inner.health).backoff_until;
-                if let Some(until) = backoff_until {
+            let backoff_until = lock(&self.inner.health).backoff_until;
+            if let Some(until) = backoff_until.filter(|u| *u > Instant::now()) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until.into()) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            let scenes: Vec<Scene> = (0..REFILL_CONCURRENCY.min(self.inner.target))
+                .map(|_| Scene::random())
+                .collect();
+            let names: Vec<String> = scenes.iter().map(|s| s.as_str().to_owned()).collect();
+            let reserved = self
+                .inner
+                .store
+                .stock_reserve(&names, self.inner.target, RESERVATION)
+                .await;
+            match reserved {
+                Ok(granted) if granted > 0 => {
+                    store_down = false;
+                    let made = self.make_reserved(scenes.into_iter().take(granted).collect());
                     tokio::select! {
-                        () = tokio::time::sleep_until(until.into()) => {}
+                        () = made => {}
                         () = cancel.cancelled() => return,
                     }
+                    // Less than asked for: the stock is full now; wait for the next take.
+                    if granted == names.len() {
+                        continue;
+                    }
                 }
-                let batch = missing.min(REFILL_CONCURRENCY);
-                let made = tokio::select! {
-                    made = futures_util::future::join_all((0..batch).map(|_| self.make_one())) => made,
-                    () = cancel.cancelled() => return,
-                };
-                lock(&self.inner.stock).extend(made.into_iter().flatten());
-                continue;
+                Ok(_) => store_down = false,
+                Err(e) => {
+                    if !store_down {
+                        tracing::warn!(error = %e, "cannot refill the QR stock");
+                    }
+                    store_down = true;
+                }
             }
             tokio::select! {
                 () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(REFILL_TICK) => {}
                 () = cancel.cancelled() => return,
             }
         }

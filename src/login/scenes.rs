@@ -1,53 +1,35 @@
-//! The login sessions of this instance, by scene.
+//! The login sessions, by scene, over the store; and the streams of this instance attached
+//! to them.
 //!
 //! A scene is opened when a stream takes its QR code and lives until the stream's wait ends
 //! (its deadline). While it waits, the stream that holds it can come and go: when a stream
-//! drops (a network blip), the scene stays and a reconnecting stream that names it resumes it.
-//! A scan resolves a waiting scene exactly once: to the attached stream, or, when none is
-//! attached, parked for the rest of the QR code's life and handed over once on resume. A scene
+//! drops (a network blip), the scene stays and a reconnecting stream that names it resumes it,
+//! on this instance or another. A scan resolves a waiting scene exactly once (one atomic step
+//! in the store): to the attached stream, wherever it is, and the result is kept for the rest
+//! of the QR code's life and handed over on resume to a stream that has not seen it. A scene
 //! whose wait ended (timeout, or deadline passed with nobody attached) resolves nothing: a
-//! late scan logs nobody in. Expired scenes are removed by [`Scenes::purge_expired`].
+//! late scan logs nobody in.
+//!
+//! The store keeps the sessions (shared by all instances with Redis); the [`Registry`] keeps
+//! this instance's waiters. A result for a waiter here is handed over directly; one for a
+//! waiter on another instance travels as a [`Notice`] that the store delivers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 
 use super::event::LoginResult;
 use super::pool::QrCode;
+use super::registry::Registry;
+use crate::store::{
+    Attached, Holder, Inbox, Notice, Resolved, SessionRecord, SessionState, Store, StoreError,
+    instant_to_ms, ms_to_instant, unix_now_ms,
+};
 use crate::wechat::ids::Scene;
-
-/// How long past its deadline a session with a stream attached may stay, should its
-/// stream fail to close it (it closes it at the deadline).
-const ATTACHED_GRACE: Duration = Duration::from_secs(30);
-
-/// The stream attached to a waiting scene.
-struct Waiter {
-    /// Which attachment this is: a resumed stream replaces an older one.
-    generation: u64,
-    tx: oneshot::Sender<LoginResult>,
-}
-
-enum State {
-    /// Waiting for a scan; `waiter` is the stream attached now, if any.
-    Waiting { waiter: Option<Waiter> },
-    /// Scanned. `delivered` once a stream has received the result.
-    Done {
-        result: LoginResult,
-        delivered: bool,
-    },
-}
-
-struct Session {
-    qr: QrCode,
-    /// When the wait ends.
-    deadline: Instant,
-    /// Who the login token will be for (the page token's origin), if bound.
-    audience: Option<Arc<str>>,
-    state: State,
-}
 
 /// What a stream needs to (re)show a scene.
 #[derive(Debug, Clone)]
@@ -64,7 +46,7 @@ pub struct Attachment {
     scenes: Scenes,
     scene: Scene,
     generation: u64,
-    /// Receives the result, once.
+    /// Receives the result, once; closed without one when a newer stream took over.
     pub result: oneshot::Receiver<LoginResult>,
 }
 
@@ -76,28 +58,41 @@ impl Attachment {
 
     /// Ends the wait without a result (the stream sent its timeout event): the scene is
     /// closed and a later scan resolves nothing.
-    pub fn close(self) {
-        let generation = self.generation;
-        let removed = self.scenes.inner.sessions.remove_if(&self.scene, |_, s| {
-            matches!(&s.state, State::Waiting { waiter: Some(w) } if w.generation == generation)
-        });
-        if removed.is_some() {
-            self.scenes.inner.attached.fetch_sub(1, Ordering::Relaxed);
+    pub async fn close(self) {
+        let scenes = self.scenes.clone();
+        if scenes.inner.registry.remove(&self.scene, self.generation) {
+            let holder = scenes.holder(self.generation);
+            if let Err(e) = scenes.inner.store.close(&self.scene, &holder).await {
+                // Its deadline has passed: the session resolves nothing either way.
+                tracing::warn!(error = %e, scene = %self.scene, "cannot close a session");
+            }
         }
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        if let Some(mut session) = self.scenes.inner.sessions.get_mut(&self.scene) {
-            if let State::Waiting { waiter } = &mut session.state {
-                if waiter
-                    .as_ref()
-                    .is_some_and(|w| w.generation == self.generation)
-                {
-                    *waiter = None;
-                    self.scenes.inner.attached.fetch_sub(1, Ordering::Relaxed);
-                }
+        if !self
+            .scenes
+            .inner
+            .registry
+            .remove(&self.scene, self.generation)
+        {
+            return;
+        }
+        let holder = self.scenes.holder(self.generation);
+        let detach = self.scenes.inner.store.detach(self.scene.clone(), holder);
+        let scene = self.scene.clone();
+        let mut finish = async move {
+            if let Err(e) = detach.await {
+                tracing::warn!(error = %e, %scene, "cannot detach a stream; its session ends with its wait");
+            }
+        }
+        .boxed();
+        // The memory store is done at once; Redis needs a task.
+        if (&mut finish).now_or_never().is_none() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(finish);
             }
         }
     }
@@ -114,12 +109,14 @@ pub enum Resumed {
 /// What became of a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
-    /// Handed to the attached stream.
+    /// Handed to the attached stream (here, or on the instance that holds it).
     Delivered,
     /// No stream attached right now: parked for its return.
     Parked,
     /// No waiting scene: unknown, already resolved, or its wait is over.
     Nobody,
+    /// The event was seen before (a retry or a replay).
+    Duplicate,
 }
 
 /// What `/login/{scene}/status` reports.
@@ -133,207 +130,323 @@ pub enum Status {
     Expired,
 }
 
-/// The sessions. Cheap to clone; sharded, so scenes do not contend on one lock.
-#[derive(Clone, Default)]
+/// The sessions and this instance's streams. Cheap to clone.
+#[derive(Clone)]
 pub struct Scenes {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    sessions: DashMap<Scene, Session>,
+    store: Arc<dyn Store>,
+    registry: Registry,
     generations: AtomicU64,
-    /// Streams attached now.
-    attached: AtomicUsize,
+}
+
+fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError(format!("a stored result is unreadable: {e}")))
+}
+
+fn view_of(record: &SessionRecord) -> Result<SceneView, StoreError> {
+    Ok(SceneView {
+        qr: QrCode::decode(&record.qr, record.expires_ms)?,
+        deadline: ms_to_instant(record.deadline_ms),
+    })
 }
 
 impl Scenes {
-    /// No sessions.
-    pub fn new() -> Self {
-        Self::default()
+    /// Sessions kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                registry: Registry::default(),
+                generations: AtomicU64::new(1),
+            }),
+        }
     }
 
-    fn next_generation(&self) -> u64 {
-        self.inner.generations.fetch_add(1, Ordering::Relaxed)
+    fn holder(&self, generation: u64) -> Holder {
+        Holder {
+            instance: Arc::clone(self.inner.store.instance()),
+            generation,
+        }
     }
 
-    fn attach_waiter(&self, scene: &Scene, generation: u64) -> (Waiter, Attachment) {
-        let (tx, rx) = oneshot::channel();
-        self.inner.attached.fetch_add(1, Ordering::Relaxed);
-        (
-            Waiter { generation, tx },
-            Attachment {
-                scenes: self.clone(),
-                scene: scene.clone(),
-                generation,
-                result: rx,
-            },
-        )
+    fn attachment(&self, scene: &Scene) -> Attachment {
+        let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.registry.insert(scene, generation);
+        Attachment {
+            scenes: self.clone(),
+            scene: scene.clone(),
+            generation,
+            result,
+        }
     }
 
     /// Opens a session for a fresh QR code, with a stream attached, waiting until `deadline`.
     /// `audience` is who the login token will be for.
-    pub fn open(
+    pub async fn open(
         &self,
         qr: QrCode,
         deadline: Instant,
         audience: Option<Arc<str>>,
-    ) -> (SceneView, Attachment) {
+    ) -> Result<(SceneView, Attachment), StoreError> {
         let scene = qr.scene.clone();
-        let (waiter, attachment) = self.attach_waiter(&scene, self.next_generation());
-        let view = SceneView {
-            qr: qr.clone(),
-            deadline,
+        let attachment = self.attachment(&scene);
+        let record = SessionRecord {
+            qr: qr.encode(),
+            audience: audience.map(|a| a.to_string()),
+            deadline_ms: instant_to_ms(deadline),
+            expires_ms: instant_to_ms(qr.expires_at),
         };
-        self.inner.sessions.insert(
-            scene,
-            Session {
-                qr,
-                deadline,
-                audience,
-                state: State::Waiting {
-                    waiter: Some(waiter),
-                },
-            },
-        );
-        (view, attachment)
+        let holder = self.holder(attachment.generation);
+        self.inner.store.open(&scene, &record, &holder).await?;
+        self.inner
+            .registry
+            .confirm(&scene, attachment.generation, record);
+        Ok((SceneView { qr, deadline }, attachment))
     }
 
     /// A reconnecting stream names `scene`: attach it if the scene still waits (replacing a
-    /// stream still attached, which then ends), or hand it the result unless it says it has
-    /// it already (`has_result`: its `Last-Event-ID` was the result's). A result is sent to
-    /// a stream the moment it arrives, but the bytes may die with the connection: a client
-    /// that reconnects saying it saw only the QR code gets the result again.
-    pub fn resume(&self, scene: &Scene, has_result: bool) -> Option<Resumed> {
-        let now = Instant::now();
-        let mut session = self.inner.sessions.get_mut(scene)?;
-        let view = SceneView {
-            qr: session.qr.clone(),
-            deadline: session.deadline,
-        };
-        match &mut session.state {
-            State::Waiting { waiter } if now < view.deadline => {
-                let (new, attachment) = self.attach_waiter(scene, self.next_generation());
-                if waiter.replace(new).is_some() {
-                    self.inner.attached.fetch_sub(1, Ordering::Relaxed);
+    /// stream still attached, which then ends, wherever it is), or hand it the result unless
+    /// it says it has it already (`has_result`: its `Last-Event-ID` was the result's). A
+    /// result is sent to a stream the moment it arrives, but the bytes may die with the
+    /// connection: a client that reconnects saying it saw only the QR code gets it again.
+    pub async fn resume(
+        &self,
+        scene: &Scene,
+        has_result: bool,
+    ) -> Result<Option<Resumed>, StoreError> {
+        let attachment = self.attachment(scene);
+        let holder = self.holder(attachment.generation);
+        let attached = self
+            .inner
+            .store
+            .attach(scene, &holder, has_result, unix_now_ms())
+            .await?;
+        match attached {
+            Some(Attached::Waiting { record, replaced }) => {
+                if let Some(old) = replaced.filter(|h| h.instance == holder.instance) {
+                    self.inner.registry.remove(scene, old.generation);
                 }
-                Some(Resumed::Waiting(view, attachment))
+                let view = view_of(&record)?;
+                self.inner
+                    .registry
+                    .confirm(scene, attachment.generation, record);
+                Ok(Some(Resumed::Waiting(view, attachment)))
             }
-            State::Done { result, delivered } if !has_result && now < view.qr.expires_at => {
-                *delivered = true;
-                Some(Resumed::Result(view, result.clone()))
+            Some(Attached::Result { record, result }) => {
+                self.inner.registry.remove(scene, attachment.generation);
+                Ok(Some(Resumed::Result(
+                    view_of(&record)?,
+                    decode_result(&result)?,
+                )))
             }
-            _ => None,
+            None => {
+                self.inner.registry.remove(scene, attachment.generation);
+                Ok(None)
+            }
         }
     }
 
-    /// Resolves a scan of `scene`, once. `make` builds the result (signing its login token
-    /// for the session's audience) only when there is a waiting scene to resolve.
-    pub fn resolve(
+    /// Resolves a scan of `scene`, once per `event_key` and once per scene. `make` builds
+    /// the result (signing its login token for the session's audience) only when there is a
+    /// waiting scene to resolve.
+    pub async fn resolve(
         &self,
         scene: &Scene,
+        event_key: &str,
+        event_ttl: std::time::Duration,
         make: impl FnOnce(Option<&str>) -> LoginResult,
-    ) -> Resolution {
-        let now = Instant::now();
-        let Some(mut session) = self.inner.sessions.get_mut(scene) else {
-            return Resolution::Nobody;
+    ) -> Result<Resolution, StoreError> {
+        let now_ms = unix_now_ms();
+        // No session for the scene: it resolves nothing, and recording the event's key would
+        // only let floods of unknown or forged scenes grow memory.
+        let Some(session) = self.inner.store.session(scene).await? else {
+            return Ok(Resolution::Nobody);
         };
-        if now >= session.deadline {
-            return Resolution::Nobody;
-        }
-        if !matches!(session.state, State::Waiting { .. }) {
-            return Resolution::Nobody;
-        }
-        let result = make(session.audience.as_deref());
-        let State::Waiting { waiter } = &mut session.state else {
-            return Resolution::Nobody;
+        let result = (matches!(session.state, SessionState::Waiting { .. })
+            && now_ms < session.record.deadline_ms)
+            .then(|| make(session.record.audience.as_deref()));
+        let encoded = match &result {
+            Some(r) => Some(
+                serde_json::to_string(r)
+                    .map_err(|e| StoreError(format!("cannot encode a result: {e}")))?,
+            ),
+            None => None,
         };
-        let delivered = match waiter.take() {
-            Some(w) => {
-                self.inner.attached.fetch_sub(1, Ordering::Relaxed);
-                w.tx.send(result.clone()).is_ok()
+        let resolved = self
+            .inner
+            .store
+            .resolve(scene, event_key, event_ttl, encoded.as_deref(), now_ms)
+            .await?;
+        Ok(match (resolved, result) {
+            (Resolved::Duplicate, _) => Resolution::Duplicate,
+            (Resolved::Nobody, _) | (_, None) => Resolution::Nobody,
+            (Resolved::Parked, _) => Resolution::Parked,
+            (Resolved::Delivered(h), Some(result))
+                if &h.instance == self.inner.store.instance() =>
+            {
+                if self.inner.registry.deliver(scene, h.generation, result) {
+                    Resolution::Delivered
+                } else {
+                    Resolution::Parked
+                }
             }
-            None => false,
-        };
-        session.state = State::Done { result, delivered };
-        if delivered {
-            Resolution::Delivered
-        } else {
-            Resolution::Parked
-        }
+            (Resolved::Delivered(_), Some(_)) => Resolution::Delivered,
+        })
     }
 
     /// The state of `scene`, for polling clients.
-    pub fn status(&self, scene: &Scene) -> Status {
-        let now = Instant::now();
-        let Some(session) = self.inner.sessions.get(scene) else {
-            return Status::Expired;
+    pub async fn status(&self, scene: &Scene) -> Result<Status, StoreError> {
+        let now_ms = unix_now_ms();
+        let Some(session) = self.inner.store.session(scene).await? else {
+            return Ok(Status::Expired);
         };
-        match &session.state {
-            State::Waiting { .. } if now < session.deadline => Status::Pending(SceneView {
-                qr: session.qr.clone(),
-                deadline: session.deadline,
-            }),
-            State::Done { result, .. } if now < session.qr.expires_at => {
-                Status::Done(result.clone())
+        Ok(match &session.state {
+            SessionState::Waiting { .. } if now_ms < session.record.deadline_ms => {
+                Status::Pending(view_of(&session.record)?)
+            }
+            SessionState::Done { result } if now_ms < session.record.expires_ms => {
+                Status::Done(decode_result(result)?)
             }
             _ => Status::Expired,
-        }
-    }
-
-    /// Whether a session exists for `scene` (waiting, or holding a result).
-    pub fn contains(&self, scene: &Scene) -> bool {
-        self.inner.sessions.contains_key(scene)
+        })
     }
 
     /// The content of the QR code of a scene that still waits.
-    pub fn content(&self, scene: &Scene) -> Option<Arc<str>> {
-        let session = self.inner.sessions.get(scene)?;
-        matches!(session.state, State::Waiting { .. }).then(|| Arc::clone(&session.qr.content))
+    pub async fn content(&self, scene: &Scene) -> Result<Option<Arc<str>>, StoreError> {
+        let now_ms = unix_now_ms();
+        match self.inner.store.session(scene).await? {
+            Some(s)
+                if matches!(s.state, SessionState::Waiting { .. })
+                    && now_ms < s.record.deadline_ms =>
+            {
+                Ok(Some(view_of(&s.record)?.qr.content))
+            }
+            _ => Ok(None),
+        }
     }
 
-    /// Removes sessions whose wait is over (and results whose QR code expired). A session
-    /// with a stream attached is left to that stream, which closes it at the deadline with a
-    /// timeout event; removing it first would cut the stream short of that event.
-    pub fn purge_expired(&self) {
-        let now = Instant::now();
-        self.inner.sessions.retain(|_, s| match &s.state {
-            State::Waiting { waiter: Some(_) } => now < s.deadline + ATTACHED_GRACE,
-            State::Waiting { waiter: None } => now < s.deadline,
-            State::Done { .. } => now < s.qr.expires_at,
-        });
-    }
-
-    /// Streams attached now.
+    /// Streams attached on this instance now.
     pub fn attached(&self) -> usize {
-        self.inner.attached.load(Ordering::Relaxed)
+        self.inner.registry.len()
     }
 
-    /// Sessions held (waiting, or holding a result).
-    pub fn len(&self) -> usize {
-        self.inner.sessions.len()
+    /// Sessions held (waiting, or holding a result), when the store can count them.
+    pub fn live(&self) -> Option<usize> {
+        self.inner.store.live_sessions()
     }
 
-    /// Whether no session is held.
-    pub fn is_empty(&self) -> bool {
-        self.inner.sessions.is_empty()
+    /// Checks every stream held here against its session, after notices may have been lost:
+    /// hands over results that arrived meanwhile, ends streams another instance took over,
+    /// and re-creates sessions the store lost.
+    pub async fn recover(&self) {
+        /// Sessions checked at once.
+        const CONCURRENCY: usize = 64;
+        let held = self.inner.registry.held();
+        if held.is_empty() {
+            return;
+        }
+        tracing::info!(
+            streams = held.len(),
+            "checking the sessions of this instance's streams"
+        );
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        futures_util::stream::iter(held)
+            .for_each_concurrent(CONCURRENCY, |(scene, generation, record)| {
+                let failed = &failed;
+                async move {
+                    if let Err(e) = self.recover_one(&scene, generation, &record).await {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            tracing::warn!(error = %e, "cannot check sessions; will retry when reconnected");
+                        }
+                    }
+                }
+            })
+            .await;
     }
 
-    /// Sessions still waiting for a scan.
-    pub fn waiting(&self) -> usize {
-        self.inner
-            .sessions
-            .iter()
-            .filter(|s| matches!(s.state, State::Waiting { .. }))
-            .count()
+    async fn recover_one(
+        &self,
+        scene: &Scene,
+        generation: u64,
+        record: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        let holder = self.holder(generation);
+        let now_ms = unix_now_ms();
+        let Some(session) = self
+            .inner
+            .store
+            .recover(scene, record, &holder, now_ms)
+            .await?
+        else {
+            // Its wait is over: the stream ends by itself.
+            return Ok(());
+        };
+        match session.state {
+            SessionState::Done { result } => {
+                self.inner
+                    .registry
+                    .deliver(scene, generation, decode_result(&result)?);
+            }
+            SessionState::Waiting { holder: Some(h) } if h != holder => {
+                self.inner.registry.remove(scene, generation);
+            }
+            SessionState::Waiting { holder: None } => {
+                self.inner
+                    .store
+                    .attach(scene, &holder, false, now_ms)
+                    .await?;
+            }
+            SessionState::Waiting { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+impl Inbox for Scenes {
+    fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Result {
+                scene,
+                generation,
+                result,
+            } => match decode_result(&result) {
+                Ok(result) => {
+                    if !self.inner.registry.deliver(&scene, generation, result) {
+                        tracing::debug!(%scene, "a result for a stream that is gone: kept for its return");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, %scene, "unreadable result in a notice"),
+            },
+            Notice::Replaced { scene, generation } => {
+                self.inner.registry.remove(&scene, generation);
+            }
+        }
+    }
+
+    fn reconnected(&self) -> BoxFuture<'static, ()> {
+        let scenes = self.clone();
+        Box::pin(async move { scenes.recover().await })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::store::memory::MemoryStore;
     use crate::wechat::callback::ScanKind;
     use crate::wechat::ids::{OpenId, Ticket};
+
+    const TTL: Duration = Duration::from_secs(600);
+
+    fn scenes() -> Scenes {
+        Scenes::new(Arc::new(MemoryStore::new()))
+    }
 
     fn qr() -> QrCode {
         QrCode {
@@ -357,16 +470,22 @@ mod tests {
         Instant::now() + Duration::from_secs(secs)
     }
 
+    async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
+        scenes
+            .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| {
+                result(openid)
+            })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_scan_reaches_the_attached_stream_once() {
-        let scenes = Scenes::new();
-        let (view, mut attachment) = scenes.open(qr(), later(60), None);
+        let scenes = scenes();
+        let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        assert_eq!(
-            scenes.resolve(&scene, |_| result("o1")),
-            Resolution::Delivered
-        );
-        assert_eq!(scenes.resolve(&scene, |_| result("o2")), Resolution::Nobody);
+        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Delivered);
+        assert_eq!(resolve(&scenes, &scene, "o2").await, Resolution::Nobody);
         assert_eq!(
             (&mut attachment.result).await.unwrap().openid.as_str(),
             "o1"
@@ -375,84 +494,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_event_is_a_duplicate() {
+        let scenes = scenes();
+        let (view, _attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+        let scene = view.qr.scene.clone();
+        let first = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+        let again = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+        assert_eq!(first.unwrap(), Resolution::Delivered);
+        assert_eq!(again.unwrap(), Resolution::Duplicate);
+    }
+
+    #[tokio::test]
     async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
-        let scenes = Scenes::new();
-        let (view, attachment) = scenes.open(qr(), later(60), None);
+        let scenes = scenes();
+        let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
         drop(attachment);
         assert_eq!(scenes.attached(), 0);
-        assert_eq!(scenes.resolve(&scene, |_| result("o1")), Resolution::Parked);
-        assert!(matches!(scenes.status(&scene), Status::Done(r) if r.openid.as_str() == "o1"));
-        match scenes.resume(&scene, false) {
+        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Parked);
+        assert!(
+            matches!(scenes.status(&scene).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
+        );
+        match scenes.resume(&scene, false).await.unwrap() {
             Some(Resumed::Result(_, r)) => assert_eq!(r.openid.as_str(), "o1"),
             _ => panic!("no parked result"),
         }
         // A client that saw the result does not get it again.
-        assert!(scenes.resume(&scene, true).is_none());
+        assert!(scenes.resume(&scene, true).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
-        let scenes = Scenes::new();
-        let (view, mut old) = scenes.open(qr(), later(60), None);
+        let scenes = scenes();
+        let (view, mut old) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false) else {
+        let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap() else {
             panic!("not resumed")
         };
         assert_eq!(scenes.attached(), 1);
         assert!((&mut old.result).await.is_err(), "the replaced stream ends");
-        assert_eq!(
-            scenes.resolve(&scene, |_| result("o1")),
-            Resolution::Delivered
-        );
+        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Delivered);
         assert_eq!((&mut new.result).await.unwrap().openid.as_str(), "o1");
     }
 
-    #[test]
-    fn a_closed_or_overdue_scene_resolves_nothing() {
-        let scenes = Scenes::new();
-        let (view, attachment) = scenes.open(qr(), later(60), None);
+    #[tokio::test]
+    async fn a_closed_or_overdue_scene_resolves_nothing() {
+        let scenes = scenes();
+        let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        attachment.close();
+        attachment.close().await;
         assert_eq!(scenes.attached(), 0);
-        assert!(scenes.is_empty());
-        assert_eq!(
-            scenes.resolve(&scene, |_| result("late")),
-            Resolution::Nobody
-        );
-        assert!(matches!(scenes.status(&scene), Status::Expired));
+        assert_eq!(scenes.live(), Some(0));
+        assert_eq!(resolve(&scenes, &scene, "late").await, Resolution::Nobody);
+        assert!(matches!(
+            scenes.status(&scene).await.unwrap(),
+            Status::Expired
+        ));
 
-        let (view, attachment) = scenes.open(qr(), Instant::now(), None);
+        let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        assert_eq!(
-            scenes.resolve(&scene, |_| result("late")),
-            Resolution::Nobody
-        );
-        assert!(scenes.resume(&scene, false).is_none());
-        // Its stream closes it itself; a purge leaves it to the stream for a while...
-        scenes.purge_expired();
-        assert_eq!(scenes.len(), 1);
-        // ...but once the stream is gone, an overdue session is purged.
-        drop(attachment);
-        scenes.purge_expired();
-        assert!(scenes.is_empty());
+        assert_eq!(resolve(&scenes, &scene, "late").await, Resolution::Nobody);
+        assert!(scenes.resume(&scene, false).await.unwrap().is_none());
     }
 
-    #[test]
-    fn the_result_is_built_with_the_sessions_audience_only_when_resolving() {
-        let scenes = Scenes::new();
-        let (view, _a) = scenes.open(qr(), later(60), Some("https://a.example".into()));
+    #[tokio::test]
+    async fn the_result_is_built_with_the_sessions_audience_only_when_resolving() {
+        let scenes = scenes();
+        let (view, _a) = scenes
+            .open(qr(), later(60), Some("https://a.example".into()))
+            .await
+            .unwrap();
         let mut seen = None;
-        scenes.resolve(&view.qr.scene, |aud| {
-            seen = aud.map(str::to_owned);
-            result("o1")
-        });
+        scenes
+            .resolve(&view.qr.scene, "o1:1", TTL, |aud| {
+                seen = aud.map(str::to_owned);
+                result("o1")
+            })
+            .await
+            .unwrap();
         assert_eq!(seen.as_deref(), Some("https://a.example"));
         let mut called = false;
-        scenes.resolve(&Scene::random(), |_| {
-            called = true;
-            result("o2")
-        });
+        scenes
+            .resolve(&Scene::random(), "o2:1", TTL, |_| {
+                called = true;
+                result("o2")
+            })
+            .await
+            .unwrap();
         assert!(!called);
     }
 }

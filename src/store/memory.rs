@@ -1,64 +1,315 @@
-//! The in-memory store: the default, for one process.
+//! The in-memory store: the default, for one process. Every operation is done under a lock
+//! before the returned future is made, so its futures are ready at once; a periodic
+//! [`Store::purge_expired`] keeps memory following the live state, not the history.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-use futures_util::future::BoxFuture;
+use futures_util::future::{self, BoxFuture};
+use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError};
+use super::{
+    ATTACHED_GRACE, Attached, Holder, Inbox, Resolved, SessionRecord, SessionState, Snapshot,
+    StockedQr, Store, StoreError, unix_now_ms,
+};
+use crate::wechat::ids::Scene;
+use crate::wechat::token::TokenShare;
 
-/// Keys with an expiry, in one process. Cheap to clone; sharded, so concurrent callbacks do
-/// not queue on one lock.
-#[derive(Clone, Default)]
+/// The state of one process. Cheap to clone.
+#[derive(Clone)]
 pub struct MemoryStore {
-    keys: Arc<DashMap<String, Instant>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    instance: Arc<str>,
+    keys: Mutex<HashMap<String, Instant>>,
+    stock: Mutex<Stock>,
+    sessions: Mutex<HashMap<Scene, Snapshot>>,
+}
+
+#[derive(Default)]
+struct Stock {
+    codes: VecDeque<StockedQr>,
+    /// Reservations by scene, with when they lapse.
+    making: HashMap<String, Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, StoreError>> {
+    Box::pin(future::ready(Ok(value)))
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            inner: Arc::new(Inner {
+                instance: "local".into(),
+                keys: Mutex::new(HashMap::new()),
+                stock: Mutex::new(Stock::default()),
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
-    /// Drops expired keys. Called by a periodic task, so that memory follows the live keys
-    /// and not the history.
-    pub fn purge_expired(&self) {
-        let now = Instant::now();
-        self.keys.retain(|_, expires| *expires > now);
-    }
-
-    /// The number of keys held (expired ones not yet purged included).
+    /// The number of claimed keys held (expired ones not yet purged included).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        lock(&self.inner.keys).len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Scene, Snapshot>> {
+        lock(&self.inner.sessions)
+    }
+
+    fn detach_now(&self, scene: &Scene, holder: &Holder) {
+        if let Some(s) = self.sessions().get_mut(scene) {
+            if let SessionState::Waiting { holder: h } = &mut s.state {
+                if h.as_ref() == Some(holder) {
+                    *h = None;
+                }
+            }
+        }
     }
 }
 
 impl Store for MemoryStore {
+    fn instance(&self) -> &Arc<str> {
+        &self.inner.instance
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        ready(())
+    }
+
     fn claim_once<'a>(
         &'a self,
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         let now = Instant::now();
-        let claimed = match self.keys.entry(key.to_owned()) {
-            Entry::Occupied(mut e) if *e.get() <= now => {
-                e.insert(now + ttl);
-                true
-            }
-            Entry::Occupied(_) => false,
-            Entry::Vacant(e) => {
-                e.insert(now + ttl);
+        let mut keys = lock(&self.inner.keys);
+        let claimed = match keys.get(key) {
+            Some(expires) if *expires > now => false,
+            _ => {
+                keys.insert(key.to_owned(), now + ttl);
                 true
             }
         };
-        Box::pin(std::future::ready(Ok(claimed)))
+        ready(claimed)
+    }
+
+    fn stock_reserve<'a>(
+        &'a self,
+        scenes: &'a [String],
+        target: usize,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let now = Instant::now();
+        let mut stock = lock(&self.inner.stock);
+        stock.making.retain(|_, until| *until > now);
+        let free = target.saturating_sub(stock.codes.len() + stock.making.len());
+        let granted = free.min(scenes.len());
+        for scene in &scenes[..granted] {
+            stock.making.insert(scene.clone(), now + hold);
+        }
+        ready(granted)
+    }
+
+    fn stock_put<'a>(&'a self, qr: &'a StockedQr) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut stock = lock(&self.inner.stock);
+        stock.making.remove(&qr.scene);
+        stock.codes.push_back(qr.clone());
+        ready(())
+    }
+
+    fn stock_release<'a>(&'a self, scene: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        lock(&self.inner.stock).making.remove(scene);
+        ready(())
+    }
+
+    fn stock_take(
+        &self,
+        fresh_until_ms: u64,
+    ) -> BoxFuture<'_, Result<Option<StockedQr>, StoreError>> {
+        let mut stock = lock(&self.inner.stock);
+        while let Some(qr) = stock.codes.pop_front() {
+            if qr.expires_ms >= fresh_until_ms {
+                return ready(Some(qr));
+            }
+            tracing::debug!(scene = %qr.scene, "dropping a QR code that aged in stock");
+        }
+        ready(None)
+    }
+
+    fn stock_len(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
+        ready(lock(&self.inner.stock).codes.len())
+    }
+
+    fn open<'a>(
+        &'a self,
+        scene: &'a Scene,
+        record: &'a SessionRecord,
+        holder: &'a Holder,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.sessions().insert(
+            scene.clone(),
+            Snapshot {
+                record: record.clone(),
+                state: SessionState::Waiting {
+                    holder: Some(holder.clone()),
+                },
+            },
+        );
+        ready(())
+    }
+
+    fn attach<'a>(
+        &'a self,
+        scene: &'a Scene,
+        holder: &'a Holder,
+        has_result: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Attached>, StoreError>> {
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(scene) else {
+            return ready(None);
+        };
+        let record = session.record.clone();
+        let attached = match &mut session.state {
+            SessionState::Waiting { holder: h } if now_ms < record.deadline_ms => {
+                let replaced = h.replace(holder.clone());
+                Some(Attached::Waiting { record, replaced })
+            }
+            SessionState::Done { result } if !has_result && now_ms < record.expires_ms => {
+                Some(Attached::Result {
+                    result: result.clone(),
+                    record,
+                })
+            }
+            _ => None,
+        };
+        ready(attached)
+    }
+
+    fn detach(&self, scene: Scene, holder: Holder) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.detach_now(&scene, &holder);
+        Box::pin(future::ready(Ok(())))
+    }
+
+    fn close<'a>(
+        &'a self,
+        scene: &'a Scene,
+        holder: &'a Holder,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut sessions = self.sessions();
+        let held = sessions.get(scene).is_some_and(
+            |s| matches!(&s.state, SessionState::Waiting { holder: Some(h) } if h == holder),
+        );
+        if held {
+            sessions.remove(scene);
+        }
+        ready(())
+    }
+
+    fn session<'a>(
+        &'a self,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        ready(self.sessions().get(scene).cloned())
+    }
+
+    fn recover<'a>(
+        &'a self,
+        scene: &'a Scene,
+        _record: &'a SessionRecord,
+        _holder: &'a Holder,
+        _now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        // Nothing is lost in memory: the session is as it is.
+        ready(self.sessions().get(scene).cloned())
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        scene: &'a Scene,
+        event_key: &'a str,
+        event_ttl: Duration,
+        result: Option<&'a str>,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
+        // The key and the session under their locks in turn: nothing else resolves this scene
+        // in between, since it is resolved under the sessions' lock.
+        let mut keys = lock(&self.inner.keys);
+        let now = Instant::now();
+        if keys.get(event_key).is_some_and(|expires| *expires > now) {
+            return ready(Resolved::Duplicate);
+        }
+        keys.insert(event_key.to_owned(), now + event_ttl);
+        drop(keys);
+        let Some(result) = result else {
+            return ready(Resolved::Nobody);
+        };
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get_mut(scene) else {
+            return ready(Resolved::Nobody);
+        };
+        let SessionState::Waiting { holder } = &session.state else {
+            return ready(Resolved::Nobody);
+        };
+        if now_ms >= session.record.deadline_ms {
+            return ready(Resolved::Nobody);
+        }
+        let resolved = match holder {
+            Some(h) => Resolved::Delivered(h.clone()),
+            None => Resolved::Parked,
+        };
+        session.state = SessionState::Done {
+            result: result.to_owned(),
+        };
+        ready(resolved)
+    }
+
+    fn live_sessions(&self) -> Option<usize> {
+        Some(self.sessions().len())
+    }
+
+    fn purge_expired(&self) {
+        let now = Instant::now();
+        lock(&self.inner.keys).retain(|_, expires| *expires > now);
+        let now_ms = unix_now_ms();
+        let grace = u64::try_from(ATTACHED_GRACE.as_millis()).unwrap_or(u64::MAX);
+        self.sessions().retain(|_, s| match &s.state {
+            SessionState::Waiting { holder: Some(_) } => {
+                now_ms < s.record.deadline_ms.saturating_add(grace)
+            }
+            SessionState::Waiting { holder: None } => now_ms < s.record.deadline_ms,
+            SessionState::Done { .. } => now_ms < s.record.expires_ms,
+        });
+    }
+
+    fn listen(&self, _inbox: Arc<dyn Inbox>, cancel: CancellationToken) -> BoxFuture<'static, ()> {
+        // One process: every holder is here, and the login flow delivers directly.
+        Box::pin(async move { cancel.cancelled().await })
+    }
+
+    fn token_share(&self) -> Option<Arc<dyn TokenShare>> {
+        None
     }
 }
 
@@ -74,12 +325,8 @@ mod tests {
         assert!(!store.claim_once("a", ttl).await.unwrap());
         assert!(store.claim_once("b", ttl).await.unwrap());
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(
-            store.claim_once("a", ttl).await.unwrap(),
-            "expired: claimable again"
-        );
-        tokio::time::sleep(Duration::from_millis(60)).await;
         store.purge_expired();
         assert!(store.is_empty());
+        assert!(store.claim_once("a", ttl).await.unwrap());
     }
 }

@@ -1,22 +1,232 @@
-//! State that several instances of wxlogin would share.
+//! State that the instances of wxlogin share: the one place that knows where it lives.
 //!
-//! Today: the keys that recognise WeChat's retries of one callback. The in-memory store is the
-//! default; a Redis store will implement the same trait so that one test suite runs against
-//! both.
+//! - the stock of fresh QR codes (taken atomically: one code, one stream), with reservations
+//!   so that instances refilling together keep the shared stock bounded;
+//! - login sessions by scene, with the stream holding each (an instance and a generation),
+//!   resolved once by a scan and then holding the result for a reconnecting stream;
+//! - keys claimed once (WeChat's retries of a callback, used login token ids);
+//! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
+//! - notices to the instance holding a stream ([`Inbox`]).
+//!
+//! Two backends behind one trait object: [`memory`] (the default: one process) and
+//! [`redis`] (several instances). The store does not know what a QR code or a login result
+//! is: it keeps them as the login flow encodes them and reads only times and holders.
 
 pub mod memory;
+pub mod redis;
 
-use std::time::Duration;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
-/// Why the store could not answer. Callers answer WeChat with 5xx so it retries.
+use crate::wechat::ids::Scene;
+use crate::wechat::token::TokenShare;
+
+/// How long past its deadline a session with a stream attached may stay, should its stream
+/// fail to close it (it closes it at the deadline).
+pub const ATTACHED_GRACE: Duration = Duration::from_secs(30);
+
+/// Now, in Unix milliseconds: the store's clock, the same on every instance (give or take
+/// their skew).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// The Unix milliseconds of an `Instant` of this process.
+pub fn instant_to_ms(at: Instant) -> u64 {
+    let now = Instant::now();
+    let now_ms = unix_now_ms();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if at >= now {
+        now_ms.saturating_add(ms(at - now))
+    } else {
+        now_ms.saturating_sub(ms(now - at))
+    }
+}
+
+/// The `Instant` of this process at Unix milliseconds `ms`.
+pub fn ms_to_instant(ms: u64) -> Instant {
+    let now = Instant::now();
+    let now_ms = unix_now_ms();
+    if ms >= now_ms {
+        now + Duration::from_millis(ms - now_ms)
+    } else {
+        now.checked_sub(Duration::from_millis(now_ms - ms))
+            .unwrap_or(now)
+    }
+}
+
+/// Milliseconds of a duration, saturated.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why the store could not answer. Callers answer 503 (browsers) or 5xx (WeChat retries).
 #[derive(Debug, thiserror::Error)]
 #[error("store unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// Shared state behind one interface; a trait object so the backend is picked from config.
+/// The stream holding a waiting session: an instance, and which of its attachments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The instance's id (random per process).
+    pub instance: Arc<str>,
+    /// The attachment's generation on that instance: a resumed stream gets a new one.
+    pub generation: u64,
+}
+
+impl Holder {
+    /// `instance/generation`, as stored.
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.instance, self.generation)
+    }
+
+    /// Parses [`Holder::encode`]'s form; `None` for an empty or malformed value.
+    pub fn decode(s: &str) -> Option<Self> {
+        let (instance, generation) = s.rsplit_once('/')?;
+        Some(Self {
+            instance: instance.into(),
+            generation: generation.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Debug for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.encode())
+    }
+}
+
+/// A login session as the store keeps it. `qr` is the login flow's encoding of the QR code;
+/// times are Unix milliseconds so that every instance reads them alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The QR code, encoded by the login flow.
+    pub qr: String,
+    /// Who the login token will be for, if bound to a page's origin.
+    pub audience: Option<String>,
+    /// When the wait ends.
+    pub deadline_ms: u64,
+    /// When the QR code expires: a result is kept until then.
+    pub expires_ms: u64,
+}
+
+/// Where a session stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Waiting for a scan; `holder` is the stream attached now, if any.
+    Waiting {
+        /// The attached stream.
+        holder: Option<Holder>,
+    },
+    /// Scanned; the result as the login flow encoded it.
+    Done {
+        /// The encoded result.
+        result: String,
+    },
+}
+
+/// A session read from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// What was opened.
+    pub record: SessionRecord,
+    /// Where it stands.
+    pub state: SessionState,
+}
+
+/// What a reconnecting stream finds ([`Store::attach`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// The session waits and the new holder is attached; `replaced` held it before (its
+    /// stream must end; the store has told its instance when that is another one).
+    Waiting {
+        /// The session.
+        record: SessionRecord,
+        /// The holder it replaced.
+        replaced: Option<Holder>,
+    },
+    /// The session was scanned: the result, for a stream that has not seen it.
+    Result {
+        /// The session.
+        record: SessionRecord,
+        /// The encoded result.
+        result: String,
+    },
+}
+
+/// What became of a scan ([`Store::resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// The event's key was claimed before: a retry or a replay.
+    Duplicate,
+    /// No session waits on that scene (unknown, resolved, closed, or its wait is over).
+    Nobody,
+    /// Resolved; the result is kept for the holder. When the holder is another instance the
+    /// store has sent it a [`Notice::Result`] and the instance was listening.
+    Delivered(Holder),
+    /// Resolved with no stream attached (or its instance not listening): kept for a
+    /// reconnecting stream.
+    Parked,
+}
+
+/// A message for this instance about a stream it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The session of `scene` was resolved while held by `generation`.
+    Result {
+        /// The scene.
+        scene: Scene,
+        /// The attachment it is for.
+        generation: u64,
+        /// The encoded result.
+        result: String,
+    },
+    /// A stream on another instance resumed the session: attachment `generation` ends.
+    Replaced {
+        /// The scene.
+        scene: Scene,
+        /// The attachment replaced.
+        generation: u64,
+    },
+}
+
+/// Where [`Store::listen`] hands notices (implemented by the login flow).
+pub trait Inbox: Send + Sync + 'static {
+    /// A notice for a stream of this instance.
+    fn notice(&self, notice: Notice);
+    /// The channel carrying notices was (re)established: notices sent meanwhile may have been
+    /// lost, so the streams held here check their sessions ([`Store::recover`]). The instance
+    /// reports itself ready once this is done.
+    fn reconnected(&self) -> BoxFuture<'static, ()>;
+}
+
+/// A QR code in the shared stock: its scene (unique), the login flow's encoding, its expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockedQr {
+    /// The scene, which also names its reservation.
+    pub scene: String,
+    /// When WeChat stops honouring it (Unix ms).
+    pub expires_ms: u64,
+    /// The QR code, encoded by the login flow.
+    pub payload: String,
+}
+
+/// The shared state, behind one interface; a trait object so the backend is picked from
+/// config. Every operation that changes a session is one atomic step in the store.
 pub trait Store: Send + Sync + 'static {
+    /// This instance's id, which [`Holder`]s name.
+    fn instance(&self) -> &Arc<str>;
+
+    /// Whether the store answers now (readiness).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Sets `key` if it is absent, to expire after `ttl`. `true` when this call set it: the
     /// caller is the first to see the event the key names.
     fn claim_once<'a>(
@@ -24,4 +234,107 @@ pub trait Store: Send + Sync + 'static {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    // ------------------------------------------------------------------ QR stock
+
+    /// Reserves room in the stock for codes about to be made, named by their scenes: as many
+    /// as fit under `target` counting codes in stock and reservations held (each for
+    /// `hold`). Returns how many of `scenes` (the first ones) may be made.
+    fn stock_reserve<'a>(
+        &'a self,
+        scenes: &'a [String],
+        target: usize,
+        hold: Duration,
+    ) -> BoxFuture<'a, Result<usize, StoreError>>;
+
+    /// Adds a code made under a reservation, and ends the reservation.
+    fn stock_put<'a>(&'a self, qr: &'a StockedQr) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Ends the reservation of a code that could not be made.
+    fn stock_release<'a>(&'a self, scene: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Takes the oldest code expiring at or after `fresh_until_ms`, dropping older ones that
+    /// expire sooner. A code is taken once, by one caller, whatever the instance.
+    fn stock_take(
+        &self,
+        fresh_until_ms: u64,
+    ) -> BoxFuture<'_, Result<Option<StockedQr>, StoreError>>;
+
+    /// Codes in stock (any age).
+    fn stock_len(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    // ------------------------------------------------------------------ sessions
+
+    /// Opens a session for a freshly taken code, held by `holder`.
+    fn open<'a>(
+        &'a self,
+        scene: &'a Scene,
+        record: &'a SessionRecord,
+        holder: &'a Holder,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A reconnecting stream (`holder`) names `scene`: attach it if the session waits
+    /// (replacing the holder), or hand it the result unless it has it (`has_result`) or the
+    /// QR code expired. `None` when there is nothing to resume.
+    fn attach<'a>(
+        &'a self,
+        scene: &'a Scene,
+        holder: &'a Holder,
+        has_result: bool,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Attached>, StoreError>>;
+
+    /// The stream `holder` went away: the session stays, unattached, until its deadline.
+    /// No-op unless `holder` still holds it. Owns its arguments: it runs from a `Drop`.
+    fn detach(&self, scene: Scene, holder: Holder) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// The stream `holder` ended the wait without a result: the session is removed and a later
+    /// scan resolves nothing. No-op unless `holder` still holds it.
+    fn close<'a>(
+        &'a self,
+        scene: &'a Scene,
+        holder: &'a Holder,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Reads a session.
+    fn session<'a>(
+        &'a self,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+
+    /// After notices may have been lost: the session as it stands now, re-created as waiting
+    /// for `holder` if the store lost it while its wait goes on (a restarted Redis).
+    fn recover<'a>(
+        &'a self,
+        scene: &'a Scene,
+        record: &'a SessionRecord,
+        holder: &'a Holder,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+
+    /// Resolves a scan of `scene`, once, in one atomic step: claims `event_key` (for
+    /// `event_ttl`; [`Resolved::Duplicate`] if claimed before), then, when `result` is given
+    /// and the session waits, stores the result (kept until the QR code expires), detaches
+    /// the holder and notifies its instance.
+    fn resolve<'a>(
+        &'a self,
+        scene: &'a Scene,
+        event_key: &'a str,
+        event_ttl: Duration,
+        result: Option<&'a str>,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Resolved, StoreError>>;
+
+    /// Sessions held now, when the backend can count them cheaply.
+    fn live_sessions(&self) -> Option<usize>;
+
+    /// Drops what expired (the memory backend; Redis expires keys itself).
+    fn purge_expired(&self);
+
+    /// Hands notices for this instance's streams to `inbox` until `cancel`, reconnecting as
+    /// needed (and telling `inbox` each time it is connected).
+    fn listen(&self, inbox: Arc<dyn Inbox>, cancel: CancellationToken) -> BoxFuture<'static, ()>;
+
+    /// The shared access token, when instances share one.
+    fn token_share(&self) -> Option<Arc<dyn TokenShare>>;
 }

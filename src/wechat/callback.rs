@@ -4,11 +4,13 @@ use super::ids::{OpenId, Scene};
 use super::xml::CallbackXml;
 
 /// How the user came to scan: already a follower, or following by this scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ScanKind {
     /// `Event=SCAN`: the user already follows the account.
+    #[serde(rename = "SCAN")]
     Scan,
     /// `Event=subscribe` with `EventKey=qrscene_…`: the user followed by scanning.
+    #[serde(rename = "subscribe")]
     Subscribe,
 }
 

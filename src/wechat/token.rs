@@ -5,14 +5,56 @@
 //! is dropped only if it is still the one that failed, so a burst of failures causes one fetch,
 //! not one each. `force_refresh` is rationed by WeChat (20 a day, 30 s apart): it is used only
 //! when a plain fetch hands back the very token that was just rejected.
+//!
+//! Several instances share one token through a [`TokenShare`] (the Redis store implements it):
+//! an instance without a fresh token reads the shared one; if there is none, the instance that
+//! takes the refresh lock fetches it and shares it, and the others wait for it. WeChat then
+//! sees one refresh for all instances. When the share cannot be reached, an instance fetches
+//! for itself (`stable_token` does not invalidate tokens held elsewhere).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
 
 use super::api::{AccessToken, WechatApi};
 use super::error::{ApiError, ErrorKind};
+use super::secret::Secret;
+
+/// How long the refresh lock is held at most (a fetch is bounded by the API timeout).
+const SHARE_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How often an instance waiting on another's refresh looks for the shared token.
+const SHARE_POLL: Duration = Duration::from_millis(50);
+
+/// Why the shared token could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("token share unavailable: {0}")]
+pub struct ShareError(pub String);
+
+/// A place several instances share the access token in, with a refresh lock.
+pub trait TokenShare: Send + Sync + 'static {
+    /// The shared token and when it expires (Unix ms), if there is one.
+    fn load(&self) -> BoxFuture<'_, Result<Option<(Secret, u64)>, ShareError>>;
+    /// Takes the refresh lock for `ttl`; `true` when this call took it.
+    fn try_lock(&self, ttl: Duration) -> BoxFuture<'_, Result<bool, ShareError>>;
+    /// Shares `token`, expiring at `expires_ms`, and releases the lock if held.
+    fn put<'a>(
+        &'a self,
+        token: &'a Secret,
+        expires_ms: u64,
+    ) -> BoxFuture<'a, Result<(), ShareError>>;
+    /// Releases the lock if held (after a failed fetch).
+    fn unlock(&self) -> BoxFuture<'_, Result<(), ShareError>>;
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
 
 /// Forced refreshes allowed in 24 hours, and the least time between two.
 const FORCE_PER_DAY: usize = 20;
@@ -34,6 +76,8 @@ pub struct TokenCache {
 
 struct Inner {
     api: WechatApi,
+    /// Where instances share the token, if they do.
+    share: Option<Arc<dyn TokenShare>>,
     cached: Mutex<Option<Cached>>,
     /// Held while fetching, so concurrent callers wait for one fetch.
     refresh: tokio::sync::Mutex<()>,
@@ -42,11 +86,12 @@ struct Inner {
 }
 
 impl TokenCache {
-    /// A cache that fetches through `api`.
-    pub fn new(api: WechatApi) -> Self {
+    /// A cache that fetches through `api`, sharing the token through `share` if given.
+    pub fn new(api: WechatApi, share: Option<Arc<dyn TokenShare>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 api,
+                share,
                 cached: Mutex::new(None),
                 refresh: tokio::sync::Mutex::new(()),
                 forced: Mutex::new(VecDeque::new()),
@@ -85,13 +130,113 @@ impl TokenCache {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
-        let token = self.inner.api.stable_token(false).await?;
-        tracing::info!(
-            expires_in = token.expires_in,
-            "fetched a WeChat access token"
-        );
+        let token = match &self.inner.share {
+            Some(share) => self.fetch_shared(share.as_ref(), None).await?,
+            None => self.fetch(false).await?,
+        };
         self.store(token.clone());
         Ok(token)
+    }
+
+    async fn fetch(&self, force: bool) -> Result<AccessToken, ApiError> {
+        let token = self.inner.api.stable_token(force).await?;
+        tracing::info!(
+            expires_in = token.expires_in,
+            force,
+            "fetched a WeChat access token"
+        );
+        Ok(token)
+    }
+
+    /// The shared token if it is usable and not `rejected`.
+    async fn load_shared(
+        share: &dyn TokenShare,
+        rejected: Option<&Secret>,
+    ) -> Result<Option<AccessToken>, ShareError> {
+        let now = unix_ms();
+        Ok(share.load().await?.and_then(|(value, expires_ms)| {
+            let expires_in = expires_ms.saturating_sub(now) / 1000;
+            // Like `store`: not within the last minutes of its life.
+            let margin = 300.min(expires_in / 2);
+            (expires_in > margin && rejected != Some(&value))
+                .then_some(AccessToken { value, expires_in })
+        }))
+    }
+
+    /// A token through the share: the shared one, else fetched by whichever instance takes
+    /// the refresh lock (this one, or another that this one waits for). Without the share
+    /// (unreachable, or the holder of the lock too slow), fetched here.
+    async fn fetch_shared(
+        &self,
+        share: &dyn TokenShare,
+        rejected: Option<&Secret>,
+    ) -> Result<AccessToken, ApiError> {
+        enum Step {
+            Got(AccessToken),
+            Wait,
+            ShareDown(ShareError),
+            Failed(ApiError),
+        }
+        let give_up_at = Instant::now() + SHARE_LOCK_TTL;
+        loop {
+            let step = async {
+                if let Some(token) = Self::load_shared(share, rejected).await? {
+                    return Ok(Step::Got(token));
+                }
+                if !share.try_lock(SHARE_LOCK_TTL).await? {
+                    return Ok(Step::Wait);
+                }
+                // Somebody may have shared one just before we took the lock.
+                if let Some(token) = Self::load_shared(share, rejected).await? {
+                    let _ = share.unlock().await;
+                    return Ok(Step::Got(token));
+                }
+                match self.fetch_here(rejected).await {
+                    Ok(token) => {
+                        let expires_ms = unix_ms().saturating_add(token.expires_in * 1000);
+                        if let Err(e) = share.put(&token.value, expires_ms).await {
+                            tracing::warn!(error = %e, "cannot share the access token");
+                        }
+                        Ok(Step::Got(token))
+                    }
+                    Err(e) => {
+                        let _ = share.unlock().await;
+                        Ok(Step::Failed(e))
+                    }
+                }
+            }
+            .await
+            .unwrap_or_else(Step::ShareDown);
+            match step {
+                Step::Got(token) => return Ok(token),
+                Step::Failed(e) => return Err(e),
+                Step::Wait if Instant::now() < give_up_at => tokio::time::sleep(SHARE_POLL).await,
+                Step::Wait => {
+                    tracing::warn!(
+                        "the instance refreshing the access token is slow; fetching here"
+                    );
+                    return self.fetch_here(rejected).await;
+                }
+                Step::ShareDown(e) => {
+                    tracing::warn!(error = %e, "the shared access token is unreachable; fetching here");
+                    return self.fetch_here(rejected).await;
+                }
+            }
+        }
+    }
+
+    /// Fetches a token from WeChat: a plain fetch, or after `rejected` was refused, one that
+    /// differs from it (forcing a refresh when WeChat hands the same one back).
+    async fn fetch_here(&self, rejected: Option<&Secret>) -> Result<AccessToken, ApiError> {
+        let token = self.fetch(false).await?;
+        match rejected {
+            Some(rejected) if token.value == *rejected => {
+                self.take_force_ration()?;
+                tracing::warn!("WeChat handed back the rejected token; forcing a refresh");
+                self.fetch(true).await
+            }
+            _ => Ok(token),
+        }
     }
 
     /// Runs `call` with a token; if WeChat rejects the token, gets a new one and retries once.
@@ -119,13 +264,12 @@ impl TokenCache {
                 return Ok(current);
             }
         }
-        let token = self.inner.api.stable_token(false).await?;
-        let token = if token.value == rejected.value {
-            self.take_force_ration()?;
-            tracing::warn!("WeChat handed back the rejected token; forcing a refresh");
-            self.inner.api.stable_token(true).await?
-        } else {
-            token
+        let token = match &self.inner.share {
+            Some(share) => {
+                self.fetch_shared(share.as_ref(), Some(&rejected.value))
+                    .await?
+            }
+            None => self.fetch_here(Some(&rejected.value)).await?,
         };
         self.store(token.clone());
         Ok(token)

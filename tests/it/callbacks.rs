@@ -19,7 +19,6 @@ fn xml_for(app: &TestApp, scene: &str, openid: &str, create_time: i64) -> String
     )
 }
 
-#[tokio::test]
 async fn the_url_check_answers_echostr_only_when_signed() {
     let app = spawn_app().await;
     let token = app.fake.account().mp_token.expose().to_owned();
@@ -48,7 +47,6 @@ async fn the_url_check_answers_echostr_only_when_signed() {
     }
 }
 
-#[tokio::test]
 async fn unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing() {
     let app = spawn_app().await;
     let (mut stream, scene, _) = app.open_with_qr().await;
@@ -83,7 +81,6 @@ async fn unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing() {
     assert_eq!(stream.next_json().await["userId"], "oRealUser");
 }
 
-#[tokio::test]
 async fn wechat_retries_and_replays_of_one_event_are_delivered_once() {
     let app = spawn_app().await;
     let (mut first, scene_1, _) = app.open_with_qr().await;
@@ -114,7 +111,6 @@ async fn wechat_retries_and_replays_of_one_event_are_delivered_once() {
     );
 }
 
-#[tokio::test]
 async fn hostile_and_malformed_bodies_get_4xx_and_the_service_keeps_serving() {
     let app = spawn_app().await;
     let (mut stream, scene, _) = app.open_with_qr().await;
@@ -158,7 +154,6 @@ async fn hostile_and_malformed_bodies_get_4xx_and_the_service_keeps_serving() {
     assert_eq!(stream.next_json().await["userId"], "oStillWorks");
 }
 
-#[tokio::test]
 async fn messages_and_other_events_are_answered_success_and_ignored() {
     let app = spawn_app().await;
     let (mut stream, scene, _) = app.open_with_qr().await;
@@ -189,3 +184,11 @@ async fn messages_and_other_events_are_answered_success_and_ignored() {
             .is_none()
     );
 }
+
+crate::helpers::on_every_backend!(
+    the_url_check_answers_echostr_only_when_signed,
+    unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing,
+    wechat_retries_and_replays_of_one_event_are_delivered_once,
+    hostile_and_malformed_bodies_get_4xx_and_the_service_keeps_serving,
+    messages_and_other_events_are_answered_success_and_ignored,
+);

@@ -1,7 +1,7 @@
 //! `spawn_app()`: a wxlogin on 127.0.0.1:0 talking to its own fake WeChat, and clients for it.
 
 use std::collections::HashMap;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use eventsource_stream::{Event, Eventsource};
@@ -15,6 +15,60 @@ use wxlogin::login::LoginService;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone;
 
+use crate::redis_server::RedisServer;
+
+/// Where a test's wxlogin keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// In memory (the default).
+    Memory,
+    /// A redis-server of the test's own.
+    Redis,
+}
+
+tokio::task_local! {
+    /// The backend of the running test: set by [`on_every_backend!`], memory otherwise.
+    pub static BACKEND: Backend;
+}
+
+/// Runs each named `async fn()` test once per backend: `name::memory` and `name::redis`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn memory() {
+                crate::helpers::BACKEND
+                    .scope(crate::helpers::Backend::Memory, super::$name())
+                    .await
+            }
+            #[tokio::test]
+            async fn redis() {
+                crate::helpers::BACKEND
+                    .scope(crate::helpers::Backend::Redis, super::$name())
+                    .await
+            }
+        }
+    )*};
+}
+pub(crate) use on_every_backend;
+
+/// The Ed25519 key instances on one Redis share to sign login tokens (a test key).
+const SHARED_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIP7bCvbBo5rA0o5P2nK37r7dZG35rBH2Z/yBPvmQ3YQZ
+-----END PRIVATE KEY-----
+";
+
+/// The path of [`SHARED_KEY_PEM`], written once per test run.
+pub fn shared_key_file() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("wxlogin-it-{}.pem", std::process::id()));
+        std::fs::write(&path, SHARED_KEY_PEM).expect("key file written");
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
+}
+
 /// A running wxlogin with its fake WeChat; stopped when dropped.
 pub struct TestApp {
     pub base: String,
@@ -24,6 +78,10 @@ pub struct TestApp {
     pub login: LoginService,
     pub api_token: String,
     pub client: reqwest::Client,
+    /// The redis-server of a Redis-backed app (shared by the instances of one test).
+    pub redis: Option<Arc<Mutex<RedisServer>>>,
+    /// Where the fake WeChat listens.
+    pub fake_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
 }
 
@@ -65,7 +123,7 @@ pub async fn spawn_safe_app(settings: &[(&str, &str)]) -> TestApp {
     spawn_app_for(account, &all).await
 }
 
-/// A wxlogin for the fake `account`, with extra settings.
+/// A wxlogin for the fake `account`, with extra settings, on the test's backend.
 pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> TestApp {
     init_logs();
     let cancel = CancellationToken::new();
@@ -73,10 +131,62 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
-    let api_token = "it-api-token-0123456789".to_owned();
+    let redis = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory) {
+        Backend::Memory => None,
+        Backend::Redis => Some(Arc::new(Mutex::new(RedisServer::start()))),
+    };
+    let app = spawn_instance(&fake, fake_addr, redis, settings).await;
+    fake.set_callback(format!("{}/wechat_event", app.base));
+    // The fake lives as long as the app.
+    let stop_fake = app.cancel.clone();
+    tokio::spawn(async move {
+        stop_fake.cancelled().await;
+        cancel.cancel();
+    });
+    app
+}
+
+/// Several wxlogin instances sharing one redis-server and one fake WeChat. The fake's
+/// callbacks go to the first instance until told otherwise.
+pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
+    init_logs();
+    let cancel = CancellationToken::new();
+    let fake = FakeWechat::new(FakeAccount::random());
+    let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
+        .await
+        .expect("fake WeChat binds");
+    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(spawn_instance(&fake, fake_addr, Some(Arc::clone(&redis)), settings).await);
+    }
+    fake.set_callback(format!("{}/wechat_event", apps[0].base));
+    let stop_fake = apps[0].cancel.clone();
+    tokio::spawn(async move {
+        stop_fake.cancelled().await;
+        cancel.cancel();
+    });
+    apps
+}
+
+/// One more instance beside `peer`: the same fake WeChat and redis-server.
+pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> TestApp {
+    let fake_addr = peer
+        .fake_addr
+        .expect("the peer runs against an in-process fake");
+    spawn_instance(&peer.fake, fake_addr, peer.redis.clone(), settings).await
+}
+
+/// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
+pub fn instance_vars(
+    fake: &FakeWechat,
+    fake_addr: std::net::SocketAddr,
+    redis: Option<&RedisServer>,
+    settings: &[(&str, &str)],
+) -> HashMap<String, String> {
     let account = fake.account();
     let mut vars: HashMap<String, String> = [
-        ("API_TOKEN", api_token.as_str()),
+        ("API_TOKEN", API_TOKEN),
         ("APPID", account.appid.as_str()),
         ("SECRET_KEY", account.secret.expose()),
         ("MP_TOKEN", account.mp_token.expose()),
@@ -90,23 +200,52 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     vars.insert("WECHAT_API_BASE".into(), format!("http://{fake_addr}"));
+    if let Some(redis) = redis {
+        vars.insert("REDIS_URL".into(), redis.url());
+        let keyed = settings
+            .iter()
+            .any(|(k, _)| *k == "LOGIN_TOKEN_SECRET" || *k == "LOGIN_TOKEN_KEY_FILE");
+        if !keyed {
+            vars.insert("LOGIN_TOKEN_KEY_FILE".into(), shared_key_file());
+        }
+    }
     for (k, v) in settings {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
+    vars
+}
+
+/// The API token of test instances.
+pub const API_TOKEN: &str = "it-api-token-0123456789";
+
+async fn spawn_instance(
+    fake: &FakeWechat,
+    fake_addr: std::net::SocketAddr,
+    redis: Option<Arc<Mutex<RedisServer>>>,
+    settings: &[(&str, &str)],
+) -> TestApp {
+    let cancel = CancellationToken::new();
+    let vars = {
+        let server = redis
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
+        instance_vars(fake, fake_addr, server.as_deref(), settings)
+    };
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
     let app = App::build(&config, None).await.expect("app builds");
     let addr = app.local_addr().expect("bound");
     let login = app.login();
-    fake.set_callback(format!("http://{addr}/wechat_event"));
     let stop = cancel.clone();
     tokio::spawn(async move { app.run_until(async move { stop.cancelled().await }).await });
     TestApp {
         base: format!("http://{addr}"),
         fake_base: format!("http://{fake_addr}"),
-        fake,
+        fake: fake.clone(),
         login,
-        api_token,
+        api_token: API_TOKEN.to_owned(),
         client: reqwest::Client::new(),
+        redis,
+        fake_addr: Some(fake_addr),
         cancel,
     }
 }

@@ -6,8 +6,11 @@
 
 mod callbacks;
 mod helpers;
+mod instances;
 mod ops;
+mod redis_server;
 mod sandbox;
+mod sessions;
 mod startup;
 mod streams;
 mod trust;

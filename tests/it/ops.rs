@@ -314,6 +314,20 @@ async fn check_passes_against_the_fake_and_names_a_wrong_secret() {
         "{text}"
     );
 
+    // Redis configured but unreachable (nothing listens on port 1): a clear line, no password.
+    let mut with_redis = vars.clone();
+    with_redis.insert("REDIS_URL", "redis://:hunter2pass@127.0.0.1:1/0".into());
+    with_redis.insert(
+        "LOGIN_TOKEN_SECRET",
+        "a-shared-secret-of-at-least-32-chars!".into(),
+    );
+    let (ok, text) = tokio::task::spawn_blocking(move || check(&with_redis))
+        .await
+        .unwrap();
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL Redis at"), "{text}");
+    assert!(!text.contains("hunter2pass"), "{text}");
+
     vars.insert("SECRET_KEY", "wrong-secret-value".into());
     let (ok, text) = tokio::task::spawn_blocking(move || check(&vars))
         .await

@@ -56,3 +56,59 @@ fn an_invalid_setting_is_named_and_dotenv_is_read() {
         assert!(!stderr.contains(secret));
     }
 }
+
+#[tokio::test]
+async fn the_password_in_redis_url_never_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    // Nobody listens on the Redis port: the instance starts, logs, and is not ready.
+    let (port, redis_port) = (free(), free());
+    let url = format!("redis://:hunter2-redis-pw@127.0.0.1:{redis_port}/0");
+    let bind = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .envs([
+            ("API_TOKEN", "startup-api-token"),
+            ("APPID", "wx1"),
+            ("SECRET_KEY", "topsecret-value"),
+            ("MP_TOKEN", "mp"),
+            ("LOGIN_TOKEN_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("WECHAT_API_BASE", "http://127.0.0.1:9"),
+            ("RUST_LOG", "debug"),
+            ("BIND", bind.as_str()),
+            ("REDIS_URL", url.as_str()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ready = loop {
+        if let Ok(r) = client.get(format!("http://{bind}/readyz")).send().await {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let logs = format!(
+        "{}{}{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.contains("[redacted]@127.0.0.1"), "{logs}");
+    assert!(!logs.contains("hunter2-redis-pw"), "{logs}");
+}

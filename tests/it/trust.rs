@@ -40,7 +40,6 @@ async fn post_encrypted(app: &TestApp, encrypt: &str) -> reqwest::Response {
     app.post_callback(&query, body).await
 }
 
-#[tokio::test]
 async fn encrypted_scan_and_subscribe_callbacks_reach_their_streams() {
     let app = spawn_safe_app(&[]).await;
     let (mut a, scene_a, _) = app.open_with_qr().await;
@@ -193,7 +192,6 @@ fn quick_xml_field(xml: &str, name: &str) -> Option<String> {
     )
 }
 
-#[tokio::test]
 async fn a_login_scan_gets_a_text_reply_that_wechat_accepts() {
     let app = spawn_app_with(&[("REPLY_TEXT", "已在网页登录（{time}）")]).await;
     let (mut stream, scene, _) = app.open_with_qr().await;
@@ -304,7 +302,6 @@ async fn verify_at_server(app: &TestApp, body: Value, bearer: &str) -> reqwest::
         .unwrap()
 }
 
-#[tokio::test]
 async fn a_site_backend_verifies_the_login_token_with_the_published_key() {
     let app = spawn_app().await;
     let token = login_token(&app, "oVerified").await;
@@ -337,7 +334,6 @@ async fn a_site_backend_verifies_the_login_token_with_the_published_key() {
     assert_eq!(r.status(), 401);
 }
 
-#[tokio::test]
 async fn login_verify_accepts_a_token_once() {
     let app = spawn_app().await;
     let token = login_token(&app, "oOnce").await;
@@ -370,7 +366,6 @@ fn hs256(secret: &str, claims: &Value) -> String {
     format!("{input}.{sig}")
 }
 
-#[tokio::test]
 async fn with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enforced() {
     let secret = "a-shared-secret-of-at-least-32-chars!";
     let app = spawn_app_with(&[
@@ -443,7 +438,6 @@ async fn open_as(app: &TestApp, token: &str, origin: Option<&str>) -> reqwest::S
     request.send().await.unwrap().status()
 }
 
-#[tokio::test]
 async fn page_tokens_open_streams_from_their_origin_only() {
     let app = spawn_app().await;
     let r = app
@@ -549,7 +543,6 @@ async fn open_resuming(app: &TestApp, last_event_id: &str) -> crate::helpers::St
     crate::helpers::Stream::from_response(response)
 }
 
-#[tokio::test]
 async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_same_qr() {
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
     let (stream, scene, first) = app.open_with_qr().await;
@@ -589,7 +582,6 @@ async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_sam
     assert!(fresh.get("userId").is_none());
 }
 
-#[tokio::test]
 async fn a_reconnect_while_waiting_resumes_and_receives_the_scan() {
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
     let (stream, scene, _) = app.open_with_qr().await;
@@ -612,7 +604,6 @@ async fn status(app: &TestApp, scene: &str) -> Value {
     r.json().await.unwrap()
 }
 
-#[tokio::test]
 async fn polling_sees_pending_then_done_and_an_expired_scene_says_expired() {
     let app = spawn_app_with(&[("SSE_TIMEOUT_SECS", "2")]).await;
     let (stream, scene, _) = app.open_with_qr().await;
@@ -637,3 +628,15 @@ async fn polling_sees_pending_then_done_and_an_expired_scene_says_expired() {
     );
     assert_eq!(status(&app, "not-a-scene!").await["status"], "expired");
 }
+
+crate::helpers::on_every_backend!(
+    a_site_backend_verifies_the_login_token_with_the_published_key,
+    encrypted_scan_and_subscribe_callbacks_reach_their_streams,
+    a_login_scan_gets_a_text_reply_that_wechat_accepts,
+    login_verify_accepts_a_token_once,
+    with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enforced,
+    page_tokens_open_streams_from_their_origin_only,
+    a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_same_qr,
+    a_reconnect_while_waiting_resumes_and_receives_the_scan,
+    polling_sees_pending_then_done_and_an_expired_scene_says_expired,
+);

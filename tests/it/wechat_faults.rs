@@ -6,7 +6,6 @@ use wxlogin::sandbox::fake::Fault;
 
 use crate::helpers::{count, spawn_app_with, wait_until};
 
-#[tokio::test]
 async fn a_rejected_token_leads_to_one_refresh_and_a_successful_retry() {
     // No stock: every stream makes its code on demand.
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
@@ -30,7 +29,6 @@ async fn a_rejected_token_leads_to_one_refresh_and_a_successful_retry() {
     assert_eq!(count(&c.forced_refreshes), 1, "no forced refresh needed");
 }
 
-#[tokio::test]
 async fn concurrent_streams_share_one_token_fetch() {
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
     let streams = futures_util::future::join_all((0..30).map(|_| app.open_with_qr())).await;
@@ -73,7 +71,6 @@ async fn outage_then_recovery(errcode: i64, faults: usize) {
     .await;
 }
 
-#[tokio::test]
 async fn busy_wechat_gives_503_with_retry_after_then_recovers() {
     // The client retries -1 three times per call: six faults fail two calls.
     outage_then_recovery(-1, 6).await;
@@ -112,7 +109,6 @@ async fn a_slow_wechat_is_cut_off_by_the_call_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
 async fn an_idle_service_does_not_make_codes_beyond_its_stock() {
     let app = spawn_app_with(&[("POOL_SIZE", "3")]).await;
     app.wait_ready().await;
@@ -130,3 +126,10 @@ async fn an_idle_service_does_not_make_codes_beyond_its_stock() {
         "one made per one taken"
     );
 }
+
+crate::helpers::on_every_backend!(
+    a_rejected_token_leads_to_one_refresh_and_a_successful_retry,
+    concurrent_streams_share_one_token_fetch,
+    busy_wechat_gives_503_with_retry_after_then_recovers,
+    an_idle_service_does_not_make_codes_beyond_its_stock,
+);

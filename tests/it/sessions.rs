@@ -1,0 +1,263 @@
+//! The session semantics of `login::scenes` (attach, detach, resume, parked results, one
+//! resolution per scene and per event) against every store, and across instances on one Redis;
+//! the shared QR stock under concurrent takes and refills.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wxlogin::login::event::LoginResult;
+use wxlogin::login::pool::QrCode;
+use wxlogin::login::scenes::{Resolution, Resumed, Scenes, Status};
+use wxlogin::store::memory::MemoryStore;
+use wxlogin::store::redis::RedisStore;
+use wxlogin::store::{Inbox, StockedQr, Store};
+use wxlogin::wechat::callback::ScanKind;
+use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
+use wxlogin::wechat::secret::Secret;
+
+use crate::helpers::{BACKEND, Backend};
+use crate::redis_server::RedisServer;
+
+const TTL: Duration = Duration::from_secs(600);
+
+/// One instance's view of the store: its scenes, listening for notices until dropped.
+struct Instance {
+    scenes: Scenes,
+    store: Arc<dyn Store>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+fn redis_store(redis: &RedisServer, name: &str) -> Arc<dyn Store> {
+    Arc::new(RedisStore::new(&Secret::new(redis.url()), "wxtest", name.into()).unwrap())
+}
+
+async fn instance(store: Arc<dyn Store>) -> Instance {
+    let scenes = Scenes::new(Arc::clone(&store));
+    let cancel = CancellationToken::new();
+    let inbox: Arc<dyn Inbox> = Arc::new(scenes.clone());
+    tokio::spawn(store.listen(inbox, cancel.clone()));
+    // Listening (Redis: subscribed) before the test goes on.
+    crate::helpers::wait_until(Duration::from_secs(5), || async {
+        store.ping().await.is_ok()
+    })
+    .await;
+    Instance {
+        scenes,
+        store,
+        _stop: cancel.drop_guard(),
+    }
+}
+
+/// An instance on the test's backend (and the redis-server it needs).
+async fn on_backend() -> (Instance, Option<RedisServer>) {
+    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory) {
+        Backend::Memory => (instance(Arc::new(MemoryStore::new())).await, None),
+        Backend::Redis => {
+            let redis = RedisServer::start();
+            (instance(redis_store(&redis, "one")).await, Some(redis))
+        }
+    }
+}
+
+fn qr() -> QrCode {
+    QrCode {
+        scene: Scene::random(),
+        ticket: Ticket::new("t"),
+        content: "http://weixin.qq.com/q/x".into(),
+        expires_at: Instant::now() + Duration::from_secs(600),
+    }
+}
+
+fn result(openid: &str) -> LoginResult {
+    LoginResult {
+        openid: OpenId::new(openid),
+        kind: ScanKind::Scan,
+        login_token: None,
+        resolved_at: Instant::now(),
+    }
+}
+
+fn later(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
+    scenes
+        .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| {
+            result(openid)
+        })
+        .await
+        .unwrap()
+}
+
+async fn a_scan_reaches_the_attached_stream_once() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Delivered);
+    assert_eq!(resolve(scenes, &scene, "o2").await, Resolution::Nobody);
+    assert_eq!(
+        (&mut attachment.result).await.unwrap().openid.as_str(),
+        "o1"
+    );
+    assert_eq!(scenes.attached(), 0);
+    // WeChat's retry of the event is recognised.
+    let again = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+    let retry = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+    assert_eq!(again.unwrap(), Resolution::Nobody);
+    assert_eq!(retry.unwrap(), Resolution::Duplicate);
+}
+
+async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    drop(attachment);
+    assert_eq!(scenes.attached(), 0);
+    // The store learns of the detachment on its own time (a task, with Redis).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Parked);
+    assert!(
+        matches!(scenes.status(&scene).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
+    );
+    match scenes.resume(&scene, false).await.unwrap() {
+        Some(Resumed::Result(v, r)) => {
+            assert_eq!(r.openid.as_str(), "o1");
+            assert_eq!(v.qr.content, view.qr.content, "the same QR code");
+        }
+        _ => panic!("no parked result"),
+    }
+    // A client that saw the result does not get it again.
+    assert!(scenes.resume(&scene, true).await.unwrap().is_none());
+}
+
+async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, mut old) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap() else {
+        panic!("not resumed")
+    };
+    assert_eq!(scenes.attached(), 1);
+    assert!((&mut old.result).await.is_err(), "the replaced stream ends");
+    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Delivered);
+    assert_eq!((&mut new.result).await.unwrap().openid.as_str(), "o1");
+}
+
+async fn a_closed_or_overdue_scene_resolves_nothing() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    attachment.close().await;
+    assert_eq!(scenes.attached(), 0);
+    assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
+    assert!(matches!(
+        scenes.status(&scene).await.unwrap(),
+        Status::Expired
+    ));
+
+    let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
+    assert!(scenes.resume(&scene, false).await.unwrap().is_none());
+    assert!(scenes.content(&scene).await.unwrap().is_none());
+}
+
+async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
+    let (one, _redis) = on_backend().await;
+    let store = &one.store;
+    let names: Vec<String> = (0..30)
+        .map(|_| Scene::random().as_str().to_owned())
+        .collect();
+    let granted = store
+        .stock_reserve(&names, 20, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(granted, 20, "room for 20");
+    for name in &names[..10] {
+        let qr = StockedQr {
+            scene: name.clone(),
+            expires_ms: wxlogin::store::unix_now_ms() + 600_000,
+            payload: format!("code-{name}"),
+        };
+        store.stock_put(&qr).await.unwrap();
+    }
+    for name in &names[10..20] {
+        store.stock_release(name).await.unwrap();
+    }
+    assert_eq!(store.stock_len().await.unwrap(), 10);
+    let more = store
+        .stock_reserve(&names[20..], 15, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(more, 5, "10 in stock + 5 reserved = the target of 15");
+    let taken = futures_util::future::join_all((0..12).map(|_| store.stock_take(0))).await;
+    let taken: Vec<String> = taken
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|q| q.payload)
+        .collect();
+    assert_eq!(taken.len(), 10);
+    assert_eq!(taken.iter().collect::<HashSet<_>>().len(), 10);
+}
+
+crate::helpers::on_every_backend!(
+    a_scan_reaches_the_attached_stream_once,
+    a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume,
+    a_resumed_stream_replaces_the_old_one_and_receives_the_scan,
+    a_closed_or_overdue_scene_resolves_nothing,
+    the_stock_hands_each_code_out_once_and_stays_within_its_target,
+);
+
+#[tokio::test]
+async fn across_instances_a_resume_takes_the_session_over_and_the_scan_follows_it() {
+    let redis = RedisServer::start();
+    let a = instance(redis_store(&redis, "a")).await;
+    let b = instance(redis_store(&redis, "b")).await;
+    let c = instance(redis_store(&redis, "c")).await;
+    let (view, mut on_a) = a.scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    // The browser reconnects to B: A's stream is told to end.
+    let Some(Resumed::Waiting(_, mut on_b)) = b.scenes.resume(&scene, false).await.unwrap() else {
+        panic!("not resumed on B")
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(2), &mut on_a.result).await;
+    assert!(matches!(ended, Ok(Err(_))), "A's stream ends");
+    // WeChat's callback lands on C; the result goes to B's stream.
+    assert_eq!(
+        resolve(&c.scenes, &scene, "oMoved").await,
+        Resolution::Delivered
+    );
+    let got = tokio::time::timeout(Duration::from_secs(2), &mut on_b.result).await;
+    assert_eq!(got.unwrap().unwrap().openid.as_str(), "oMoved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_instances_a_scene_resolves_once_under_concurrent_scans() {
+    let redis = RedisServer::start();
+    let a = instance(redis_store(&redis, "a")).await;
+    let b = instance(redis_store(&redis, "b")).await;
+    for round in 0..20 {
+        let (view, _on_a) = a.scenes.open(qr(), later(60), None).await.unwrap();
+        let scene = view.qr.scene.clone();
+        // Two different events for the same scene, one on each instance, at once.
+        let (key_x, key_y) = (format!("oX:{round}"), format!("oY:{round}"));
+        let (x, y) = tokio::join!(
+            a.scenes.resolve(&scene, &key_x, TTL, |_| result("oX")),
+            b.scenes.resolve(&scene, &key_y, TTL, |_| result("oY")),
+        );
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let winners = outcomes
+            .iter()
+            .filter(|o| matches!(o, Resolution::Delivered | Resolution::Parked))
+            .count();
+        assert_eq!(winners, 1, "{outcomes:?}");
+    }
+}
