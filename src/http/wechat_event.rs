@@ -24,11 +24,11 @@ use crate::metrics::{Metrics, Outcome as Label};
 use crate::wechat::callback::{Callback, ScanEvent, classify};
 use crate::wechat::crypto::{KeySlot, seal_reply, verify_msg_signature};
 use crate::wechat::reply::text_reply;
-use crate::wechat::signature::verify_signature;
+use crate::wechat::signature::{is_fresh, verify_signature};
 use crate::wechat::xml::{self, CallbackXml};
 
 /// How far a callback's `timestamp` may be from our clock.
-pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
 /// The query of the URL check.
 #[derive(Debug, Deserialize)]
@@ -217,7 +217,7 @@ async fn handle(
             HttpError::BadRequest("timestamp is not a number".into()),
         )
     })?;
-    if (now_secs() - sent).abs() > MAX_CLOCK_SKEW_SECS {
+    if !is_fresh(sent, now_secs(), MAX_CLOCK_SKEW_SECS) {
         tracing::warn!(timestamp = sent, "callback with a stale timestamp rejected");
         return Err(Rejected(
             "stale_timestamp",

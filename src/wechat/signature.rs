@@ -35,6 +35,12 @@ pub fn verify_signature(token: &str, timestamp: &str, nonce: &str, given: &str) 
     verify_sorted(&[token, timestamp, nonce], given)
 }
 
+/// Whether a callback's `timestamp` (seconds) is within `max_skew` seconds of `now`.
+/// Any `i64` is accepted without overflow: a signed but absurd timestamp is simply stale.
+pub fn is_fresh(timestamp: i64, now: i64, max_skew: u64) -> bool {
+    now.abs_diff(timestamp) <= max_skew
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +79,17 @@ mod tests {
                 &sig.to_ascii_uppercase()
             ));
         }
+    }
+
+    #[test]
+    fn freshness_is_checked_without_overflow() {
+        let now = 1_800_000_000;
+        assert!(is_fresh(now - 300, now, 300));
+        assert!(is_fresh(now + 300, now, 300));
+        assert!(!is_fresh(now - 301, now, 300));
+        assert!(!is_fresh(i64::MIN, now, 300));
+        assert!(!is_fresh(i64::MIN + now, now, 300));
+        assert!(!is_fresh(i64::MAX, now, 300));
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
             Event::CData(c) if depth == 2 => {
                 text.push_str(&c.decode().map_err(malformed)?);
             }
+            Event::CData(_) if depth <= 1 => {
+                return Err(XmlError::Malformed("text outside an element".into()));
+            }
             Event::GeneralRef(r) => {
                 let ch = match r.resolve_char_ref().map_err(malformed)? {
                     Some(ch) => ch,
@@ -155,8 +158,10 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                         predefined_entity(&name).ok_or_else(|| XmlError::Entity(name.into()))?
                     }
                 };
-                if depth == 2 {
-                    text.push(ch);
+                match depth {
+                    2 => text.push(ch),
+                    0 | 1 => return Err(XmlError::Malformed("text outside an element".into())),
+                    _ => {}
                 }
             }
             Event::Text(t) if depth <= 1 => {
@@ -256,6 +261,10 @@ mod tests {
             "<xml><Event>SCAN</Event>",
             "<root><Event>SCAN</Event></root>",
             "<xml></xml><xml></xml>",
+            "<xml>x</xml>",
+            "<xml>&amp;</xml>",
+            "<xml><![CDATA[x]]></xml>",
+            "&amp;<xml></xml>",
             "<xml><a><b><c><d><e><f><g><h><i/></h></g></f></e></d></c></b></a></xml>",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");

@@ -68,6 +68,16 @@ async fn unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing() {
     let future = signed_query(&token, now_secs() + 400, &nonce(), "oAttacker");
     assert_eq!(app.post_callback(&future, body.clone()).await.status(), 401);
 
+    // Absurd timestamps (found by fuzzing: once an overflow) are just stale.
+    for absurd in [i64::MIN, i64::MIN + now_secs(), i64::MAX] {
+        let q = signed_query(&token, absurd, &nonce(), "oAttacker");
+        assert_eq!(
+            app.post_callback(&q, body.clone()).await.status(),
+            401,
+            "{absurd}"
+        );
+    }
+
     assert!(
         stream
             .next_json_within(Duration::from_millis(300))
