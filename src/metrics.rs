@@ -54,6 +54,8 @@ pub struct Metrics {
     pub streams_refused: Family<Rejection, Counter>,
     /// Scans, by outcome (`delivered`, `parked`, `undeliverable`, `duplicate`).
     pub scans: Family<Outcome, Counter>,
+    /// Handles on `scans`' series, made once: a callback bumps one without allocating a label.
+    scan_series: Vec<(&'static str, Counter)>,
     /// Callbacks rejected, by reason.
     pub callbacks_rejected: Family<Rejection, Counter>,
     /// Callbacks passed on to `FORWARD_URL`, by outcome.
@@ -111,7 +113,7 @@ impl Metrics {
             "Streams refused, by reason",
             Family::default()
         );
-        let scans = register!(
+        let scans: Family<Outcome, Counter> = register!(
             "scans",
             "Scans of login QR codes, by outcome",
             Family::default()
@@ -141,8 +143,20 @@ impl Metrics {
             "Time from a callback's arrival to the result on the stream",
             Histogram::new(latency_buckets())
         );
+        let scan_series = ["delivered", "parked", "undeliverable", "duplicate"]
+            .into_iter()
+            .map(|name| {
+                let counter = scans
+                    .get_or_create(&Outcome {
+                        outcome: name.into(),
+                    })
+                    .clone();
+                (name, counter)
+            })
+            .collect();
         Arc::new(Self {
             registry,
+            scan_series,
             open_streams,
             live_scenes,
             qr_stock,
@@ -160,6 +174,10 @@ impl Metrics {
 
     /// Counts a scan outcome.
     pub fn scan(&self, outcome: &str) {
+        if let Some((_, counter)) = self.scan_series.iter().find(|(name, _)| *name == outcome) {
+            counter.inc();
+            return;
+        }
         self.scans
             .get_or_create(&Outcome {
                 outcome: outcome.into(),

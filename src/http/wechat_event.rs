@@ -260,7 +260,9 @@ async fn handle(
             "scan while the stream is away: kept for its return"
         ),
         Outcome::Duplicate => tracing::debug!(scene = %scan.scene, "retry of a handled callback"),
-        Outcome::NoWaiter => tracing::info!(
+        // Debug, not info: anyone may send scans of unknown scenes, at any rate; the
+        // scans_total{outcome="undeliverable"} metric counts them.
+        Outcome::NoWaiter => tracing::debug!(
             scene = %scan.scene,
             openid = %scan.openid.short(),
             "scan for a QR code no stream waits on: delivered to nobody"
