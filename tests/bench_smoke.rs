@@ -1,0 +1,217 @@
+//! A short run of every `wxlogin-bench` scenario against a wxlogin (and fake WeChat) this
+//! test starts on free loopback ports, so the load tool keeps working. The full benchmark is
+//! `scripts/bench.sh`; see BENCHMARKS.md.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const API_TOKEN: &str = "smoke-api-token-0123";
+const MP_TOKEN: &str = "smoke-mp-token";
+const ACCOUNT: [(&str, &str); 3] = [
+    ("APPID", "wxsmoke000000001"),
+    ("SECRET_KEY", "smoke-secret-0123"),
+    ("MP_TOKEN", MP_TOKEN),
+];
+
+/// A child process, killed when dropped (also when the test panics).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` over a fresh connection: the body, if the server answered.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs one scenario and returns its JSON line.
+fn bench(port: u16, server_pid: u32, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_wxlogin-bench"))
+        .args([
+            "--target",
+            &format!("http://127.0.0.1:{port}"),
+            "--server-pid",
+            &server_pid.to_string(),
+            "--max-secs",
+            "20",
+        ])
+        .args(args)
+        .env("API_TOKEN", API_TOKEN)
+        .env("MP_TOKEN", MP_TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "wxlogin-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line per scenario: {stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn count(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a count in {v}"))
+}
+
+#[test]
+fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
+    // Arrange: the fake WeChat and a wxlogin using it, on free ports.
+    let (fake_port, port) = (free_port(), free_port());
+    let _fake = Running(
+        Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+            .args(["fake-wechat", "--port", &fake_port.to_string()])
+            .args([
+                "--callback",
+                &format!("http://127.0.0.1:{port}/wechat_event"),
+            ])
+            .envs(ACCOUNT)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the fake WeChat", || {
+        TcpStream::connect(("127.0.0.1", fake_port)).is_ok()
+    });
+    let server = Running(
+        Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+            .arg("serve")
+            .envs(ACCOUNT)
+            .env("API_TOKEN", API_TOKEN)
+            .env("BIND", format!("127.0.0.1:{port}"))
+            .env("WECHAT_API_BASE", format!("http://127.0.0.1:{fake_port}"))
+            .env("POOL_SIZE", "50")
+            .env("SSE_TIMEOUT_SECS", "60")
+            .env("QR_TTL_SECS", "600")
+            .env("SSE_KEEPALIVE_SECS", "1")
+            // All the load comes from a few loopback addresses.
+            .env("SSE_PER_IP_PER_MIN", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id();
+    wait_until("wxlogin", || {
+        get(port, "/readyz").is_some_and(|body| body.contains("\"ready\":true"))
+    });
+
+    // Act and assert, one scenario after the other on the same server.
+    let waiters = bench(port, pid, &["waiters", "--n", "20", "--rate", "0"]);
+    assert_eq!(waiters["scenario"], "waiters");
+    assert_eq!(count(&waiters, "opened"), 20, "{waiters}");
+    assert_eq!(count(&waiters, "errors"), 0, "{waiters}");
+    assert_eq!(count(&waiters, "status_503"), 0, "{waiters}");
+    assert_eq!(count(&waiters, "server_open_streams"), 20, "{waiters}");
+    assert_eq!(count(&waiters, "open_streams_after_close"), 0, "{waiters}");
+    assert!(count(&waiters, "rss_before_kib") > 0, "{waiters}");
+
+    let scan = bench(
+        port,
+        pid,
+        &[
+            "scan-to-push",
+            "--n",
+            "20",
+            "--rate",
+            "20",
+            "--settle-secs",
+            "3",
+        ],
+    );
+    assert_eq!(scan["scenario"], "scan-to-push");
+    assert_eq!(count(&scan, "scans"), 20, "{scan}");
+    assert_eq!(count(&scan, "delivered"), 20, "{scan}");
+    assert_eq!(count(&scan, "lost"), 0, "{scan}");
+    assert_eq!(count(&scan, "misdelivered"), 0, "{scan}");
+    assert_eq!(count(&scan, "callback_errors"), 0, "{scan}");
+    assert_eq!(scan["push_ms"]["count"], 20, "{scan}");
+
+    let callbacks = bench(
+        port,
+        pid,
+        &["callbacks", "--concurrency", "4", "--duration-secs", "1"],
+    );
+    assert_eq!(callbacks["scenario"], "callbacks");
+    for phase in ["callbacks", "healthz"] {
+        assert!(count(&callbacks[phase], "requests") > 0, "{callbacks}");
+        assert_eq!(count(&callbacks[phase], "errors"), 0, "{callbacks}");
+    }
+    assert!(callbacks["ratio"].as_f64().unwrap() > 0.0, "{callbacks}");
+
+    let churn = bench(
+        port,
+        pid,
+        &[
+            "churn",
+            "--rate",
+            "10",
+            "--duration-secs",
+            "2",
+            "--think-ms",
+            "100",
+        ],
+    );
+    assert_eq!(churn["scenario"], "churn");
+    assert_eq!(count(&churn, "logins_ok"), 20, "{churn}");
+    assert_eq!(count(&churn, "errors"), 0, "{churn}");
+    assert_eq!(count(&churn, "lost"), 0, "{churn}");
+    assert_eq!(count(&churn, "misdelivered"), 0, "{churn}");
+    assert_eq!(count(&churn, "open_streams_after"), 0, "{churn}");
+}
+
+#[test]
+fn the_load_tool_refuses_targets_off_this_machine() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wxlogin-bench"))
+        .args(["--target", "http://192.0.2.1:8000", "waiters", "--n", "1"])
+        .env("API_TOKEN", API_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.0/8"));
+}
