@@ -73,6 +73,23 @@ fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
     }
 }
 
+/// Pending connections the kernel may queue. A burst of browsers opening streams at once
+/// (thousands after a page goes live) must not overflow the queue: a dropped SYN is retried
+/// by the client only after a second. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep accept queue (`TcpListener::bind` asks for 1,024).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A built, not yet running, wxlogin.
 pub struct App {
     listener: TcpListener,
@@ -100,12 +117,10 @@ fn store(config: &Config) -> Result<Arc<dyn Store>, RedisSetupError> {
 impl App {
     /// Builds the app and binds `config.bind`.
     pub async fn build(config: &Config, extra: Option<Router>) -> Result<Self, AppError> {
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let listener = bind(config.bind).map_err(|source| AppError::Bind {
+            addr: config.bind,
+            source,
+        })?;
         Self::with_listener(config, listener, extra)
     }
 
