@@ -20,6 +20,9 @@ pub enum HttpError {
     /// 404: no such thing (or no longer).
     #[error("not found")]
     NotFound,
+    /// 413: the body is larger than allowed.
+    #[error("the body is larger than 64 KiB")]
+    PayloadTooLarge,
     /// 409: the request conflicts with what happened before (a login token used twice).
     #[error("{0}")]
     Conflict(&'static str),
@@ -46,6 +49,7 @@ impl HttpError {
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable { .. } => "unavailable",
         }
@@ -57,6 +61,7 @@ impl HttpError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }

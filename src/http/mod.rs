@@ -27,7 +27,7 @@ pub mod wechat_event;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
@@ -87,9 +87,8 @@ pub fn router(state: AppState) -> Router {
     let bounded = Router::new()
         .route(
             "/wechat_event",
-            get(wechat_event::verify)
-                .post(wechat_event::receive)
-                .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY)),
+            // The POST handler reads its body itself, at most MAX_CALLBACK_BODY.
+            get(wechat_event::verify).post(wechat_event::receive),
         )
         .route("/qrcode/{file}", get(qrcode::svg))
         .route("/login/{scene}/status", get(login::status))

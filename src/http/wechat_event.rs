@@ -12,14 +12,14 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::AppState;
 use super::error::HttpError;
 use super::forward::Forwarded;
+use super::{AppState, MAX_CALLBACK_BODY};
 use crate::login::Outcome;
 use crate::metrics::{Metrics, Outcome as Label};
 use crate::wechat::callback::{Callback, ScanEvent, classify};
@@ -189,15 +189,33 @@ fn open_encrypted(
         (status = 401, description = "Missing or wrong signature, stale timestamp", body = serde_json::Value),
         (status = 413, description = "Body over 64 KiB"),
         (status = 503, description = "Cannot record the event now: WeChat retries", body = serde_json::Value)))]
-pub async fn receive(
-    State(state): State<AppState>,
-    RawQuery(raw_query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn receive(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let q = EventQuery::parse(raw_query.as_deref().unwrap_or_default());
-    let answer = match handle(&state, &q, raw_query.as_deref(), &headers, body).await {
+    // The request is taken apart here rather than by extractors, which would copy the query
+    // string and the headers of every callback (the hot path of a busy account).
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_CALLBACK_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            let too_large = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (reason, error) = if too_large {
+                ("too_large", HttpError::PayloadTooLarge)
+            } else {
+                (
+                    "unreadable_body",
+                    HttpError::BadRequest("the body was cut off".into()),
+                )
+            };
+            state.metrics.reject_callback(reason);
+            return error.into_response();
+        }
+    };
+    let raw_query = parts.uri.query();
+    let q = EventQuery::parse(raw_query.unwrap_or_default());
+    let answer = match handle(&state, &q, raw_query, &parts.headers, body).await {
         Ok(answer) => answer,
         Err(Rejected(reason, error)) => {
             state.metrics.reject_callback(reason);
