@@ -61,6 +61,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 /// The widget, or `304 Not Modified` when the browser's copy is current.
+#[utoipa::path(get, path = "/wxlogin.js", tag = "login",
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a cached copy")),
+    responses(
+        (status = 200, description = "The login widget: one ES module (`mount(element, options)`), with ETag and a one-day cache life", body = String, content_type = "text/javascript"),
+        (status = 304, description = "The cached copy is current")))]
 pub async fn wxlogin_js(headers: HeaderMap) -> Response {
     let etag = &FINGERPRINT.etag;
     let current = headers

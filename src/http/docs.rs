@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         super::sse::sse,
         super::qrcode::svg,
+        super::assets::wxlogin_js,
         super::login::status,
         super::login::verify,
         super::login::mint,

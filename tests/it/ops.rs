@@ -166,6 +166,7 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
         "/metrics",
         "/openapi.json",
         "/docs",
+        "/wxlogin.js",
     ] {
         assert!(spec["paths"].get(path).is_some(), "{path} missing");
     }
