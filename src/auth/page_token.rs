@@ -113,10 +113,10 @@ impl PageTokens {
         if claims.typ != "page" {
             return Err(PageTokenError::Invalid);
         }
-        if let Some(bound) = &claims.origin {
-            if request_origin.map(normalize_origin).as_deref() != Some(bound.as_str()) {
-                return Err(PageTokenError::WrongOrigin);
-            }
+        if let Some(bound) = &claims.origin
+            && request_origin.map(normalize_origin).as_deref() != Some(bound.as_str())
+        {
+            return Err(PageTokenError::WrongOrigin);
         }
         Ok(claims)
     }

@@ -90,10 +90,10 @@ impl Drop for Attachment {
         }
         .boxed();
         // The memory store is done at once; Redis needs a task.
-        if (&mut finish).now_or_never().is_none() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(finish);
-            }
+        if (&mut finish).now_or_never().is_none()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(finish);
         }
     }
 }
@@ -358,11 +358,10 @@ impl Scenes {
             .for_each_concurrent(CONCURRENCY, |(scene, generation, record)| {
                 let failed = &failed;
                 async move {
-                    if let Err(e) = self.recover_one(&scene, generation, &record).await {
-                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if let Err(e) = self.recover_one(&scene, generation, &record).await
+                        && failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             tracing::warn!(error = %e, "cannot check sessions; will retry when reconnected");
                         }
-                    }
                 }
             })
             .await;

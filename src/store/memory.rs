@@ -78,12 +78,11 @@ impl MemoryStore {
     }
 
     fn detach_now(&self, scene: &Scene, holder: &Holder) {
-        if let Some(s) = self.sessions().get_mut(scene) {
-            if let SessionState::Waiting { holder: h } = &mut s.state {
-                if h.as_ref() == Some(holder) {
-                    *h = None;
-                }
-            }
+        if let Some(s) = self.sessions().get_mut(scene)
+            && let SessionState::Waiting { holder: h } = &mut s.state
+            && h.as_ref() == Some(holder)
+        {
+            *h = None;
         }
     }
 }

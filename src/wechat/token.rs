@@ -259,10 +259,10 @@ impl TokenCache {
     async fn renew_after_rejection(&self, rejected: &AccessToken) -> Result<AccessToken, ApiError> {
         let _guard = self.inner.refresh.lock().await;
         // Somebody else may have replaced it while we waited.
-        if let Some(current) = self.fresh() {
-            if current.value != rejected.value {
-                return Ok(current);
-            }
+        if let Some(current) = self.fresh()
+            && current.value != rejected.value
+        {
+            return Ok(current);
         }
         let token = match &self.inner.share {
             Some(share) => {

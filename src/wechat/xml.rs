@@ -125,19 +125,18 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                 if depth == 0 {
                     return Err(XmlError::Root);
                 }
-                if depth == 1 {
-                    if let Some(slot) = out.field(start.name().as_ref()) {
-                        *slot = Some(String::new());
-                    }
+                if depth == 1
+                    && let Some(slot) = out.field(start.name().as_ref())
+                {
+                    *slot = Some(String::new());
                 }
             }
             Event::End(_) => {
-                if depth == 2 {
-                    if let Some(name) = current.take() {
-                        if let Some(slot) = out.field(&name) {
-                            *slot = Some(std::mem::take(&mut text));
-                        }
-                    }
+                if depth == 2
+                    && let Some(name) = current.take()
+                    && let Some(slot) = out.field(&name)
+                {
+                    *slot = Some(std::mem::take(&mut text));
                 }
                 depth = depth.saturating_sub(1);
             }
