@@ -2,22 +2,10 @@
 
 use std::time::Duration;
 
-use wxlogin::sandbox::phone::{nonce, now_secs, scan_xml, signed_query};
+use wxlogin::sandbox::phone::{nonce, now_secs, signed_query};
 use wxlogin::wechat::signature::signature;
 
-use crate::helpers::{TestApp, count, spawn_app};
-
-fn xml_for(app: &TestApp, scene: &str, openid: &str, create_time: i64) -> String {
-    let ticket = app.fake.ticket_for_scene(scene).unwrap().ticket;
-    scan_xml(
-        "gh_sandbox000001",
-        openid,
-        create_time,
-        false,
-        scene,
-        &ticket,
-    )
-}
+use crate::helpers::{count, spawn_app};
 
 async fn the_url_check_answers_echostr_only_when_signed() {
     let app = spawn_app().await;
@@ -50,7 +38,7 @@ async fn the_url_check_answers_echostr_only_when_signed() {
 async fn unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing() {
     let app = spawn_app().await;
     let (mut stream, scene, _) = app.open_with_qr().await;
-    let body = xml_for(&app, &scene, "oAttacker", now_secs());
+    let body = app.scan_xml(&scene, "oAttacker", now_secs());
     let token = app.fake.account().mp_token.expose().to_owned();
 
     let unsigned = app.post_callback("openid=oAttacker", body.clone()).await;
@@ -96,7 +84,7 @@ async fn wechat_retries_and_replays_of_one_event_are_delivered_once() {
     let (mut first, scene_1, _) = app.open_with_qr().await;
     let (mut second, scene_2, _) = app.open_with_qr().await;
     let created = now_secs();
-    let body = xml_for(&app, &scene_1, "oUserOne", created);
+    let body = app.scan_xml(&scene_1, "oUserOne", created);
     let query = app.signed_query("oUserOne");
     for _ in 0..3 {
         let r = app.post_callback(&query, body.clone()).await;
@@ -108,7 +96,7 @@ async fn wechat_retries_and_replays_of_one_event_are_delivered_once() {
     assert_eq!(count(&app.login.stats().scans_duplicate), 2);
 
     // The same event (openid + CreateTime) pointed at another stream is a replay.
-    let replay = xml_for(&app, &scene_2, "oUserOne", created);
+    let replay = app.scan_xml(&scene_2, "oUserOne", created);
     let r = app
         .post_callback(&app.signed_query("oUserOne"), replay)
         .await;

@@ -346,6 +346,23 @@ impl TestApp {
             .expect("callback delivered")
     }
 
+    /// WeChat's SCAN event XML for a code the fake made for `scene`, from `openid`.
+    pub fn scan_xml(&self, scene: &str, openid: &str, create_time: i64) -> String {
+        let ticket = self
+            .fake
+            .ticket_for_scene(scene)
+            .expect("the fake made this code")
+            .ticket;
+        phone::scan_xml(
+            &self.fake.account().gh_id,
+            openid,
+            create_time,
+            false,
+            scene,
+            &ticket,
+        )
+    }
+
     /// POSTs a callback body with the given query string.
     pub async fn post_callback(
         &self,

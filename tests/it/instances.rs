@@ -9,26 +9,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
-use wxlogin::sandbox::phone::{now_secs, scan_xml};
+use wxlogin::sandbox::phone::now_secs;
 
-use crate::helpers::{
-    Stream, TestApp, assert_login, count, instance_vars, spawn_instances, wait_until,
-};
+use crate::helpers::{Stream, assert_login, count, instance_vars, spawn_instances, wait_until};
 use crate::redis_server::RedisServer;
 
 /// The callback body of `openid` scanning `scene`, created at `create_time`.
-fn scan_body(app: &TestApp, scene: &str, openid: &str, create_time: i64) -> String {
-    let ticket = app.fake.ticket_for_scene(scene).expect("a ticket").ticket;
-    scan_xml(
-        "gh_sandbox000001",
-        openid,
-        create_time,
-        false,
-        scene,
-        &ticket,
-    )
-}
-
 #[tokio::test]
 async fn a_callback_on_instance_b_reaches_the_stream_on_instance_a_once() {
     let apps = spawn_instances(2, &[]).await;
@@ -39,7 +25,7 @@ async fn a_callback_on_instance_b_reaches_the_stream_on_instance_a_once() {
     let (mut other_on_b, _, _) = b.open_with_qr().await;
 
     // WeChat's callback lands on B; its retries land on B and on A.
-    let body = scan_body(a, &scene, "oCrossInstance", now_secs());
+    let body = a.scan_xml(&scene, "oCrossInstance", now_secs());
     for target in [b, b, a] {
         let r = target
             .post_callback(&target.signed_query("oCrossInstance"), body.clone())
@@ -254,7 +240,7 @@ async fn a_redis_restart_is_survived_without_duplicates_and_readiness_follows_it
     a.wait_ready().await;
     b.wait_ready().await;
     let (mut stream, scene, _) = a.open_with_qr().await;
-    let body = scan_body(a, &scene, "oThroughOutage", now_secs());
+    let body = a.scan_xml(&scene, "oThroughOutage", now_secs());
     let redis = apps[0].redis.clone().unwrap();
 
     redis.lock().unwrap().kill();
@@ -310,7 +296,7 @@ async fn a_redis_restart_is_survived_without_duplicates_and_readiness_follows_it
         let r = app
             .post_callback(
                 &app.signed_query(openid),
-                scan_body(app, &scene, openid, now_secs()),
+                app.scan_xml(&scene, openid, now_secs()),
             )
             .await;
         assert_eq!(r.status(), 200);
@@ -354,7 +340,7 @@ async fn redis_operations_per_login_are_few() {
         let r = b
             .post_callback(
                 &b.signed_query(&openid),
-                scan_body(a, &scene, &openid, now_secs()),
+                a.scan_xml(&scene, &openid, now_secs()),
             )
             .await;
         assert_eq!(r.status(), 200);
@@ -425,7 +411,7 @@ async fn an_instance_started_while_redis_is_down_becomes_ready_when_it_comes_up(
     let r = late
         .post_callback(
             &late.signed_query("oLate"),
-            scan_body(&late, &scene, "oLate", now_secs()),
+            late.scan_xml(&scene, "oLate", now_secs()),
         )
         .await;
     assert_eq!(r.status(), 200);

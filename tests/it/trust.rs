@@ -7,7 +7,7 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use wxlogin::sandbox::fake::FakeAccount;
-use wxlogin::sandbox::phone::{nonce, now_secs, scan_xml, signed_query};
+use wxlogin::sandbox::phone::{nonce, now_secs, signed_query};
 use wxlogin::wechat::crypto::{AesKey, msg_signature, verify_msg_signature};
 use wxlogin::wechat::xml::push_cdata;
 
@@ -24,15 +24,20 @@ fn safe_key(app: &TestApp) -> AesKey {
     AesKey::from_encoding_aes_key(key.expose()).unwrap()
 }
 
-/// A safe-mode POST of `encrypt` with a correct signature and msg_signature.
-async fn post_encrypted(app: &TestApp, encrypt: &str) -> reqwest::Response {
+/// A safe-mode query for `encrypt` from `openid`: correct signature and msg_signature.
+fn encrypted_query(app: &TestApp, openid: &str, encrypt: &str) -> String {
     let token = app.fake.account().mp_token.expose();
     let (ts, nonce) = (now_secs(), nonce());
-    let query = format!(
+    format!(
         "{}&encrypt_type=aes&msg_signature={}",
-        signed_query(token, ts, &nonce, "oX"),
+        signed_query(token, ts, &nonce, openid),
         msg_signature(token, &ts.to_string(), &nonce, encrypt)
-    );
+    )
+}
+
+/// A safe-mode POST of `encrypt` with a correct signature and msg_signature.
+async fn post_encrypted(app: &TestApp, encrypt: &str) -> reqwest::Response {
+    let query = encrypted_query(app, "oX", encrypt);
     let mut body =
         String::from("<xml><ToUserName><![CDATA[gh_sandbox000001]]></ToUserName><Encrypt>");
     push_cdata(&mut body, encrypt);
@@ -57,15 +62,7 @@ async fn every_bad_crypto_case_is_rejected_and_delivers_nothing() {
     let (mut stream, scene, _) = app.open_with_qr().await;
     let key = safe_key(&app);
     let appid = app.fake.account().appid.clone();
-    let ticket = app.fake.ticket_for_scene(&scene).unwrap().ticket;
-    let xml = scan_xml(
-        "gh_sandbox000001",
-        "oEvil",
-        now_secs(),
-        false,
-        &scene,
-        &ticket,
-    );
+    let xml = app.scan_xml(&scene, "oEvil", now_secs());
 
     let wrong_appid = key.encrypt("wxSomeoneElse", &xml).unwrap();
     assert_eq!(post_encrypted(&app, &wrong_appid).await.status(), 400);
@@ -115,23 +112,9 @@ async fn compatible_mode_with_plaintext_and_encrypt_works() {
     let (mut stream, scene, _) = app.open_with_qr().await;
     let key = safe_key(&app);
     let appid = app.fake.account().appid.clone();
-    let ticket = app.fake.ticket_for_scene(&scene).unwrap().ticket;
-    let xml = scan_xml(
-        "gh_sandbox000001",
-        "oCompat",
-        now_secs(),
-        false,
-        &scene,
-        &ticket,
-    );
+    let xml = app.scan_xml(&scene, "oCompat", now_secs());
     let encrypt = key.encrypt(&appid, &xml).unwrap();
-    let token = app.fake.account().mp_token.expose();
-    let (ts, n) = (now_secs(), nonce());
-    let query = format!(
-        "{}&encrypt_type=aes&msg_signature={}",
-        signed_query(token, ts, &n, "oCompat"),
-        msg_signature(token, &ts.to_string(), &n, &encrypt)
-    );
+    let query = encrypted_query(&app, "oCompat", &encrypt);
     // Plaintext fields and <Encrypt> together; the encrypted copy is the one believed.
     let body = xml.replace(
         "</xml>",
