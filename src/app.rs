@@ -161,7 +161,7 @@ impl App {
             pool,
             store,
             Arc::new(login_tokens(config)?),
-            config.sse_timeout,
+            (config.sse_timeout, config.result_keep),
             Arc::clone(&metrics),
         );
         let limits = Arc::new(Limits::new(

@@ -77,6 +77,9 @@ pub struct Config {
     pub max_streams: Option<usize>,
     /// `SHUTDOWN_GRACE_SECS`: how long a shutdown may take before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// `RESULT_KEEP_SECS`: how long a result handed to its stream stays for that stream's
+    /// reconnect (and for the status endpoint).
+    pub result_keep: Duration,
     /// `FORWARD_URL`: where callbacks that are not login scans are passed on.
     pub forward_url: Option<String>,
     /// `DEMO_PAGE`: serve the demo page at `/` in serve mode.
@@ -260,6 +263,10 @@ impl Config {
         if !(1..=600).contains(&shutdown_grace) {
             return Err(problem("SHUTDOWN_GRACE_SECS", "must be between 1 and 600"));
         }
+        let result_keep: u64 = parse_or(&get, "RESULT_KEEP_SECS", 60)?;
+        if !(1..=3600).contains(&result_keep) {
+            return Err(problem("RESULT_KEEP_SECS", "must be between 1 and 3600"));
+        }
         let forward_url = get("FORWARD_URL");
         if forward_url
             .as_ref()
@@ -303,6 +310,7 @@ impl Config {
             trusted_proxies,
             max_streams,
             shutdown_grace: Duration::from_secs(shutdown_grace),
+            result_keep: Duration::from_secs(result_keep),
             forward_url,
             demo_page,
         })
@@ -385,6 +393,7 @@ mod tests {
             ("MAX_STREAMS", "0"),
             ("SSE_PER_IP_PER_MIN", "-5"),
             ("SHUTDOWN_GRACE_SECS", "0"),
+            ("RESULT_KEEP_SECS", "0"),
             ("FORWARD_URL", "ftp://x"),
             ("DEMO_PAGE", "maybe"),
         ] {

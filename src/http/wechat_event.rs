@@ -108,6 +108,16 @@ pub async fn verify(
     Ok(plain(StatusCode::OK, echostr))
 }
 
+/// How much longer a callback signed at `sent` would pass the timestamp check (plus a few
+/// seconds for clocks that tick between the two reads): its dedupe key is kept that long, no
+/// longer, so a busy account holds only the last few minutes of keys.
+fn replayable_for(sent: i64, now: i64) -> Duration {
+    let left = sent
+        .saturating_add_unsigned(MAX_CLOCK_SKEW_SECS + 5)
+        .saturating_sub(now);
+    Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -281,16 +291,20 @@ async fn handle(
         // Not a login scan of ours: the account's own backend may want it.
         _ => return Ok(forward(state, raw_query, headers, body).await),
     };
-    let outcome = state.login.complete(&scan).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
-        Rejected(
-            "store_unavailable",
-            HttpError::Unavailable {
-                retry_after: Duration::from_secs(1),
-                message: "temporarily unable to process the event",
-            },
-        )
-    })?;
+    let outcome = state
+        .login
+        .complete(&scan, replayable_for(sent, now_secs()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
+            Rejected(
+                "store_unavailable",
+                HttpError::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                    message: "temporarily unable to process the event",
+                },
+            )
+        })?;
     match outcome {
         Outcome::Delivered => {}
         Outcome::Parked => tracing::info!(
@@ -401,6 +415,23 @@ fn reply(state: &AppState, scan: &ScanEvent, template: &str, slot: Option<KeySlo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dedupe_key_lives_while_its_timestamp_would_pass() {
+        let now = 1_800_000_000;
+        let secs = |sent| replayable_for(sent, now).as_secs();
+        assert_eq!(secs(now), 305);
+        assert_eq!(secs(now + 300), 605, "a clock ahead of ours");
+        assert_eq!(secs(now - 300), 5);
+        assert_eq!(secs(i64::MIN), 0);
+        assert_eq!(secs(i64::MAX), u64::try_from(i64::MAX - now).unwrap());
+        // Every accepted timestamp is covered until it goes stale.
+        for sent in [now - 300, now - 1, now, now + 299, now + 300] {
+            assert!(is_fresh(sent, now, MAX_CLOCK_SKEW_SECS));
+            let stale_at = now + i64::try_from(secs(sent)).unwrap();
+            assert!(!is_fresh(sent, stale_at, MAX_CLOCK_SKEW_SECS));
+        }
+    }
 
     #[test]
     fn the_query_is_read_without_copies_and_decoded_when_needed() {

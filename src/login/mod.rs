@@ -26,9 +26,10 @@ use crate::store::{Inbox, Store, StoreError};
 use crate::wechat::callback::ScanEvent;
 use crate::wechat::ids::Scene;
 
-/// How long a callback's dedupe key is kept: longer than WeChat's retries (3 × 5 s) and the
-/// accepted timestamp window.
-pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
+/// The shortest a callback's dedupe key is kept: longer than WeChat's retries (3 × 5 s).
+/// The caller keeps it longer while the callback's signed timestamp would still be accepted,
+/// so that a replay is refused by one check or the other.
+pub const DEDUPE_MIN_TTL: Duration = Duration::from_secs(30);
 
 /// Counters of what happened, for operators.
 #[derive(Debug, Default)]
@@ -85,18 +86,19 @@ impl Outcome {
 }
 
 impl LoginService {
-    /// Builds the service. `wait` is how long a stream waits for a scan.
+    /// Builds the service. `wait` is how long a stream waits for a scan, `result_keep` how
+    /// long a result handed to its stream is kept for a reconnect.
     pub fn new(
         pool: QrPool,
         store: Arc<dyn Store>,
         tokens: Arc<LoginTokens>,
-        wait: Duration,
+        (wait, result_keep): (Duration, Duration),
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                scenes: Scenes::new(Arc::clone(&store)),
+                scenes: Scenes::new(Arc::clone(&store), result_keep),
                 store,
                 tokens,
                 wait,
@@ -158,8 +160,13 @@ impl LoginService {
     }
 
     /// Resolves a verified scan: once per event (WeChat's retries are recognised, on any
-    /// instance), to the one session waiting on its scene, if any.
-    pub async fn complete(&self, scan: &ScanEvent) -> Result<Outcome, StoreError> {
+    /// instance, for `dedupe_ttl`, at least [`DEDUPE_MIN_TTL`]), to the one session waiting
+    /// on its scene, if any.
+    pub async fn complete(
+        &self,
+        scan: &ScanEvent,
+        dedupe_ttl: Duration,
+    ) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
         let resolution = self
             .inner
@@ -167,7 +174,7 @@ impl LoginService {
             .resolve(
                 &scan.scene,
                 &format!("scan:{}", scan.dedupe_key()),
-                DEDUPE_TTL,
+                dedupe_ttl.max(DEDUPE_MIN_TTL),
                 |audience| {
                     let login_token = self
                         .inner

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -138,6 +138,8 @@ pub struct Scenes {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// How long a result handed to its stream is kept for a reconnect.
+    result_keep: Duration,
     registry: Registry,
     generations: AtomicU64,
 }
@@ -155,11 +157,13 @@ fn view_of(record: &SessionRecord) -> Result<SceneView, StoreError> {
 }
 
 impl Scenes {
-    /// Sessions kept in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// Sessions kept in `store`; a result handed to its stream is kept `result_keep` longer
+    /// for a reconnect (a parked one until its QR code expires).
+    pub fn new(store: Arc<dyn Store>, result_keep: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
+                result_keep,
                 registry: Registry::default(),
                 generations: AtomicU64::new(1),
             }),
@@ -279,7 +283,14 @@ impl Scenes {
         let resolved = self
             .inner
             .store
-            .resolve(scene, event_key, event_ttl, encoded.as_deref(), now_ms)
+            .resolve(
+                scene,
+                event_key,
+                event_ttl,
+                encoded.as_deref(),
+                self.inner.result_keep,
+                now_ms,
+            )
             .await?;
         Ok(match (resolved, result) {
             (Resolved::Duplicate, _) => Resolution::Duplicate,
@@ -308,9 +319,10 @@ impl Scenes {
             SessionState::Waiting { .. } if now_ms < session.record.deadline_ms => {
                 Status::Pending(view_of(&session.record)?)
             }
-            SessionState::Done { result } if now_ms < session.record.expires_ms => {
-                Status::Done(decode_result(result)?)
-            }
+            SessionState::Done {
+                result,
+                kept_until_ms,
+            } if now_ms < *kept_until_ms => Status::Done(decode_result(result)?),
             _ => Status::Expired,
         })
     }
@@ -385,7 +397,7 @@ impl Scenes {
             return Ok(());
         };
         match session.state {
-            SessionState::Done { result } => {
+            SessionState::Done { result, .. } => {
                 self.inner
                     .registry
                     .deliver(scene, generation, decode_result(&result)?);
@@ -444,7 +456,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(600);
 
     fn scenes() -> Scenes {
-        Scenes::new(Arc::new(MemoryStore::new()))
+        Scenes::new(Arc::new(MemoryStore::new()), Duration::from_secs(60))
     }
 
     fn qr() -> QrCode {

@@ -4,7 +4,7 @@
 //! errcodes for bad credentials and tokens, and fault injection (errcodes, delays) for tests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,8 @@ use crate::wechat::secret::Secret;
 pub const TOKEN_TTL: Duration = Duration::from_secs(7200);
 /// While a token has more than this left, `stable_token` hands the same one back.
 const TOKEN_REUSE_MIN: Duration = Duration::from_secs(300);
+/// The fewest tickets at which long-expired ones are forgotten.
+const MIN_PURGE_AT: usize = 10_000;
 
 /// The credentials of the fake Official Account.
 #[derive(Clone, Debug)]
@@ -125,6 +127,9 @@ pub(crate) struct FakeState {
     token: Mutex<Option<IssuedToken>>,
     /// Tickets by the content of their code (what a phone reads).
     by_url: Mutex<HashMap<String, TicketInfo>>,
+    /// The count of tickets at which long-expired ones are next forgotten: twice the count
+    /// left by the last purge, so a purge costs O(1) per code made, however long the run.
+    purge_at: AtomicUsize,
     faults: Mutex<Faults>,
     pub(crate) counters: Counters,
     pub(crate) callback_url: Mutex<Option<String>>,
@@ -166,6 +171,7 @@ impl FakeWechat {
                 account,
                 token: Mutex::new(None),
                 by_url: Mutex::new(HashMap::new()),
+                purge_at: AtomicUsize::new(MIN_PURGE_AT),
                 faults: Mutex::new(Faults::default()),
                 counters: Counters::default(),
                 callback_url: Mutex::new(None),
@@ -423,9 +429,11 @@ async fn qrcode_create(
     {
         let mut by_url = lock(&fake.state.by_url);
         // Forget codes that expired long ago, so a long sandbox run stays small.
-        if by_url.len() > 10_000 {
+        let purge_at = &fake.state.purge_at;
+        if by_url.len() >= purge_at.load(Ordering::Relaxed) {
             let now = Instant::now();
             by_url.retain(|_, t| t.expires_at + Duration::from_secs(3600) > now);
+            purge_at.store((by_url.len() * 2).max(MIN_PURGE_AT), Ordering::Relaxed);
         }
         by_url.insert(info.url.clone(), info);
     }

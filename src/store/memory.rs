@@ -3,6 +3,7 @@
 //! [`Store::purge_expired`] keeps memory following the live state, not the history.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ATTACHED_GRACE, Attached, Holder, Inbox, Resolved, SessionRecord, SessionState, Snapshot,
-    StockedQr, Store, StoreError, unix_now_ms,
+    StockedQr, Store, StoreError, millis, unix_now_ms,
 };
 use crate::wechat::ids::Scene;
 use crate::wechat::token::TokenShare;
@@ -24,7 +25,13 @@ pub struct MemoryStore {
 
 struct Inner {
     instance: Arc<str>,
-    keys: Mutex<HashMap<String, Instant>>,
+    /// Claimed keys by their fingerprint ([`Inner::fingerprint`]): a busy account claims one
+    /// per login and keeps it for minutes, so each costs 24 bytes, not a string.
+    keys: Mutex<HashMap<u64, Instant>>,
+    /// Keyed per process (SipHash with a random key), so nobody can aim two keys at one
+    /// fingerprint; among the few hundred thousand keys held at once, an accidental match is
+    /// about one in 10^13.
+    fingerprints: RandomState,
     stock: Mutex<Stock>,
     sessions: Mutex<HashMap<Scene, Snapshot>>,
 }
@@ -57,6 +64,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 instance: "local".into(),
                 keys: Mutex::new(HashMap::new()),
+                fingerprints: RandomState::new(),
                 stock: Mutex::new(Stock::default()),
                 sessions: Mutex::new(HashMap::new()),
             }),
@@ -71,6 +79,20 @@ impl MemoryStore {
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Claims `key` for `ttl` unless it is claimed and not expired.
+    fn claim(&self, key: &str, ttl: Duration) -> bool {
+        let fingerprint = self.inner.fingerprints.hash_one(key);
+        let now = Instant::now();
+        let mut keys = lock(&self.inner.keys);
+        match keys.get(&fingerprint) {
+            Some(expires) if *expires > now => false,
+            _ => {
+                keys.insert(fingerprint, now + ttl);
+                true
+            }
+        }
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<Scene, Snapshot>> {
@@ -101,16 +123,7 @@ impl Store for MemoryStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        let now = Instant::now();
-        let mut keys = lock(&self.inner.keys);
-        let claimed = match keys.get(key) {
-            Some(expires) if *expires > now => false,
-            _ => {
-                keys.insert(key.to_owned(), now + ttl);
-                true
-            }
-        };
-        ready(claimed)
+        ready(self.claim(key, ttl))
     }
 
     fn stock_reserve<'a>(
@@ -195,12 +208,13 @@ impl Store for MemoryStore {
                 let replaced = h.replace(holder.clone());
                 Some(Attached::Waiting { record, replaced })
             }
-            SessionState::Done { result } if !has_result && now_ms < record.expires_ms => {
-                Some(Attached::Result {
-                    result: result.clone(),
-                    record,
-                })
-            }
+            SessionState::Done {
+                result,
+                kept_until_ms,
+            } if !has_result && now_ms < *kept_until_ms => Some(Attached::Result {
+                result: result.clone(),
+                record,
+            }),
             _ => None,
         };
         ready(attached)
@@ -250,17 +264,14 @@ impl Store for MemoryStore {
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
         // The key and the session under their locks in turn: nothing else resolves this scene
         // in between, since it is resolved under the sessions' lock.
-        let mut keys = lock(&self.inner.keys);
-        let now = Instant::now();
-        if keys.get(event_key).is_some_and(|expires| *expires > now) {
+        if !self.claim(event_key, event_ttl) {
             return ready(Resolved::Duplicate);
         }
-        keys.insert(event_key.to_owned(), now + event_ttl);
-        drop(keys);
         let Some(result) = result else {
             return ready(Resolved::Nobody);
         };
@@ -274,12 +285,17 @@ impl Store for MemoryStore {
         if now_ms >= session.record.deadline_ms {
             return ready(Resolved::Nobody);
         }
-        let resolved = match holder {
-            Some(h) => Resolved::Delivered(h.clone()),
-            None => Resolved::Parked,
+        let expires_ms = session.record.expires_ms;
+        let (resolved, kept_until_ms) = match holder {
+            Some(h) => (
+                Resolved::Delivered(h.clone()),
+                expires_ms.min(now_ms.saturating_add(millis(keep))),
+            ),
+            None => (Resolved::Parked, expires_ms),
         };
         session.state = SessionState::Done {
             result: result.to_owned(),
+            kept_until_ms,
         };
         ready(resolved)
     }
@@ -298,7 +314,7 @@ impl Store for MemoryStore {
                 now_ms < s.record.deadline_ms.saturating_add(grace)
             }
             SessionState::Waiting { holder: None } => now_ms < s.record.deadline_ms,
-            SessionState::Done { .. } => now_ms < s.record.expires_ms,
+            SessionState::Done { kept_until_ms, .. } => now_ms < *kept_until_ms,
         });
     }
 

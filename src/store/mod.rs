@@ -113,7 +113,7 @@ pub struct SessionRecord {
     pub audience: Option<String>,
     /// When the wait ends.
     pub deadline_ms: u64,
-    /// When the QR code expires: a result is kept until then.
+    /// When the QR code expires: a parked result is kept until then.
     pub expires_ms: u64,
 }
 
@@ -129,6 +129,9 @@ pub enum SessionState {
     Done {
         /// The encoded result.
         result: String,
+        /// Until when it is kept (Unix ms): the QR code's expiry for a parked result, a short
+        /// resume window for one handed to its stream (see [`Store::resolve`]).
+        kept_until_ms: u64,
     },
 }
 
@@ -314,14 +317,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Resolves a scan of `scene`, once, in one atomic step: claims `event_key` (for
     /// `event_ttl`; [`Resolved::Duplicate`] if claimed before), then, when `result` is given
-    /// and the session waits, stores the result (kept until the QR code expires), detaches
-    /// the holder and notifies its instance.
+    /// and the session waits, stores the result, detaches the holder and notifies its
+    /// instance. A result handed to a stream is kept `keep` longer (at most until the QR code
+    /// expires), for that stream's reconnect should the result not reach its browser; a
+    /// parked one until the QR code expires.
     fn resolve<'a>(
         &'a self,
         scene: &'a Scene,
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Resolved, StoreError>>;
 

@@ -147,9 +147,12 @@ fn parse_notice(payload: &str) -> Option<Notice> {
     }
 }
 
-/// A session from `HMGET st qr aud dl ex h r`.
+/// The fields of a session that [`snapshot`] reads, in its order.
+const SESSION_FIELDS: [&str; 8] = ["st", "qr", "aud", "dl", "ex", "h", "r", "k"];
+
+/// A session from `HMGET` of [`SESSION_FIELDS`].
 fn snapshot(fields: &[Option<String>]) -> Option<Snapshot> {
-    let [st, qr, aud, dl, ex, h, r] = fields else {
+    let [st, qr, aud, dl, ex, h, r, k] = fields else {
         return None;
     };
     let record = SessionRecord {
@@ -162,7 +165,14 @@ fn snapshot(fields: &[Option<String>]) -> Option<Snapshot> {
         "w" => SessionState::Waiting {
             holder: h.as_deref().and_then(Holder::decode),
         },
-        "d" => SessionState::Done { result: r.clone()? },
+        "d" => SessionState::Done {
+            result: r.clone()?,
+            // Results stored before the resume window existed are kept until the QR expires.
+            kept_until_ms: k
+                .as_deref()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(record.expires_ms),
+        },
         _ => return None,
     };
     Some(Snapshot { record, state })
@@ -528,7 +538,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let fields: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(self.session_key(scene))
-                .arg(&["st", "qr", "aud", "dl", "ex", "h", "r"])
+                .arg(&SESSION_FIELDS)
                 .query_async(&mut self.conn())
                 .await
                 .map_err(err)?;
@@ -569,6 +579,7 @@ impl Store for RedisStore {
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
         Box::pin(async move {
@@ -584,6 +595,7 @@ impl Store for RedisStore {
                 .arg(self.inner.instance.as_ref())
                 .arg(self.inbox_prefix())
                 .arg(scene.as_str())
+                .arg(millis(keep))
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;

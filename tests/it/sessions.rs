@@ -21,6 +21,8 @@ use crate::helpers::{BACKEND, Backend};
 use crate::redis_server::RedisServer;
 
 const TTL: Duration = Duration::from_secs(600);
+/// How long a result handed to its stream is kept for a reconnect, in these tests.
+const KEEP: Duration = Duration::from_secs(2);
 
 /// One instance's view of the store: its scenes, listening for notices until dropped.
 struct Instance {
@@ -34,7 +36,7 @@ fn redis_store(redis: &RedisServer, name: &str) -> Arc<dyn Store> {
 }
 
 async fn instance(store: Arc<dyn Store>) -> Instance {
-    let scenes = Scenes::new(Arc::clone(&store));
+    let scenes = Scenes::new(Arc::clone(&store), KEEP);
     let cancel = CancellationToken::new();
     let inbox: Arc<dyn Inbox> = Arc::new(scenes.clone());
     tokio::spawn(store.listen(inbox, cancel.clone()));
@@ -135,6 +137,47 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
     assert!(scenes.resume(&scene, true).await.unwrap().is_none());
 }
 
+async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (delivered, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let (parked, away) = scenes.open(qr(), later(60), None).await.unwrap();
+    drop(away);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (delivered, parked) = (delivered.qr.scene, parked.qr.scene);
+    assert_eq!(
+        resolve(scenes, &delivered, "o1").await,
+        Resolution::Delivered
+    );
+    assert_eq!(resolve(scenes, &parked, "o2").await, Resolution::Parked);
+    assert!((&mut attachment.result).await.is_ok());
+    // Within the window, a stream whose browser missed the push gets the result again.
+    assert!(matches!(
+        scenes.status(&delivered).await.unwrap(),
+        Status::Done(_)
+    ));
+    assert!(matches!(
+        scenes.resume(&delivered, false).await.unwrap(),
+        Some(Resumed::Result(_, r)) if r.openid.as_str() == "o1"
+    ));
+    tokio::time::sleep(KEEP + Duration::from_millis(200)).await;
+    one.store.purge_expired();
+    // After it, the delivered session is gone (memory stays bounded by logins in flight);
+    // the parked result waits for its stream until the QR code expires.
+    assert!(matches!(
+        scenes.status(&delivered).await.unwrap(),
+        Status::Expired
+    ));
+    assert!(scenes.resume(&delivered, false).await.unwrap().is_none());
+    assert!(matches!(
+        scenes.resume(&parked, false).await.unwrap(),
+        Some(Resumed::Result(_, r)) if r.openid.as_str() == "o2"
+    ));
+    if let Some(live) = one.store.live_sessions() {
+        assert_eq!(live, 1, "only the parked session is left");
+    }
+}
+
 async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
     let (one, _redis) = on_backend().await;
     let scenes = &one.scenes;
@@ -211,6 +254,7 @@ async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
 crate::helpers::on_every_backend!(
     a_scan_reaches_the_attached_stream_once,
     a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume,
+    a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer,
     a_resumed_stream_replaces_the_old_one_and_receives_the_scan,
     a_closed_or_overdue_scene_resolves_nothing,
     the_stock_hands_each_code_out_once_and_stays_within_its_target,

@@ -2,7 +2,7 @@
 -- instance of the replaced stream, if another), or hand it the result it has not seen.
 -- KEYS[1] the session; ARGV: holder, has_result (1/0), now ms, grace ms, inbox prefix,
 -- this instance, scene.
-local s = redis.call('HMGET', KEYS[1], 'st', 'dl', 'ex', 'h', 'qr', 'aud', 'r')
+local s = redis.call('HMGET', KEYS[1], 'st', 'dl', 'ex', 'h', 'qr', 'aud', 'r', 'k')
 if not s[1] then return false end
 local now = tonumber(ARGV[3])
 if s[1] == 'w' and now < tonumber(s[2]) then
@@ -17,7 +17,7 @@ if s[1] == 'w' and now < tonumber(s[2]) then
   end
   return {'w', s[5], s[6] or '', s[2], s[3], old}
 end
-if s[1] == 'd' and ARGV[2] == '0' and now < tonumber(s[3]) then
+if s[1] == 'd' and ARGV[2] == '0' and now < tonumber(s[8] or s[3]) then
   return {'d', s[5], s[6] or '', s[2], s[3], s[7] or ''}
 end
 return false

@@ -7,4 +7,4 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     'ex', ARGV[7], 'h', ARGV[1])
   redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(ARGV[6]) + tonumber(ARGV[3])))
 end
-return redis.call('HMGET', KEYS[1], 'st', 'qr', 'aud', 'dl', 'ex', 'h', 'r')
+return redis.call('HMGET', KEYS[1], 'st', 'qr', 'aud', 'dl', 'ex', 'h', 'r', 'k')
