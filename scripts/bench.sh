@@ -7,6 +7,7 @@
 #   scripts/bench.sh                                  # the issue's sizes (churn: 600 s)
 #   CHURN_DURATION=120 scripts/bench.sh               # a shorter churn
 #   SCENARIOS="callbacks churn" CHURN_DURATION=60 scripts/bench.sh
+#   SCENARIOS=redis-scan-to-push scripts/bench.sh     # several instances on one Redis
 #
 # Sizes (defaults are the issue's targets):
 #   WAITERS_N=19000 WAITERS_RATE=1000 WAITERS_HOLD=20   waiters held (rate 0 = all at once)
@@ -18,6 +19,18 @@
 #   CB_CONCURRENCY=64 CB_DURATION=10                    callbacks, then /healthz
 #   CHURN_RATE=500 CHURN_DURATION=600 CHURN_THINK_MS=500
 #   CHURN_WARMUP   seconds before "RSS at start" is read (default: 30, at most duration/5)
+#   REDIS_SCAN_N=100000 REDIS_SCAN_RATE=1000 REDIS_SCAN_OPEN_RATE=2000
+#                  redis-scan-to-push (not in the default SCENARIOS: it needs redis-server):
+#                  REDIS_INSTANCES `wxlogin serve` sharing one private redis-server (no
+#                  persistence, on a free loopback port from REDIS_PORT up), streams spread
+#                  over the instances, each scan sent to another instance than the stream's
+#                  (so every result crosses over Redis); RSS and CPU summed over the instances
+#   REDIS_INSTANCES=6 REDIS_FIRST_PORT=18090  the instances listen on REDIS_FIRST_PORT,
+#                  REDIS_FIRST_PORT+1, ...; each holds N/REDIS_INSTANCES streams (its MAX_STREAMS
+#                  default is the open-files limit less a reserve, ~19,500 here)
+#   REDIS_POOL_SIZE=1000  POOL_SIZE of each instance: with Redis the QR stock is shared, so
+#                  this is the stock of all instances together, not of each
+#   REDIS_PORT=18379 REDIS_SERVER=redis-server
 # Setup:
 #   SCENARIOS      default "waiters waiters-burst waiters-cap scan-to-push callbacks churn"
 #   PORT=18080 FAKE_PORT=18081 POOL_SIZE=1000 SSE_KEEPALIVE_SECS=15 SSE_TIMEOUT_SECS=600
@@ -31,7 +44,8 @@
 #   BENCH_NICE=-10 run the fake WeChat, the server and the tool at this nice level (root only
 #                  for negative values), so other work on the box disturbs the figures less
 # The per-IP limit on new streams is switched off (SSE_PER_IP_PER_MIN=0): all the load comes
-# from a few 127.0.0.x addresses.
+# from a few 127.0.0.x addresses. With Redis, the instances share a random LOGIN_TOKEN_SECRET
+# (the service requires one, or a key file, when REDIS_URL is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +70,14 @@ CHURN_RATE=${CHURN_RATE:-500}
 CHURN_DURATION=${CHURN_DURATION:-600}
 CHURN_THINK_MS=${CHURN_THINK_MS:-500}
 CHURN_WARMUP=${CHURN_WARMUP:-}
+REDIS_SCAN_N=${REDIS_SCAN_N:-100000}
+REDIS_SCAN_RATE=${REDIS_SCAN_RATE:-1000}
+REDIS_SCAN_OPEN_RATE=${REDIS_SCAN_OPEN_RATE:-2000}
+REDIS_INSTANCES=${REDIS_INSTANCES:-6}
+REDIS_FIRST_PORT=${REDIS_FIRST_PORT:-18090}
+REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1000}
+REDIS_PORT=${REDIS_PORT:-18379}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
 QUIET_WAIT=${QUIET_WAIT:-300}
 QUIET_MAX_CORES=${QUIET_MAX_CORES:-0.3}
 BENCH_THREADS=${BENCH_THREADS:-2}
@@ -82,14 +104,14 @@ export API_TOKEN="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wxlogin-bench.XXXXXX")
 log "server logs in $LOGS"
-FAKE_PID="" SERVER_PID=""
+FAKE_PID="" REDIS_PID=""
+SERVER_PIDS=() # one per instance
 
 stop_server() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  SERVER_PIDS=()
 }
 stop_fake() {
   if [ -n "$FAKE_PID" ]; then
@@ -98,9 +120,17 @@ stop_fake() {
     FAKE_PID=""
   fi
 }
+stop_redis() {
+  if [ -n "$REDIS_PID" ]; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=""
+  fi
+}
 cleanup() {
   stop_server
   stop_fake
+  stop_redis
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -115,41 +145,81 @@ wait_for() { # url, what, seconds; until the URL answers 200
   exit 1
 }
 
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; } # port
+
+# Another process on our port would answer in place of ours (our server would fail to bind).
+port_free() { # port, what
+  if listening "$1"; then
+    echo "port $1 ($2) is already in use: pick another (PORT, FAKE_PORT, REDIS_FIRST_PORT)" >&2
+    exit 1
+  fi
+}
+
 # A fresh fake WeChat per scenario too: it remembers every QR code it made.
-start_fake() { # name
+start_fake() { # name, the port of the instance its phone calls back
   local i
+  port_free "$FAKE_PORT" "the fake WeChat"
   "${NICE[@]}" "$BIN/wxlogin" fake-wechat --port "$FAKE_PORT" \
-    --callback "http://127.0.0.1:$PORT/wechat_event" >"$LOGS/fake-$1.log" 2>&1 &
+    --callback "http://127.0.0.1:${2:-$PORT}/wechat_event" >"$LOGS/fake-$1.log" 2>&1 &
   FAKE_PID=$!
   for ((i = 0; i < 100; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$FAKE_PORT") 2>/dev/null && return 0
+    listening "$FAKE_PORT" && return 0
     sleep 0.1
   done
   echo "the fake WeChat did not come up (see $LOGS)" >&2
   exit 1
 }
 
+# A private redis-server: no persistence, its files in a temp dir, on the first free port from
+# REDIS_PORT. Sets REDIS_URL.
+start_redis() { # name
+  local port=$REDIS_PORT i
+  for ((i = 0; i < 100; i++)); do listening "$port" && port=$((port + 1)) || break; done
+  mkdir -p "$LOGS/redis-$1"
+  "${NICE[@]}" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$LOGS/redis-$1" --loglevel warning >"$LOGS/redis-$1.log" 2>&1 &
+  REDIS_PID=$!
+  REDIS_URL="redis://127.0.0.1:$port"
+  for ((i = 0; i < 100; i++)); do
+    # Ours, not another process that took the port meanwhile: ours would have exited.
+    listening "$port" && kill -0 "$REDIS_PID" 2>/dev/null && {
+      log "redis-server on port $port"
+      return 0
+    }
+    sleep 0.1
+  done
+  echo "redis-server did not come up (see $LOGS)" >&2
+  exit 1
+}
+
 # CPU seconds a process has used (utime + stime, in 1/100 s ticks).
 cpu_secs() { awk '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / 100}' "/proc/$1/stat" 2>/dev/null; }
 
-# A fresh server per scenario, so each starts from the same RSS; ready once the QR stock is full.
-# Streams wait up to SSE_TIMEOUT_SECS (600: longer than any scenario holds one); QR_TTL_SECS
-# keeps the service's default (1800).
-start_server() { # name
-  local env=(BIND="127.0.0.1:$PORT" WECHAT_API_BASE="http://127.0.0.1:$FAKE_PORT"
-    POOL_SIZE="$POOL_SIZE" SSE_TIMEOUT_SECS="$SSE_TIMEOUT_SECS"
-    SSE_KEEPALIVE_SECS="$SSE_KEEPALIVE_SECS" SSE_PER_IP_PER_MIN=0)
+# A fresh server per scenario, so each starts from the same RSS. Streams wait up to
+# SSE_TIMEOUT_SECS (600: longer than any scenario holds one); QR_TTL_SECS keeps the service's
+# default (1800).
+start_server() { # name, port, pool size, more VAR=value...
+  local name=$1 port=$2 pool=$3
+  shift 3
+  local env=(BIND="127.0.0.1:$port" WECHAT_API_BASE="http://127.0.0.1:$FAKE_PORT"
+    POOL_SIZE="$pool" SSE_TIMEOUT_SECS="$SSE_TIMEOUT_SECS"
+    SSE_KEEPALIVE_SECS="$SSE_KEEPALIVE_SECS" SSE_PER_IP_PER_MIN=0 "$@")
   [ -n "${SERVER_RUST_LOG:-}" ] && env+=(RUST_LOG="$SERVER_RUST_LOG")
-  "${NICE[@]}" env "${env[@]}" "$BIN/wxlogin" serve >"$LOGS/serve-$1.log" 2>&1 &
-  SERVER_PID=$!
-  wait_for "http://127.0.0.1:$PORT/readyz" "wxlogin" 30
+  port_free "$port" "wxlogin $name"
+  "${NICE[@]}" env "${env[@]}" "$BIN/wxlogin" serve >"$LOGS/serve-$name.log" 2>&1 &
+  SERVER_PIDS+=($!)
+  wait_for "http://127.0.0.1:$port/readyz" "wxlogin ($name)" 30
+}
+
+# Waits until the QR stock the server on `port` reports is full (with Redis: the shared one).
+wait_stock() { # port, pool size
   local i stock
   for ((i = 0; i < 300; i++)); do
-    stock=$(curl -fsS "http://127.0.0.1:$PORT/readyz" | grep -o '"stock":[0-9]*' | cut -d: -f2)
-    [ "${stock:-0}" -ge "$POOL_SIZE" ] && return 0
+    stock=$(curl -fsS "http://127.0.0.1:$1/readyz" | grep -o '"stock":[0-9]*' | cut -d: -f2)
+    [ "${stock:-0}" -ge "$2" ] && return 0
     sleep 0.1
   done
-  log "QR stock only ${stock:-0} of $POOL_SIZE after 30 s; going on"
+  log "QR stock only ${stock:-0} of $2 after 30 s; going on"
 }
 
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
@@ -172,20 +242,55 @@ wait_quiet() {
   done
 }
 
+# Runs the tool against the running servers, prints its line (and appends it to $RESULTS).
+run_tool() { # name, targets (comma-separated), wxlogin-bench arguments...
+  local name=$1 targets=$2 line pids
+  shift 2
+  pids=$(IFS=,; echo "${SERVER_PIDS[*]}")
+  line=$("${NICE[@]}" "$BIN/wxlogin-bench" --target "$targets" --server-pid "$pids" \
+    --threads "$BENCH_THREADS" "$@") || { cleanup; log "$name failed"; return 1; }
+  log "$name: the fake WeChat used $(cpu_secs "$FAKE_PID") s of CPU"
+  [ -z "$REDIS_PID" ] || log "$name: redis-server used $(cpu_secs "$REDIS_PID") s of CPU"
+  cleanup
+  echo "$line"
+  [ -z "$RESULTS" ] || echo "$line" >>"$RESULTS"
+}
+
 bench() { # name, wxlogin-bench arguments...
-  local name=$1 line
+  local name=$1
   shift
   wait_quiet
   log "$name: wxlogin-bench $*"
   start_fake "$name"
-  start_server "$name"
-  line=$("${NICE[@]}" "$BIN/wxlogin-bench" --target "http://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-    --threads "$BENCH_THREADS" "$@") || { stop_server; stop_fake; log "$name failed"; return 1; }
-  log "$name: the fake WeChat used $(cpu_secs "$FAKE_PID") s of CPU"
-  stop_server
-  stop_fake
-  echo "$line"
-  [ -z "$RESULTS" ] || echo "$line" >>"$RESULTS"
+  start_server "$name" "$PORT" "$POOL_SIZE"
+  wait_stock "$PORT" "$POOL_SIZE"
+  run_tool "$name" "http://127.0.0.1:$PORT" "$@"
+}
+
+# REDIS_INSTANCES instances on one redis-server, all with the same REDIS_URL and login-token
+# secret; the tool gets every instance as a target and every PID.
+bench_redis() { # name, wxlogin-bench arguments...
+  local name=$1 i port targets="" secret
+  shift
+  [ "$REDIS_INSTANCES" -ge 2 ] || { echo "REDIS_INSTANCES must be at least 2" >&2; return 1; }
+  if ((FAKE_PORT >= REDIS_FIRST_PORT && FAKE_PORT < REDIS_FIRST_PORT + REDIS_INSTANCES)); then
+    echo "FAKE_PORT $FAKE_PORT is among the instances' ports (REDIS_FIRST_PORT)" >&2
+    return 1
+  fi
+  command -v "$REDIS_SERVER" >/dev/null || { echo "no $REDIS_SERVER (apt-get install redis-server)" >&2; return 1; }
+  wait_quiet
+  log "$name: $REDIS_INSTANCES instances; wxlogin-bench $*"
+  secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  start_fake "$name" "$REDIS_FIRST_PORT"
+  start_redis "$name"
+  for ((i = 0; i < REDIS_INSTANCES; i++)); do
+    port=$((REDIS_FIRST_PORT + i))
+    start_server "$name-$i" "$port" "$REDIS_POOL_SIZE" REDIS_URL="$REDIS_URL" \
+      LOGIN_TOKEN_SECRET="$secret"
+    targets+="${targets:+,}http://127.0.0.1:$port"
+  done
+  wait_stock "$REDIS_FIRST_PORT" "$REDIS_POOL_SIZE"
+  run_tool "$name" "$targets" "$@"
 }
 
 status=0
@@ -201,6 +306,9 @@ for scenario in $SCENARIOS; do
       bench scan-to-push scan-to-push --n "$SCAN_N" --rate "$SCAN_RATE" --open-rate "$SCAN_OPEN_RATE" || status=1 ;;
     callbacks)
       bench callbacks callbacks --concurrency "$CB_CONCURRENCY" --duration-secs "$CB_DURATION" || status=1 ;;
+    redis-scan-to-push)
+      bench_redis redis-scan-to-push scan-to-push --n "$REDIS_SCAN_N" --rate "$REDIS_SCAN_RATE" \
+        --open-rate "$REDIS_SCAN_OPEN_RATE" || status=1 ;;
     churn)
       bench churn churn --rate "$CHURN_RATE" --duration-secs "$CHURN_DURATION" \
         --think-ms "$CHURN_THINK_MS" ${CHURN_WARMUP:+--warmup-secs "$CHURN_WARMUP"} || status=1 ;;

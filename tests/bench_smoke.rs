@@ -1,5 +1,6 @@
 //! A short run of every `wxlogin-bench` scenario against a wxlogin (and fake WeChat) this
-//! test starts on free loopback ports, so the load tool keeps working. The full benchmark is
+//! test starts on free loopback ports, so the load tool keeps working; and of `scan-to-push`
+//! over two instances sharing a private `redis-server`. The full benchmark is
 //! `scripts/bench.sh`; see BENCHMARKS.md.
 
 // Test code: a panic is a failed test.
@@ -62,17 +63,21 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Runs one scenario and returns its JSON line.
-fn bench(port: u16, server_pid: u32, args: &[&str]) -> Value {
+/// Runs one scenario against the servers on `ports` and returns its JSON line.
+fn bench(ports: &[u16], server_pids: &[u32], args: &[&str]) -> Value {
+    let targets: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let pids: Vec<String> = server_pids.iter().map(u32::to_string).collect();
     let output = Command::new(env!("CARGO_BIN_EXE_wxlogin-bench"))
         .args([
             "--target",
-            &format!("http://127.0.0.1:{port}"),
+            &targets.join(","),
             "--server-pid",
-            &server_pid.to_string(),
-            "--max-secs",
-            "20",
+            &pids.join(","),
         ])
+        .args(["--max-secs", "20"])
         .args(args)
         .env("API_TOKEN", API_TOKEN)
         .env("MP_TOKEN", MP_TOKEN)
@@ -96,11 +101,9 @@ fn count(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} is not a count in {v}"))
 }
 
-#[test]
-fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
-    // Arrange: the fake WeChat and a wxlogin using it, on free ports.
-    let (fake_port, port) = (free_port(), free_port());
-    let _fake = Running(
+/// Starts the fake WeChat on `fake_port`, its phone calling back the wxlogin on `port`.
+fn start_fake(fake_port: u16, port: u16) -> Running {
+    let fake = Running(
         Command::new(env!("CARGO_BIN_EXE_wxlogin"))
             .args(["fake-wechat", "--port", &fake_port.to_string()])
             .args([
@@ -117,6 +120,12 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     wait_until("the fake WeChat", || {
         TcpStream::connect(("127.0.0.1", fake_port)).is_ok()
     });
+    fake
+}
+
+/// Starts `wxlogin serve` on `port` using the fake WeChat on `fake_port`, with `more`
+/// settings, and waits until it is ready.
+fn start_server(port: u16, fake_port: u16, more: &[(&str, &str)]) -> Running {
     let server = Running(
         Command::new(env!("CARGO_BIN_EXE_wxlogin"))
             .arg("serve")
@@ -131,18 +140,28 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
             // All the load comes from a few loopback addresses.
             .env("SSE_PER_IP_PER_MIN", "0")
             .env("RUST_LOG", "warn")
+            .envs(more.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let pid = server.0.id();
     wait_until("wxlogin", || {
         get(port, "/readyz").is_some_and(|body| body.contains("\"ready\":true"))
     });
+    server
+}
+
+#[test]
+fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
+    // Arrange: the fake WeChat and a wxlogin using it, on free ports.
+    let (fake_port, port) = (free_port(), free_port());
+    let _fake = start_fake(fake_port, port);
+    let server = start_server(port, fake_port, &[]);
+    let (ports, pids) = ([port], [server.0.id()]);
 
     // Act and assert, one scenario after the other on the same server.
-    let waiters = bench(port, pid, &["waiters", "--n", "20", "--rate", "0"]);
+    let waiters = bench(&ports, &pids, &["waiters", "--n", "20", "--rate", "0"]);
     assert_eq!(waiters["scenario"], "waiters");
     assert_eq!(count(&waiters, "opened"), 20, "{waiters}");
     assert_eq!(count(&waiters, "errors"), 0, "{waiters}");
@@ -152,8 +171,8 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert!(count(&waiters, "rss_before_kib") > 0, "{waiters}");
 
     let scan = bench(
-        port,
-        pid,
+        &ports,
+        &pids,
         &[
             "scan-to-push",
             "--n",
@@ -173,8 +192,8 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert_eq!(scan["push_ms"]["count"], 20, "{scan}");
 
     let callbacks = bench(
-        port,
-        pid,
+        &ports,
+        &pids,
         &["callbacks", "--concurrency", "4", "--duration-secs", "1"],
     );
     assert_eq!(callbacks["scenario"], "callbacks");
@@ -185,8 +204,8 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert!(callbacks["ratio"].as_f64().unwrap() > 0.0, "{callbacks}");
 
     let churn = bench(
-        port,
-        pid,
+        &ports,
+        &pids,
         &[
             "churn",
             "--rate",
@@ -203,6 +222,83 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert_eq!(count(&churn, "lost"), 0, "{churn}");
     assert_eq!(count(&churn, "misdelivered"), 0, "{churn}");
     assert_eq!(count(&churn, "open_streams_after"), 0, "{churn}");
+}
+
+/// A private redis-server on a free loopback port, without persistence (the same flags as
+/// `tests/it/redis_server.rs`); killed when dropped.
+fn start_redis() -> (Running, u16) {
+    let port = free_port();
+    let redis = Running(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)"),
+    );
+    wait_until("redis-server", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (redis, port)
+}
+
+#[test]
+fn scans_sent_to_another_instance_reach_the_stream_over_redis() {
+    // Arrange: two wxlogin instances sharing one redis-server and one login-token secret.
+    let (_redis, redis_port) = start_redis();
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let (fake_port, ports) = (free_port(), [free_port(), free_port()]);
+    let _fake = start_fake(fake_port, ports[0]);
+    let shared = [
+        ("REDIS_URL", redis_url.as_str()),
+        (
+            "LOGIN_TOKEN_SECRET",
+            "smoke-login-token-secret-0123456789abcdef",
+        ),
+    ];
+    let servers: Vec<Running> = ports
+        .iter()
+        .map(|&port| start_server(port, fake_port, &shared))
+        .collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+
+    // Act: 40 streams over two worker processes (20 each), every scan sent to the instance
+    // that does not hold the stream.
+    let scan = bench(
+        &ports,
+        &pids,
+        &[
+            "--per-process",
+            "20",
+            "scan-to-push",
+            "--n",
+            "40",
+            "--rate",
+            "40",
+            "--settle-secs",
+            "3",
+        ],
+    );
+
+    // Assert
+    assert_eq!(count(&scan, "targets"), 2, "{scan}");
+    assert_eq!(count(&scan, "processes"), 2, "{scan}");
+    assert_eq!(
+        scan["server_open_streams_by_target"],
+        serde_json::json!([20, 20]),
+        "{scan}"
+    );
+    assert_eq!(count(&scan, "scans"), 40, "{scan}");
+    assert_eq!(count(&scan, "scans_crossed"), 40, "{scan}");
+    assert_eq!(count(&scan, "delivered"), 40, "{scan}");
+    assert_eq!(count(&scan, "lost"), 0, "{scan}");
+    assert_eq!(count(&scan, "misdelivered"), 0, "{scan}");
+    assert_eq!(count(&scan, "callback_errors"), 0, "{scan}");
+    assert_eq!(scan["push_ms"]["count"], 40, "{scan}");
+    assert!(count(&scan, "rss_held_kib") > 0, "{scan}");
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //!   server's RSS before and while held (`--server-pid`), RSS per held stream.
 //! - `scan-to-push`: hold N streams, send each a signed SCAN callback at a fixed rate (the
 //!   tool plays WeChat) and time callback sent → result received; lost and misdelivered.
+//!   Given several targets (instances sharing one Redis), streams are spread over them
+//!   round-robin and each scan goes to another instance than the stream's, so every result
+//!   crosses over Redis; `waiters` spreads its streams the same way.
 //! - `callbacks`: signed callbacks for scenes nobody waits on, at full speed on C connections,
 //!   then `GET /healthz` the same way: requests/s of each and their ratio.
 //! - `churn`: open, scan, close at a steady rate; RSS at start and end, streams left over.
@@ -35,8 +38,8 @@ use clap::{Parser, Subcommand};
 
 use crate::net::BenchError;
 use crate::scenarios::Run;
-use crate::stats::Proc;
-use crate::streams::{Common, Ctx};
+use crate::stats::Servers;
+use crate::streams::{Common, Ctx, MAX_TARGETS};
 
 /// Streams one process holds at most by default: under the 20,000 open files a process may
 /// have here, with room for the pool and the runtime.
@@ -51,14 +54,17 @@ const MAX_CONCURRENCY: usize = 4_096;
 #[derive(Debug, Parser)]
 #[command(name = "wxlogin-bench", version)]
 struct Cli {
-    /// The wxlogin to load: http://127.0.0.x:PORT only.
+    /// The wxlogin to load: http://127.0.0.x:PORT only. Several instances sharing one Redis:
+    /// repeat it or separate them with commas (`waiters` and `scan-to-push` only).
     #[arg(
         long,
+        visible_alias = "targets",
         global = true,
         env = "BENCH_TARGET",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8000"
     )]
-    target: String,
+    target: Vec<String>,
     /// The service's `API_TOKEN` (for `/sse`).
     #[arg(
         long,
@@ -80,9 +86,10 @@ struct Cli {
     /// The account's gh_ id, written as `ToUserName` (the fake WeChat's by default).
     #[arg(long, global = true, default_value = "gh_sandbox000001")]
     gh_id: String,
-    /// The server's process id, to read its RSS and CPU time from /proc.
-    #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    /// The server's process id, to read its RSS and CPU time from /proc; with several
+    /// instances, their ids (repeated or comma-separated): the figures are summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Spread sockets over source addresses 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, global = true, default_value_t = 8)]
     sources: usize,
@@ -202,6 +209,19 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         (1..=86_400).contains(&cli.max_secs),
         "--max-secs must be 1-86400",
     )?;
+    check(
+        (1..=MAX_TARGETS).contains(&cli.target.len()),
+        &format!("--target: give 1-{MAX_TARGETS} targets"),
+    )?;
+    check(
+        cli.target.len() == 1
+            || matches!(
+                cli.scenario,
+                Scenario::Waiters { .. } | Scenario::ScanToPush { .. }
+            ),
+        "several targets are for waiters and scan-to-push; callbacks and churn drive one",
+    )?;
+    check(cli.server_pid.len() <= 256, "--server-pid: at most 256")?;
     let needs_token = !matches!(cli.scenario, Scenario::Callbacks { .. });
     check(
         !needs_token || !cli.token.is_empty(),
@@ -212,7 +232,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         "the callback token is required (--mp-token or MP_TOKEN)",
     )?;
     let common = Common {
-        target: cli.target.clone(),
+        targets: cli.target.clone(),
         token: cli.token.clone(),
         mp_token: cli.mp_token.clone(),
         gh_id: cli.gh_id.clone(),
@@ -221,7 +241,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
     let run = Run {
         ctx: Ctx::new(&common)?,
         common,
-        server: Proc::new(cli.server_pid),
+        server: Servers::new(&cli.server_pid),
         per_process: per_process(&cli).max(1),
         max_time: Duration::from_secs(cli.max_secs),
     };

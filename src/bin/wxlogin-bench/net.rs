@@ -140,6 +140,11 @@ impl Net {
         }
     }
 
+    /// The target's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.target.addr
+    }
+
     /// Opens a new connection from the next source address.
     pub async fn connect(&self) -> Result<Conn, BenchError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len();

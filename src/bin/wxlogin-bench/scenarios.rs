@@ -1,5 +1,6 @@
 //! The four scenarios of issue 6, each printing one JSON line: `waiters`, `scan-to-push`,
-//! `callbacks` (against `/healthz` in the same run), `churn`.
+//! `callbacks` (against `/healthz` in the same run), `churn`. The first two may drive several
+//! instances at once (streams spread over them, scans sent across); the others drive one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,8 @@ use wxlogin::wechat::ids::Scene;
 
 use crate::net::{BenchError, SseOpen, open_sse, read_all, timed_out};
 use crate::stats::{
-    CpuWatch, Proc, Summary, Tally, cpu_delta, delta, listen_overflows, micros, round3, summarize,
+    CpuWatch, Servers, Summary, Tally, cpu_delta, delta, listen_overflows, micros, round3,
+    summarize,
 };
 use crate::streams::{CALLBACK_TIMEOUT, Common, Ctx, result_of, scene_of, send_callback};
 use crate::workers::{Job, finish_split, open_split};
@@ -23,8 +25,8 @@ pub struct Run {
     pub common: Common,
     /// This process's client.
     pub ctx: Arc<Ctx>,
-    /// The server, for RSS and CPU (`--server-pid`).
-    pub server: Proc,
+    /// The servers, for RSS and CPU (`--server-pid`), summed over the instances.
+    pub server: Servers,
     /// Streams one process may hold.
     pub per_process: usize,
     /// The bound on one phase.
@@ -103,7 +105,7 @@ async fn drain(ctx: &Ctx, base: u64, within: Duration) -> (Option<f64>, Option<u
 
 /// Holds `n` streams: time to open them, first-event latency, errors, 503s, RSS per stream.
 pub async fn waiters(run: &Run, a: &Waiters) -> Result<Value, BenchError> {
-    let cpu = CpuWatch::start(run.server);
+    let cpu = CpuWatch::start(&run.server);
     let server_cpu0 = run.server.cpu_secs();
     let base = run.ctx.open_streams().await.unwrap_or(0);
     let rss_before = run.server.rss_kib();
@@ -120,7 +122,8 @@ pub async fn waiters(run: &Run, a: &Waiters) -> Result<Value, BenchError> {
     .await?;
     let processes = split.processes();
     let rss_opened = run.server.rss_kib();
-    let server_open = run.ctx.open_streams().await;
+    let open_by_target = run.ctx.counts("open_streams").await;
+    let server_open: Option<u64> = open_by_target.iter().copied().sum();
     let server_fds = run.server.fds();
     let server_cpu_open = run.server.cpu_secs();
     let overflows = delta(overflows0, listen_overflows());
@@ -134,6 +137,7 @@ pub async fn waiters(run: &Run, a: &Waiters) -> Result<Value, BenchError> {
         "scenario": "waiters",
         "n": a.n,
         "open_rate": if a.rate > 0.0 { json!(a.rate) } else { json!("all at once") },
+        "targets": run.ctx.targets(),
         "processes": processes,
         "opened": open.ok,
         "errors": open.errors.total() + open.status_other,
@@ -146,6 +150,7 @@ pub async fn waiters(run: &Run, a: &Waiters) -> Result<Value, BenchError> {
         "slow_opens_by_second": open.slow_by_second,
         "listen_overflows": overflows,
         "server_open_streams": server_open,
+        "server_open_streams_by_target": open_by_target,
         "server_fds": server_fds,
         "ended_early": finish.ended_early,
         "hold_s": a.hold.as_secs_f64(),
@@ -164,7 +169,7 @@ pub async fn waiters(run: &Run, a: &Waiters) -> Result<Value, BenchError> {
 
 /// Holds `n` streams, scans each once at a fixed rate, and times callback → result.
 pub async fn scan_to_push(run: &Run, a: &ScanToPush) -> Result<Value, BenchError> {
-    let cpu = CpuWatch::start(run.server);
+    let cpu = CpuWatch::start(&run.server);
     let base = run.ctx.open_streams().await.unwrap_or(0);
     let rss_before = run.server.rss_kib();
     let overflows0 = listen_overflows();
@@ -185,7 +190,8 @@ pub async fn scan_to_push(run: &Run, a: &ScanToPush) -> Result<Value, BenchError
     .await?;
     let processes = split.processes();
     let rss_held = run.server.rss_kib();
-    let server_open = run.ctx.open_streams().await;
+    let open_by_target = run.ctx.counts("open_streams").await;
+    let server_open: Option<u64> = open_by_target.iter().copied().sum();
     let server_cpu0 = run.server.cpu_secs();
     let finish = finish_split(split, job, run.max_time).await?;
     let server_cpu_scan = cpu_delta(server_cpu0, run.server.cpu_secs());
@@ -201,6 +207,7 @@ pub async fn scan_to_push(run: &Run, a: &ScanToPush) -> Result<Value, BenchError
         "scenario": "scan-to-push",
         "n": a.n,
         "rate": a.rate,
+        "targets": run.ctx.targets(),
         "processes": processes,
         "opened": open.ok,
         "open_errors": open.errors.total() + open.status_other,
@@ -211,7 +218,9 @@ pub async fn scan_to_push(run: &Run, a: &ScanToPush) -> Result<Value, BenchError
         "slow_opens_by_second": open.slow_by_second,
         "listen_overflows": delta(overflows0, listen_overflows()),
         "server_open_streams": server_open,
+        "server_open_streams_by_target": open_by_target,
         "scans": scan.scans,
+        "scans_crossed": scan.crossed,
         "achieved_rate": achieved,
         "delivered": scan.delivered,
         "lost": scan.lost,
@@ -248,7 +257,7 @@ struct Hammered {
 
 /// `concurrency` connections, each sending requests back to back until `duration` passes.
 async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration) -> Hammered {
-    let cpu = CpuWatch::start(run.server);
+    let cpu = CpuWatch::start(&run.server);
     let server_cpu0 = run.server.cpu_secs();
     let started = Instant::now();
     let deadline = started + duration;
@@ -259,9 +268,10 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
             let mut latency_us = Vec::new();
             let mut errors = Tally::default();
             let mut conn = None;
+            let net = &ctx.end(0).net;
             while Instant::now() < deadline {
                 if conn.is_none() {
-                    match ctx.net.connect().await {
+                    match net.connect().await {
                         Ok(c) => conn = Some(c),
                         Err(e) => {
                             errors.add(&e);
@@ -273,9 +283,9 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
                 let req = match kind {
                     Hammer::Callback => {
                         let openid = ctx.next_openid();
-                        ctx.callback(Scene::random().as_str(), &openid)
+                        ctx.callback(0, Scene::random().as_str(), &openid)
                     }
-                    Hammer::Healthz => ctx.net.get("/healthz"),
+                    Hammer::Healthz => net.get("/healthz"),
                 };
                 let (Some(c), Ok(req)) = (conn.as_mut(), req) else {
                     break;
@@ -380,11 +390,12 @@ enum Login {
 async fn login(ctx: &Ctx, think: Duration) -> Login {
     let started = Instant::now();
     let attempt = async {
-        let conn = ctx.pool.get(&ctx.net).await?;
-        let mut stream = match open_sse(&ctx.net, conn, &ctx.sse_path).await? {
+        let end = ctx.end(0);
+        let conn = end.pool.get(&end.net).await?;
+        let mut stream = match open_sse(&end.net, conn, &ctx.sse_path).await? {
             SseOpen::Stream(s) => s,
             SseOpen::Refused(status, conn) => {
-                ctx.pool.put(conn);
+                end.pool.put(conn);
                 return Ok(Login::Status(status));
             }
         };
@@ -400,7 +411,7 @@ async fn login(ctx: &Ctx, think: Duration) -> Login {
             let next = stream.next_event().await;
             (next, Instant::now())
         };
-        let (sent, (result, at)) = tokio::join!(send_callback(ctx, &scene, &openid), result);
+        let (sent, (result, at)) = tokio::join!(send_callback(ctx, 0, &scene, &openid), result);
         let (sent, _) = sent?;
         let Some(data) = result? else {
             return Ok(Login::Lost);
@@ -416,7 +427,7 @@ async fn login(ctx: &Ctx, think: Duration) -> Login {
         if stream.next_event().await?.is_some() {
             return Ok(Login::Misdelivered);
         }
-        ctx.pool.put(stream.into_conn());
+        end.pool.put(stream.into_conn());
         Ok(Login::Ok {
             first_event,
             push: at.saturating_duration_since(sent),
@@ -433,10 +444,11 @@ async fn login(ctx: &Ctx, think: Duration) -> Login {
 /// Logins started at a steady rate for a while; RSS at start and end, and what is left.
 pub async fn churn(run: &Run, a: &Churn) -> Result<Value, BenchError> {
     let ctx = &run.ctx;
-    let cpu = CpuWatch::start(run.server);
+    let cpu = CpuWatch::start(&run.server);
     let server_cpu0 = run.server.cpu_secs();
     let warm = ((a.rate / 50.0).ceil() as usize).clamp(4, 256);
-    ctx.pool.warm(&ctx.net, warm).await?;
+    let end = ctx.end(0);
+    end.pool.warm(&end.net, warm).await?;
     let base = ctx.open_streams().await.unwrap_or(0);
     let rss_fresh = run.server.rss_kib();
     let mut rss_start = None;
@@ -513,7 +525,7 @@ pub async fn churn(run: &Run, a: &Churn) -> Result<Value, BenchError> {
     let spawn_span = spawner.await.ok();
     let (drain_s, open_after) = drain(ctx, base, Duration::from_secs(30)).await;
     let rss_end = run.server.rss_kib();
-    let ready = ctx.readyz().await.ok();
+    let ready = ctx.readyz(0).await.ok();
     let pool_stock = ready
         .as_ref()
         .and_then(|r| r.get("pool")?.get("stock")?.as_u64());

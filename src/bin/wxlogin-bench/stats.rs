@@ -148,6 +148,41 @@ impl Proc {
     }
 }
 
+/// The server's processes (`--server-pid`, one per instance): each figure is the sum over
+/// them, `None` when any of them cannot be read (a missing instance would make the sum a
+/// silent undercount), and `None` when no PID was given.
+#[derive(Debug, Clone, Default)]
+pub struct Servers(Vec<Proc>);
+
+impl Servers {
+    /// The processes `pids` (none: measure nothing).
+    pub fn new(pids: &[u32]) -> Self {
+        Self(pids.iter().map(|&pid| Proc::new(Some(pid))).collect())
+    }
+
+    fn sum<T: std::iter::Sum<T>>(&self, each: impl Fn(&Proc) -> Option<T>) -> Option<T> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.iter().map(each).sum()
+    }
+
+    /// Resident memory, KiB, summed.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.sum(Proc::rss_kib)
+    }
+
+    /// CPU time used so far, seconds, summed.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        self.sum(Proc::cpu_secs)
+    }
+
+    /// Open file descriptors, summed.
+    pub fn fds(&self) -> Option<usize> {
+        self.sum(Proc::fds)
+    }
+}
+
 /// CPU time the whole machine spent busy so far (all cores: user, nice, system, irq,
 /// softirq, steal), seconds. Compared with the server's and the tool's own, it shows how much
 /// other processes took during a phase: this box is shared.
@@ -192,7 +227,7 @@ pub fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
 /// CPU time over a phase: the server's, this tool's (plus its workers'), the whole machine's,
 /// and what other processes took.
 pub struct CpuWatch {
-    server: Proc,
+    server: Servers,
     server0: Option<f64>,
     me0: Option<f64>,
     machine0: Option<f64>,
@@ -201,9 +236,9 @@ pub struct CpuWatch {
 
 impl CpuWatch {
     /// Starts watching.
-    pub fn start(server: Proc) -> Self {
+    pub fn start(server: &Servers) -> Self {
         Self {
-            server,
+            server: server.clone(),
             server0: server.cpu_secs(),
             me0: Proc::me().cpu_secs(),
             machine0: machine_busy_secs(),
@@ -257,6 +292,9 @@ mod tests {
         assert!(me.rss_kib().is_some_and(|k| k > 0));
         assert!(me.cpu_secs().is_some());
         assert!(me.fds().is_some_and(|n| n > 0));
+        let twice = Servers::new(&[std::process::id(), std::process::id()]);
+        assert!(twice.fds().is_some_and(|n| n >= 2));
+        assert_eq!(Servers::new(&[]).rss_kib(), None);
         assert!(listen_overflows().is_some());
         assert!(machine_busy_secs().is_some_and(|s| s > 0.0));
     }

@@ -24,12 +24,14 @@ use crate::stats::{Tally, micros};
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bound on one callback request.
 pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most targets (instances) one run drives.
+pub const MAX_TARGETS: usize = 64;
 
 /// Settings every process of a run shares (workers receive them on stdin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Common {
-    /// `http://127.0.0.1:PORT`.
-    pub target: String,
+    /// `http://127.0.0.1:PORT`, one per instance (`--target`).
+    pub targets: Vec<String>,
     /// `API_TOKEN`.
     pub token: String,
     /// `MP_TOKEN`, to sign callbacks.
@@ -40,12 +42,22 @@ pub struct Common {
     pub sources: usize,
 }
 
-/// One process's client: sockets, a keep-alive pool, and the callback signer.
-pub struct Ctx {
+/// The client side of one target: its sockets and keep-alive connections.
+pub struct Endpoint {
     /// Sockets.
     pub net: Net,
     /// Keep-alive connections for callbacks and small requests.
     pub pool: Pool,
+}
+
+/// One process's client: an [`Endpoint`] per target, and the callback signer.
+///
+/// With several targets (instances sharing one Redis), stream `g` of the run (counted over
+/// all processes) is held on target `g % T` and its scan is sent to the next one,
+/// `(g + 1) % T`, so every scan crosses instances.
+pub struct Ctx {
+    /// One per target, in the order given; never empty.
+    ends: Vec<Endpoint>,
     /// `/sse?token=…`.
     pub sse_path: String,
     mp_token: String,
@@ -59,14 +71,33 @@ pub struct Ctx {
 impl Ctx {
     /// The client for `common`.
     pub fn new(common: &Common) -> Result<Arc<Self>, BenchError> {
-        let target = crate::net::Target::parse(&common.target)?;
+        if common.targets.is_empty() || common.targets.len() > MAX_TARGETS {
+            return Err(BenchError::new(
+                "target",
+                format!("give 1-{MAX_TARGETS} targets"),
+            ));
+        }
+        let mut ends: Vec<Endpoint> = Vec::with_capacity(common.targets.len());
+        for url in &common.targets {
+            let target = crate::net::Target::parse(url)?;
+            // The same instance twice would make a "crossing" scan a local one.
+            if ends.iter().any(|e| e.net.addr() == target.addr) {
+                return Err(BenchError::new(
+                    "target",
+                    format!("{url}: given twice; each target must be another instance"),
+                ));
+            }
+            ends.push(Endpoint {
+                net: Net::new(target, common.sources),
+                pool: Pool::new(),
+            });
+        }
         let token = percent_encoding::utf8_percent_encode(
             &common.token,
             percent_encoding::NON_ALPHANUMERIC,
         );
         Ok(Arc::new(Self {
-            net: Net::new(target, common.sources),
-            pool: Pool::new(),
+            ends,
             sse_path: format!("/sse?token={token}"),
             mp_token: common.mp_token.clone(),
             gh_id: common.gh_id.clone(),
@@ -81,50 +112,94 @@ impl Ctx {
         format!("o{:08x}{seq:019}", self.tag)
     }
 
-    /// A correctly signed SCAN callback of `openid` for `scene` (a unique `CreateTime`
-    /// per openid, so no two are WeChat retries of each other).
-    pub fn callback(&self, scene: &str, openid: &str) -> Result<Request<Full<Bytes>>, BenchError> {
+    /// How many targets.
+    pub fn targets(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Target `k` (taken modulo the number of targets).
+    pub fn end(&self, k: usize) -> &Endpoint {
+        // `ends` is never empty (checked in `new`), so the modulo is in range.
+        &self.ends[k % self.ends.len()]
+    }
+
+    /// The target that holds stream `g` of the run.
+    pub fn holder_of(&self, g: usize) -> usize {
+        g % self.ends.len()
+    }
+
+    /// The target that receives the scan of stream `g`: the next one after its holder, so
+    /// that with several instances the result must cross over Redis.
+    pub fn scanner_of(&self, g: usize) -> usize {
+        (g + 1) % self.ends.len()
+    }
+
+    /// A correctly signed SCAN callback of `openid` for `scene`, addressed to target `to` (a
+    /// unique `CreateTime` per openid, so no two are WeChat retries of each other).
+    pub fn callback(
+        &self,
+        to: usize,
+        scene: &str,
+        openid: &str,
+    ) -> Result<Request<Full<Bytes>>, BenchError> {
         let now = now_secs();
         let query = signed_query(&self.mp_token, now, &nonce(), openid);
         let xml = scan_xml(&self.gh_id, openid, now, false, scene, "bench-ticket");
-        self.net.post_xml(&format!("/wechat_event?{query}"), xml)
+        self.end(to)
+            .net
+            .post_xml(&format!("/wechat_event?{query}"), xml)
     }
 
-    /// `GET /readyz` as JSON.
-    pub async fn readyz(&self) -> Result<Value, BenchError> {
-        let req = self.net.get("/readyz")?;
-        let (_, body) = tokio::time::timeout(CALLBACK_TIMEOUT, self.pool.fetch(&self.net, req))
+    /// `GET /readyz` of target `k` as JSON.
+    pub async fn readyz(&self, k: usize) -> Result<Value, BenchError> {
+        let end = self.end(k);
+        let req = end.net.get("/readyz")?;
+        let (_, body) = tokio::time::timeout(CALLBACK_TIMEOUT, end.pool.fetch(&end.net, req))
             .await
             .map_err(|_| timed_out("readyz", CALLBACK_TIMEOUT))??;
         serde_json::from_slice(&body).map_err(|e| BenchError::new("readyz", e))
     }
 
-    /// The server's `open_streams`, if it answers.
-    pub async fn open_streams(&self) -> Option<u64> {
-        self.readyz().await.ok()?.get("open_streams")?.as_u64()
+    /// A count from every target's `/readyz`; `None` where a target did not answer or does
+    /// not report it.
+    pub async fn counts(&self, field: &str) -> Vec<Option<u64>> {
+        let mut counts = Vec::with_capacity(self.ends.len());
+        for k in 0..self.ends.len() {
+            let ready = self.readyz(k).await.ok();
+            counts.push(ready.and_then(|r| r.get(field)?.as_u64()));
+        }
+        counts
     }
 
-    /// The server's `live_scenes` (login sessions it still keeps), if it reports them.
+    /// The servers' `open_streams`, summed over the targets, if all answer.
+    pub async fn open_streams(&self) -> Option<u64> {
+        self.counts("open_streams").await.into_iter().sum()
+    }
+
+    /// The servers' `live_scenes` (login sessions they still keep), summed, if all report
+    /// them (the memory store does; Redis does not).
     pub async fn live_scenes(&self) -> Option<u64> {
-        self.readyz().await.ok()?.get("live_scenes")?.as_u64()
+        self.counts("live_scenes").await.into_iter().sum()
     }
 }
 
-/// Sends one callback on a pooled connection: the instant it was handed to the socket, its
-/// round trip, and whether the server answered `200 success`.
+/// Sends one callback to target `to` on a pooled connection: the instant it was handed to
+/// the socket, its round trip, and whether the server answered `200 success`.
 pub async fn send_callback(
     ctx: &Ctx,
+    to: usize,
     scene: &str,
     openid: &str,
 ) -> Result<(Instant, Duration), BenchError> {
-    let req = ctx.callback(scene, openid)?;
-    let mut conn = ctx.pool.get(&ctx.net).await?;
+    let req = ctx.callback(to, scene, openid)?;
+    let end = ctx.end(to);
+    let mut conn = end.pool.get(&end.net).await?;
     let sent = Instant::now();
     let (status, body) = tokio::time::timeout(CALLBACK_TIMEOUT, read_all(&mut conn, req))
         .await
         .map_err(|_| timed_out("callback", CALLBACK_TIMEOUT))??;
     let rtt = sent.elapsed();
-    ctx.pool.put(conn);
+    end.pool.put(conn);
     if status != StatusCode::OK || &body[..] != b"success" {
         return Err(BenchError::new(
             "callback",
@@ -164,13 +239,14 @@ pub enum Opened {
     Failed(BenchError),
 }
 
-/// Opens a stream on a fresh connection and reads its first event.
-pub async fn open_one(ctx: &Ctx) -> (Opened, Option<SseStream>) {
+/// Opens a stream on target `at` on a fresh connection and reads its first event.
+pub async fn open_one(ctx: &Ctx, at: usize) -> (Opened, Option<SseStream>) {
     let started = Instant::now();
+    let net = &ctx.end(at).net;
     let attempt = async {
-        let conn = ctx.net.connect().await?;
+        let conn = net.connect().await?;
         let connect = started.elapsed();
-        match open_sse(&ctx.net, conn, &ctx.sse_path).await? {
+        match open_sse(net, conn, &ctx.sse_path).await? {
             SseOpen::Refused(status, _) => Ok((Opened::Status(status), None)),
             SseOpen::Stream(mut stream) => {
                 let first = stream
@@ -265,6 +341,8 @@ enum Held {
 
 /// The streams one process holds.
 pub struct Holding {
+    /// The run's number of this process's first stream (see [`Ctx`]).
+    pub first: usize,
     /// The scene of each stream (`None`: not opened).
     pub scenes: Vec<Option<String>>,
     tasks: Vec<JoinHandle<Held>>,
@@ -272,8 +350,14 @@ pub struct Holding {
 }
 
 /// Opens `n` streams, `rate` per second (`0`: all at once), each held by its own task until
-/// it gets a result or is released.
-pub async fn open_streams(ctx: &Arc<Ctx>, n: usize, rate: f64) -> (Holding, OpenReport) {
+/// it gets a result or is released. They are the run's streams `first..first + n`: each is
+/// opened on its holder ([`Ctx::holder_of`]).
+pub async fn open_streams(
+    ctx: &Arc<Ctx>,
+    first: usize,
+    n: usize,
+    rate: f64,
+) -> (Holding, OpenReport) {
     let release = CancellationToken::new();
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<(usize, Opened)>();
     let started = Instant::now();
@@ -291,7 +375,8 @@ pub async fn open_streams(ctx: &Arc<Ctx>, n: usize, rate: f64) -> (Holding, Open
                 let release = release.clone();
                 let opened_tx = opened_tx.clone();
                 tasks.push(tokio::spawn(async move {
-                    hold_one(&ctx, i, opened_tx, release).await
+                    let at = ctx.holder_of(first + i);
+                    hold_one(&ctx, i, at, opened_tx, release).await
                 }));
             }
             tasks
@@ -336,6 +421,7 @@ pub async fn open_streams(ctx: &Arc<Ctx>, n: usize, rate: f64) -> (Holding, Open
     let tasks = spawner.await.unwrap_or_default();
     (
         Holding {
+            first,
             scenes,
             tasks,
             release,
@@ -347,10 +433,11 @@ pub async fn open_streams(ctx: &Arc<Ctx>, n: usize, rate: f64) -> (Holding, Open
 async fn hold_one(
     ctx: &Ctx,
     i: usize,
+    at: usize,
     opened_tx: mpsc::UnboundedSender<(usize, Opened)>,
     release: CancellationToken,
 ) -> Held {
-    let (opened, stream) = open_one(ctx).await;
+    let (opened, stream) = open_one(ctx, at).await;
     let _ = opened_tx.send((i, opened));
     let Some(mut stream) = stream else {
         return Held::NotOpened;
@@ -401,6 +488,8 @@ impl Holding {
 pub struct ScanReport {
     /// Callbacks sent.
     pub scans: u64,
+    /// Callbacks sent to another instance than the one holding the stream.
+    pub crossed: u64,
     /// Callbacks not answered `200 success`.
     pub callback_errors: Tally,
     /// Streams that received exactly their own openid.
@@ -423,6 +512,7 @@ impl ScanReport {
     /// Adds another process's report.
     pub fn merge(&mut self, other: ScanReport) {
         self.scans += other.scans;
+        self.crossed += other.crossed;
         self.callback_errors.merge(other.callback_errors);
         self.delivered += other.delivered;
         self.lost += other.lost;
@@ -444,13 +534,18 @@ pub async fn scan_held(
     settle: Duration,
 ) -> Result<ScanReport, BenchError> {
     let Holding {
+        first,
         scenes,
         tasks,
         release,
     } = holding;
-    // Enough warm connections for the rate at a few ms per round trip.
+    // Enough warm connections for the rate at a few ms per round trip, over the targets.
     let warm = ((rate / 100.0).ceil() as usize).clamp(4, 64);
-    ctx.pool.warm(&ctx.net, warm).await?;
+    let warm = warm.div_ceil(ctx.targets()).max(2);
+    for k in 0..ctx.targets() {
+        let end = ctx.end(k);
+        end.pool.warm(&end.net, warm).await?;
+    }
     let targets: Vec<(usize, String)> = scenes
         .iter()
         .enumerate()
@@ -466,8 +561,9 @@ pub async fn scan_held(
         let ctx = Arc::clone(ctx);
         sends.push(tokio::spawn(async move {
             let openid = ctx.next_openid();
-            let sent = send_callback(&ctx, &scene, &openid).await;
-            (i, openid, sent)
+            let to = ctx.scanner_of(first + i);
+            let sent = send_callback(&ctx, to, &scene, &openid).await;
+            (i, to != ctx.holder_of(first + i), openid, sent)
         }));
     }
     let mut report = ScanReport::default();
@@ -478,10 +574,11 @@ pub async fn scan_held(
     let mut first_sent: Option<Instant> = None;
     let mut last_sent = started;
     for send in sends {
-        let Ok((i, openid, sent)) = send.await else {
+        let Ok((i, crossed, openid, sent)) = send.await else {
             continue;
         };
         report.scans += 1;
+        report.crossed += u64::from(crossed);
         scanned[i] = true;
         match sent {
             Ok((at, rtt)) => {

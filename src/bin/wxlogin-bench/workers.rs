@@ -42,6 +42,9 @@ pub enum Job {
 struct WorkerSpec {
     common: Common,
     job: Job,
+    /// The run's number of the worker's first stream: which target holds each stream
+    /// follows from it (see `Ctx`).
+    first: usize,
     n: usize,
     open_rate: f64,
 }
@@ -123,7 +126,7 @@ pub async fn open_split(
 ) -> Result<(Split, OpenReport), BenchError> {
     let processes = n.div_ceil(per_process.max(1)).max(1);
     if processes == 1 {
-        let (holding, report) = tokio::time::timeout(within, open_streams(ctx, n, open_rate))
+        let (holding, report) = tokio::time::timeout(within, open_streams(ctx, 0, n, open_rate))
             .await
             .map_err(|_| timed_out("opening the streams", within))?;
         return Ok((Split::Local(Arc::clone(ctx), holding), report));
@@ -139,6 +142,7 @@ pub async fn open_split(
     }
     let share = |w: usize| n / processes + usize::from(w < n % processes);
     let mut workers = Vec::with_capacity(processes);
+    let mut first = 0;
     for w in 0..processes {
         let job = match job {
             Job::Hold => Job::Hold,
@@ -150,9 +154,11 @@ pub async fn open_split(
         workers.push(Worker::spawn(&WorkerSpec {
             common: common.clone(),
             job,
+            first,
             n: share(w),
             open_rate: open_rate / processes as f64,
         })?);
+        first += share(w);
     }
     let mut report = OpenReport::default();
     for worker in &mut workers {
@@ -290,7 +296,7 @@ pub async fn worker_main() -> Result<(), BenchError> {
     let spec: WorkerSpec = serde_json::from_str(&stdin_line().await?)
         .map_err(|e| BenchError::new("worker", format!("bad spec: {e}")))?;
     let ctx = Ctx::new(&spec.common)?;
-    let (holding, report) = open_streams(&ctx, spec.n, spec.open_rate).await;
+    let (holding, report) = open_streams(&ctx, spec.first, spec.n, spec.open_rate).await;
     emit(&WorkerMsg::Ready(report))?;
     if stdin_line().await?.trim() != "go" {
         holding.release().await;
