@@ -18,7 +18,8 @@
 #   SCAN_N=10000 SCAN_RATE=1000 SCAN_OPEN_RATE=2000     scan-to-push
 #   CB_CONCURRENCY=64 CB_DURATION=10                    callbacks, then /healthz
 #   CHURN_RATE=500 CHURN_DURATION=600 CHURN_THINK_MS=500
-#   CHURN_WARMUP   seconds before "RSS at start" is read (default: 30, at most duration/5)
+#   CHURN_WARMUP   seconds before "RSS at start" is read (default: 120, at most duration/5;
+#                  the service keeps a delivered result 60 s, so "start" is past that)
 #   REDIS_SCAN_N=100000 REDIS_SCAN_RATE=1000 REDIS_SCAN_OPEN_RATE=2000
 #                  redis-scan-to-push (not in the default SCENARIOS: it needs redis-server):
 #                  REDIS_INSTANCES `wxlogin serve` sharing one private redis-server (no

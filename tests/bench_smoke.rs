@@ -203,6 +203,11 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     }
     assert!(callbacks["ratio"].as_f64().unwrap() > 0.0, "{callbacks}");
 
+    // The churn on a server of its own, which keeps a delivered result 1 s: every session
+    // must be gone once the load stops.
+    drop(server);
+    let server = start_server(port, fake_port, &[("RESULT_KEEP_SECS", "1")]);
+    let pids = [server.0.id()];
     let churn = bench(
         &ports,
         &pids,
@@ -214,6 +219,8 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
             "2",
             "--think-ms",
             "100",
+            "--settle-secs",
+            "20",
         ],
     );
     assert_eq!(churn["scenario"], "churn");
@@ -222,6 +229,8 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert_eq!(count(&churn, "lost"), 0, "{churn}");
     assert_eq!(count(&churn, "misdelivered"), 0, "{churn}");
     assert_eq!(count(&churn, "open_streams_after"), 0, "{churn}");
+    assert_eq!(count(&churn, "live_scenes_settled"), 0, "{churn}");
+    assert!(churn["live_scenes_zero_after_s"].is_number(), "{churn}");
 }
 
 /// A private redis-server on a free loopback port, without persistence (the same flags as

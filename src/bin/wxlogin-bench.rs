@@ -159,10 +159,13 @@ enum Scenario {
         /// Milliseconds between the QR code and the scan.
         #[arg(long, default_value_t = 500)]
         think_ms: u64,
-        /// Seconds of load before RSS "at start" is read (0: before any load) [default: 30, at
-        /// most a fifth of the duration].
+        /// Seconds of load before RSS "at start" is read (0: before any load) [default: 120, at
+        /// most a fifth of the duration: past the service's 60 s of keeping a delivered result]
         #[arg(long)]
         warmup_secs: Option<u64>,
+        /// Seconds to wait after the load for the server's live sessions to reach zero.
+        #[arg(long, default_value_t = 90)]
+        settle_secs: u64,
     },
     /// (internal) A worker process: reads its job on stdin.
     #[command(hide = true)]
@@ -311,6 +314,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             duration_secs,
             think_ms,
             warmup_secs,
+            settle_secs,
         } => {
             check_rate(rate, false, "--rate")?;
             check(
@@ -318,7 +322,8 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
                 "--duration-secs must be 1-3600",
             )?;
             check(think_ms <= 60_000, "--think-ms is at most 60000")?;
-            let warmup_secs = warmup_secs.unwrap_or((duration_secs / 5).min(30));
+            let warmup_secs = warmup_secs.unwrap_or((duration_secs / 5).min(120));
+            check(settle_secs <= 3600, "--settle-secs is at most 3600")?;
             check(
                 warmup_secs < duration_secs,
                 "--warmup-secs must be shorter than --duration-secs",
@@ -328,6 +333,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
                 duration: Duration::from_secs(duration_secs),
                 think: Duration::from_millis(think_ms),
                 warmup: Duration::from_secs(warmup_secs),
+                settle: Duration::from_secs(settle_secs),
             };
             scenarios::churn(&run, &args).await?
         }

@@ -2,11 +2,14 @@
 //! `callbacks` (against `/healthz` in the same run), `churn`. The first two may drive several
 //! instances at once (streams spread over them, scans sent across); the others drive one.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use wxlogin::wechat::ids::Scene;
@@ -74,8 +77,12 @@ pub struct Churn {
     /// Between the QR code and the scan (the user finding their phone).
     pub think: Duration,
     /// RSS "at start" is read this long after the load began, once the working set (the
-    /// connections in flight, the QR stock's turnover) is in place.
+    /// connections in flight, the QR stock's turnover, the results kept for a reconnect) is
+    /// in place.
     pub warmup: Duration,
+    /// After the load, how long to wait for the server's live sessions to reach zero (it
+    /// keeps a delivered result `RESULT_KEEP_SECS` for a reconnect).
+    pub settle: Duration,
 }
 
 fn secs(us: u64) -> f64 {
@@ -255,8 +262,37 @@ struct Hammered {
     cpu: Value,
 }
 
+/// Callbacks per second of the run that are signed before it starts: more than this box
+/// serves, so the timed phase spends the tool's CPU on the traffic, not on playing WeChat.
+const PREBUILT_PER_SEC: u64 = 100_000;
+/// Callbacks are pre-signed only for phases this short: their timestamps must stay well
+/// inside the server's 5-minute window.
+const PREBUILT_MAX_PHASE: Duration = Duration::from_secs(120);
+
+/// Signed callbacks for scenes nobody waits on, each with its own openid (so no two are
+/// retries of one event), made before a timed phase. WeChat signs on its own machines: the
+/// tool sharing this box's two cores with the server should not charge that work to the
+/// callbacks' rate when `/healthz`, its yardstick, costs the tool nothing of the kind.
+fn prebuilt_callbacks(ctx: &Ctx, n: u64) -> VecDeque<Request<Full<Bytes>>> {
+    (0..n)
+        .filter_map(|_| {
+            let openid = ctx.next_openid();
+            ctx.callback(0, Scene::random().as_str(), &openid).ok()
+        })
+        .collect()
+}
+
 /// `concurrency` connections, each sending requests back to back until `duration` passes.
 async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration) -> Hammered {
+    let per_task = (PREBUILT_PER_SEC * duration.as_secs()).div_ceil(concurrency as u64);
+    let mut prebuilt: Vec<VecDeque<Request<Full<Bytes>>>> = (0..concurrency)
+        .map(|_| match kind {
+            Hammer::Callback if duration <= PREBUILT_MAX_PHASE => {
+                prebuilt_callbacks(&run.ctx, per_task)
+            }
+            _ => VecDeque::new(),
+        })
+        .collect();
     let cpu = CpuWatch::start(&run.server);
     let server_cpu0 = run.server.cpu_secs();
     let started = Instant::now();
@@ -264,6 +300,7 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let ctx = Arc::clone(&run.ctx);
+        let mut ready = prebuilt.pop().unwrap_or_default();
         tasks.push(tokio::spawn(async move {
             let mut latency_us = Vec::new();
             let mut errors = Tally::default();
@@ -280,12 +317,13 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
                         }
                     }
                 }
-                let req = match kind {
-                    Hammer::Callback => {
+                let req = match (kind, ready.pop_front()) {
+                    (Hammer::Callback, Some(req)) => Ok(req),
+                    (Hammer::Callback, None) => {
                         let openid = ctx.next_openid();
                         ctx.callback(0, Scene::random().as_str(), &openid)
                     }
-                    Hammer::Healthz => net.get("/healthz"),
+                    (Hammer::Healthz, _) => net.get("/healthz"),
                 };
                 let (Some(c), Ok(req)) = (conn.as_mut(), req) else {
                     break;
@@ -314,7 +352,8 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
                     }
                 }
             }
-            (latency_us, errors)
+            // Unsent requests are dropped after the phase is timed.
+            (latency_us, errors, ready)
         }));
     }
     let mut out = Hammered {
@@ -325,16 +364,19 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
         server_cpu_s: None,
         cpu: Value::Null,
     };
+    let mut unsent = Vec::with_capacity(concurrency);
     for task in tasks {
-        if let Ok((latency_us, errors)) = task.await {
+        if let Ok((latency_us, errors, ready)) = task.await {
             out.requests += latency_us.len() as u64;
             out.latency_us.extend(latency_us);
             out.errors.merge(errors);
+            unsent.push(ready);
         }
     }
     out.elapsed = started.elapsed();
     out.server_cpu_s = cpu_delta(server_cpu0, run.server.cpu_secs());
     out.cpu = cpu.report(0.0);
+    drop(unsent);
     out
 }
 
@@ -529,6 +571,18 @@ pub async fn churn(run: &Run, a: &Churn) -> Result<Value, BenchError> {
     let pool_stock = ready
         .as_ref()
         .and_then(|r| r.get("pool")?.get("stock")?.as_u64());
+    let live_after = ready.as_ref().and_then(|r| r.get("live_scenes")?.as_u64());
+    // Then the sessions kept for a reconnect must go too: nothing may be left over.
+    let settle_started = Instant::now();
+    let mut live_settled = live_after;
+    while live_settled.is_some_and(|n| n > 0) && settle_started.elapsed() < a.settle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        live_settled = ctx.live_scenes().await;
+    }
+    let settled_s = live_settled
+        .filter(|n| *n == 0)
+        .map(|_| round3(settle_started.elapsed().as_secs_f64()));
+    let rss_settled = run.server.rss_kib();
     let rss_max = rss_samples.iter().map(|s| s.1).chain(rss_end).max();
     let change = match (rss_start, rss_end) {
         (Some(s), Some(e)) if s > 0 => Some(round3((e as f64 - s as f64) * 100.0 / s as f64)),
@@ -562,7 +616,10 @@ pub async fn churn(run: &Run, a: &Churn) -> Result<Value, BenchError> {
         "rss_change_pct": change,
         "rss_samples": rss_samples,
         "open_streams_after": open_after,
-        "live_scenes_after": ready.as_ref().and_then(|r| r.get("live_scenes")?.as_u64()),
+        "live_scenes_after": live_after,
+        "live_scenes_settled": live_settled,
+        "live_scenes_zero_after_s": settled_s,
+        "rss_settled_kib": rss_settled,
         "drain_s": drain_s,
         "pool_stock_after": pool_stock,
         "server_cpu_s": server_cpu,
