@@ -58,7 +58,8 @@ pub fn callback_xml(data: &[u8]) {
     };
     // Writing the fields we read back out as CDATA and parsing again gives the same fields:
     // `push_cdata` cannot be escaped from, whatever the text.
-    let again = xml::parse(&reserialise(&parsed));
+    let written = reserialise(&parsed);
+    let again = xml::parse(&written);
     assert_eq!(
         again.ok().as_ref(),
         Some(&parsed),

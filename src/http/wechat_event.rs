@@ -55,10 +55,13 @@ pub struct EventQuery<'a> {
 
 impl<'a> EventQuery<'a> {
     /// Reads the fields wxlogin uses; the first of repeated names wins, others are ignored.
+    /// Parsed as `application/x-www-form-urlencoded`, by hand: a name or value is decoded
+    /// only when it holds `%` or `+`, which WeChat's never do.
     pub fn parse(query: &'a str) -> Self {
         let mut q = Self::default();
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            let slot = match name.as_ref() {
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match form_decoded(name).as_ref() {
                 "signature" => &mut q.signature,
                 "timestamp" => &mut q.timestamp,
                 "nonce" => &mut q.nonce,
@@ -66,10 +69,25 @@ impl<'a> EventQuery<'a> {
                 "msg_signature" => &mut q.msg_signature,
                 _ => continue,
             };
-            slot.get_or_insert(value);
+            if slot.is_none() {
+                *slot = Some(form_decoded(value));
+            }
         }
         q
     }
+}
+
+/// One form-urlencoded name or value: `+` is a space, `%XX` a byte, invalid UTF-8 replaced.
+fn form_decoded(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let spaced = s.replace('+', " ");
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
@@ -130,13 +148,13 @@ struct Rejected(&'static str, HttpError);
 
 /// Opens a safe-mode body: checks `msg_signature` over `Encrypt`, then decrypts it. Returns
 /// the inner message and the key that opened it.
-fn open_encrypted(
+fn open_encrypted<'a>(
     state: &AppState,
-    outer: CallbackXml,
+    outer: CallbackXml<'a>,
     q: &EventQuery<'_>,
     timestamp: &str,
     nonce: &str,
-) -> Result<(CallbackXml, Option<KeySlot>), Rejected> {
+) -> Result<(CallbackXml<'a>, Option<KeySlot>), Rejected> {
     let Some(keys) = &state.aes_keys else {
         // Compatible mode carries the plaintext too; without a key that is what we read.
         if outer.msg_type.is_some() {
@@ -181,7 +199,8 @@ fn open_encrypted(
         )
     })?;
     let inner = xml::parse(&opened.xml)
-        .map_err(|e| Rejected("bad_xml", HttpError::BadRequest(e.to_string())))?;
+        .map_err(|e| Rejected("bad_xml", HttpError::BadRequest(e.to_string())))?
+        .into_owned();
     Ok((inner, Some(opened.slot)))
 }
 
@@ -328,7 +347,12 @@ async fn handle(
 }
 
 fn success() -> Response {
-    plain(StatusCode::OK, "success".into())
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "success",
+    )
+        .into_response()
 }
 
 /// Passes a callback that is not ours on to `FORWARD_URL`, if set, and relays the answer.
@@ -443,6 +467,16 @@ mod tests {
         assert_eq!(q.nonce.as_deref(), Some("4 5"));
         assert_eq!(q.encrypt_type.as_deref(), Some("aes"));
         assert_eq!(q.msg_signature, None);
+        // The same reading as a form parser's, for what WeChat never sends too.
+        let odd = "sign%61ture=a+b%2B&&timestamp&nonce=%FF%zz=&msg_signature=";
+        let q = EventQuery::parse(odd);
+        let form: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            form_urlencoded::parse(odd.as_bytes()).collect();
+        assert_eq!(q.signature, Some(form[0].1.clone()));
+        assert_eq!(q.signature.as_deref(), Some("a b+"));
+        assert_eq!(q.timestamp.as_deref(), Some(""));
+        assert_eq!(q.nonce, Some(form[2].1.clone()));
+        assert_eq!(q.msg_signature.as_deref(), Some(""));
         let empty = EventQuery::parse("");
         assert!(empty.signature.is_none() && empty.timestamp.is_none());
     }

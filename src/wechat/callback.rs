@@ -81,7 +81,7 @@ pub fn classify(xml: &CallbackXml) -> Callback {
         scene,
         openid: OpenId::new(openid),
         create_time: create_time.to_owned(),
-        account: xml.to_user_name.clone().unwrap_or_default(),
+        account: xml.to_user_name.as_deref().unwrap_or_default().to_owned(),
     })
 }
 
@@ -89,7 +89,7 @@ pub fn classify(xml: &CallbackXml) -> Callback {
 mod tests {
     use super::*;
 
-    fn event(event: &str, key: Option<&str>) -> CallbackXml {
+    fn event<'a>(event: &'a str, key: Option<&'a str>) -> CallbackXml<'a> {
         CallbackXml {
             to_user_name: Some("gh_1".into()),
             from_user_name: Some("oUser".into()),

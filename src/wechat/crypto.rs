@@ -341,7 +341,7 @@ impl KeyRing {
 /// sorted lexicographically and concatenated.
 #[must_use]
 pub fn msg_signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
-    sign_sorted(&[token, timestamp, nonce, encrypt])
+    sign_sorted([token, timestamp, nonce, encrypt])
 }
 
 /// Checks a `msg_signature` in constant time (hex case-insensitive).
@@ -353,7 +353,7 @@ pub fn verify_msg_signature(
     encrypt: &str,
     expected: &str,
 ) -> bool {
-    verify_sorted(&[token, timestamp, nonce, encrypt], expected)
+    verify_sorted([token, timestamp, nonce, encrypt], expected)
 }
 
 /// Appends `text` as escaped XML character data.

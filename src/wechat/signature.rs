@@ -6,33 +6,42 @@
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-/// Hex SHA-1 of `parts` sorted lexicographically (by bytes) and concatenated.
-pub fn sign_sorted(parts: &[&str]) -> String {
-    let mut sorted: Vec<&str> = parts.to_vec();
-    sorted.sort_unstable();
+/// SHA-1 of `parts` sorted lexicographically (by bytes) and concatenated. Sorted on the
+/// stack: this runs for every callback.
+fn digest_sorted<const N: usize>(mut parts: [&str; N]) -> [u8; 20] {
+    parts.sort_unstable();
     let mut hasher = Sha1::new();
-    for part in sorted {
+    for part in parts {
         hasher.update(part.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
+}
+
+/// Hex SHA-1 of `parts` sorted lexicographically (by bytes) and concatenated.
+pub fn sign_sorted<const N: usize>(parts: [&str; N]) -> String {
+    hex::encode(digest_sorted(parts))
 }
 
 /// Whether `given` is the signature of `parts`, compared in constant time.
 /// Upper-case hex is accepted too.
-pub fn verify_sorted(parts: &[&str], given: &str) -> bool {
-    let expected = sign_sorted(parts);
-    let given = given.to_ascii_lowercase();
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
+pub fn verify_sorted<const N: usize>(parts: [&str; N], given: &str) -> bool {
+    // Compared as bytes, so nothing is allocated; a `given` that is not 40 hex digits fails
+    // before the digest is compared (its length and form are not secret).
+    let mut given_bytes = [0u8; 20];
+    if hex::decode_to_slice(given, &mut given_bytes).is_err() {
+        return false;
+    }
+    digest_sorted(parts).ct_eq(&given_bytes).into()
 }
 
 /// The plain callback signature: over `token`, `timestamp`, `nonce`.
 pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    sign_sorted(&[token, timestamp, nonce])
+    sign_sorted([token, timestamp, nonce])
 }
 
 /// Checks a plain callback signature in constant time.
 pub fn verify_signature(token: &str, timestamp: &str, nonce: &str, given: &str) -> bool {
-    verify_sorted(&[token, timestamp, nonce], given)
+    verify_sorted([token, timestamp, nonce], given)
 }
 
 /// Whether a callback's `timestamp` (seconds) is within `max_skew` seconds of `now`.

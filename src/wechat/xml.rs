@@ -5,30 +5,34 @@
 //! and character references (so XXE and "billion laughs" have nothing to expand), and refuse
 //! anything that is not well-formed.
 
+use std::borrow::Cow;
+
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-/// The fields of a callback that wxlogin reads. Absent fields are `None`.
+/// The fields of a callback that wxlogin reads. Absent fields are `None`. Each borrows from
+/// the body it was read from unless it had to be pieced together (character references);
+/// [`CallbackXml::into_owned`] detaches it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CallbackXml {
+pub struct CallbackXml<'a> {
     /// The account's `gh_` id.
-    pub to_user_name: Option<String>,
+    pub to_user_name: Option<Cow<'a, str>>,
     /// The sender's openid.
-    pub from_user_name: Option<String>,
+    pub from_user_name: Option<Cow<'a, str>>,
     /// Seconds since the epoch, as WeChat wrote it.
-    pub create_time: Option<String>,
+    pub create_time: Option<Cow<'a, str>>,
     /// `event`, `text`, ...
-    pub msg_type: Option<String>,
+    pub msg_type: Option<Cow<'a, str>>,
     /// `SCAN`, `subscribe`, ... (case-sensitive).
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// The scene (`SCAN`) or `qrscene_` + scene (`subscribe`).
-    pub event_key: Option<String>,
+    pub event_key: Option<Cow<'a, str>>,
     /// The QR code's ticket.
-    pub ticket: Option<String>,
+    pub ticket: Option<Cow<'a, str>>,
     /// Safe mode's encrypted body.
-    pub encrypt: Option<String>,
+    pub encrypt: Option<Cow<'a, str>>,
     /// Message id (ordinary messages only).
-    pub msg_id: Option<String>,
+    pub msg_id: Option<Cow<'a, str>>,
 }
 
 /// Why a body is not a callback we can read. Each maps to 400.
@@ -54,20 +58,61 @@ pub enum XmlError {
 /// Deeper than any message WeChat sends (`<xml><ScanCodeInfo><ScanResult>` is 3).
 const MAX_DEPTH: usize = 8;
 
-impl CallbackXml {
-    fn field(&mut self, name: &[u8]) -> Option<&mut Option<String>> {
-        Some(match name {
-            b"ToUserName" => &mut self.to_user_name,
-            b"FromUserName" => &mut self.from_user_name,
-            b"CreateTime" => &mut self.create_time,
-            b"MsgType" => &mut self.msg_type,
-            b"Event" => &mut self.event,
-            b"EventKey" => &mut self.event_key,
-            b"Ticket" => &mut self.ticket,
-            b"Encrypt" => &mut self.encrypt,
-            b"MsgId" => &mut self.msg_id,
+/// The fields read, by element name; their order is [`CallbackXml::slot`]'s.
+const FIELDS: [&[u8]; 9] = [
+    b"ToUserName",
+    b"FromUserName",
+    b"CreateTime",
+    b"MsgType",
+    b"Event",
+    b"EventKey",
+    b"Ticket",
+    b"Encrypt",
+    b"MsgId",
+];
+
+impl<'a> CallbackXml<'a> {
+    fn slot(&mut self, field: usize) -> Option<&mut Option<Cow<'a, str>>> {
+        Some(match field {
+            0 => &mut self.to_user_name,
+            1 => &mut self.from_user_name,
+            2 => &mut self.create_time,
+            3 => &mut self.msg_type,
+            4 => &mut self.event,
+            5 => &mut self.event_key,
+            6 => &mut self.ticket,
+            7 => &mut self.encrypt,
+            8 => &mut self.msg_id,
             _ => return None,
         })
+    }
+
+    /// The same fields, owning their text.
+    pub fn into_owned(self) -> CallbackXml<'static> {
+        let own = |f: Option<Cow<'a, str>>| f.map(|c| Cow::Owned(c.into_owned()));
+        CallbackXml {
+            to_user_name: own(self.to_user_name),
+            from_user_name: own(self.from_user_name),
+            create_time: own(self.create_time),
+            msg_type: own(self.msg_type),
+            event: own(self.event),
+            event_key: own(self.event_key),
+            ticket: own(self.ticket),
+            encrypt: own(self.encrypt),
+            msg_id: own(self.msg_id),
+        }
+    }
+}
+
+fn field_of(name: &[u8]) -> Option<usize> {
+    FIELDS.iter().position(|f| *f == name)
+}
+
+/// Appends a piece of a field's text: the first is borrowed, later ones make it owned.
+fn append<'a>(text: &mut Option<Cow<'a, str>>, piece: Cow<'a, str>) {
+    match text {
+        None => *text = Some(piece),
+        Some(t) => t.to_mut().push_str(&piece),
     }
 }
 
@@ -93,15 +138,16 @@ pub fn push_cdata(out: &mut String, text: &str) {
     out.push_str("]]>");
 }
 
-/// Parses a callback body (already checked to be UTF-8).
-pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
+/// Parses a callback body (already checked to be UTF-8), borrowing the fields' text.
+pub fn parse(body: &str) -> Result<CallbackXml<'_>, XmlError> {
     let mut reader = Reader::from_str(body);
     reader.config_mut().check_end_names = true;
     let mut out = CallbackXml::default();
     // The element path: depth 1 is <xml>, depth 2 a field.
     let mut depth = 0usize;
-    let mut current: Option<Vec<u8>> = None;
-    let mut text = String::new();
+    // The field being read (an index of FIELDS), if it is one of ours, and its text so far.
+    let mut current: Option<usize> = None;
+    let mut text: Option<Cow<'_, str>> = None;
     let mut seen_root = false;
     loop {
         match reader.read_event().map_err(malformed)? {
@@ -117,8 +163,8 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                     }
                     seen_root = true;
                 } else if depth == 2 {
-                    current = Some(start.name().as_ref().to_vec());
-                    text.clear();
+                    current = field_of(start.name().as_ref());
+                    text = None;
                 }
             }
             Event::Empty(start) => {
@@ -126,25 +172,24 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                     return Err(XmlError::Root);
                 }
                 if depth == 1
-                    && let Some(slot) = out.field(start.name().as_ref())
+                    && let Some(slot) = field_of(start.name().as_ref()).and_then(|f| out.slot(f))
                 {
-                    *slot = Some(String::new());
+                    *slot = Some(Cow::Borrowed(""));
                 }
             }
             Event::End(_) => {
                 if depth == 2
-                    && let Some(name) = current.take()
-                    && let Some(slot) = out.field(&name)
+                    && let Some(slot) = current.take().and_then(|f| out.slot(f))
                 {
-                    *slot = Some(std::mem::take(&mut text));
+                    *slot = Some(text.take().unwrap_or_default());
                 }
                 depth = depth.saturating_sub(1);
             }
             Event::Text(t) if depth == 2 => {
-                text.push_str(&t.decode().map_err(malformed)?);
+                append(&mut text, t.decode().map_err(malformed)?);
             }
             Event::CData(c) if depth == 2 => {
-                text.push_str(&c.decode().map_err(malformed)?);
+                append(&mut text, c.decode().map_err(malformed)?);
             }
             Event::CData(_) if depth <= 1 => {
                 return Err(XmlError::Malformed("text outside an element".into()));
@@ -158,7 +203,7 @@ pub fn parse(body: &str) -> Result<CallbackXml, XmlError> {
                     }
                 };
                 match depth {
-                    2 => text.push(ch),
+                    2 => text.get_or_insert_default().to_mut().push(ch),
                     0 | 1 => return Err(XmlError::Malformed("text outside an element".into())),
                     _ => {}
                 }
@@ -208,6 +253,18 @@ mod tests {
         assert_eq!(x.event_key.as_deref(), Some("qrscene_123123"));
         assert_eq!(x.ticket.as_deref(), Some("TICKET"));
         assert_eq!(x.encrypt, None);
+    }
+
+    #[test]
+    fn plain_fields_borrow_the_body_and_pieced_ones_own_their_text() {
+        let x = parse(SUBSCRIBE).unwrap();
+        assert!(matches!(x.from_user_name, Some(Cow::Borrowed(_))));
+        assert!(matches!(x.create_time, Some(Cow::Borrowed("1409735668"))));
+        let x = parse("<xml><EventKey>a<![CDATA[b]]>&lt;c</EventKey><Ticket/></xml>").unwrap();
+        assert_eq!(x.event_key.as_deref(), Some("ab<c"));
+        assert_eq!(x.ticket.as_deref(), Some(""));
+        let owned: CallbackXml<'static> = x.clone().into_owned();
+        assert_eq!(owned, x);
     }
 
     #[test]
