@@ -25,9 +25,12 @@ pub struct MemoryStore {
 
 struct Inner {
     instance: Arc<str>,
-    /// Claimed keys by their fingerprint ([`Inner::fingerprint`]): a busy account claims one
-    /// per login and keeps it for minutes, so each costs 24 bytes, not a string.
-    keys: Mutex<HashMap<u64, Instant>>,
+    /// Claimed keys: their fingerprint, and when they expire in milliseconds since `epoch`.
+    /// A busy account claims one per login and keeps it for minutes, so each costs 16 bytes,
+    /// not a string and an `Instant`.
+    keys: Mutex<HashMap<u64, u64>>,
+    /// The clock of `keys`.
+    epoch: Instant,
     /// Keyed per process (SipHash with a random key), so nobody can aim two keys at one
     /// fingerprint; among the few hundred thousand keys held at once, an accidental match is
     /// about one in 10^13.
@@ -64,6 +67,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 instance: "local".into(),
                 keys: Mutex::new(HashMap::new()),
+                epoch: Instant::now(),
                 fingerprints: RandomState::new(),
                 stock: Mutex::new(Stock::default()),
                 sessions: Mutex::new(HashMap::new()),
@@ -81,15 +85,20 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Milliseconds since the keys' epoch.
+    fn keys_now(&self) -> u64 {
+        millis(self.inner.epoch.elapsed())
+    }
+
     /// Claims `key` for `ttl` unless it is claimed and not expired.
     fn claim(&self, key: &str, ttl: Duration) -> bool {
         let fingerprint = self.inner.fingerprints.hash_one(key);
-        let now = Instant::now();
+        let now = self.keys_now();
         let mut keys = lock(&self.inner.keys);
         match keys.get(&fingerprint) {
             Some(expires) if *expires > now => false,
             _ => {
-                keys.insert(fingerprint, now + ttl);
+                keys.insert(fingerprint, now.saturating_add(millis(ttl)));
                 true
             }
         }
@@ -305,7 +314,7 @@ impl Store for MemoryStore {
     }
 
     fn purge_expired(&self) {
-        let now = Instant::now();
+        let now = self.keys_now();
         lock(&self.inner.keys).retain(|_, expires| *expires > now);
         let now_ms = unix_now_ms();
         let grace = u64::try_from(ATTACHED_GRACE.as_millis()).unwrap_or(u64::MAX);
