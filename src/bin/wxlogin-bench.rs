@@ -144,9 +144,13 @@ enum Scenario {
         /// Connections.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// Seconds of each phase.
+        /// Seconds of each kind of request, in all.
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
+        /// Slices each kind's time is cut into, alternating callbacks and /healthz, so that
+        /// the speed of a shared machine, which drifts over seconds, weighs on both alike.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Logins (open, scan, close) at a steady rate: RSS drift and leftovers.
     Churn {
@@ -294,7 +298,9 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
         Scenario::Callbacks {
             concurrency,
             duration_secs,
+            rounds,
         } => {
+            check((1..=100).contains(&rounds), "--rounds must be 1-100")?;
             check(
                 (1..=MAX_CONCURRENCY).contains(&concurrency),
                 "--concurrency must be 1-4096",
@@ -306,6 +312,7 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
             let args = scenarios::Callbacks {
                 concurrency,
                 duration: Duration::from_secs(duration_secs),
+                rounds,
             };
             scenarios::callbacks(&run, &args).await?
         }
