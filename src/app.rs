@@ -3,13 +3,12 @@
 //! `App::build` wires configuration, WeChat client, QR pool, store and routes; the caller
 //! passes the listener (tests bind port 0) and the shutdown signal (tests use their own).
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -254,20 +253,11 @@ impl App {
             }
         });
         let stop = cancel.clone();
-        // Small SSE writes must leave at once, not wait for Nagle.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serving = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let serving = http::serve::serve(listener, router, async move {
             shutdown.await;
             tracing::info!("shutting down: telling open streams to reconnect");
             stop.cancel();
-        })
-        .into_future();
+        });
         let deadline = async {
             cancel.cancelled().await;
             tokio::time::sleep(grace).await;

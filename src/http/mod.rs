@@ -21,6 +21,7 @@ pub mod health;
 pub mod limits;
 pub mod login;
 pub mod qrcode;
+pub mod serve;
 pub mod sse;
 pub mod wechat_event;
 
