@@ -76,9 +76,8 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.map(Body::new)
             });
-        let connection = graceful.watch(
-            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)),
-        );
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::trace!(error = %e, "connection ended with an error");
