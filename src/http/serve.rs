@@ -41,7 +41,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets each
 /// connection finish its request in flight (closing idle keep-alive connections), and returns
-/// once all are closed. Handlers see the peer as `ConnectInfo<SocketAddr>`.
+/// once all are closed. Handlers see the peer as `ConnectInfo<SocketAddr>`. A connection
+/// that sends no request head for 30 s is closed (hyper's header-read timeout), idle
+/// keep-alive connections included.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
