@@ -444,6 +444,8 @@ impl Inbox for Scenes {
     }
 }
 
+/// The session semantics on every store are tested in `tests/it/sessions.rs`; here, what
+/// only this module decides.
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -481,29 +483,6 @@ mod tests {
         Instant::now() + Duration::from_secs(secs)
     }
 
-    async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
-        scenes
-            .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| {
-                result(openid)
-            })
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_scan_reaches_the_attached_stream_once() {
-        let scenes = scenes();
-        let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Delivered);
-        assert_eq!(resolve(&scenes, &scene, "o2").await, Resolution::Nobody);
-        assert_eq!(
-            (&mut attachment.result).await.unwrap().openid.as_str(),
-            "o1"
-        );
-        assert_eq!(scenes.attached(), 0);
-    }
-
     #[tokio::test]
     async fn a_retried_event_is_a_duplicate() {
         let scenes = scenes();
@@ -513,59 +492,6 @@ mod tests {
         let again = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
         assert_eq!(first.unwrap(), Resolution::Delivered);
         assert_eq!(again.unwrap(), Resolution::Duplicate);
-    }
-
-    #[tokio::test]
-    async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
-        let scenes = scenes();
-        let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        drop(attachment);
-        assert_eq!(scenes.attached(), 0);
-        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Parked);
-        assert!(
-            matches!(scenes.status(&scene).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
-        );
-        match scenes.resume(&scene, false).await.unwrap() {
-            Some(Resumed::Result(_, r)) => assert_eq!(r.openid.as_str(), "o1"),
-            _ => panic!("no parked result"),
-        }
-        // A client that saw the result does not get it again.
-        assert!(scenes.resume(&scene, true).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
-        let scenes = scenes();
-        let (view, mut old) = scenes.open(qr(), later(60), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap() else {
-            panic!("not resumed")
-        };
-        assert_eq!(scenes.attached(), 1);
-        assert!((&mut old.result).await.is_err(), "the replaced stream ends");
-        assert_eq!(resolve(&scenes, &scene, "o1").await, Resolution::Delivered);
-        assert_eq!((&mut new.result).await.unwrap().openid.as_str(), "o1");
-    }
-
-    #[tokio::test]
-    async fn a_closed_or_overdue_scene_resolves_nothing() {
-        let scenes = scenes();
-        let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        attachment.close().await;
-        assert_eq!(scenes.attached(), 0);
-        assert_eq!(scenes.live(), Some(0));
-        assert_eq!(resolve(&scenes, &scene, "late").await, Resolution::Nobody);
-        assert!(matches!(
-            scenes.status(&scene).await.unwrap(),
-            Status::Expired
-        ));
-
-        let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        assert_eq!(resolve(&scenes, &scene, "late").await, Resolution::Nobody);
-        assert!(scenes.resume(&scene, false).await.unwrap().is_none());
     }
 
     #[tokio::test]

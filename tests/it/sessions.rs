@@ -199,6 +199,9 @@ async fn a_closed_or_overdue_scene_resolves_nothing() {
     let scene = view.qr.scene.clone();
     attachment.close().await;
     assert_eq!(scenes.attached(), 0);
+    if let Some(live) = scenes.live() {
+        assert_eq!(live, 0, "a closed session is removed");
+    }
     assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
     assert!(matches!(
         scenes.status(&scene).await.unwrap(),
