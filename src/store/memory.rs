@@ -264,7 +264,7 @@ impl Store for MemoryStore {
         _now_ms: u64,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
         // Nothing is lost in memory: the session is as it is.
-        ready(self.sessions().get(scene).cloned())
+        self.session(scene)
     }
 
     fn resolve<'a>(
@@ -317,7 +317,7 @@ impl Store for MemoryStore {
         let now = self.keys_now();
         lock(&self.inner.keys).retain(|_, expires| *expires > now);
         let now_ms = unix_now_ms();
-        let grace = u64::try_from(ATTACHED_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let grace = millis(ATTACHED_GRACE);
         self.sessions().retain(|_, s| match &s.state {
             SessionState::Waiting { holder: Some(_) } => {
                 now_ms < s.record.deadline_ms.saturating_add(grace)

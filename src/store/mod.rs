@@ -34,7 +34,7 @@ pub const ATTACHED_GRACE: Duration = Duration::from_secs(30);
 pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(millis)
         .unwrap_or_default()
 }
 
@@ -42,11 +42,10 @@ pub fn unix_now_ms() -> u64 {
 pub fn instant_to_ms(at: Instant) -> u64 {
     let now = Instant::now();
     let now_ms = unix_now_ms();
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if at >= now {
-        now_ms.saturating_add(ms(at - now))
+        now_ms.saturating_add(millis(at - now))
     } else {
-        now_ms.saturating_sub(ms(now - at))
+        now_ms.saturating_sub(millis(now - at))
     }
 }
 
