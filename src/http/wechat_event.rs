@@ -127,8 +127,8 @@ pub async fn verify(
 }
 
 /// How much longer a callback signed at `sent` would pass the timestamp check (plus a few
-/// seconds for clocks that tick between the two reads): its dedupe key is kept that long, no
-/// longer, so a busy account holds only the last few minutes of keys.
+/// seconds of margin): its dedupe key is kept that long, no longer, so a busy account holds
+/// only the last few minutes of keys.
 fn replayable_for(sent: i64, now: i64) -> Duration {
     let left = sent
         .saturating_add_unsigned(MAX_CLOCK_SKEW_SECS + 5)
@@ -285,7 +285,8 @@ async fn handle(
             HttpError::BadRequest("timestamp is not a number".into()),
         )
     })?;
-    if !is_fresh(sent, now_secs(), MAX_CLOCK_SKEW_SECS) {
+    let now = now_secs();
+    if !is_fresh(sent, now, MAX_CLOCK_SKEW_SECS) {
         tracing::warn!(timestamp = sent, "callback with a stale timestamp rejected");
         return Err(Rejected(
             "stale_timestamp",
@@ -312,7 +313,7 @@ async fn handle(
     };
     let outcome = state
         .login
-        .complete(&scan, replayable_for(sent, now_secs()))
+        .complete(&scan, replayable_for(sent, now))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
