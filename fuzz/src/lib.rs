@@ -68,19 +68,19 @@ pub fn callback_xml(data: &[u8]) {
 
     if let Callback::Scan(scan) = classify(&parsed) {
         assert!(Scene::parse(scan.scene.as_str()).is_ok());
-        assert!(!scan.openid.as_str().is_empty());
+        assert!(!scan.openid.is_empty());
         // The passive reply carries the request's openid and gh_ id back: whatever they hold,
         // the reply parses and says exactly those values.
         let content = "已在网页登录 ]]> <b>&amp;";
-        let reply = text_reply(scan.openid.as_str(), &scan.account, 1_409_735_669, content);
+        let reply = text_reply(scan.openid, scan.account, 1_409_735_669, content);
         let back = xml::parse(&reply);
         assert!(
             back.is_ok(),
             "the reply to a scan does not parse: {reply:?}"
         );
         let back = back.unwrap_or_default();
-        assert_eq!(back.to_user_name.as_deref(), Some(scan.openid.as_str()));
-        assert_eq!(back.from_user_name.as_deref(), Some(scan.account.as_str()));
+        assert_eq!(back.to_user_name.as_deref(), Some(scan.openid));
+        assert_eq!(back.from_user_name.as_deref(), Some(scan.account));
         assert_eq!(back.msg_type.as_deref(), Some("text"));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -24,6 +24,7 @@ use crate::login::Outcome;
 use crate::metrics::{Metrics, Outcome as Label};
 use crate::wechat::callback::{Callback, ScanEvent, classify};
 use crate::wechat::crypto::{KeySlot, seal_reply, verify_msg_signature};
+use crate::wechat::ids::short_openid;
 use crate::wechat::reply::text_reply;
 use crate::wechat::signature::{is_fresh, verify_signature};
 use crate::wechat::xml::{self, CallbackXml};
@@ -244,7 +245,10 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> Respons
     };
     let raw_query = parts.uri.query();
     let q = EventQuery::parse(raw_query.unwrap_or_default());
-    let answer = match handle(&state, &q, raw_query, &parts.headers, body).await {
+    // Pinned in place: awaited directly, its future would be stored twice over in this one,
+    // which every callback allocates and copies (measured: 3.9 KiB against 2.5 KiB).
+    let handled = std::pin::pin!(handle(&state, &q, raw_query, &parts.headers, body));
+    let answer = match handled.await {
         Ok(answer) => answer,
         Err(Rejected(reason, error)) => {
             state.metrics.reject_callback(reason);
@@ -309,7 +313,9 @@ async fn handle(
     let scan = match classify(&message) {
         Callback::Scan(scan) if scan.scene.is_ours() => scan,
         // Not a login scan of ours: the account's own backend may want it.
-        _ => return Ok(forward(state, raw_query, headers, body).await),
+        // Boxed: its future is larger than the rest of this handler, which every callback
+        // would otherwise carry (and copy) for the few that are forwarded.
+        _ => return Ok(Box::pin(forward(state, raw_query, headers, body)).await),
     };
     let outcome = state
         .login
@@ -329,7 +335,7 @@ async fn handle(
         Outcome::Delivered => {}
         Outcome::Parked => tracing::info!(
             scene = %scan.scene,
-            openid = %scan.openid.short(),
+            openid = %short_openid(scan.openid),
             "scan while the stream is away: kept for its return"
         ),
         Outcome::Duplicate => tracing::debug!(scene = %scan.scene, "retry of a handled callback"),
@@ -337,7 +343,7 @@ async fn handle(
         // scans_total{outcome="undeliverable"} metric counts them.
         Outcome::NoWaiter => tracing::debug!(
             scene = %scan.scene,
-            openid = %scan.openid.short(),
+            openid = %short_openid(scan.openid),
             "scan for a QR code no stream waits on: delivered to nobody"
         ),
     }
@@ -348,9 +354,13 @@ async fn handle(
 }
 
 fn success() -> Response {
+    // A static header value: a `&str` would be copied into a fresh one on every callback.
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         "success",
     )
         .into_response()
@@ -401,13 +411,13 @@ pub fn fill_reply(template: &str) -> String {
 }
 
 /// The passive text reply to a login scan, encrypted when the request was.
-fn reply(state: &AppState, scan: &ScanEvent, template: &str, slot: Option<KeySlot>) -> Response {
-    let xml = text_reply(
-        scan.openid.as_str(),
-        &scan.account,
-        now_secs(),
-        &fill_reply(template),
-    );
+fn reply(
+    state: &AppState,
+    scan: &ScanEvent<'_>,
+    template: &str,
+    slot: Option<KeySlot>,
+) -> Response {
+    let xml = text_reply(scan.openid, scan.account, now_secs(), &fill_reply(template));
     let body = match (slot, &state.aes_keys) {
         (Some(slot), Some(keys)) => {
             let timestamp = now_secs().to_string();

@@ -164,7 +164,7 @@ impl LoginService {
     /// on its scene, if any.
     pub async fn complete(
         &self,
-        scan: &ScanEvent,
+        scan: &ScanEvent<'_>,
         dedupe_ttl: Duration,
     ) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
@@ -173,14 +173,14 @@ impl LoginService {
             .scenes
             .resolve(
                 &scan.scene,
-                &format!("scan:{}", scan.dedupe_key()),
+                scan.dedupe_key(),
                 dedupe_ttl.max(DEDUPE_MIN_TTL),
                 |audience| {
                     let login_token = self
                         .inner
                         .tokens
                         .issue(
-                            scan.openid.as_str(),
+                            scan.openid,
                             scan.scene.as_str(),
                             scan.kind.as_str(),
                             audience,
@@ -188,7 +188,7 @@ impl LoginService {
                         .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
                         .ok();
                     LoginResult {
-                        openid: scan.openid.clone(),
+                        openid: scan.openid(),
                         kind: scan.kind,
                         login_token,
                         resolved_at: Instant::now(),

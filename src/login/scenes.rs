@@ -256,20 +256,20 @@ impl Scenes {
 
     /// Resolves a scan of `scene`, once per `event_key` and once per scene. `make` builds
     /// the result (signing its login token for the session's audience) only when there is a
-    /// waiting scene to resolve.
+    /// waiting scene to resolve; the key is written out only when there is a session.
     pub async fn resolve(
         &self,
         scene: &Scene,
-        event_key: &str,
+        event_key: impl std::fmt::Display,
         event_ttl: std::time::Duration,
         make: impl FnOnce(Option<&str>) -> LoginResult,
     ) -> Result<Resolution, StoreError> {
-        let now_ms = unix_now_ms();
         // No session for the scene: it resolves nothing, and recording the event's key would
         // only let floods of unknown or forged scenes grow memory.
         let Some(session) = self.inner.store.session(scene).await? else {
             return Ok(Resolution::Nobody);
         };
+        let now_ms = unix_now_ms();
         let result = (matches!(session.state, SessionState::Waiting { .. })
             && now_ms < session.record.deadline_ms)
             .then(|| make(session.record.audience.as_deref()));
@@ -280,12 +280,13 @@ impl Scenes {
             ),
             None => None,
         };
+        let event_key = event_key.to_string();
         let resolved = self
             .inner
             .store
             .resolve(
                 scene,
-                event_key,
+                &event_key,
                 event_ttl,
                 encoded.as_deref(),
                 self.inner.result_keep,

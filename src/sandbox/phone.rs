@@ -276,12 +276,13 @@ mod tests {
     #[test]
     fn the_phone_writes_what_wxlogin_reads() {
         let xml = scan_xml("gh_1", "oUser", 1_409_735_668, true, "abc", "T+/=");
-        let Callback::Scan(scan) = classify(&parse(&xml).unwrap()) else {
+        let parsed = parse(&xml).unwrap();
+        let Callback::Scan(scan) = classify(&parsed) else {
             panic!("not a scan")
         };
         assert_eq!(scan.kind, ScanKind::Subscribe);
         assert_eq!(scan.scene.as_str(), "abc");
-        assert_eq!(scan.openid.as_str(), "oUser");
+        assert_eq!(scan.openid, "oUser");
     }
 
     #[test]

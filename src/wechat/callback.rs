@@ -1,5 +1,7 @@
 //! A parsed callback, classified into what wxlogin acts on.
 
+use std::fmt;
+
 use super::ids::{OpenId, Scene};
 use super::xml::CallbackXml;
 
@@ -24,39 +26,62 @@ impl ScanKind {
     }
 }
 
-/// A scan of a temporary QR code with a scene.
+/// A scan of a temporary QR code with a scene. Its text borrows from the callback it was read
+/// from: most scans on a busy account are for scenes nobody waits on, and cost no copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanEvent {
+pub struct ScanEvent<'a> {
     /// SCAN or subscribe.
     pub kind: ScanKind,
     /// The QR code's scene.
     pub scene: Scene,
-    /// Who scanned.
-    pub openid: OpenId,
+    /// Who scanned (the openid).
+    pub openid: &'a str,
     /// WeChat's `CreateTime`; with the openid it identifies retries of one event.
-    pub create_time: String,
+    pub create_time: &'a str,
     /// The account's `gh_` id (for a passive reply).
-    pub account: String,
+    pub account: &'a str,
 }
 
-impl ScanEvent {
-    /// The key under which WeChat's retries of this event are recognised.
-    pub fn dedupe_key(&self) -> String {
-        format!("{}:{}", self.openid.as_str(), self.create_time)
+impl ScanEvent<'_> {
+    /// The key under which WeChat's retries of this event are recognised (`scan:openid:CreateTime`),
+    /// written out only when it is stored.
+    pub fn dedupe_key(&self) -> DedupeKey<'_> {
+        DedupeKey {
+            openid: self.openid,
+            create_time: self.create_time,
+        }
+    }
+
+    /// Who scanned, as the result carries it.
+    pub fn openid(&self) -> OpenId {
+        OpenId::new(self.openid)
+    }
+}
+
+/// [`ScanEvent::dedupe_key`]: `scan:openid:CreateTime` when displayed.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeKey<'a> {
+    openid: &'a str,
+    create_time: &'a str,
+}
+
+impl fmt::Display for DedupeKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "scan:{}:{}", self.openid, self.create_time)
     }
 }
 
 /// What a callback is, for wxlogin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Callback {
+pub enum Callback<'a> {
     /// A scan of a QR code with a scene: possibly a login.
-    Scan(ScanEvent),
+    Scan(ScanEvent<'a>),
     /// Anything else: messages, menu clicks, plain follows, unfollows, ...
     Other,
 }
 
 /// Classifies a parsed callback.
-pub fn classify(xml: &CallbackXml) -> Callback {
+pub fn classify<'a>(xml: &'a CallbackXml<'_>) -> Callback<'a> {
     if xml.msg_type.as_deref() != Some("event") {
         return Callback::Other;
     }
@@ -79,9 +104,9 @@ pub fn classify(xml: &CallbackXml) -> Callback {
     Callback::Scan(ScanEvent {
         kind,
         scene,
-        openid: OpenId::new(openid),
-        create_time: create_time.to_owned(),
-        account: xml.to_user_name.as_deref().unwrap_or_default().to_owned(),
+        openid,
+        create_time,
+        account: xml.to_user_name.as_deref().unwrap_or_default(),
     })
 }
 
@@ -103,16 +128,18 @@ mod tests {
 
     #[test]
     fn scan_uses_the_key_as_the_scene() {
-        let Callback::Scan(s) = classify(&event("SCAN", Some("abc"))) else {
+        let xml = event("SCAN", Some("abc"));
+        let Callback::Scan(s) = classify(&xml) else {
             panic!("not a scan")
         };
         assert_eq!((s.kind, s.scene.as_str()), (ScanKind::Scan, "abc"));
-        assert_eq!(s.dedupe_key(), "oUser:1409735668");
+        assert_eq!(s.dedupe_key().to_string(), "scan:oUser:1409735668");
     }
 
     #[test]
     fn subscribe_strips_the_leading_prefix_only() {
-        let Callback::Scan(s) = classify(&event("subscribe", Some("qrscene_abc"))) else {
+        let xml = event("subscribe", Some("qrscene_abc"));
+        let Callback::Scan(s) = classify(&xml) else {
             panic!("not a scan")
         };
         assert_eq!((s.kind, s.scene.as_str()), (ScanKind::Subscribe, "abc"));

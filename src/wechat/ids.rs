@@ -100,9 +100,14 @@ impl OpenId {
 
     /// A shortened form for logs: the first 6 characters and a marker.
     pub fn short(&self) -> String {
-        let head: String = self.0.chars().take(6).collect();
-        format!("{head}…")
+        short_openid(&self.0)
     }
+}
+
+/// An openid shortened for logs: its first 6 characters and a marker.
+pub fn short_openid(openid: &str) -> String {
+    let head: String = openid.chars().take(6).collect();
+    format!("{head}…")
 }
 
 impl fmt::Debug for OpenId {
