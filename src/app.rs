@@ -17,7 +17,7 @@ use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
 use crate::http::limits::{Limits, default_max_streams};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
 use crate::login::pool::QrPool;
 use crate::metrics::Metrics;
@@ -175,7 +175,7 @@ impl App {
             None => None,
         };
         let cancel = CancellationToken::new();
-        let state = AppState {
+        let state = AppState::new(Shared {
             login: login.clone(),
             api_token: config.api_token.clone(),
             mp_token: config.mp_token.clone(),
@@ -196,7 +196,7 @@ impl App {
             forwarder,
             sse_keepalive: config.sse_keepalive,
             shutdown: cancel.clone(),
-        };
+        });
         let mut router = http::router(state);
         if let Some(extra) = extra {
             router = router.merge(extra);

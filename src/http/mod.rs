@@ -49,9 +49,27 @@ use crate::wechat::secret::Secret;
 /// The largest callback body accepted; WeChat's are a few hundred bytes.
 pub const MAX_CALLBACK_BODY: usize = 64 * 1024;
 
-/// What the handlers share. Cheap to clone.
+/// What the handlers share: one allocation, so the clone that axum makes for every request
+/// is a reference count, not a copy of every setting.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` among the handlers.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The settings and services behind [`AppState`].
+pub struct Shared {
     /// The login flow.
     pub login: LoginService,
     /// `API_TOKEN`, compared in constant time.
