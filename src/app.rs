@@ -16,7 +16,7 @@ use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
-use crate::http::limits::{Limits, default_max_streams};
+use crate::http::limits::{Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
 use crate::login::pool::QrPool;
@@ -163,10 +163,14 @@ impl App {
             (config.sse_timeout, config.result_keep),
             Arc::clone(&metrics),
         );
+        let max_streams = config.max_streams.unwrap_or_else(default_max_streams);
+        if let Err(e) = reserve_fd_table(&listener, max_streams) {
+            tracing::warn!(error = %e, "cannot size the file table at startup; it grows as streams come");
+        }
         let limits = Arc::new(Limits::new(
             config.sse_per_ip_per_min,
             config.trusted_proxies.clone(),
-            config.max_streams.unwrap_or_else(default_max_streams),
+            max_streams,
         ));
         let forwarder = match &config.forward_url {
             Some(url) => {

@@ -352,6 +352,12 @@ async fn run(cli: Cli) -> Result<(), BenchError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Sized while this process has one thread: growing it later, as sockets open, stalls
+    // every thread for an RCU grace period, which would show as slow opens of the tool's
+    // own making. Up to the open-files limit (`scripts/bench.sh` raises it).
+    if let Err(e) = wxlogin::http::limits::reserve_fd_table(std::io::stderr(), usize::MAX) {
+        eprintln!("wxlogin-bench: cannot size the file table: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.clamp(1, 64))
         .enable_all()

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::os::fd::{AsFd, RawFd};
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -76,15 +77,47 @@ impl Limits {
     }
 }
 
-/// The default cap on open streams: the open-files limit less a reserve for everything else
-/// (listener, WeChat and Redis connections, logs).
-pub fn default_max_streams() -> usize {
+/// The open-files limit of this process (its soft limit).
+fn open_files_limit() -> usize {
     let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
         .map(|(soft, _)| soft)
         .unwrap_or(1024);
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let reserve = (limit / 40).max(256);
-    limit.saturating_sub(reserve).max(1)
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// Open files kept for everything but streams: listener, WeChat and Redis connections, logs.
+fn fd_reserve(limit: usize) -> usize {
+    (limit / 40).max(256)
+}
+
+/// The default cap on open streams: the open-files limit less a reserve for everything else.
+pub fn default_max_streams() -> usize {
+    let limit = open_files_limit();
+    limit.saturating_sub(fd_reserve(limit)).max(1)
+}
+
+/// The largest file table [`reserve_fd_table`] makes: 512 KiB of kernel memory. Past it the
+/// table still grows, a few more times at most.
+pub const FD_TABLE_MAX: usize = 65_536;
+
+/// Grows this process's table of open files now, to hold `max_streams` streams and the
+/// reserve, rather than while streams arrive.
+///
+/// Linux doubles the table as descriptors are opened, and in a process with several threads
+/// each growth waits for an RCU grace period (10-30 ms measured here) during which no thread
+/// of the process can accept a connection. A server filling with streams stalled at 1,024,
+/// 2,048, 4,096, ... open sockets, which was most of the tail of the time to a first event
+/// (BENCHMARKS.md). A descriptor duplicated to the table's last slot, then closed, leaves the
+/// table at that size: it never shrinks. `fd` is any open descriptor (the listener).
+pub fn reserve_fd_table(fd: impl AsFd, max_streams: usize) -> std::io::Result<()> {
+    let limit = open_files_limit();
+    let wanted = max_streams
+        .saturating_add(fd_reserve(limit))
+        .min(limit)
+        .min(FD_TABLE_MAX);
+    let last = RawFd::try_from(wanted.saturating_sub(1)).unwrap_or(RawFd::MAX);
+    rustix::io::fcntl_dupfd_cloexec(fd, last)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -125,6 +158,21 @@ mod tests {
                 .take_stream_token("192.0.2.2".parse().unwrap())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn the_file_table_is_sized_at_once() {
+        let table = || -> usize {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let size = status.lines().find_map(|l| l.strip_prefix("FDSize:"));
+            size.unwrap().trim().parse().unwrap()
+        };
+        let limit = open_files_limit();
+        let wanted = (3_000 + fd_reserve(limit)).min(limit).min(FD_TABLE_MAX);
+        // A test process holds a few dozen descriptors: its table is far smaller.
+        assert!(table() < wanted);
+        reserve_fd_table(std::io::stderr(), 3_000).unwrap();
+        assert!(table() >= wanted, "{} < {wanted}", table());
     }
 
     #[test]
