@@ -468,6 +468,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The hand-written reader gives what a form parser gives, for any mix of the names
+        /// wxlogin reads (plain or encoded), other names, and odd values.
+        #[test]
+        fn the_query_reads_as_a_form_parser_reads_it(
+            pairs in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "signature", "timestamp", "nonce", "encrypt_type", "msg_signature",
+                        "openid", "sign%61ture", "non+ce", "nonce%", "", "=",
+                    ]),
+                    "[a-z0-9%+=&]{0,6}",
+                ),
+                0..6,
+            ),
+        ) {
+            let query = pairs
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("&");
+            let q = EventQuery::parse(&query);
+            let first = |name: &str| {
+                form_urlencoded::parse(query.as_bytes())
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.into_owned())
+            };
+            let got = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
+            proptest::prop_assert_eq!(got(&q.signature), first("signature"));
+            proptest::prop_assert_eq!(got(&q.timestamp), first("timestamp"));
+            proptest::prop_assert_eq!(got(&q.nonce), first("nonce"));
+            proptest::prop_assert_eq!(got(&q.encrypt_type), first("encrypt_type"));
+            proptest::prop_assert_eq!(got(&q.msg_signature), first("msg_signature"));
+        }
+    }
+
     #[test]
     fn the_query_is_read_without_copies_and_decoded_when_needed() {
         let q = EventQuery::parse(
