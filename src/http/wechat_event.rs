@@ -91,10 +91,15 @@ fn form_decoded(s: &str) -> Cow<'_, str> {
     )
 }
 
-fn plain(status: StatusCode, body: String) -> Response {
+/// A plain-text answer. The header value is static: a `&str` would be copied into a fresh one
+/// on every callback.
+fn plain(status: StatusCode, body: impl IntoResponse) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         body,
     )
         .into_response()
@@ -354,16 +359,7 @@ async fn handle(
 }
 
 fn success() -> Response {
-    // A static header value: a `&str` would be copied into a fresh one on every callback.
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        "success",
-    )
-        .into_response()
+    plain(StatusCode::OK, "success")
 }
 
 /// Passes a callback that is not ours on to `FORWARD_URL`, if set, and relays the answer.

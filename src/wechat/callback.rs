@@ -43,8 +43,8 @@ pub struct ScanEvent<'a> {
 }
 
 impl ScanEvent<'_> {
-    /// The key under which WeChat's retries of this event are recognised (`scan:openid:CreateTime`),
-    /// written out only when it is stored.
+    /// The key under which WeChat's retries of this event are recognised
+    /// (`scan:openid:CreateTime`), written out only when it is stored.
     pub fn dedupe_key(&self) -> DedupeKey<'_> {
         DedupeKey {
             openid: self.openid,
