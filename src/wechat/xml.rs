@@ -58,19 +58,6 @@ pub enum XmlError {
 /// Deeper than any message WeChat sends (`<xml><ScanCodeInfo><ScanResult>` is 3).
 const MAX_DEPTH: usize = 8;
 
-/// The fields read, by element name; their order is [`CallbackXml::slot`]'s.
-const FIELDS: [&[u8]; 9] = [
-    b"ToUserName",
-    b"FromUserName",
-    b"CreateTime",
-    b"MsgType",
-    b"Event",
-    b"EventKey",
-    b"Ticket",
-    b"Encrypt",
-    b"MsgId",
-];
-
 impl<'a> CallbackXml<'a> {
     fn slot(&mut self, field: usize) -> Option<&mut Option<Cow<'a, str>>> {
         Some(match field {
@@ -104,8 +91,42 @@ impl<'a> CallbackXml<'a> {
     }
 }
 
+/// The field an element name stands for, as [`CallbackXml::slot`] numbers them.
 fn field_of(name: &[u8]) -> Option<usize> {
-    FIELDS.iter().position(|f| *f == name)
+    Some(match name {
+        b"ToUserName" => 0,
+        b"FromUserName" => 1,
+        b"CreateTime" => 2,
+        b"MsgType" => 3,
+        b"Event" => 4,
+        b"EventKey" => 5,
+        b"Ticket" => 6,
+        b"Encrypt" => 7,
+        b"MsgId" => 8,
+        _ => return None,
+    })
+}
+
+/// `part` as text of `body`, when it is a slice of it, as the pieces a reader over a `&str`
+/// hands out are. The body was checked to be UTF-8 as a whole, so this checks only that both
+/// ends fall on character boundaries, where decoding the piece would check all of it again
+/// (a tenth of the parse, measured).
+fn slice_of<'a>(body: &'a str, part: &[u8]) -> Option<&'a str> {
+    let at = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    body.get(at..at.checked_add(part.len())?)
+}
+
+/// A piece of text or CDATA of `body`, borrowed; decoded (checked again) only if the reader
+/// ever hands out a piece that is not a slice of the body.
+fn text_of<'a>(
+    body: &'a str,
+    part: &[u8],
+    decode: impl FnOnce() -> Result<Cow<'a, str>, XmlError>,
+) -> Result<Cow<'a, str>, XmlError> {
+    match slice_of(body, part) {
+        Some(text) => Ok(Cow::Borrowed(text)),
+        None => decode(),
+    }
 }
 
 /// Appends a piece of a field's text: the first is borrowed, later ones make it owned.
@@ -145,7 +166,7 @@ pub fn parse(body: &str) -> Result<CallbackXml<'_>, XmlError> {
     let mut out = CallbackXml::default();
     // The element path: depth 1 is <xml>, depth 2 a field.
     let mut depth = 0usize;
-    // The field being read (an index of FIELDS), if it is one of ours, and its text so far.
+    // The field being read (see `field_of`), if it is one of ours, and its text so far.
     let mut current: Option<usize> = None;
     let mut text: Option<Cow<'_, str>> = None;
     let mut seen_root = false;
@@ -186,10 +207,16 @@ pub fn parse(body: &str) -> Result<CallbackXml<'_>, XmlError> {
                 depth = depth.saturating_sub(1);
             }
             Event::Text(t) if depth == 2 => {
-                append(&mut text, t.decode().map_err(malformed)?);
+                append(
+                    &mut text,
+                    text_of(body, &t, || t.decode().map_err(malformed))?,
+                );
             }
             Event::CData(c) if depth == 2 => {
-                append(&mut text, c.decode().map_err(malformed)?);
+                append(
+                    &mut text,
+                    text_of(body, &c, || c.decode().map_err(malformed))?,
+                );
             }
             Event::CData(_) if depth <= 1 => {
                 return Err(XmlError::Malformed("text outside an element".into()));
@@ -208,12 +235,11 @@ pub fn parse(body: &str) -> Result<CallbackXml<'_>, XmlError> {
                     _ => {}
                 }
             }
-            Event::Text(t) if depth <= 1 => {
-                // Text outside a field: only whitespace is allowed.
-                let s = t.decode().map_err(malformed)?;
-                if !s.trim().is_empty() {
-                    return Err(XmlError::Malformed("text outside an element".into()));
-                }
+            // Text outside a field: only whitespace (XML's four characters) is allowed.
+            Event::Text(t)
+                if depth <= 1 && !t.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) =>
+            {
+                return Err(XmlError::Malformed("text outside an element".into()));
             }
             Event::Eof => break,
             // Text of nested elements (depth 3 and more) is not ours to read.
@@ -265,6 +291,31 @@ mod tests {
         assert_eq!(x.ticket.as_deref(), Some(""));
         let owned: CallbackXml<'static> = x.clone().into_owned();
         assert_eq!(owned, x);
+    }
+
+    #[test]
+    fn only_slices_of_the_body_on_character_boundaries_are_borrowed() {
+        let body = "<xml>中文</xml>";
+        assert_eq!(slice_of(body, &body.as_bytes()[5..11]), Some("中文"));
+        // Inside a character, or not a slice of the body at all: decoded instead.
+        assert_eq!(slice_of(body, &body.as_bytes()[6..11]), None);
+        assert_eq!(slice_of(body, "中文".as_bytes()), None);
+        let x =
+            parse("<xml><EventKey><![CDATA[场景]]></EventKey><Event>扫码</Event></xml>").unwrap();
+        assert_eq!(x.event_key.as_deref(), Some("场景"));
+        assert_eq!(x.event.as_deref(), Some("扫码"));
+    }
+
+    #[test]
+    fn only_xml_whitespace_may_stand_between_fields() {
+        assert!(parse("<xml>\r\n\t <Event>SCAN</Event>\n</xml>").is_ok());
+        // A no-break space or an ideographic space is text, and text is not allowed there.
+        for bad in [
+            "<xml>\u{a0}<Event>SCAN</Event></xml>",
+            "<xml><Event>SCAN</Event>\u{3000}</xml>",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
