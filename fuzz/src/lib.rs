@@ -53,6 +53,14 @@ pub fn callback_xml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // Where the flat reader answers, quick-xml's reader must answer the same.
+    if let Some(flat) = xml::parse_flat(text) {
+        assert_eq!(
+            Some(&flat),
+            xml::parse_full(text).ok().as_ref(),
+            "the flat reader and quick-xml differ"
+        );
+    }
     let Ok(parsed) = xml::parse(text) else {
         return;
     };
