@@ -10,7 +10,7 @@
 //! [`parse_full`], quick-xml's reader, handles every document. [`parse`] tries the first and
 //! falls back to the second. Where the flat reader answers, it must answer what quick-xml would:
 //! a property test and the fuzz target (`fuzz/src/lib.rs`) check that. Why two: in the server,
-//! quick-xml's general reader cost a callback about 1.3 µs more than this one (BENCHMARKS.md,
+//! quick-xml's general reader cost a callback about 1 µs more than this one (BENCHMARKS.md,
 //! "Session 4"), the largest part of what a callback costs beyond a bare request.
 
 use std::borrow::Cow;
@@ -175,9 +175,14 @@ pub fn parse(body: &str) -> Result<CallbackXml<'_>, XmlError> {
     }
 }
 
+/// Whether `b` is one of XML's four whitespace characters.
+fn is_xml_space(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 /// Skips XML whitespace from `at`.
 fn skip_space(b: &[u8], mut at: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\r' | b'\n') = b.get(at) {
+    while b.get(at).is_some_and(is_xml_space) {
         at += 1;
     }
     at
@@ -320,9 +325,7 @@ pub fn parse_full(body: &str) -> Result<CallbackXml<'_>, XmlError> {
                 }
             }
             // Text outside a field: only whitespace (XML's four characters) is allowed.
-            Event::Text(t)
-                if depth <= 1 && !t.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) =>
-            {
+            Event::Text(t) if depth <= 1 && !t.iter().all(is_xml_space) => {
                 return Err(XmlError::Malformed("text outside an element".into()));
             }
             Event::Eof => break,
