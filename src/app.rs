@@ -25,6 +25,7 @@ use crate::store::Store;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSetupError, RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
+use crate::wechat::callback::Checker;
 use crate::wechat::error::ApiError;
 use crate::wechat::token::TokenCache;
 
@@ -182,9 +183,11 @@ impl App {
         let state = AppState::new(Shared {
             login: login.clone(),
             api_token: config.api_token.clone(),
-            mp_token: config.mp_token.clone(),
-            appid: config.appid.clone(),
-            aes_keys: config.aes_keys.clone(),
+            callbacks: Checker::new(
+                config.mp_token.clone(),
+                config.appid.clone(),
+                config.aes_keys.clone(),
+            ),
             reply_text: config.reply_text.clone(),
             page_tokens: Arc::new(
                 PageTokens::new(&config.api_token, config.page_token_ttl).map_err(|_| {

@@ -14,19 +14,22 @@ use serde_json::json;
 use super::AppState;
 use super::access::{page_access, require_api_token};
 use super::error::HttpError;
+use super::sse::named_event;
 use crate::auth::login_token::LoginTokenError;
 use crate::auth::page_token::{normalize_origin, origin_of_url};
 use crate::auth::unix_now;
 use crate::login::event::LoginEvent;
 use crate::login::scenes::Status;
-use crate::wechat::ids::Scene;
 
 /// The query of the status endpoint.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct TokenQuery {
+pub struct StatusQuery {
     /// `API_TOKEN` or a page token.
     token: Option<String>,
+    /// The stream's event id (`<scene>.<key>.<n>`, as the first event's `id:`), when the
+    /// client cannot send it as `Last-Event-ID`.
+    id: Option<String>,
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
@@ -34,22 +37,33 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
         .map_err(|e| HttpError::BadRequest(e.body_text()))
 }
 
-/// `GET /login/{scene}/status?token=…`: `pending`, `done` with the result, or `expired`.
+/// `GET /login/{scene}/status?token=…&id=…`: `pending`, `done` with the result, or
+/// `expired`. The stream's event id (header `Last-Event-ID`, else `?id=`) proves the client
+/// is the stream's: without the right one a scene reads as expired, whatever its state.
 #[utoipa::path(get, path = "/login/{scene}/status", tag = "login",
-    params(("scene" = String, Path, description = "The scene_id of the first event"), TokenQuery),
+    params(("scene" = String, Path, description = "The scene_id of the first event"), StatusQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "The stream's event id (preferred to `?id=`: it stays out of access logs)")),
     responses(
-        (status = 200, description = "`{status: pending, scene_id, expire_seconds}`, `{status: done, userId, event, login_token}` or `{status: expired}`", body = serde_json::Value),
+        (status = 200, description = "`{status: pending, scene_id, expire_seconds}`, `{status: done, userId, event, login_token}` or `{status: expired}` (also for an id that is not the scene's)", body = serde_json::Value),
+        (status = 400, description = "No event id given", body = serde_json::Value),
         (status = 401, description = "Wrong token", body = serde_json::Value)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(scene): Path<String>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<StatusQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     page_access(&state, q.token.as_deref(), &headers)?;
-    let body = match Scene::parse(&scene) {
-        Err(_) => json!({"status": "expired"}),
-        Ok(scene) => match state.login.status(&scene).await.map_err(|e| {
+    let has_id = headers.contains_key("last-event-id") || q.id.is_some();
+    if !has_id {
+        return Err(HttpError::BadRequest(
+            "the stream's event id is required (Last-Event-ID, or ?id=)".into(),
+        ));
+    }
+    let named = named_event(&headers, q.id.as_deref()).filter(|id| id.scene.as_str() == scene);
+    let body = match named {
+        None => json!({"status": "expired"}),
+        Some(id) => match state.login.status(&id.scene, &id.key).await.map_err(|e| {
             tracing::error!(error = %e, "cannot read a session: the store is unavailable");
             HttpError::Unavailable {
                 retry_after: Duration::from_secs(1),
@@ -58,7 +72,7 @@ pub async fn status(
         })? {
             Status::Pending(view) => json!({
                 "status": "pending",
-                "scene_id": scene.as_str(),
+                "scene_id": id.scene.as_str(),
                 "expire_seconds": view.deadline.saturating_duration_since(Instant::now()).as_secs(),
             }),
             Status::Done(result) => {

@@ -43,7 +43,7 @@ use self::limits::Limits;
 use crate::auth::page_token::PageTokens;
 use crate::login::LoginService;
 use crate::metrics::Metrics;
-use crate::wechat::crypto::KeyRing;
+use crate::wechat::callback::Checker;
 use crate::wechat::secret::Secret;
 
 /// The largest callback body accepted; WeChat's are a few hundred bytes.
@@ -74,12 +74,8 @@ pub struct Shared {
     pub login: LoginService,
     /// `API_TOKEN`, compared in constant time.
     pub api_token: Secret,
-    /// `MP_TOKEN`, for callback signatures.
-    pub mp_token: Secret,
-    /// The account's appid (safe mode checks messages are for it).
-    pub appid: String,
-    /// Safe mode keys, when configured.
-    pub aes_keys: Option<KeyRing>,
+    /// What checking a callback needs: `MP_TOKEN`, the appid, the safe-mode keys.
+    pub callbacks: Checker,
     /// `REPLY_TEXT`, the reply to a login scan.
     pub reply_text: Option<String>,
     /// Page tokens.

@@ -2,10 +2,12 @@
 //!
 //! First event: the QR code. Then exactly one of: the scan result, a timeout event when the
 //! wait is over, or nothing at shutdown; then the stream ends. Keep-alive comments keep
-//! proxies from closing it. Every event has an id, `<scene>.0` for the QR code and `<scene>.1`
-//! for the last event, so a reconnecting EventSource names what it saw (`Last-Event-ID`) and
-//! resumes its session (same QR code) instead of starting a new one; `?scene=` does the same
-//! for clients that manage reconnection themselves.
+//! proxies from closing it. Every event has an id, `<scene>.<key>.0` for the QR code and
+//! `<scene>.<key>.1` for the last event, where the key is the stream's secret: a reconnecting
+//! EventSource names what it saw (`Last-Event-ID`) and resumes its session (same QR code)
+//! instead of starting a new one; `?id=` does the same for clients that cannot set the header
+//! (the widget after a page reload). The scene alone resumes nothing: it is an address that
+//! WeChat, logs and the QR image's URL carry.
 
 use std::convert::Infallible;
 use std::future::ready;
@@ -25,12 +27,11 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
-use crate::login::event::{Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
+use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
-use crate::login::scenes::{Attachment, Resumed, SceneView};
+use crate::login::scenes::{Attachment, Resumed, SceneView, short};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
-use crate::wechat::ids::Scene;
 
 /// The query of `/sse`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -40,7 +41,11 @@ pub struct SseQuery {
     token: Option<String>,
     /// `en` for English texts; Chinese otherwise.
     lang: Option<String>,
-    /// Resume this scene (as `Last-Event-ID` does).
+    /// Resume the stream of this event id (as `Last-Event-ID` does).
+    id: Option<String>,
+    /// Ignored: a scene alone resumes nothing (it is no secret). Kept so that old pages that
+    /// send it get a new QR code rather than an error.
+    #[allow(dead_code)]
     scene: Option<String>,
 }
 
@@ -53,19 +58,14 @@ fn data_event(id: String, data: &impl Serialize) -> Event {
     Event::default().id(id).data(json)
 }
 
-/// The scene a reconnecting client names, and whether it saw the last event already.
-fn named_scene(headers: &HeaderMap, query: Option<&str>) -> Option<(Scene, bool)> {
+/// The event id a reconnecting client names: its `Last-Event-ID`, else `?id=`. Anything
+/// that is not one of our ids names nothing.
+pub fn named_event(headers: &HeaderMap, query: Option<&str>) -> Option<EventId> {
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
-    match last_id {
-        Some(id) => {
-            let (scene, seq) = id.rsplit_once('.')?;
-            Some((Scene::parse(scene).ok()?, seq != "0"))
-        }
-        None => Some((Scene::parse(query?).ok()?, false)),
-    }
+    EventId::parse(last_id.or(query)?)
 }
 
 /// What follows the QR code on the stream.
@@ -78,9 +78,9 @@ enum Tail {
 
 /// The handler.
 #[utoipa::path(get, path = "/sse", tag = "login",
-    params(SseQuery, ("Last-Event-ID" = Option<String>, Header, description = "Set by EventSource on reconnect: resumes that scene")),
+    params(SseQuery, ("Last-Event-ID" = Option<String>, Header, description = "Set by EventSource on reconnect (an event id, `<scene>.<key>.<n>`): resumes that stream")),
     responses(
-        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.0` and `<scene>.1`; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
         (status = 401, description = "Wrong, expired or other-origin token", body = serde_json::Value),
         (status = 429, description = "Too many new streams from this IP (see Retry-After)", body = serde_json::Value),
         (status = 503, description = "No QR code can be had, or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
@@ -106,21 +106,23 @@ pub async fn sse(
             message: "too many open streams; try again shortly",
         });
     }
-    let resumed = match named_scene(&headers, query.scene.as_deref()) {
-        Some((scene, has_result)) => state
+    // A resume with a wrong key finds nothing and changes nothing: the client gets a new
+    // stream, as for a scene that is gone, so the answer tells nothing about the scene.
+    let resumed = match named_event(&headers, query.id.as_deref()) {
+        Some(id) => state
             .login
-            .resume(&scene, has_result)
+            .resume(&id.scene, &id.key, id.seen_last)
             .await
             .map_err(|e| store_unavailable(&e))?,
         None => None,
     };
     let (view, tail) = match resumed {
         Some(Resumed::Waiting(view, attachment)) => {
-            tracing::debug!(scene = %view.qr.scene, "stream resumed");
+            tracing::debug!(scene = %short(&view.qr.scene), "stream resumed");
             (view, Tail::Wait(attachment))
         }
         Some(Resumed::Result(view, result)) => {
-            tracing::debug!(scene = %view.qr.scene, "stream resumed to a parked result");
+            tracing::debug!(scene = %short(&view.qr.scene), "stream resumed to a parked result");
             (view, Tail::Result(result))
         }
         None => {
@@ -140,7 +142,7 @@ pub async fn sse(
                 }
                 TakeError::Store(e) => store_unavailable(&e),
             })?;
-            tracing::debug!(scene = %view.qr.scene, "stream opened");
+            tracing::debug!(scene = %short(&view.qr.scene), "stream opened");
             (view, Tail::Wait(attachment))
         }
     };
@@ -159,7 +161,7 @@ fn store_unavailable(e: &StoreError) -> HttpError {
 fn qr_event(view: &SceneView) -> Event {
     let scene = &view.qr.scene;
     data_event(
-        format!("{scene}.0"),
+        EventId::format(scene, &view.key, false),
         &QrIssued {
             scene_id: scene.as_str(),
             qrcode_url: view.qr.ticket.showqrcode_url(),
@@ -175,20 +177,23 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn result_event(scene: &Scene, result: &LoginResult) -> Event {
-    data_event(format!("{scene}.1"), &LoginEvent::from(result))
+fn result_event(view: &SceneView, result: &LoginResult) -> Event {
+    data_event(
+        EventId::format(&view.qr.scene, &view.key, true),
+        &LoginEvent::from(result),
+    )
 }
 
 fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Response {
     let first = stream::once(ready(qr_event(view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
-            .chain(stream::once(ready(result_event(&view.qr.scene, &result))))
+            .chain(stream::once(ready(result_event(view, &result))))
             .boxed(),
         Tail::Wait(attachment) => {
             let last = wait_for_result(
                 attachment,
-                view.deadline,
+                view.clone(),
                 state.shutdown.clone(),
                 Arc::clone(&state.metrics),
                 lang,
@@ -212,7 +217,7 @@ fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Respon
 /// the stream is detached (its session stays resumable until the deadline).
 async fn wait_for_result(
     mut attachment: Attachment,
-    deadline: Instant,
+    view: SceneView,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
     lang: Lang,
@@ -229,17 +234,16 @@ async fn wait_for_result(
             // A newer stream resumed this session.
             Err(_) => End::Replaced,
         },
-        () = tokio::time::sleep_until(deadline.into()) => End::Timeout,
+        () = tokio::time::sleep_until(view.deadline.into()) => End::Timeout,
         () = shutdown.cancelled() => End::Shutdown,
     };
-    let scene = attachment.scene().clone();
+    let delivered = |result: LoginResult| {
+        tracing::info!(scene = %short(&view.qr.scene), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
+        Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
+        result_event(&view, &result)
+    };
     match end {
-        End::Result(result) => {
-            tracing::info!(%scene, openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
-            let event = result_event(&scene, &result);
-            Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
-            Some(event)
-        }
+        End::Result(result) => Some(delivered(result)),
         End::Shutdown => {
             // The session stays: the browser reconnects (to another instance, with a shared
             // store) and resumes it.
@@ -250,11 +254,17 @@ async fn wait_for_result(
                     .data(r#"{"event":"shutdown","message":"server restarting; reconnecting"}"#),
             )
         }
-        End::Timeout => {
-            tracing::debug!(%scene, "stream timed out");
-            attachment.close().await;
-            Some(data_event(format!("{scene}.1"), &TimeoutEvent::new(lang)))
-        }
+        End::Timeout => match attachment.close().await {
+            // A scan resolved the session as the wait ended: it goes to the browser.
+            Some(result) => Some(delivered(result)),
+            None => {
+                tracing::debug!(scene = %short(&view.qr.scene), "stream timed out");
+                Some(data_event(
+                    EventId::format(&view.qr.scene, &view.key, true),
+                    &TimeoutEvent::new(lang),
+                ))
+            }
+        },
         End::Replaced => None,
     }
 }

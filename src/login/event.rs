@@ -2,10 +2,94 @@
 //!
 //! The shapes are the FastAPI service's, so its pages keep working; fields are only added.
 
+use std::fmt;
+
+use base64::Engine as _;
+use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::wechat::callback::ScanKind;
-use crate::wechat::ids::OpenId;
+use crate::wechat::ids::{OpenId, Scene};
+
+/// The secret of one login stream: 128 random bits, base64url (22 characters). Only the
+/// stream's browser learns it (in the event ids); resuming the stream or reading its result
+/// needs it, while the scene is an address that WeChat, logs and the QR image's URL carry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamKey(String);
+
+/// The length of a [`StreamKey`].
+const STREAM_KEY_LEN: usize = 22;
+
+impl StreamKey {
+    /// A fresh key.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// A key as a client sends it back; `None` unless it has a key's shape.
+    pub fn parse(s: &str) -> Option<Self> {
+        let shaped = s.len() == STREAM_KEY_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        shaped.then(|| Self(s.to_owned()))
+    }
+
+    /// The key itself (for the event ids of its stream only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// What the store keeps of it: 128 bits of its SHA-256, in hex. A copy of the store
+    /// (a Redis dump, a replica) does not give the key away.
+    pub fn digest(&self) -> String {
+        hex::encode(&sha2::Sha256::digest(self.0.as_bytes())[..16])
+    }
+}
+
+impl fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamKey([redacted])")
+    }
+}
+
+/// The id of a stream's event: `<scene>.<key>.<n>`, `n` being 0 for the QR code and 1 for
+/// the last event. EventSource sends the last one back as `Last-Event-ID` when it
+/// reconnects; clients that cannot set that header pass it as `?id=`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventId {
+    /// The stream's scene.
+    pub scene: Scene,
+    /// The stream's key.
+    pub key: StreamKey,
+    /// Whether the client saw the last event (the result) already.
+    pub seen_last: bool,
+}
+
+impl EventId {
+    /// The id of the QR code's event (`last` false) or of the last event.
+    pub fn format(scene: &Scene, key: &StreamKey, last: bool) -> String {
+        format!("{scene}.{}.{}", key.expose(), u8::from(last))
+    }
+
+    /// Parses an id a client sends back; `None` unless it is one of ours in shape.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (rest, seq) = s.rsplit_once('.')?;
+        let (scene, key) = rest.rsplit_once('.')?;
+        let seen_last = match seq {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        Some(Self {
+            scene: Scene::parse(scene).ok()?,
+            key: StreamKey::parse(key)?,
+            seen_last,
+        })
+    }
+}
 
 /// The first event: the QR code to show.
 #[derive(Debug, Serialize)]
@@ -108,6 +192,36 @@ impl TimeoutEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_carry_the_scene_and_the_key_and_parse_back() {
+        let scene = Scene::random();
+        let key = StreamKey::random();
+        assert_ne!(key, StreamKey::random());
+        let first = EventId::format(&scene, &key, false);
+        let parsed = EventId::parse(&first).unwrap();
+        assert_eq!(
+            (&parsed.scene, &parsed.key, parsed.seen_last),
+            (&scene, &key, false)
+        );
+        assert!(
+            EventId::parse(&EventId::format(&scene, &key, true))
+                .unwrap()
+                .seen_last
+        );
+        // The scene alone, the old `<scene>.0`, a short key or another sequence: not ids.
+        for bad in [
+            scene.to_string(),
+            format!("{scene}.0"),
+            format!("{scene}.{}.0", &key.expose()[1..]),
+            format!("{scene}.{}.2", key.expose()),
+            format!("{scene}.{}!.0", &key.expose()[1..]),
+        ] {
+            assert_eq!(EventId::parse(&bad), None, "{bad}");
+        }
+        assert_eq!(key.digest().len(), 32);
+        assert!(!format!("{key:?}").contains(key.expose()));
+    }
 
     #[test]
     fn the_login_event_has_the_fastapi_shape() {

@@ -17,18 +17,17 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use self::event::LoginResult;
+use self::event::{LoginResult, StreamKey};
 use self::pool::{QrPool, TakeError};
 use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
 use crate::metrics::{self, Metrics};
-use crate::store::{Inbox, Store, StoreError};
-use crate::wechat::callback::ScanEvent;
+use crate::store::{Bound, Inbox, Store, StoreError};
+use crate::wechat::callback::{Binding, ScanEvent};
 use crate::wechat::ids::Scene;
 
 /// The shortest a callback's dedupe key is kept: longer than WeChat's retries (3 × 5 s).
-/// The caller keeps it longer while the callback's signed timestamp would still be accepted,
-/// so that a replay is refused by one check or the other.
+/// It is kept longer while the callback's signed timestamp would still be accepted.
 pub const DEDUPE_MIN_TTL: Duration = Duration::from_secs(30);
 
 /// Counters of what happened, for operators.
@@ -46,6 +45,8 @@ pub struct Stats {
     pub scans_undeliverable: AtomicU64,
     /// WeChat's retries of an event already seen.
     pub scans_duplicate: AtomicU64,
+    /// Signed queries sent again with another body: replays, refused.
+    pub replays_refused: AtomicU64,
 }
 
 /// The login flow. Cheap to clone.
@@ -74,14 +75,24 @@ pub enum Outcome {
     Parked,
     /// No session waits on that scene (any more): delivered to nobody.
     NoWaiter,
-    /// A retry of an event already handled.
-    Duplicate,
+    /// A retry of a callback or event already handled; `login` tells whether the first one
+    /// logged somebody in.
+    Duplicate {
+        /// Whether the first one was a login.
+        login: bool,
+    },
+    /// The callback's signed query came before with another body: a replay, refused.
+    Replayed,
 }
 
 impl Outcome {
-    /// Whether the scan logged somebody in (delivered now or on resume).
+    /// Whether the scan logged somebody in (delivered now or on resume), or is a retry of
+    /// one that did: such a callback is answered with the login's reply.
     pub fn is_login(self) -> bool {
-        matches!(self, Self::Delivered | Self::Parked)
+        matches!(
+            self,
+            Self::Delivered | Self::Parked | Self::Duplicate { login: true }
+        )
     }
 }
 
@@ -136,13 +147,14 @@ impl LoginService {
         Ok(opened)
     }
 
-    /// A reconnecting stream names its scene; see [`Scenes::resume`].
+    /// A reconnecting stream names its scene and key; see [`Scenes::resume`].
     pub async fn resume(
         &self,
         scene: &Scene,
+        key: &StreamKey,
         has_result: bool,
     ) -> Result<Option<Resumed>, StoreError> {
-        let resumed = self.inner.scenes.resume(scene, has_result).await?;
+        let resumed = self.inner.scenes.resume(scene, key, has_result).await?;
         if resumed.is_some() {
             self.inner
                 .stats
@@ -159,13 +171,14 @@ impl LoginService {
         Ok(resumed)
     }
 
-    /// Resolves a verified scan: once per event (WeChat's retries are recognised, on any
-    /// instance, for `dedupe_ttl`, at least [`DEDUPE_MIN_TTL`]), to the one session waiting
-    /// on its scene, if any.
+    /// Resolves a verified scan: once per callback (its signed query bound to its body:
+    /// `binding`) and once per event (WeChat's retries are recognised, on any instance, while
+    /// the binding lives, at least [`DEDUPE_MIN_TTL`]), to the one session waiting on its
+    /// scene, if any.
     pub async fn complete(
         &self,
         scan: &ScanEvent<'_>,
-        dedupe_ttl: Duration,
+        binding: &Binding,
     ) -> Result<Outcome, StoreError> {
         let stats = &self.inner.stats;
         let resolution = self
@@ -173,8 +186,9 @@ impl LoginService {
             .scenes
             .resolve(
                 &scan.scene,
+                binding,
                 scan.dedupe_key(),
-                dedupe_ttl.max(DEDUPE_MIN_TTL),
+                binding.ttl().max(DEDUPE_MIN_TTL),
                 |audience| {
                     let login_token = self
                         .inner
@@ -204,16 +218,35 @@ impl LoginService {
                 Outcome::NoWaiter,
                 "undeliverable",
             ),
-            Resolution::Duplicate => (&stats.scans_duplicate, Outcome::Duplicate, "duplicate"),
+            Resolution::Duplicate { login } => (
+                &stats.scans_duplicate,
+                Outcome::Duplicate { login },
+                "duplicate",
+            ),
+            Resolution::Conflict => (&stats.replays_refused, Outcome::Replayed, "replayed"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.scan(name);
         Ok(outcome)
     }
 
-    /// The state of a scene, for polling clients.
-    pub async fn status(&self, scene: &Scene) -> Result<Status, StoreError> {
-        self.inner.scenes.status(scene).await
+    /// Records the binding of a verified callback that is not a login scan of ours, before
+    /// it is answered or forwarded: [`Bound::Conflict`] for a replay of its query with
+    /// another body.
+    pub async fn bind(&self, binding: &Binding) -> Result<Bound, StoreError> {
+        let bound = self.inner.store.bind(binding).await?;
+        if bound == Bound::Conflict {
+            self.inner
+                .stats
+                .replays_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(bound)
+    }
+
+    /// The state of a scene, for a polling client with the stream's key.
+    pub async fn status(&self, scene: &Scene, key: &StreamKey) -> Result<Status, StoreError> {
+        self.inner.scenes.status(scene, key).await
     }
 
     /// The content of the QR code of a session that still waits (for rendering its image).

@@ -22,13 +22,16 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 
-use super::event::LoginResult;
+use subtle::ConstantTimeEq as _;
+
+use super::event::{LoginResult, StreamKey};
 use super::pool::QrCode;
 use super::registry::Registry;
 use crate::store::{
-    Attached, Holder, Inbox, Notice, Resolved, SessionRecord, SessionState, Store, StoreError,
-    instant_to_ms, ms_to_instant, unix_now_ms,
+    Attached, Bound, Closed, Holder, Inbox, Notice, Resolved, SessionRecord, SessionState, Store,
+    StoreError, instant_to_ms, ms_to_instant, unix_now_ms,
 };
+use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
 
 /// What a stream needs to (re)show a scene.
@@ -38,6 +41,8 @@ pub struct SceneView {
     pub qr: QrCode,
     /// When the wait ends.
     pub deadline: Instant,
+    /// The stream's secret, for its event ids.
+    pub key: StreamKey,
 }
 
 /// A stream attached to a waiting scene. Dropping it detaches the stream (the scene stays
@@ -56,15 +61,26 @@ impl Attachment {
         &self.scene
     }
 
-    /// Ends the wait without a result (the stream sent its timeout event): the scene is
-    /// closed and a later scan resolves nothing.
-    pub async fn close(self) {
+    /// Ends the wait without a result (its deadline passed): the scene is closed and a later
+    /// scan resolves nothing. Unless a scan resolved it first, here or on another instance
+    /// (its notice still on the way): then that result, which the stream sends instead of its
+    /// timeout. A scan that was accepted always reaches the browser.
+    pub async fn close(mut self) -> Option<LoginResult> {
         let scenes = self.scenes.clone();
-        if scenes.inner.registry.remove(&self.scene, self.generation) {
-            let holder = scenes.holder(self.generation);
-            if let Err(e) = scenes.inner.store.close(&self.scene, &holder).await {
+        if !scenes.inner.registry.remove(&self.scene, self.generation) {
+            // Delivered here just now (the result waits in the channel), or replaced.
+            return self.result.try_recv().ok();
+        }
+        let holder = scenes.holder(self.generation);
+        match scenes.inner.store.close(&self.scene, &holder).await {
+            Ok(Closed::Resolved(result)) => decode_result(&result)
+                .map_err(|e| tracing::error!(error = %e, "unreadable result of a closing session"))
+                .ok(),
+            Ok(Closed::Closed | Closed::NotHeld) => None,
+            Err(e) => {
                 // Its deadline has passed: the session resolves nothing either way.
-                tracing::warn!(error = %e, scene = %self.scene, "cannot close a session");
+                tracing::warn!(error = %e, scene = %short(&self.scene), "cannot close a session");
+                None
             }
         }
     }
@@ -85,7 +101,7 @@ impl Drop for Attachment {
         let scene = self.scene.clone();
         let mut finish = async move {
             if let Err(e) = detach.await {
-                tracing::warn!(error = %e, %scene, "cannot detach a stream; its session ends with its wait");
+                tracing::warn!(error = %e, scene = %short(&scene), "cannot detach a stream; its session ends with its wait");
             }
         }
         .boxed();
@@ -109,14 +125,20 @@ pub enum Resumed {
 /// What became of a scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
+    /// The callback's signed query came before with another body: a replay, refused.
+    Conflict,
     /// Handed to the attached stream (here, or on the instance that holds it).
     Delivered,
     /// No stream attached right now: parked for its return.
     Parked,
     /// No waiting scene: unknown, already resolved, or its wait is over.
     Nobody,
-    /// The event was seen before (a retry or a replay).
-    Duplicate,
+    /// The callback or its event was seen before: WeChat retrying. `login` tells whether
+    /// the first one logged somebody in.
+    Duplicate {
+        /// Whether the first one was a login.
+        login: bool,
+    },
 }
 
 /// What `/login/{scene}/status` reports.
@@ -144,16 +166,30 @@ struct Inner {
     generations: AtomicU64,
 }
 
+/// A scene shortened for logs at info level and above: enough to correlate, not to address.
+pub fn short(scene: &Scene) -> String {
+    scene.as_str().chars().take(10).collect()
+}
+
 fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| StoreError(format!("a stored result is unreadable: {e}")))
 }
 
-fn view_of(record: &SessionRecord) -> Result<SceneView, StoreError> {
+fn view_of(record: &SessionRecord, key: StreamKey) -> Result<SceneView, StoreError> {
     Ok(SceneView {
         qr: QrCode::decode(&record.qr, record.expires_ms)?,
         deadline: ms_to_instant(record.deadline_ms),
+        key,
     })
+}
+
+/// Whether `key` is the key of the session `record`, compared in constant time.
+fn is_key_of(key: &StreamKey, record: &SessionRecord) -> bool {
+    key.digest()
+        .as_bytes()
+        .ct_eq(record.key_digest.as_bytes())
+        .into()
 }
 
 impl Scenes {
@@ -197,29 +233,33 @@ impl Scenes {
         audience: Option<Arc<str>>,
     ) -> Result<(SceneView, Attachment), StoreError> {
         let scene = qr.scene.clone();
+        let key = StreamKey::random();
         let attachment = self.attachment(&scene);
         let record = SessionRecord {
             qr: qr.encode(),
             audience: audience.map(|a| a.to_string()),
             deadline_ms: instant_to_ms(deadline),
             expires_ms: instant_to_ms(qr.expires_at),
+            key_digest: key.digest(),
         };
         let holder = self.holder(attachment.generation);
         self.inner.store.open(&scene, &record, &holder).await?;
         self.inner
             .registry
             .confirm(&scene, attachment.generation, record);
-        Ok((SceneView { qr, deadline }, attachment))
+        Ok((SceneView { qr, deadline, key }, attachment))
     }
 
-    /// A reconnecting stream names `scene`: attach it if the scene still waits (replacing a
-    /// stream still attached, which then ends, wherever it is), or hand it the result unless
-    /// it says it has it already (`has_result`: its `Last-Event-ID` was the result's). A
-    /// result is sent to a stream the moment it arrives, but the bytes may die with the
-    /// connection: a client that reconnects saying it saw only the QR code gets it again.
+    /// A reconnecting stream names `scene` and its `key`: attach it if the scene still waits
+    /// (replacing a stream still attached, which then ends, wherever it is), or hand it the
+    /// result unless it says it has it already (`has_result`: its `Last-Event-ID` was the
+    /// result's). A result is sent to a stream the moment it arrives, but the bytes may die
+    /// with the connection: a client that reconnects saying it saw only the QR code gets it
+    /// again. A key that is not the scene's resumes nothing and changes nothing.
     pub async fn resume(
         &self,
         scene: &Scene,
+        key: &StreamKey,
         has_result: bool,
     ) -> Result<Option<Resumed>, StoreError> {
         let attachment = self.attachment(scene);
@@ -227,14 +267,21 @@ impl Scenes {
         let attached = self
             .inner
             .store
-            .attach(scene, &holder, has_result, unix_now_ms())
-            .await?;
+            .attach(scene, &key.digest(), &holder, has_result, unix_now_ms())
+            .await;
+        let attached = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                self.inner.registry.remove(scene, attachment.generation);
+                return Err(e);
+            }
+        };
         match attached {
             Some(Attached::Waiting { record, replaced }) => {
                 if let Some(old) = replaced.filter(|h| h.instance == holder.instance) {
                     self.inner.registry.remove(scene, old.generation);
                 }
-                let view = view_of(&record)?;
+                let view = view_of(&record, key.clone())?;
                 self.inner
                     .registry
                     .confirm(scene, attachment.generation, record);
@@ -243,7 +290,7 @@ impl Scenes {
             Some(Attached::Result { record, result }) => {
                 self.inner.registry.remove(scene, attachment.generation);
                 Ok(Some(Resumed::Result(
-                    view_of(&record)?,
+                    view_of(&record, key.clone())?,
                     decode_result(&result)?,
                 )))
             }
@@ -254,20 +301,27 @@ impl Scenes {
         }
     }
 
-    /// Resolves a scan of `scene`, once per `event_key` and once per scene. `make` builds
-    /// the result (signing its login token for the session's audience) only when there is a
-    /// waiting scene to resolve; the key is written out only when there is a session.
+    /// Resolves a scan of `scene`, once per callback (its `binding`), once per `event_key`
+    /// and once per scene. `make` builds the result (signing its login token for the
+    /// session's audience) only when there is a waiting scene to resolve; the event's key is
+    /// written out only when there is a session.
     pub async fn resolve(
         &self,
         scene: &Scene,
+        binding: &Binding,
         event_key: impl std::fmt::Display,
         event_ttl: std::time::Duration,
         make: impl FnOnce(Option<&str>) -> LoginResult,
     ) -> Result<Resolution, StoreError> {
-        // No session for the scene: it resolves nothing, and recording the event's key would
-        // only let floods of unknown or forged scenes grow memory.
+        // No session for the scene: it resolves nothing. Only the callback's binding is
+        // recorded (a signed callback is WeChat's, or a replay the binding refuses); the
+        // event's key would only let floods of unknown scenes grow memory.
         let Some(session) = self.inner.store.session(scene).await? else {
-            return Ok(Resolution::Nobody);
+            return Ok(match self.inner.store.bind(binding).await? {
+                Bound::First => Resolution::Nobody,
+                Bound::Retry { login } => Resolution::Duplicate { login },
+                Bound::Conflict => Resolution::Conflict,
+            });
         };
         let now_ms = unix_now_ms();
         let result = (matches!(session.state, SessionState::Waiting { .. })
@@ -286,6 +340,7 @@ impl Scenes {
             .store
             .resolve(
                 scene,
+                binding,
                 &event_key,
                 event_ttl,
                 encoded.as_deref(),
@@ -294,7 +349,8 @@ impl Scenes {
             )
             .await?;
         Ok(match (resolved, result) {
-            (Resolved::Duplicate, _) => Resolution::Duplicate,
+            (Resolved::Conflict, _) => Resolution::Conflict,
+            (Resolved::Duplicate { login }, _) => Resolution::Duplicate { login },
             (Resolved::Nobody, _) | (_, None) => Resolution::Nobody,
             (Resolved::Parked, _) => Resolution::Parked,
             (Resolved::Delivered(h), Some(result))
@@ -303,6 +359,9 @@ impl Scenes {
                 if self.inner.registry.deliver(scene, h.generation, result) {
                     Resolution::Delivered
                 } else {
+                    // The stream went away just now: its result stays for its return as long
+                    // as a parked one would.
+                    self.keep_for_return(scene).await;
                     Resolution::Parked
                 }
             }
@@ -310,15 +369,26 @@ impl Scenes {
         })
     }
 
-    /// The state of `scene`, for polling clients.
-    pub async fn status(&self, scene: &Scene) -> Result<Status, StoreError> {
+    /// Keeps the result of `scene` until its QR code expires (its stream was gone).
+    async fn keep_for_return(&self, scene: &Scene) {
+        if let Err(e) = self.inner.store.keep_for_return(scene).await {
+            tracing::warn!(error = %e, scene = %short(scene), "cannot keep a result for its stream's return; it stays for RESULT_KEEP_SECS");
+        }
+    }
+
+    /// The state of `scene`, for a polling client that proves it is the stream's with `key`.
+    /// A wrong key reads as an unknown scene.
+    pub async fn status(&self, scene: &Scene, key: &StreamKey) -> Result<Status, StoreError> {
         let now_ms = unix_now_ms();
         let Some(session) = self.inner.store.session(scene).await? else {
             return Ok(Status::Expired);
         };
+        if !is_key_of(key, &session.record) {
+            return Ok(Status::Expired);
+        }
         Ok(match &session.state {
             SessionState::Waiting { .. } if now_ms < session.record.deadline_ms => {
-                Status::Pending(view_of(&session.record)?)
+                Status::Pending(view_of(&session.record, key.clone())?)
             }
             SessionState::Done {
                 result,
@@ -336,7 +406,9 @@ impl Scenes {
                 if matches!(s.state, SessionState::Waiting { .. })
                     && now_ms < s.record.deadline_ms =>
             {
-                Ok(Some(view_of(&s.record)?.qr.content))
+                Ok(Some(
+                    QrCode::decode(&s.record.qr, s.record.expires_ms)?.content,
+                ))
             }
             _ => Ok(None),
         }
@@ -409,7 +481,7 @@ impl Scenes {
             SessionState::Waiting { holder: None } => {
                 self.inner
                     .store
-                    .attach(scene, &holder, false, now_ms)
+                    .attach(scene, &record.key_digest, &holder, false, now_ms)
                     .await?;
             }
             SessionState::Waiting { .. } => {}
@@ -428,10 +500,16 @@ impl Inbox for Scenes {
             } => match decode_result(&result) {
                 Ok(result) => {
                     if !self.inner.registry.deliver(&scene, generation, result) {
-                        tracing::debug!(%scene, "a result for a stream that is gone: kept for its return");
+                        tracing::debug!(scene = %short(&scene), "a result for a stream that is gone: kept for its return");
+                        let scenes = self.clone();
+                        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                            runtime.spawn(async move { scenes.keep_for_return(&scene).await });
+                        }
                     }
                 }
-                Err(e) => tracing::error!(error = %e, %scene, "unreadable result in a notice"),
+                Err(e) => {
+                    tracing::error!(error = %e, scene = %short(&scene), "unreadable result in a notice")
+                }
             },
             Notice::Replaced { scene, generation } => {
                 self.inner.registry.remove(&scene, generation);
@@ -453,7 +531,7 @@ mod tests {
 
     use super::*;
     use crate::store::memory::MemoryStore;
-    use crate::wechat::callback::ScanKind;
+    use crate::wechat::callback::{Binding, ScanKind};
     use crate::wechat::ids::{OpenId, Ticket};
 
     const TTL: Duration = Duration::from_secs(600);
@@ -480,6 +558,11 @@ mod tests {
         }
     }
 
+    /// The binding of a callback with signature `sig` and body `body`.
+    fn bound(sig: &str, body: &str) -> Binding {
+        Binding::new(sig, body.as_bytes(), TTL)
+    }
+
     fn later(secs: u64) -> Instant {
         Instant::now() + Duration::from_secs(secs)
     }
@@ -489,10 +572,24 @@ mod tests {
         let scenes = scenes();
         let (view, _attachment) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
-        let first = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
-        let again = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+        let first = scenes
+            .resolve(&scene, &bound("aa", "x"), "o1:1", TTL, |_| result("o1"))
+            .await;
+        // WeChat's retry: the same event under a new query, or the same query and body.
+        let again = scenes
+            .resolve(&scene, &bound("bb", "x"), "o1:1", TTL, |_| result("o1"))
+            .await;
+        let same = scenes
+            .resolve(&scene, &bound("aa", "x"), "o1:1", TTL, |_| result("o1"))
+            .await;
+        // A replay: the first query with another body.
+        let replay = scenes
+            .resolve(&scene, &bound("aa", "y"), "o2:1", TTL, |_| result("o2"))
+            .await;
         assert_eq!(first.unwrap(), Resolution::Delivered);
-        assert_eq!(again.unwrap(), Resolution::Duplicate);
+        assert_eq!(again.unwrap(), Resolution::Duplicate { login: true });
+        assert_eq!(same.unwrap(), Resolution::Duplicate { login: true });
+        assert_eq!(replay.unwrap(), Resolution::Conflict);
     }
 
     #[tokio::test]
@@ -504,7 +601,7 @@ mod tests {
             .unwrap();
         let mut seen = None;
         scenes
-            .resolve(&view.qr.scene, "o1:1", TTL, |aud| {
+            .resolve(&view.qr.scene, &bound("aa", "x"), "o1:1", TTL, |aud| {
                 seen = aud.map(str::to_owned);
                 result("o1")
             })
@@ -513,7 +610,7 @@ mod tests {
         assert_eq!(seen.as_deref(), Some("https://a.example"));
         let mut called = false;
         scenes
-            .resolve(&Scene::random(), "o2:1", TTL, |_| {
+            .resolve(&Scene::random(), &bound("bb", "x"), "o2:1", TTL, |_| {
                 called = true;
                 result("o2")
             })

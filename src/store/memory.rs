@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use futures_util::future::{self, BoxFuture};
 use tokio_util::sync::CancellationToken;
 
+use subtle::ConstantTimeEq as _;
+
 use super::{
-    ATTACHED_GRACE, Attached, Holder, Inbox, Resolved, SessionRecord, SessionState, Snapshot,
-    StockedQr, Store, StoreError, millis, unix_now_ms,
+    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Resolved, SessionRecord, SessionState,
+    Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
+use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
 use crate::wechat::token::TokenShare;
 
@@ -25,10 +28,12 @@ pub struct MemoryStore {
 
 struct Inner {
     instance: Arc<str>,
-    /// Claimed keys: their fingerprint, and when they expire in milliseconds since `epoch`.
-    /// A busy account claims one per login and keeps it for minutes, so each costs 16 bytes,
-    /// not a string and an `Instant`.
-    keys: Mutex<HashMap<u64, u64>>,
+    /// Claimed keys by fingerprint. A busy account claims one per login and keeps it for
+    /// minutes, so each costs a few bytes, not a string and an `Instant`.
+    keys: Mutex<HashMap<u64, Claim>>,
+    /// Callbacks' queries bound to their bodies, by the fingerprint of the query's key: one
+    /// per callback WeChat sends, kept about five minutes.
+    bindings: Mutex<HashMap<u64, Bond>>,
     /// The clock of `keys`.
     epoch: Instant,
     /// Keyed per process (SipHash with a random key), so nobody can aim two keys at one
@@ -37,6 +42,26 @@ struct Inner {
     fingerprints: RandomState,
     stock: Mutex<Stock>,
     sessions: Mutex<HashMap<Scene, Snapshot>>,
+}
+
+/// A claimed key.
+#[derive(Clone, Copy)]
+struct Claim {
+    /// When it expires, in milliseconds since `epoch`.
+    expires: u64,
+    /// For a callback's event: whether it logged somebody in.
+    login: bool,
+}
+
+/// A callback's query bound to its body.
+#[derive(Clone, Copy)]
+struct Bond {
+    /// When it expires, in milliseconds since `epoch`.
+    expires: u64,
+    /// The body's digest.
+    digest: [u8; 16],
+    /// Whether the callback logged somebody in.
+    login: bool,
 }
 
 #[derive(Default)]
@@ -67,6 +92,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 instance: "local".into(),
                 keys: Mutex::new(HashMap::new()),
+                bindings: Mutex::new(HashMap::new()),
                 epoch: Instant::now(),
                 fingerprints: RandomState::new(),
                 stock: Mutex::new(Stock::default()),
@@ -90,17 +116,68 @@ impl MemoryStore {
         millis(self.inner.epoch.elapsed())
     }
 
-    /// Claims `key` for `ttl` unless it is claimed and not expired.
-    fn claim(&self, key: &str, ttl: Duration) -> bool {
+    /// Claims `key` for `ttl` unless it is claimed and not expired: `Err` with the claim
+    /// found.
+    fn claim(&self, key: &str, ttl: Duration) -> Result<(), Claim> {
         let fingerprint = self.inner.fingerprints.hash_one(key);
         let now = self.keys_now();
         let mut keys = lock(&self.inner.keys);
         match keys.get(&fingerprint) {
-            Some(expires) if *expires > now => false,
+            Some(claim) if claim.expires > now => Err(*claim),
             _ => {
-                keys.insert(fingerprint, now.saturating_add(millis(ttl)));
-                true
+                let expires = now.saturating_add(millis(ttl));
+                keys.insert(
+                    fingerprint,
+                    Claim {
+                        expires,
+                        login: false,
+                    },
+                );
+                Ok(())
             }
+        }
+    }
+
+    /// Notes that the event of claimed `key` logged somebody in.
+    fn mark_login(&self, key: &str) {
+        let fingerprint = self.inner.fingerprints.hash_one(key);
+        if let Some(claim) = lock(&self.inner.keys).get_mut(&fingerprint) {
+            claim.login = true;
+        }
+    }
+
+    /// Binds the query of `binding` to its body unless bound already.
+    fn bind_now(&self, binding: &Binding) -> Bound {
+        let fingerprint = self.inner.fingerprints.hash_one(binding.key());
+        let now = self.keys_now();
+        let mut bindings = lock(&self.inner.bindings);
+        match bindings.get(&fingerprint) {
+            Some(bond) if bond.expires > now => {
+                if bool::from(bond.digest.ct_eq(&binding.digest())) {
+                    Bound::Retry { login: bond.login }
+                } else {
+                    Bound::Conflict
+                }
+            }
+            _ => {
+                bindings.insert(
+                    fingerprint,
+                    Bond {
+                        expires: now.saturating_add(millis(binding.ttl())),
+                        digest: binding.digest(),
+                        login: false,
+                    },
+                );
+                Bound::First
+            }
+        }
+    }
+
+    /// Notes that the callback of `binding` logged somebody in.
+    fn mark_bound_login(&self, binding: &Binding) {
+        let fingerprint = self.inner.fingerprints.hash_one(binding.key());
+        if let Some(bond) = lock(&self.inner.bindings).get_mut(&fingerprint) {
+            bond.login = true;
         }
     }
 
@@ -132,7 +209,7 @@ impl Store for MemoryStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        ready(self.claim(key, ttl))
+        ready(self.claim(key, ttl).is_ok())
     }
 
     fn stock_reserve<'a>(
@@ -203,6 +280,7 @@ impl Store for MemoryStore {
     fn attach<'a>(
         &'a self,
         scene: &'a Scene,
+        key_digest: &'a str,
         holder: &'a Holder,
         has_result: bool,
         now_ms: u64,
@@ -211,6 +289,15 @@ impl Store for MemoryStore {
         let Some(session) = sessions.get_mut(scene) else {
             return ready(None);
         };
+        let key_matches: bool = session
+            .record
+            .key_digest
+            .as_bytes()
+            .ct_eq(key_digest.as_bytes())
+            .into();
+        if !key_matches {
+            return ready(None);
+        }
         let record = session.record.clone();
         let attached = match &mut session.state {
             SessionState::Waiting { holder: h } if now_ms < record.deadline_ms => {
@@ -238,13 +325,24 @@ impl Store for MemoryStore {
         &'a self,
         scene: &'a Scene,
         holder: &'a Holder,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Closed, StoreError>> {
         let mut sessions = self.sessions();
-        let held = sessions.get(scene).is_some_and(
-            |s| matches!(&s.state, SessionState::Waiting { holder: Some(h) } if h == holder),
-        );
-        if held {
-            sessions.remove(scene);
+        let closed = match sessions.get(scene).map(|s| &s.state) {
+            Some(SessionState::Waiting { holder: Some(h) }) if h == holder => {
+                sessions.remove(scene);
+                Closed::Closed
+            }
+            Some(SessionState::Done { result, .. }) => Closed::Resolved(result.clone()),
+            _ => Closed::NotHeld,
+        };
+        ready(closed)
+    }
+
+    fn keep_for_return<'a>(&'a self, scene: &'a Scene) -> BoxFuture<'a, Result<(), StoreError>> {
+        if let Some(s) = self.sessions().get_mut(scene)
+            && let SessionState::Done { kept_until_ms, .. } = &mut s.state
+        {
+            *kept_until_ms = (*kept_until_ms).max(s.record.expires_ms);
         }
         ready(())
     }
@@ -267,24 +365,37 @@ impl Store for MemoryStore {
         self.session(scene)
     }
 
+    fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
+        ready(self.bind_now(binding))
+    }
+
     fn resolve<'a>(
         &'a self,
         scene: &'a Scene,
+        binding: &'a Binding,
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
-        // The key and the session under their locks in turn: nothing else resolves this scene
-        // in between, since it is resolved under the sessions' lock.
-        if !self.claim(event_key, event_ttl) {
-            return ready(Resolved::Duplicate);
+        // All under the sessions' lock (the binding's and the keys' are taken inside it):
+        // nothing else resolves this scene, or records this callback, in between.
+        let mut sessions = self.sessions();
+        match self.bind_now(binding) {
+            Bound::Conflict => return ready(Resolved::Conflict),
+            Bound::Retry { login } => return ready(Resolved::Duplicate { login }),
+            Bound::First => {}
+        }
+        if let Err(first) = self.claim(event_key, event_ttl) {
+            if first.login {
+                self.mark_bound_login(binding);
+            }
+            return ready(Resolved::Duplicate { login: first.login });
         }
         let Some(result) = result else {
             return ready(Resolved::Nobody);
         };
-        let mut sessions = self.sessions();
         let Some(session) = sessions.get_mut(scene) else {
             return ready(Resolved::Nobody);
         };
@@ -306,6 +417,8 @@ impl Store for MemoryStore {
             result: result.to_owned(),
             kept_until_ms,
         };
+        self.mark_login(event_key);
+        self.mark_bound_login(binding);
         ready(resolved)
     }
 
@@ -315,7 +428,8 @@ impl Store for MemoryStore {
 
     fn purge_expired(&self) {
         let now = self.keys_now();
-        lock(&self.inner.keys).retain(|_, expires| *expires > now);
+        lock(&self.inner.keys).retain(|_, claim| claim.expires > now);
+        lock(&self.inner.bindings).retain(|_, bond| bond.expires > now);
         let now_ms = unix_now_ms();
         let grace = millis(ATTACHED_GRACE);
         self.sessions().retain(|_, s| match &s.state {

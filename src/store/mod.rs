@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
 use crate::wechat::token::TokenShare;
 
@@ -114,6 +115,9 @@ pub struct SessionRecord {
     pub deadline_ms: u64,
     /// When the QR code expires: a parked result is kept until then.
     pub expires_ms: u64,
+    /// The digest of the stream's key (hex): resuming the session, or reading its result,
+    /// needs the key itself, which only the stream's browser has.
+    pub key_digest: String,
 }
 
 /// Where a session stands.
@@ -166,8 +170,14 @@ pub enum Attached {
 /// What became of a scan ([`Store::resolve`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolved {
-    /// The event's key was claimed before: a retry or a replay.
-    Duplicate,
+    /// The callback's query was bound to another body: a replay, refused.
+    Conflict,
+    /// The callback (its query and body) or its event was seen before: WeChat retrying.
+    /// `login` tells whether the first one logged somebody in, to answer alike.
+    Duplicate {
+        /// Whether the first one was a login.
+        login: bool,
+    },
     /// No session waits on that scene (unknown, resolved, closed, or its wait is over).
     Nobody,
     /// Resolved; the result is kept for the holder. When the holder is another instance the
@@ -176,6 +186,33 @@ pub enum Resolved {
     /// Resolved with no stream attached (or its instance not listening): kept for a
     /// reconnecting stream.
     Parked,
+}
+
+/// What recording a callback's binding found ([`Store::bind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// The query was not seen before: now it is bound to this body.
+    First,
+    /// The same query with the same body: WeChat retrying. `login` tells whether the first
+    /// one logged somebody in.
+    Retry {
+        /// Whether the first one was a login.
+        login: bool,
+    },
+    /// The query was bound to another body: a replay, refused.
+    Conflict,
+}
+
+/// What became of a session whose stream ended the wait ([`Store::close`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The session is removed: a later scan resolves nothing.
+    Closed,
+    /// A scan resolved it first (its notice may still be on its way): the encoded result,
+    /// for the stream to send instead of its timeout.
+    Resolved(String),
+    /// Another stream holds it now, or it is gone.
+    NotHeld,
 }
 
 /// A message for this instance about a stream it holds.
@@ -275,12 +312,14 @@ pub trait Store: Send + Sync + 'static {
         holder: &'a Holder,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// A reconnecting stream (`holder`) names `scene`: attach it if the session waits
-    /// (replacing the holder), or hand it the result unless it has it (`has_result`) or the
-    /// QR code expired. `None` when there is nothing to resume.
+    /// A reconnecting stream (`holder`) names `scene` and proves it is the session's with
+    /// the digest of its key: attach it if the session waits (replacing the holder), or hand
+    /// it the result unless it has it (`has_result`) or the result's time is over. `None`,
+    /// with nothing changed, when there is nothing to resume or the key is not the session's.
     fn attach<'a>(
         &'a self,
         scene: &'a Scene,
+        key_digest: &'a str,
         holder: &'a Holder,
         has_result: bool,
         now_ms: u64,
@@ -291,12 +330,17 @@ pub trait Store: Send + Sync + 'static {
     fn detach(&self, scene: Scene, holder: Holder) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// The stream `holder` ended the wait without a result: the session is removed and a later
-    /// scan resolves nothing. No-op unless `holder` still holds it.
+    /// scan resolves nothing; unless a scan resolved it first, whose result is returned.
+    /// No-op unless `holder` still holds it.
     fn close<'a>(
         &'a self,
         scene: &'a Scene,
         holder: &'a Holder,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<Closed, StoreError>>;
+
+    /// A result meant for a stream of this instance found the stream gone: it is kept for
+    /// the stream's return until the QR code expires, as a parked one is.
+    fn keep_for_return<'a>(&'a self, scene: &'a Scene) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Reads a session.
     fn session<'a>(
@@ -314,15 +358,24 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
 
-    /// Resolves a scan of `scene`, once, in one atomic step: claims `event_key` (for
-    /// `event_ttl`; [`Resolved::Duplicate`] if claimed before), then, when `result` is given
-    /// and the session waits, stores the result, detaches the holder and notifies its
-    /// instance. A result handed to a stream is kept `keep` longer (at most until the QR code
-    /// expires), for that stream's reconnect should the result not reach its browser; a
-    /// parked one until the QR code expires.
+    /// Records a callback's binding ([`Binding`]) of a callback that is not a login scan
+    /// (or that found no session), unless its query is bound already.
+    fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>>;
+
+    /// Resolves a scan of `scene`, once, in one atomic step: records the callback's
+    /// `binding` ([`Resolved::Conflict`] if its query is bound to another body,
+    /// [`Resolved::Duplicate`] if to this one), claims `event_key` (for `event_ttl`;
+    /// [`Resolved::Duplicate`] if claimed before), then, when `result` is given and the
+    /// session waits, stores the result, detaches the holder and notifies its instance. A
+    /// result handed to a stream is kept `keep` longer (at most until the QR code expires),
+    /// for that stream's reconnect should the result not reach its browser; a parked one
+    /// until the QR code expires. The session itself stays until its wait is over, so that a
+    /// resolved session is never taken for a lost one and opened again.
+    #[allow(clippy::too_many_arguments)]
     fn resolve<'a>(
         &'a self,
         scene: &'a Scene,
+        binding: &'a Binding,
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,

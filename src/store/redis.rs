@@ -27,9 +27,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ATTACHED_GRACE, Attached, Holder, Inbox, Notice, Resolved, SessionRecord, SessionState,
-    Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
+    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Notice, Resolved, SessionRecord,
+    SessionState, Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
+use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
 use crate::wechat::secret::Secret;
 use crate::wechat::token::{ShareError, TokenShare};
@@ -69,6 +70,8 @@ struct Scripts {
     attach: Script,
     detach: Script,
     close: Script,
+    keep: Script,
+    bind: Script,
     recover: Script,
     resolve: Script,
     stock_reserve: Script,
@@ -85,6 +88,8 @@ impl Scripts {
             attach: Script::new(include_str!("lua/attach.lua")),
             detach: Script::new(include_str!("lua/detach.lua")),
             close: Script::new(include_str!("lua/close.lua")),
+            keep: Script::new(include_str!("lua/keep.lua")),
+            bind: Script::new(include_str!("lua/bind.lua")),
             recover: Script::new(include_str!("lua/recover.lua")),
             resolve: Script::new(include_str!("lua/resolve.lua")),
             stock_reserve: Script::new(include_str!("lua/stock_reserve.lua")),
@@ -148,11 +153,11 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 }
 
 /// The fields of a session that [`snapshot`] reads, in its order.
-const SESSION_FIELDS: [&str; 8] = ["st", "qr", "aud", "dl", "ex", "h", "r", "k"];
+const SESSION_FIELDS: [&str; 9] = ["st", "qr", "aud", "dl", "ex", "h", "r", "k", "kd"];
 
 /// A session from `HMGET` of [`SESSION_FIELDS`].
 fn snapshot(fields: &[Option<String>]) -> Option<Snapshot> {
-    let [st, qr, aud, dl, ex, h, r, k] = fields else {
+    let [st, qr, aud, dl, ex, h, r, k, kd] = fields else {
         return None;
     };
     let record = SessionRecord {
@@ -160,6 +165,7 @@ fn snapshot(fields: &[Option<String>]) -> Option<Snapshot> {
         audience: aud.clone().filter(|a| !a.is_empty()),
         deadline_ms: dl.as_deref()?.parse().ok()?,
         expires_ms: ex.as_deref()?.parse().ok()?,
+        key_digest: kd.clone().unwrap_or_default(),
     };
     let state = match st.as_deref()? {
         "w" => SessionState::Waiting {
@@ -441,6 +447,7 @@ impl Store for RedisStore {
                 .arg(record.expires_ms)
                 .arg(holder.encode())
                 .arg(expire_at)
+                .arg(&record.key_digest)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
@@ -451,6 +458,7 @@ impl Store for RedisStore {
     fn attach<'a>(
         &'a self,
         scene: &'a Scene,
+        key_digest: &'a str,
         holder: &'a Holder,
         has_result: bool,
         now_ms: u64,
@@ -468,13 +476,14 @@ impl Store for RedisStore {
                 .arg(self.inbox_prefix())
                 .arg(self.inner.instance.as_ref())
                 .arg(scene.as_str())
+                .arg(key_digest)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
             let Some(reply) = reply else {
                 return Ok(None);
             };
-            let [kind, qr, aud, dl, ex, last] = reply.as_slice() else {
+            let [kind, qr, aud, dl, ex, kd, last] = reply.as_slice() else {
                 return Err(bad_reply("attach"));
             };
             let record = SessionRecord {
@@ -482,6 +491,7 @@ impl Store for RedisStore {
                 audience: Some(aud.clone()).filter(|a| !a.is_empty()),
                 deadline_ms: dl.parse().map_err(|_| bad_reply("attach"))?,
                 expires_ms: ex.parse().map_err(|_| bad_reply("attach"))?,
+                key_digest: kd.clone(),
             };
             Ok(Some(match kind.as_str() {
                 "w" => Attached::Waiting {
@@ -516,14 +526,34 @@ impl Store for RedisStore {
         &'a self,
         scene: &'a Scene,
         holder: &'a Holder,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<Closed, StoreError>> {
         Box::pin(async move {
-            let _: i64 = self
+            let reply: Vec<String> = self
                 .inner
                 .scripts
                 .close
                 .key(self.session_key(scene))
                 .arg(holder.encode())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            match reply.as_slice() {
+                [k] if k == "closed" => Ok(Closed::Closed),
+                [k] if k == "notheld" => Ok(Closed::NotHeld),
+                [k, r] if k == "resolved" => Ok(Closed::Resolved(r.clone())),
+                _ => Err(bad_reply("close")),
+            }
+        })
+    }
+
+    fn keep_for_return<'a>(&'a self, scene: &'a Scene) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: i64 = self
+                .inner
+                .scripts
+                .keep
+                .key(self.session_key(scene))
+                .arg(millis(ATTACHED_GRACE))
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
@@ -566,6 +596,7 @@ impl Store for RedisStore {
                 .arg(record.audience.as_deref().unwrap_or_default())
                 .arg(record.deadline_ms)
                 .arg(record.expires_ms)
+                .arg(&record.key_digest)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
@@ -573,9 +604,32 @@ impl Store for RedisStore {
         })
     }
 
+    fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
+        Box::pin(async move {
+            let reply: String = self
+                .inner
+                .scripts
+                .bind
+                .key(self.once_key(binding.key()))
+                .arg(binding.digest_hex())
+                .arg(millis(binding.ttl()).max(1))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            match reply.as_str() {
+                "first" => Ok(Bound::First),
+                "conflict" => Ok(Bound::Conflict),
+                outcome => Ok(Bound::Retry {
+                    login: outcome == "L",
+                }),
+            }
+        })
+    }
+
     fn resolve<'a>(
         &'a self,
         scene: &'a Scene,
+        binding: &'a Binding,
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
@@ -589,6 +643,7 @@ impl Store for RedisStore {
                 .resolve
                 .key(self.session_key(scene))
                 .key(self.once_key(event_key))
+                .key(self.once_key(binding.key()))
                 .arg(millis(event_ttl).max(1))
                 .arg(now_ms)
                 .arg(result.unwrap_or_default())
@@ -596,11 +651,17 @@ impl Store for RedisStore {
                 .arg(self.inbox_prefix())
                 .arg(scene.as_str())
                 .arg(millis(keep))
+                .arg(binding.digest_hex())
+                .arg(millis(binding.ttl()).max(1))
+                .arg(millis(ATTACHED_GRACE))
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
             match reply.as_slice() {
-                [k] if k == "dup" => Ok(Resolved::Duplicate),
+                [k] if k == "conflict" => Ok(Resolved::Conflict),
+                [k, first] if k == "dup" => Ok(Resolved::Duplicate {
+                    login: first == "L",
+                }),
                 [k] if k == "nobody" => Ok(Resolved::Nobody),
                 [k] if k == "parked" => Ok(Resolved::Parked),
                 [k, h] if k == "delivered" => Holder::decode(h)

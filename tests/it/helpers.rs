@@ -322,6 +322,29 @@ impl TestApp {
         (stream, scene, qr)
     }
 
+    /// Opens `/sse` with its first event read: the stream, its scene and the event's id
+    /// (`<scene>.<key>.0`, the stream's secret in it).
+    pub async fn open_with_id(&self) -> (Stream, String, String) {
+        let mut stream = self.open().await;
+        assert_eq!(stream.status, 200);
+        let event = stream.next_event().await;
+        let qr: Value = serde_json::from_str(&event.data).expect("JSON data");
+        let scene = qr["scene_id"].as_str().expect("scene_id").to_owned();
+        (stream, scene, event.id)
+    }
+
+    /// Opens `/sse` naming a previous event (`Last-Event-ID`), as EventSource reconnects.
+    pub async fn open_resuming(&self, last_event_id: &str) -> Stream {
+        let response = self
+            .client
+            .get(format!("{}/sse?token={}", self.base, self.api_token))
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .expect("request sent");
+        Stream::from_response(response)
+    }
+
     /// Opens `/sse?{query}`.
     pub async fn open_with(&self, query: &str) -> Stream {
         let response = self

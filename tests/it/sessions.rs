@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use wxlogin::login::event::LoginResult;
+use wxlogin::login::event::{LoginResult, StreamKey};
 use wxlogin::login::pool::QrCode;
 use wxlogin::login::scenes::{Resolution, Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
 use wxlogin::store::{Inbox, StockedQr, Store};
-use wxlogin::wechat::callback::ScanKind;
+use wxlogin::wechat::callback::{Binding, ScanKind};
 use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
 use wxlogin::wechat::secret::Secret;
 
@@ -85,11 +85,20 @@ fn later(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
 }
 
+/// The binding of a callback of its own (a fresh signed query).
+fn fresh() -> Binding {
+    Binding::new(&Scene::random().to_string(), b"<xml/>", TTL)
+}
+
 async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
     scenes
-        .resolve(scene, &format!("{openid}:{}", Scene::random()), TTL, |_| {
-            result(openid)
-        })
+        .resolve(
+            scene,
+            &fresh(),
+            &format!("{openid}:{}", Scene::random()),
+            TTL,
+            |_| result(openid),
+        )
         .await
         .unwrap()
 }
@@ -107,10 +116,14 @@ async fn a_scan_reaches_the_attached_stream_once() {
     );
     assert_eq!(scenes.attached(), 0);
     // WeChat's retry of the event is recognised.
-    let again = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
-    let retry = scenes.resolve(&scene, "o1:1", TTL, |_| result("o1")).await;
+    let again = scenes
+        .resolve(&scene, &fresh(), "o1:1", TTL, |_| result("o1"))
+        .await;
+    let retry = scenes
+        .resolve(&scene, &fresh(), "o1:1", TTL, |_| result("o1"))
+        .await;
     assert_eq!(again.unwrap(), Resolution::Nobody);
-    assert_eq!(retry.unwrap(), Resolution::Duplicate);
+    assert_eq!(retry.unwrap(), Resolution::Duplicate { login: false });
 }
 
 async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
@@ -124,9 +137,9 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Parked);
     assert!(
-        matches!(scenes.status(&scene).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
+        matches!(scenes.status(&scene, &view.key).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
     );
-    match scenes.resume(&scene, false).await.unwrap() {
+    match scenes.resume(&scene, &view.key, false).await.unwrap() {
         Some(Resumed::Result(v, r)) => {
             assert_eq!(r.openid.as_str(), "o1");
             assert_eq!(v.qr.content, view.qr.content, "the same QR code");
@@ -134,7 +147,13 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
         _ => panic!("no parked result"),
     }
     // A client that saw the result does not get it again.
-    assert!(scenes.resume(&scene, true).await.unwrap().is_none());
+    assert!(
+        scenes
+            .resume(&scene, &view.key, true)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer() {
@@ -144,7 +163,8 @@ async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longe
     let (parked, away) = scenes.open(qr(), later(60), None).await.unwrap();
     drop(away);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let (delivered, parked) = (delivered.qr.scene, parked.qr.scene);
+    let (delivered, delivered_key) = (delivered.qr.scene, delivered.key);
+    let (parked, parked_key) = (parked.qr.scene, parked.key);
     assert_eq!(
         resolve(scenes, &delivered, "o1").await,
         Resolution::Delivered
@@ -153,11 +173,11 @@ async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longe
     assert!((&mut attachment.result).await.is_ok());
     // Within the window, a stream whose browser missed the push gets the result again.
     assert!(matches!(
-        scenes.status(&delivered).await.unwrap(),
+        scenes.status(&delivered, &delivered_key).await.unwrap(),
         Status::Done(_)
     ));
     assert!(matches!(
-        scenes.resume(&delivered, false).await.unwrap(),
+        scenes.resume(&delivered, &delivered_key, false).await.unwrap(),
         Some(Resumed::Result(_, r)) if r.openid.as_str() == "o1"
     ));
     tokio::time::sleep(KEEP + Duration::from_millis(200)).await;
@@ -165,12 +185,18 @@ async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longe
     // After it, the delivered session is gone (memory stays bounded by logins in flight);
     // the parked result waits for its stream until the QR code expires.
     assert!(matches!(
-        scenes.status(&delivered).await.unwrap(),
+        scenes.status(&delivered, &delivered_key).await.unwrap(),
         Status::Expired
     ));
-    assert!(scenes.resume(&delivered, false).await.unwrap().is_none());
+    assert!(
+        scenes
+            .resume(&delivered, &delivered_key, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(matches!(
-        scenes.resume(&parked, false).await.unwrap(),
+        scenes.resume(&parked, &parked_key, false).await.unwrap(),
         Some(Resumed::Result(_, r)) if r.openid.as_str() == "o2"
     ));
     if let Some(live) = one.store.live_sessions() {
@@ -183,7 +209,8 @@ async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
     let scenes = &one.scenes;
     let (view, mut old) = scenes.open(qr(), later(60), None).await.unwrap();
     let scene = view.qr.scene.clone();
-    let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, false).await.unwrap() else {
+    let Some(Resumed::Waiting(_, mut new)) = scenes.resume(&scene, &view.key, false).await.unwrap()
+    else {
         panic!("not resumed")
     };
     assert_eq!(scenes.attached(), 1);
@@ -197,22 +224,101 @@ async fn a_closed_or_overdue_scene_resolves_nothing() {
     let scenes = &one.scenes;
     let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
     let scene = view.qr.scene.clone();
-    attachment.close().await;
+    assert!(attachment.close().await.is_none(), "no scan came");
     assert_eq!(scenes.attached(), 0);
     if let Some(live) = scenes.live() {
         assert_eq!(live, 0, "a closed session is removed");
     }
     assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
     assert!(matches!(
-        scenes.status(&scene).await.unwrap(),
+        scenes.status(&scene, &view.key).await.unwrap(),
         Status::Expired
     ));
 
     let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
     let scene = view.qr.scene.clone();
     assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
-    assert!(scenes.resume(&scene, false).await.unwrap().is_none());
+    assert!(
+        scenes
+            .resume(&scene, &view.key, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(scenes.content(&scene).await.unwrap().is_none());
+}
+
+async fn a_wrong_key_resumes_nothing_and_leaves_the_stream_waiting() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    let guess = StreamKey::random();
+    assert!(
+        scenes
+            .resume(&scene, &guess, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        scenes.status(&scene, &guess).await.unwrap(),
+        Status::Expired
+    ));
+    // The real stream was not replaced: it still holds the scene and gets the scan.
+    assert_eq!(
+        resolve(scenes, &scene, "oReal").await,
+        Resolution::Delivered
+    );
+    assert_eq!(
+        (&mut attachment.result).await.unwrap().openid.as_str(),
+        "oReal"
+    );
+    // Nor can the result be read with the wrong key once it is there.
+    assert!(
+        scenes
+            .resume(&scene, &guess, false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        scenes.status(&scene, &view.key).await.unwrap(),
+        Status::Done(_)
+    ));
+}
+
+async fn a_scan_that_resolved_the_session_as_its_wait_ended_goes_to_the_stream() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    assert_eq!(
+        resolve(scenes, &scene, "oLast").await,
+        Resolution::Delivered
+    );
+    // The stream's deadline fires before it read its channel: instead of a timeout it sends
+    // the result.
+    let last = attachment.close().await;
+    assert_eq!(last.unwrap().openid.as_str(), "oLast");
+}
+
+async fn a_result_whose_stream_just_went_is_kept_until_the_qr_code_expires() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    // The browser's stream is gone but has not detached yet: the store still names it.
+    attachment.result.close();
+    assert_eq!(resolve(scenes, &scene, "oAway").await, Resolution::Parked);
+    drop(attachment);
+    tokio::time::sleep(KEEP + Duration::from_millis(200)).await;
+    one.store.purge_expired();
+    // Past the resume window of a delivered result, it is still there for the browser.
+    assert!(matches!(
+        scenes.resume(&scene, &view.key, false).await.unwrap(),
+        Some(Resumed::Result(_, r)) if r.openid.as_str() == "oAway"
+    ));
 }
 
 async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
@@ -260,6 +366,9 @@ crate::helpers::on_every_backend!(
     a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer,
     a_resumed_stream_replaces_the_old_one_and_receives_the_scan,
     a_closed_or_overdue_scene_resolves_nothing,
+    a_wrong_key_resumes_nothing_and_leaves_the_stream_waiting,
+    a_scan_that_resolved_the_session_as_its_wait_ended_goes_to_the_stream,
+    a_result_whose_stream_just_went_is_kept_until_the_qr_code_expires,
     the_stock_hands_each_code_out_once_and_stays_within_its_target,
 );
 
@@ -272,7 +381,9 @@ async fn across_instances_a_resume_takes_the_session_over_and_the_scan_follows_i
     let (view, mut on_a) = a.scenes.open(qr(), later(60), None).await.unwrap();
     let scene = view.qr.scene.clone();
     // The browser reconnects to B: A's stream is told to end.
-    let Some(Resumed::Waiting(_, mut on_b)) = b.scenes.resume(&scene, false).await.unwrap() else {
+    let Some(Resumed::Waiting(_, mut on_b)) =
+        b.scenes.resume(&scene, &view.key, false).await.unwrap()
+    else {
         panic!("not resumed on B")
     };
     let ended = tokio::time::timeout(Duration::from_secs(2), &mut on_a.result).await;
@@ -286,6 +397,51 @@ async fn across_instances_a_resume_takes_the_session_over_and_the_scan_follows_i
     assert_eq!(got.unwrap().unwrap().openid.as_str(), "oMoved");
 }
 
+#[tokio::test]
+async fn across_instances_a_stream_whose_wait_ends_as_another_instance_resolves_it_gets_the_result()
+{
+    let redis = RedisServer::start();
+    // A's notices are not heard (its subscription is down): only the store knows.
+    let a = Scenes::new(redis_store(&redis, "a"), KEEP);
+    let b = instance(redis_store(&redis, "b")).await;
+    let (view, attachment) = a.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    assert!(matches!(
+        resolve(&b.scenes, &scene, "oCrossed").await,
+        Resolution::Parked | Resolution::Delivered
+    ));
+    let last = attachment.close().await;
+    assert_eq!(last.unwrap().openid.as_str(), "oCrossed");
+}
+
+#[tokio::test]
+async fn an_instance_back_from_an_outage_never_reopens_a_resolved_session() {
+    let redis = RedisServer::start();
+    let a = Scenes::new(redis_store(&redis, "a"), Duration::from_millis(200));
+    let b = instance(redis_store(&redis, "b")).await;
+    let (view, _attachment) = a.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    // Something hears A's inbox, but not A (its connection is about to drop): B's result
+    // counts as delivered, kept only for the short resume window, and A never gets it.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut eavesdrop = client.get_async_pubsub().await.unwrap();
+    eavesdrop
+        .subscribe("wxlogin:wxtest:inbox:{a}")
+        .await
+        .unwrap();
+    assert_eq!(
+        resolve(&b.scenes, &scene, "oFirst").await,
+        Resolution::Delivered
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A comes back and checks its streams: the session is resolved, not lost.
+    a.recover().await;
+    assert_eq!(
+        resolve(&b.scenes, &scene, "oSecond").await,
+        Resolution::Nobody
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn across_instances_a_scene_resolves_once_under_concurrent_scans() {
     let redis = RedisServer::start();
@@ -296,9 +452,12 @@ async fn across_instances_a_scene_resolves_once_under_concurrent_scans() {
         let scene = view.qr.scene.clone();
         // Two different events for the same scene, one on each instance, at once.
         let (key_x, key_y) = (format!("oX:{round}"), format!("oY:{round}"));
+        let (bind_x, bind_y) = (fresh(), fresh());
         let (x, y) = tokio::join!(
-            a.scenes.resolve(&scene, &key_x, TTL, |_| result("oX")),
-            b.scenes.resolve(&scene, &key_y, TTL, |_| result("oY")),
+            a.scenes
+                .resolve(&scene, &bind_x, &key_x, TTL, |_| result("oX")),
+            b.scenes
+                .resolve(&scene, &bind_y, &key_y, TTL, |_| result("oY")),
         );
         let outcomes = [x.unwrap(), y.unwrap()];
         let winners = outcomes

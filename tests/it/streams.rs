@@ -18,6 +18,14 @@ async fn a_wrong_or_missing_token_gets_401_and_no_qr_code() {
     assert_eq!(count(&app.fake.counters().qr_created), made);
 }
 
+/// The id of a stream's last event, from its first one's.
+fn last_id(first: &str) -> String {
+    format!(
+        "{}.1",
+        first.strip_suffix(".0").expect("a first event's id")
+    )
+}
+
 async fn the_first_event_carries_the_qr_code_with_sse_headers() {
     let app = spawn_app().await;
     let mut stream = app.open().await;
@@ -32,7 +40,12 @@ async fn the_first_event_carries_the_qr_code_with_sse_headers() {
     assert_eq!(event.event, "message", "default event type, for onmessage");
     let qr: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     let scene = qr["scene_id"].as_str().unwrap();
-    assert_eq!(event.id, format!("{scene}.0"));
+    let id = wxlogin::login::event::EventId::parse(&event.id).expect("an id with the key");
+    assert_eq!((id.scene.as_str(), id.seen_last), (scene, false));
+    assert!(
+        !event.data.contains(id.key.expose()),
+        "the key is in the id only"
+    );
     assert!(scene.len() >= 22, "at least 128 random bits");
     let info = app.fake.ticket_for_scene(scene).expect("made by WeChat");
     let url = qr["qrcode_url"].as_str().unwrap();
@@ -60,11 +73,11 @@ async fn the_first_event_carries_the_qr_code_with_sse_headers() {
 
 async fn a_scan_reaches_its_stream_which_then_ends() {
     let app = spawn_app().await;
-    let (mut stream, scene, _) = app.open_with_qr().await;
+    let (mut stream, scene, id) = app.open_with_id().await;
     let delivery = app.scan(&scene, "oFollower123", false).await;
     assert_eq!((delivery.status, delivery.body.as_str()), (200, "success"));
     let event = stream.next_event().await;
-    assert_eq!(event.id, format!("{scene}.1"));
+    assert_eq!(event.id, last_id(&id));
     let result: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     assert_login(&result, "oFollower123", "SCAN");
     assert!(stream.ends_within(Duration::from_secs(2)).await);
@@ -117,9 +130,9 @@ async fn two_hundred_concurrent_streams_get_distinct_codes_and_only_their_own_us
 
 async fn a_stream_without_a_scan_ends_with_the_timeout_event() {
     let app = spawn_app_with(&[("SSE_TIMEOUT_SECS", "1")]).await;
-    let (mut stream, scene, _) = app.open_with_qr().await;
+    let (mut stream, _, id) = app.open_with_id().await;
     let event = stream.next_event().await;
-    assert_eq!(event.id, format!("{scene}.1"));
+    assert_eq!(event.id, last_id(&id));
     let timeout: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     assert_eq!(timeout["event"], "timeout");
     assert!(timeout["message"].as_str().unwrap().contains("二维码"));

@@ -515,20 +515,9 @@ async fn an_expired_page_token_is_refused() {
 
 // ---------------------------------------------------------------- resume and polling
 
-async fn open_resuming(app: &TestApp, last_event_id: &str) -> crate::helpers::Stream {
-    let response = app
-        .client
-        .get(format!("{}/sse?token={}", app.base, app.api_token))
-        .header("last-event-id", last_event_id)
-        .send()
-        .await
-        .unwrap();
-    crate::helpers::Stream::from_response(response)
-}
-
 async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_same_qr() {
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
-    let (stream, scene, first) = app.open_with_qr().await;
+    let (stream, scene, id) = app.open_with_id().await;
     drop(stream);
     crate::helpers::wait_until(Duration::from_secs(5), || async {
         app.login.open_streams() == 0
@@ -540,12 +529,12 @@ async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_sam
     assert_eq!(delivery.status, 200);
     assert_eq!(count(&app.login.stats().scans_parked), 1);
 
-    let mut resumed = open_resuming(&app, &format!("{scene}.0")).await;
-    let again = resumed.next_json().await;
-    assert_eq!(again["scene_id"], scene.as_str(), "same QR, not a new one");
-    assert_eq!(again["qrcode_url"], first["qrcode_url"]);
+    let mut resumed = app.open_resuming(&id).await;
+    let again = resumed.next_event().await;
+    assert_eq!(again.id, id, "same QR, same stream");
     let result = resumed.next_event().await;
-    assert_eq!(result.id, format!("{scene}.1"));
+    let seen = format!("{}.1", id.strip_suffix(".0").unwrap());
+    assert_eq!(result.id, seen);
     assert_login(
         &serde_json::from_str(&result.data).unwrap(),
         "oWhileAway",
@@ -559,7 +548,7 @@ async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_sam
     );
 
     // Reconnecting after having seen the result does not deliver it again: a new code.
-    let mut after = open_resuming(&app, &format!("{scene}.1")).await;
+    let mut after = app.open_resuming(&seen).await;
     let fresh = after.next_json().await;
     assert_ne!(fresh["scene_id"], scene.as_str());
     assert!(fresh.get("userId").is_none());
@@ -567,11 +556,12 @@ async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_sam
 
 async fn a_reconnect_while_waiting_resumes_and_receives_the_scan() {
     let app = spawn_app_with(&[("POOL_SIZE", "0")]).await;
-    let (stream, scene, _) = app.open_with_qr().await;
+    let (stream, scene, id) = app.open_with_id().await;
     drop(stream);
     let made = count(&app.fake.counters().qr_created);
+    // `?id=`: how the widget reopens its stream after a page reload.
     let mut resumed = app
-        .open_with(&format!("token={}&scene={scene}", app.api_token))
+        .open_with(&format!("token={}&id={id}", app.api_token))
         .await;
     assert_eq!(resumed.next_json().await["scene_id"], scene.as_str());
     app.scan(&scene, "oResumed", true).await;
@@ -579,9 +569,12 @@ async fn a_reconnect_while_waiting_resumes_and_receives_the_scan() {
     assert_eq!(count(&app.fake.counters().qr_created), made);
 }
 
-async fn status(app: &TestApp, scene: &str) -> Value {
+async fn status(app: &TestApp, scene: &str, id: &str) -> Value {
     let r = app
-        .get(&format!("/login/{scene}/status?token={}", app.api_token))
+        .get(&format!(
+            "/login/{scene}/status?token={}&id={id}",
+            app.api_token
+        ))
         .await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
@@ -589,27 +582,90 @@ async fn status(app: &TestApp, scene: &str) -> Value {
 
 async fn polling_sees_pending_then_done_and_an_expired_scene_says_expired() {
     let app = spawn_app_with(&[("SSE_TIMEOUT_SECS", "2")]).await;
-    let (stream, scene, _) = app.open_with_qr().await;
+    let (stream, scene, id) = app.open_with_id().await;
     drop(stream);
-    assert_eq!(status(&app, &scene).await["status"], "pending");
+    assert_eq!(status(&app, &scene, &id).await["status"], "pending");
     let r = app
-        .get(&format!("/login/{scene}/status?token=wrong-token-xxx"))
+        .get(&format!(
+            "/login/{scene}/status?token=wrong-token-xxx&id={id}"
+        ))
         .await;
     assert_eq!(r.status(), 401);
+    let r = app
+        .get(&format!("/login/{scene}/status?token={}", app.api_token))
+        .await;
+    assert_eq!(r.status(), 400, "the event id is required");
 
     app.scan(&scene, "oPoller", false).await;
-    let done = status(&app, &scene).await;
+    // The header works as well as `?id=`, and keeps the key out of access logs.
+    let done: Value = app
+        .client
+        .get(format!(
+            "{}/login/{scene}/status?token={}",
+            app.base, app.api_token
+        ))
+        .header("last-event-id", &id)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(done["status"], "done");
     assert_login(&done, "oPoller", "SCAN");
 
-    let (mut other, other_scene, _) = app.open_with_qr().await;
+    let (mut other, other_scene, other_id) = app.open_with_id().await;
     assert_eq!(other.next_json().await["event"], "timeout");
-    assert_eq!(status(&app, &other_scene).await["status"], "expired");
     assert_eq!(
-        status(&app, "AAAAAAAAAAAAAAAAAAAAAA").await["status"],
+        status(&app, &other_scene, &other_id).await["status"],
         "expired"
     );
-    assert_eq!(status(&app, "not-a-scene!").await["status"], "expired");
+    // Another stream's id does not open this scene.
+    assert_eq!(status(&app, &scene, &other_id).await["status"], "expired");
+    assert_eq!(
+        status(&app, "AAAAAAAAAAAAAAAAAAAAAA", "x").await["status"],
+        "expired"
+    );
+}
+
+/// Somebody who learnt a scene (from an access log, a forwarded request, over a shoulder)
+/// and holds a page token like every visitor.
+async fn a_scene_and_a_page_token_open_no_result_and_leave_the_stream_alone() {
+    let app = spawn_app().await;
+    let (mut stream, scene, id) = app.open_with_id().await;
+    let key = id.split('.').nth(1).unwrap().to_owned();
+    let guessed = format!("{scene}.{}.0", "A".repeat(key.len()));
+    let attempts = [
+        format!("token={}&scene={scene}", app.api_token),
+        format!("token={}&id={scene}.0", app.api_token),
+        format!("token={}&id={guessed}", app.api_token),
+    ];
+    for query in &attempts {
+        let mut other = app.open_with(query).await;
+        let first = other.next_json().await;
+        assert_ne!(
+            first["scene_id"],
+            scene.as_str(),
+            "{query}: a new QR code, not the scene"
+        );
+    }
+    for last_event_id in [format!("{scene}.0"), format!("{scene}.1"), guessed.clone()] {
+        let mut other = app.open_resuming(&last_event_id).await;
+        assert_ne!(other.next_json().await["scene_id"], scene.as_str());
+    }
+    for id in [format!("{scene}.0"), guessed.clone(), scene.clone()] {
+        assert_eq!(status(&app, &scene, &id).await["status"], "expired");
+    }
+    // The real stream was not ended by any of that, and gets its scan.
+    app.scan(&scene, "oRealUser", false).await;
+    assert_login(&stream.next_json().await, "oRealUser", "SCAN");
+    // Once scanned, the result is the real browser's only.
+    for id in [format!("{scene}.0"), guessed] {
+        assert_eq!(status(&app, &scene, &id).await["status"], "expired");
+        let mut other = app.open_resuming(&id).await;
+        assert!(other.next_json().await.get("userId").is_none());
+    }
+    assert_eq!(status(&app, &scene, &id).await["status"], "done");
 }
 
 crate::helpers::on_every_backend!(
@@ -622,4 +678,5 @@ crate::helpers::on_every_backend!(
     a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_same_qr,
     a_reconnect_while_waiting_resumes_and_receives_the_scan,
     polling_sees_pending_then_done_and_an_expired_scene_says_expired,
+    a_scene_and_a_page_token_open_no_result_and_leave_the_stream_alone,
 );

@@ -1,16 +1,35 @@
--- Resolves a scan, once: claims the event's key, then (when a result is given) resolves the
--- waiting session and tells the instance that holds the stream. One atomic step: a retry on
--- another instance finds the key or the result. A result handed to a stream is kept for a
--- short resume window ('k'), a parked one until the QR code expires.
--- KEYS[1] the session, KEYS[2] the event's key; ARGV: key ttl ms, now ms, result ('' for
--- none), this instance, inbox prefix, scene, resume window ms.
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return {'dup'} end
+-- Resolves a scan, once: records the callback's binding (its signed query to its body's
+-- digest), claims the event's key, then (when a result is given) resolves the waiting session
+-- and tells the instance that holds the stream. One atomic step: a retry on another instance
+-- finds the binding, the key or the result. A result handed to a stream is kept for a short
+-- resume window ('k'), a parked one until the QR code expires; the session itself stays at
+-- least until its wait is over, so that it is never taken for a lost one and opened again.
+-- The binding and the event's key remember whether the callback logged somebody in ('L') or
+-- not ('N'), so that a retry is answered as the first one was.
+-- KEYS[1] the session, KEYS[2] the event's key, KEYS[3] the binding; ARGV: key ttl ms, now ms,
+-- result ('' for none), this instance, inbox prefix, scene, resume window ms, body digest,
+-- binding ttl ms, grace ms.
+local b = redis.call('GET', KEYS[3])
+if b then
+  if string.sub(b, 1, #ARGV[8]) ~= ARGV[8] then return {'conflict'} end
+  return {'dup', string.sub(b, #ARGV[8] + 2)}
+end
+redis.call('SET', KEYS[3], ARGV[8] .. ':N', 'PX', ARGV[9])
+local e = redis.call('GET', KEYS[2])
+if e then
+  if e == 'L' then redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL') end
+  return {'dup', e}
+end
+redis.call('SET', KEYS[2], 'N', 'PX', ARGV[1])
 if ARGV[3] == '' then return {'nobody'} end
 local s = redis.call('HMGET', KEYS[1], 'st', 'dl', 'ex', 'h')
 if s[1] ~= 'w' or tonumber(ARGV[2]) >= tonumber(s[2]) then return {'nobody'} end
 local function keep(until_ms)
   redis.call('HSET', KEYS[1], 'st', 'd', 'r', ARGV[3], 'h', '', 'k', until_ms)
-  redis.call('PEXPIREAT', KEYS[1], until_ms)
+  local stay = math.max(tonumber(until_ms), tonumber(s[2]) + tonumber(ARGV[10]))
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', stay))
+  redis.call('SET', KEYS[2], 'L', 'KEEPTTL')
+  redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL')
 end
 local h = s[4] or ''
 local inst, gen = string.match(h, '^(.*)/(%d+)$')

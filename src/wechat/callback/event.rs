@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use super::ids::{OpenId, Scene};
-use super::xml::CallbackXml;
+use crate::wechat::ids::{OpenId, Scene};
+use crate::wechat::xml::CallbackXml;
 
 /// How the user came to scan: already a follower, or following by this scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
