@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::routing::post;
 use serde_json::Value;
+use wxlogin::sandbox::fake::Fault;
 use wxlogin::sandbox::phone::now_secs;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
@@ -328,6 +329,51 @@ async fn check_passes_against_the_fake_and_names_a_wrong_secret() {
     assert!(!ok, "{text}");
     assert!(text.contains("FAIL Redis at"), "{text}");
     assert!(!text.contains("hunter2pass"), "{text}");
+
+    // The Unix socket forms carry the password in the query.
+    for url in [
+        "unix:///nonexistent/redis.sock?db=3&pass=hunter2pass",
+        "redis+unix:///nonexistent/redis.sock?user=alice&pass=hunter2pass&db=3",
+    ] {
+        let mut with_socket = vars.clone();
+        with_socket.insert("REDIS_URL", url.into());
+        with_socket.insert(
+            "LOGIN_TOKEN_SECRET",
+            "a-shared-secret-of-at-least-32-chars!".into(),
+        );
+        let (ok, text) = tokio::task::spawn_blocking(move || check(&with_socket))
+            .await
+            .unwrap();
+        assert!(!ok, "{text}");
+        assert!(text.contains("FAIL Redis at"), "{text}");
+        assert!(
+            text.contains("/nonexistent/redis.sock") && text.contains("db=3"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2pass") && !text.contains("alice"),
+            "{text}"
+        );
+    }
+
+    // WeChat's own words are for the operator running the check (unlike /readyz).
+    app.fake.fail_token(
+        Fault::Body(
+            r#"{"errcode":40164,"errmsg":"invalid ip 203.0.113.7, not in whitelist"}"#.into(),
+        ),
+        1,
+    );
+    let (ok, text) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || check(&vars)
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains("40164") && text.contains("203.0.113.7") && text.contains("whitelist"),
+        "{text}"
+    );
 
     vars.insert("SECRET_KEY", "wrong-secret-value".into());
     let (ok, text) = tokio::task::spawn_blocking(move || check(&vars))
