@@ -143,7 +143,7 @@ impl App {
             let result = match result {
                 Ok(()) => "ok".to_owned(),
                 Err(ApiError::Wechat { errcode, .. }) => errcode.to_string(),
-                Err(ApiError::Parse { .. }) => "unreadable".to_owned(),
+                Err(ApiError::Parse { .. } | ApiError::TooLarge { .. }) => "unreadable".to_owned(),
                 Err(_) => "request_error".to_owned(),
             };
             observed.wechat_call(api, &result);

@@ -3,6 +3,10 @@
 //! `FORWARD_URL` (same query string, so the downstream can check WeChat's signature itself;
 //! same body), and the downstream's answer is relayed to WeChat. A downstream that does not
 //! answer in time gets WeChat `success`, so the user never sees WeChat's error message.
+//!
+//! Redirects are not followed: the callback carries WeChat's signature, and a redirect would
+//! hand it to a host nobody configured. A redirect, and an answer longer than
+//! [`MAX_ANSWER_BYTES`] (a passive reply is a short XML message), count as failures too.
 
 use std::time::Duration;
 
@@ -10,8 +14,12 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::wechat::api::read_capped;
+
 /// The downstream's time to answer: WeChat gives up after 5 s.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest downstream answer relayed to WeChat; longer ones are not read to the end.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// A client for `FORWARD_URL`.
 #[derive(Clone)]
@@ -35,6 +43,7 @@ impl Forwarder {
             http: reqwest::Client::builder()
                 .timeout(FORWARD_TIMEOUT)
                 .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             url: url.to_owned(),
         })
@@ -63,7 +72,7 @@ impl Forwarder {
             .body(body)
             .send()
             .await;
-        let response = match sent {
+        let mut response = match sent {
             Ok(r) => r,
             Err(e) => return Forwarded::Failed(e.without_url().to_string()),
         };
@@ -71,9 +80,15 @@ impl Forwarder {
         if status.is_server_error() {
             return Forwarded::Failed(format!("downstream answered {status}"));
         }
+        if status.is_redirection() {
+            return Forwarded::Failed(format!(
+                "downstream answered {status}, a redirect, which is not followed"
+            ));
+        }
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        match response.bytes().await {
-            Ok(bytes) => {
+        match read_capped(&mut response, MAX_ANSWER_BYTES).await {
+            Ok(None) => Forwarded::Failed("the downstream's answer is larger than 64 KiB".into()),
+            Ok(Some(bytes)) => {
                 let mut answer = (status, bytes).into_response();
                 if let Some(ct) = content_type {
                     answer.headers_mut().insert(header::CONTENT_TYPE, ct);

@@ -24,7 +24,8 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// `GET /readyz`: 200 when the store answers (Redis, with this instance subscribed to its
 /// deliveries) and the last contact with WeChat succeeded (a token was had and QR codes were
 /// made) with no backoff running; 503 otherwise, with the reason. The body also reports the
-/// stock and open streams.
+/// stock and open streams. Reasons are fixed sentences: raw Redis errors and WeChat's errmsg
+/// (which can name the server's egress IP) go to the log and to `wxlogin check`, not here.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready: the store answers, WeChat answers and QR codes can be made", body = serde_json::Value),
@@ -32,8 +33,11 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = match tokio::time::timeout(STORE_PING_TIMEOUT, state.login.store().ping()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the store does not answer".to_owned()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the store fails");
+            Err("cannot reach Redis, or not subscribed to its deliveries (the log says which)")
+        }
+        Err(_) => Err("the store does not answer"),
     };
     let pool = state.login.pool().status().await;
     let ready = pool.healthy && store.is_ok();

@@ -297,7 +297,7 @@ async fn other(
                 answer
             }
             Forwarded::Failed(why) => {
-                tracing::warn!(error = %why, "FORWARD_URL did not answer; answering success");
+                tracing::warn!(error = %why, "FORWARD_URL gave no answer to relay; answering success");
                 state
                     .metrics
                     .callbacks_forwarded

@@ -125,7 +125,9 @@ pub struct PoolStatus {
     pub made: u64,
     /// Codes made today (UTC), against WeChat's daily quota.
     pub made_today: u64,
-    /// The last error, when unhealthy.
+    /// The last error, when unhealthy: a sentence with WeChat's errcode and what to do, never
+    /// WeChat's errmsg (it can name the server's egress IP) or a transport error's text; those
+    /// are in the log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// An operator must fix the configuration (secret, whitelist, permission).
@@ -137,8 +139,14 @@ struct Health {
     ever_succeeded: bool,
     consecutive_failures: u32,
     backoff_until: Option<Instant>,
-    last_error: Option<String>,
+    /// The last error: its summary (for `/readyz`) and its full text (for the log).
+    last_error: Option<LastError>,
     config_error: bool,
+}
+
+struct LastError {
+    summary: String,
+    full: String,
 }
 
 #[derive(Default)]
@@ -248,7 +256,11 @@ impl QrPool {
         match health.backoff_until {
             Some(until) if until > Instant::now() => Err(Unavailable {
                 retry_after: until - Instant::now(),
-                reason: health.last_error.clone().unwrap_or_default(),
+                reason: health
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.full.clone())
+                    .unwrap_or_default(),
             }),
             _ => Ok(()),
         }
@@ -275,6 +287,16 @@ impl QrPool {
                 async move { api.create_qr(&token, &scene, ttl).await }
             })
             .await;
+        // A code that would be handed out with less than a stream's wait left is no code.
+        let result = result.and_then(|ticket| {
+            if Duration::from_secs(ticket.expire_seconds.into()) < self.inner.min_life {
+                Err(ApiError::ShortLived {
+                    expire_seconds: ticket.expire_seconds.into(),
+                })
+            } else {
+                Ok(ticket)
+            }
+        });
         match result {
             Ok(ticket) => {
                 self.record_success();
@@ -337,9 +359,12 @@ impl QrPool {
             .saturating_mul(1 << health.consecutive_failures.saturating_sub(1).min(10))
             .min(cap);
         health.backoff_until = Some(Instant::now() + pause);
-        health.last_error = Some(match e.advice() {
-            Some(advice) => format!("{e} ({advice})"),
-            None => e.to_string(),
+        health.last_error = Some(LastError {
+            summary: e.summary(),
+            full: match e.advice() {
+                Some(advice) => format!("{e} ({advice})"),
+                None => e.to_string(),
+            },
         });
         health.config_error = kind == ErrorKind::Config;
         if kind == ErrorKind::Config {
@@ -364,10 +389,12 @@ impl QrPool {
             last_error: if healthy {
                 None
             } else {
-                health
-                    .last_error
-                    .clone()
-                    .or_else(|| Some("no QR code made yet".into()))
+                Some(
+                    health
+                        .last_error
+                        .as_ref()
+                        .map_or_else(|| "no QR code made yet".to_owned(), |e| e.summary.clone()),
+                )
             },
             config_error: health.config_error,
         }

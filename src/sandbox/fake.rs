@@ -1,10 +1,11 @@
 //! A fake WeChat API server that behaves like the real one where wxlogin depends on it:
 //! `stable_token` (same token while valid, `force_refresh`), `/cgi-bin/token` (a new token that
 //! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, WeChat's
-//! errcodes for bad credentials and tokens, and fault injection (errcodes, delays) for tests.
+//! errcodes for bad credentials and tokens, and fault injection (errcodes, delays, odd bodies,
+//! lives out of range) for tests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,12 @@ pub enum Fault {
     Errcode(i64),
     /// Wait this long, then answer normally.
     Delay(Duration),
+    /// Answer this body (status 200, JSON content type), whatever it is.
+    Body(Arc<str>),
 }
+
+/// Marks "no override" in the reported-life settings.
+const NO_OVERRIDE: i64 = i64::MIN;
 
 /// What the fake has done, for assertions.
 #[derive(Debug, Default)]
@@ -131,6 +137,12 @@ pub(crate) struct FakeState {
     /// left by the last purge, so a purge costs O(1) per code made, however long the run.
     purge_at: AtomicUsize,
     faults: Mutex<Faults>,
+    /// What token replies say `expires_in` is, when not [`NO_OVERRIDE`] (the token itself
+    /// still lives [`TOKEN_TTL`]).
+    token_life: AtomicI64,
+    /// What `qrcode/create` says `expire_seconds` is, when not [`NO_OVERRIDE`] (the code
+    /// itself lives as long as asked).
+    qr_life: AtomicI64,
     pub(crate) counters: Counters,
     pub(crate) callback_url: Mutex<Option<String>>,
     pub(crate) http: reqwest::Client,
@@ -173,6 +185,8 @@ impl FakeWechat {
                 by_url: Mutex::new(HashMap::new()),
                 purge_at: AtomicUsize::new(MIN_PURGE_AT),
                 faults: Mutex::new(Faults::default()),
+                token_life: AtomicI64::new(NO_OVERRIDE),
+                qr_life: AtomicI64::new(NO_OVERRIDE),
                 counters: Counters::default(),
                 callback_url: Mutex::new(None),
                 http: reqwest::Client::new(),
@@ -207,6 +221,20 @@ impl FakeWechat {
         lock(&self.state.faults)
             .token
             .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// From now on token replies report `expires_in` as `seconds` (`None`: the truth).
+    pub fn report_token_life(&self, seconds: Option<i64>) {
+        self.state
+            .token_life
+            .store(seconds.unwrap_or(NO_OVERRIDE), Ordering::Relaxed);
+    }
+
+    /// From now on `qrcode/create` reports `expire_seconds` as `seconds` (`None`: the truth).
+    pub fn report_qr_life(&self, seconds: Option<i64>) {
+        self.state
+            .qr_life
+            .store(seconds.unwrap_or(NO_OVERRIDE), Ordering::Relaxed);
     }
 
     /// Invalidates the current token, as a `/cgi-bin/token` call by another program would.
@@ -261,6 +289,21 @@ impl FakeWechat {
                 tokio::time::sleep(d).await;
                 None
             }
+            Fault::Body(body) => Some(
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response(),
+            ),
+        }
+    }
+
+    /// `actual`, or what the fake was told to report instead.
+    fn reported(setting: &AtomicI64, actual: u64) -> Value {
+        match setting.load(Ordering::Relaxed) {
+            NO_OVERRIDE => json!(actual),
+            n => json!(n),
         }
     }
 
@@ -321,6 +364,7 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
             (left > TOKEN_REUSE_MIN).then(|| (t.value.clone(), left.as_secs()))
         });
         if let Some((value, left)) = current {
+            let left = FakeWechat::reported(&fake.state.token_life, left);
             return Json(json!({"access_token": value, "expires_in": left})).into_response();
         }
     } else {
@@ -330,6 +374,7 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
             .fetch_add(1, Ordering::Relaxed);
     }
     let (value, ttl) = fake.mint_token();
+    let ttl = FakeWechat::reported(&fake.state.token_life, ttl);
     Json(json!({"access_token": value, "expires_in": ttl})).into_response()
 }
 
@@ -425,7 +470,8 @@ async fn qrcode_create(
         .counters
         .qr_created
         .fetch_add(1, Ordering::Relaxed);
-    let reply = json!({"ticket": info.ticket, "expire_seconds": expire, "url": info.url});
+    let reported = FakeWechat::reported(&fake.state.qr_life, expire);
+    let reply = json!({"ticket": info.ticket, "expire_seconds": reported, "url": info.url});
     {
         let mut by_url = lock(&fake.state.by_url);
         // Forget codes that expired long ago, so a long sandbox run stays small.

@@ -44,15 +44,61 @@ const INBOX_PING: Duration = Duration::from_secs(5);
 const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
 
-/// `REDIS_URL` with its password (and user name) replaced, fit for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[unparsable URL]".into();
+/// Query parameters that carry credentials (the client reads `user` and `pass` for Unix
+/// sockets; the others are hidden in case a version or a fork reads them).
+const SECRET_PARAMS: [&str; 4] = ["pass", "password", "user", "username"];
+
+/// `REDIS_URL` with its credentials replaced, fit for logs and errors: the user name and
+/// password of `redis://user:pass@host` and the `pass`/`user` parameters of
+/// `unix:///path?pass=…`. Parsed as the Redis client parses it; what does not parse as a
+/// Redis URL is not shown at all (it could be anything, a bare password included). The fragment is dropped.
+pub fn redact_url(raw: &str) -> String {
+    // The client's schemes only: the rest of anything else could be a bare password.
+    const SCHEMES: [&str; 7] = [
+        "redis",
+        "rediss",
+        "valkey",
+        "valkeys",
+        "unix",
+        "redis+unix",
+        "valkey+unix",
+    ];
+    let Some(url) = url::Url::parse(raw)
+        .ok()
+        .filter(|u| SCHEMES.contains(&u.scheme()) && !u.cannot_be_a_base())
+    else {
+        return "[REDIS_URL that does not parse]".into();
     };
-    match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://[redacted]@{host}"),
-        None => format!("{scheme}://{rest}"),
+    let mut shown = format!("{}://", url.scheme());
+    if let Some(host) = url.host_str() {
+        if !url.username().is_empty() || url.password().is_some() {
+            shown.push_str("[redacted]@");
+        }
+        shown.push_str(host);
+        if let Some(port) = url.port() {
+            shown.push_str(&format!(":{port}"));
+        }
     }
+    shown.push_str(url.path());
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+                let decoded: String = url::form_urlencoded::parse(name.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .collect();
+                if SECRET_PARAMS.contains(&decoded.to_ascii_lowercase().as_str()) {
+                    format!("{name}=[redacted]")
+                } else {
+                    pair.to_owned()
+                }
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
 }
 
 /// Why the Redis store could not be set up.
@@ -802,7 +848,53 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
-        assert!(!redact_url("nonsense:hunter2").contains("hunter2"));
+        assert_eq!(
+            redact_url("redis://user:hunter2@h/2?protocol=resp3#hunter2"),
+            "redis://[redacted]@h/2?protocol=resp3"
+        );
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?pass=hunter2"),
+            "unix:///run/redis.sock?pass=[redacted]"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///p?db=1&pass=hunter2&user=alice"),
+            "redis+unix:///p?db=1&pass=[redacted]&user=[redacted]"
+        );
+        // An encoded parameter name is a parameter name too.
+        assert_eq!(
+            redact_url("unix:///p?p%61ss=hunter2&PASSWORD=hunter2"),
+            "unix:///p?p%61ss=[redacted]&PASSWORD=[redacted]"
+        );
+        for odd in [
+            "unix://alice:hunter2@/run/redis.sock",
+            "nonsense:hunter2",
+            "hunter2",
+            "redis://alice:hunter2@[::1",
+            "redis://:hunter2@h:99999",
+            "",
+        ] {
+            let shown = redact_url(odd);
+            assert!(!shown.contains("hunter2"), "{odd} -> {shown}");
+            assert!(!shown.contains("alice"), "{odd} -> {shown}");
+        }
+    }
+
+    #[test]
+    fn a_redis_url_the_client_refuses_is_not_echoed_in_the_error() {
+        for url in [
+            "redis://alice:hunter2@/0",
+            "http://alice:hunter2@h:6379",
+            "unix://alice:hunter2@/run/redis.sock",
+            "hunter2",
+        ] {
+            let Err(e) = RedisStore::new(&Secret::new(url.to_owned()), "wx1", Arc::from("i"))
+            else {
+                panic!("{url} was accepted");
+            };
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains("hunter2"), "{url} -> {text}");
+            assert!(!text.contains("alice"), "{url} -> {text}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! WeChat's "busy" answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -18,12 +19,24 @@ pub const DEFAULT_BASE: &str = "https://api.weixin.qq.com";
 const BUSY_ATTEMPTS: u32 = 3;
 const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(100);
 
+/// The most of a reply that is read: WeChat's answers to these calls are a few hundred bytes,
+/// so anything longer is not WeChat speaking, and is not buffered.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// The range an access token's reported life is brought into, in seconds. WeChat says 7200;
+/// the floor bounds how often a token is fetched (the cache stops using a token at half its
+/// life when it is short: at most one fetch every 30 s), the ceiling keeps a token from being
+/// trusted longer than WeChat ever lets one live.
+pub const TOKEN_LIFE_MIN: u64 = 60;
+/// See [`TOKEN_LIFE_MIN`].
+pub const TOKEN_LIFE_MAX: u64 = 7200;
+
 /// An access token and how long WeChat says it lives.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
     /// The token; never logged.
     pub value: Secret,
-    /// Seconds of life left, as WeChat reported.
+    /// Seconds of life left, as WeChat reported, within [`TOKEN_LIFE_MIN`, `TOKEN_LIFE_MAX`].
     pub expires_in: u64,
 }
 
@@ -34,7 +47,7 @@ pub struct QrTicket {
     pub ticket: Ticket,
     /// The content of the code: render this to show the QR without hotlinking WeChat.
     pub url: String,
-    /// Its life in seconds.
+    /// Its life in seconds: as WeChat reported, but never more than was asked for.
     pub expire_seconds: u32,
 }
 
@@ -49,6 +62,21 @@ pub struct WechatApi {
     appid: String,
     secret: Secret,
     observer: Option<Observer>,
+    /// Whether an out-of-range number from WeChat was logged already (once is enough).
+    warned: Arc<Warned>,
+}
+
+#[derive(Default)]
+struct Warned {
+    token_life: AtomicBool,
+    qr_life: AtomicBool,
+}
+
+impl Warned {
+    /// `true` the first time for `flag`.
+    fn first(flag: &AtomicBool) -> bool {
+        !flag.swap(true, Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for WechatApi {
@@ -71,7 +99,8 @@ struct StableTokenRequest<'a> {
 #[derive(Deserialize)]
 struct TokenReply {
     access_token: String,
-    expires_in: u64,
+    /// Any JSON number: WeChat's word is checked, not trusted to fit a type.
+    expires_in: serde_json::Number,
 }
 
 #[derive(Serialize)]
@@ -94,8 +123,23 @@ struct SceneStr<'a> {
 #[derive(Debug, Deserialize)]
 struct QrReply {
     ticket: String,
-    expire_seconds: u32,
+    expire_seconds: serde_json::Number,
     url: String,
+}
+
+/// A number of seconds as WeChat sent it, saturated into an `i64` (fractions cut off).
+fn seconds(n: &serde_json::Number) -> i64 {
+    n.as_i64()
+        .or_else(|| n.as_u64().map(|_| i64::MAX))
+        // `as` saturates, and NaN becomes 0.
+        .or_else(|| n.as_f64().map(|f| f as i64))
+        .unwrap_or_default()
+}
+
+/// A token's reported life brought into [`TOKEN_LIFE_MIN`]..=[`TOKEN_LIFE_MAX`].
+fn token_life(reported: i64) -> u64 {
+    let (min, max) = (TOKEN_LIFE_MIN, TOKEN_LIFE_MAX);
+    u64::try_from(reported).map_or(min, |s| s.clamp(min, max))
 }
 
 /// Every WeChat reply may carry these; a success has none or errcode 0.
@@ -127,6 +171,7 @@ impl WechatApi {
             appid: appid.into(),
             secret,
             observer: None,
+            warned: Arc::default(),
         })
     }
 
@@ -152,9 +197,18 @@ impl WechatApi {
             force_refresh,
         };
         let reply: TokenReply = self.post_with_retry("stable_token", &url, &body).await?;
+        let reported = seconds(&reply.expires_in);
+        let expires_in = token_life(reported);
+        if i64::try_from(expires_in) != Ok(reported) && Warned::first(&self.warned.token_life) {
+            tracing::warn!(
+                reported,
+                used = expires_in,
+                "WeChat reported an access token life out of range; using the nearest sane one"
+            );
+        }
         Ok(AccessToken {
             value: Secret::new(reply.access_token),
-            expires_in: reply.expires_in,
+            expires_in,
         })
     }
 
@@ -180,10 +234,26 @@ impl WechatApi {
             },
         };
         let reply: QrReply = self.post_with_retry("qrcode_create", &url, &body).await?;
+        let reported = seconds(&reply.expire_seconds);
+        // A code lives no longer than asked for, whatever the reply says; one that is said to
+        // be dead already is of no use.
+        let life = reported.min(i64::from(expire_seconds));
+        if reported != i64::from(expire_seconds) && Warned::first(&self.warned.qr_life) {
+            tracing::warn!(
+                reported,
+                requested = expire_seconds,
+                "WeChat reported a QR code life other than the one asked for"
+            );
+        }
+        let Some(life) = u32::try_from(life).ok().filter(|l| *l > 0) else {
+            return Err(ApiError::ShortLived {
+                expire_seconds: reported,
+            });
+        };
         Ok(QrTicket {
             ticket: Ticket::new(reply.ticket),
             url: reply.url,
-            expire_seconds: reply.expire_seconds,
+            expire_seconds: life,
         })
     }
 
@@ -217,7 +287,7 @@ impl WechatApi {
         url: &str,
         body: &B,
     ) -> Result<T, ApiError> {
-        let response = self
+        let mut response = self
             .http
             .post(url)
             .json(body)
@@ -226,12 +296,36 @@ impl WechatApi {
             .map_err(|e| ApiError::Request(e.without_url()))?
             .error_for_status()
             .map_err(|e| ApiError::Request(e.without_url()))?;
-        let bytes = response
-            .bytes()
+        let bytes = read_capped(&mut response, MAX_REPLY_BYTES)
             .await
-            .map_err(|e| ApiError::Request(e.without_url()))?;
+            .map_err(|e| ApiError::Request(e.without_url()))?
+            .ok_or(ApiError::TooLarge {
+                limit: MAX_REPLY_BYTES,
+            })?;
         parse_reply(&bytes)
     }
+}
+
+/// The body of `response` if it is at most `limit` bytes, `None` if it is longer. Reads chunk
+/// by chunk and stops past the limit, so a long body is never held in memory.
+pub async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// Reads a WeChat reply: an error object, or the expected value.
@@ -282,6 +376,36 @@ mod tests {
             panic!("parsed")
         };
         assert!(!e.to_string().contains("SECRET123"));
+    }
+
+    #[test]
+    fn a_token_life_out_of_range_is_brought_into_range() {
+        let life = |json: &str| {
+            let r: TokenReply = serde_json::from_str(json).unwrap();
+            token_life(seconds(&r.expires_in))
+        };
+        assert_eq!(life(r#"{"access_token":"t","expires_in":7200}"#), 7200);
+        assert_eq!(
+            life(r#"{"access_token":"t","expires_in":0}"#),
+            TOKEN_LIFE_MIN
+        );
+        assert_eq!(
+            life(r#"{"access_token":"t","expires_in":-7200}"#),
+            TOKEN_LIFE_MIN
+        );
+        assert_eq!(
+            life(r#"{"access_token":"t","expires_in":4611686018427387904}"#),
+            TOKEN_LIFE_MAX
+        );
+        assert_eq!(
+            life(r#"{"access_token":"t","expires_in":18446744073709551615}"#),
+            TOKEN_LIFE_MAX
+        );
+        assert_eq!(
+            life(r#"{"access_token":"t","expires_in":1e300}"#),
+            TOKEN_LIFE_MAX
+        );
+        assert_eq!(life(r#"{"access_token":"t","expires_in":3600.5}"#), 3600);
     }
 
     #[test]

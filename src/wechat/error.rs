@@ -48,6 +48,18 @@ pub enum ApiError {
         /// The first bytes of the body, for the log.
         body: String,
     },
+    /// WeChat's reply is longer than any reply of the API can be; reading stopped at `limit`.
+    #[error("WeChat's reply is larger than {limit} bytes")]
+    TooLarge {
+        /// The most a reply may be, in bytes.
+        limit: usize,
+    },
+    /// WeChat made a QR code whose reported life is too short to hand out.
+    #[error("WeChat made a QR code that lives {expire_seconds} s, too short to use")]
+    ShortLived {
+        /// The life WeChat reported, in seconds.
+        expire_seconds: i64,
+    },
     /// Forced refreshes are rationed (20 a day, 30 s apart) and none is left now.
     #[error("the access token was rejected and no forced refresh is allowed right now")]
     ForceRefreshRationed,
@@ -93,8 +105,26 @@ impl ApiError {
                 }
                 _ => ErrorKind::Other,
             },
-            Self::Request(_) | Self::Parse { .. } => ErrorKind::Transient,
+            Self::Request(_) | Self::Parse { .. } | Self::TooLarge { .. } => ErrorKind::Transient,
+            Self::ShortLived { .. } => ErrorKind::Other,
             Self::ForceRefreshRationed => ErrorKind::Token,
+        }
+    }
+
+    /// A sentence fit to be shown outside the log (`/readyz`): the errcode and our advice, but
+    /// never WeChat's errmsg (it can name the server's egress IP) nor a transport error's text.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Wechat { errcode, .. } => match self.advice() {
+                Some(advice) => format!("WeChat refuses: errcode {errcode} ({advice})"),
+                None => format!("WeChat refuses: errcode {errcode}"),
+            },
+            Self::Request(e) if e.is_timeout() => "WeChat does not answer in time".to_owned(),
+            Self::Request(_) => "cannot reach WeChat".to_owned(),
+            Self::Parse { .. } => "WeChat's reply is unreadable".to_owned(),
+            Self::TooLarge { .. } | Self::ShortLived { .. } | Self::ForceRefreshRationed => {
+                self.to_string()
+            }
         }
     }
 

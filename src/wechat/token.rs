@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
-use super::api::{AccessToken, WechatApi};
+use super::api::{AccessToken, TOKEN_LIFE_MAX, WechatApi};
 use super::error::{ApiError, ErrorKind};
 use super::secret::Secret;
 
@@ -114,9 +114,14 @@ impl TokenCache {
 
     fn store(&self, token: AccessToken) {
         // Stop using a token five minutes before WeChat's expiry (or at half-life for short
-        // ones), so a call never starts with a token about to lapse.
-        let margin = Duration::from_secs(300.min(token.expires_in / 2));
-        let use_until = Instant::now() + Duration::from_secs(token.expires_in) - margin;
+        // ones), so a call never starts with a token about to lapse. The client keeps the
+        // life in range; capping it here too keeps the clock arithmetic from overflowing.
+        let life = token.expires_in.min(TOKEN_LIFE_MAX);
+        let margin = 300.min(life / 2);
+        let now = Instant::now();
+        let use_until = now
+            .checked_add(Duration::from_secs(life - margin))
+            .unwrap_or(now);
         *self.inner.cached.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Cached { token, use_until });
     }
@@ -155,7 +160,8 @@ impl TokenCache {
     ) -> Result<Option<AccessToken>, ShareError> {
         let now = unix_ms();
         Ok(share.load().await?.and_then(|(value, expires_ms)| {
-            let expires_in = expires_ms.saturating_sub(now) / 1000;
+            // Another instance's word: trusted no further than WeChat's own.
+            let expires_in = (expires_ms.saturating_sub(now) / 1000).min(TOKEN_LIFE_MAX);
             // Like `store`: not within the last minutes of its life.
             let margin = 300.min(expires_in / 2);
             (expires_in > margin && rejected != Some(&value))
@@ -193,7 +199,8 @@ impl TokenCache {
                 }
                 match self.fetch_here(rejected).await {
                     Ok(token) => {
-                        let expires_ms = unix_ms().saturating_add(token.expires_in * 1000);
+                        let expires_ms =
+                            unix_ms().saturating_add(token.expires_in.saturating_mul(1000));
                         if let Err(e) = share.put(&token.value, expires_ms).await {
                             tracing::warn!(error = %e, "cannot share the access token");
                         }

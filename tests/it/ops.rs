@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::routing::post;
 use serde_json::Value;
+use wxlogin::sandbox::fake::Fault;
 use wxlogin::sandbox::phone::now_secs;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
@@ -272,6 +273,84 @@ async fn a_hanging_downstream_gives_success_within_five_seconds() {
     );
 }
 
+/// Serves `router` on a free loopback port; its base URL.
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}")
+}
+
+/// Posts a signed text message (not a login scan, so it is forwarded); WeChat's answer.
+async fn forward_a_message(app: &TestApp, openid: &str) -> String {
+    let text = format!(
+        "<xml><FromUserName>{openid}</FromUserName><CreateTime>{}</CreateTime><MsgType>text</MsgType><Content>hi</Content></xml>",
+        now_secs()
+    );
+    let r = app.post_callback(&app.signed_query(openid), text).await;
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_redirecting_forward_url_is_not_followed() {
+    // Where a redirect would take the signed callback: it must never be reached.
+    let (elsewhere, elsewhere_seen) = spawn_downstream(Duration::ZERO).await;
+    let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let redirector = axum::Router::new().route(
+        "/wx",
+        post({
+            let answers = Arc::clone(&answers);
+            move || async move {
+                // 307 would re-send the same POST body; 302 a GET.
+                let n = answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = if n.is_multiple_of(2) { 307 } else { 302 };
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    [("location", elsewhere.clone())],
+                    "moved",
+                )
+            }
+        }),
+    );
+    let url = format!("{}/wx", serve(redirector).await);
+    let app = spawn_app_with(&[("FORWARD_URL", url.as_str())]).await;
+    assert_eq!(forward_a_message(&app, "oRedirect1").await, "success");
+    assert_eq!(forward_a_message(&app, "oRedirect2").await, "success");
+    assert_eq!(answers.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(elsewhere_seen.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_8_mib_downstream_answer_is_not_relayed() {
+    const EIGHT_MIB: usize = 8 << 20;
+    let downstream = axum::Router::new()
+        // With a Content-Length: refused before reading.
+        .route("/sized", post(|| async { "x".repeat(EIGHT_MIB) }))
+        // Chunked, without one: refused once 64 KiB have come.
+        .route(
+            "/chunked",
+            post(|| async {
+                let chunks = (0..EIGHT_MIB / 65_536)
+                    .map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 65_536])));
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            }),
+        )
+        // Just under the limit: relayed.
+        .route("/fits", post(|| async { "y".repeat(60 * 1024) }));
+    let base = serve(downstream).await;
+    for (path, relayed) in [("/sized", false), ("/chunked", false), ("/fits", true)] {
+        let url = format!("{base}{path}");
+        let app = spawn_app_with(&[("FORWARD_URL", url.as_str())]).await;
+        let answer = forward_a_message(&app, "oBig").await;
+        if relayed {
+            assert_eq!(answer.len(), 60 * 1024, "{path}");
+        } else {
+            assert_eq!(answer, "success", "{path}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- wxlogin check
 
 fn check(vars: &HashMap<&str, String>) -> (bool, String) {
@@ -328,6 +407,51 @@ async fn check_passes_against_the_fake_and_names_a_wrong_secret() {
     assert!(!ok, "{text}");
     assert!(text.contains("FAIL Redis at"), "{text}");
     assert!(!text.contains("hunter2pass"), "{text}");
+
+    // The Unix socket forms carry the password in the query.
+    for url in [
+        "unix:///nonexistent/redis.sock?db=3&pass=hunter2pass",
+        "redis+unix:///nonexistent/redis.sock?user=alice&pass=hunter2pass&db=3",
+    ] {
+        let mut with_socket = vars.clone();
+        with_socket.insert("REDIS_URL", url.into());
+        with_socket.insert(
+            "LOGIN_TOKEN_SECRET",
+            "a-shared-secret-of-at-least-32-chars!".into(),
+        );
+        let (ok, text) = tokio::task::spawn_blocking(move || check(&with_socket))
+            .await
+            .unwrap();
+        assert!(!ok, "{text}");
+        assert!(text.contains("FAIL Redis at"), "{text}");
+        assert!(
+            text.contains("/nonexistent/redis.sock") && text.contains("db=3"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2pass") && !text.contains("alice"),
+            "{text}"
+        );
+    }
+
+    // WeChat's own words are for the operator running the check (unlike /readyz).
+    app.fake.fail_token(
+        Fault::Body(
+            r#"{"errcode":40164,"errmsg":"invalid ip 203.0.113.7, not in whitelist"}"#.into(),
+        ),
+        1,
+    );
+    let (ok, text) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || check(&vars)
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains("40164") && text.contains("203.0.113.7") && text.contains("whitelist"),
+        "{text}"
+    );
 
     vars.insert("SECRET_KEY", "wrong-secret-value".into());
     let (ok, text) = tokio::task::spawn_blocking(move || check(&vars))
