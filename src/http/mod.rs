@@ -38,9 +38,9 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::access::PageKeys;
 use self::forward::Forwarder;
 use self::limits::Limits;
-use crate::auth::page_token::PageTokens;
 use crate::login::LoginService;
 use crate::metrics::Metrics;
 use crate::wechat::crypto::KeyRing;
@@ -82,8 +82,8 @@ pub struct Shared {
     pub aes_keys: Option<KeyRing>,
     /// `REPLY_TEXT`, the reply to a login scan.
     pub reply_text: Option<String>,
-    /// Page tokens.
-    pub page_tokens: Arc<PageTokens>,
+    /// Page tokens, once their key is read from the store.
+    pub page_keys: Arc<PageKeys>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// `METRICS_TOKEN`, when `/metrics` is protected.
