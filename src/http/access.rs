@@ -115,7 +115,11 @@ impl PageKeys {
             tokens: PageTokens::new(&random, &self.api_token, self.default_ttl)?,
         });
         let mut slot = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-        if slot.is_some() {
+        if let Some(current) = slot.as_ref() {
+            // Another call read the same key meanwhile (the first requests at start).
+            if current.random == random {
+                return Ok(Arc::clone(current));
+            }
             tracing::warn!(
                 "the store holds another page-token key: adopting it (page tokens minted under the previous one are refused)"
             );

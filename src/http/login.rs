@@ -39,7 +39,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
     params(("scene" = String, Path, description = "The scene_id of the first event"), TokenQuery),
     responses(
         (status = 200, description = "`{status: pending, scene_id, expire_seconds}`, `{status: done, userId, event, login_token}` or `{status: expired}`", body = serde_json::Value),
-        (status = 401, description = "Wrong token", body = serde_json::Value)))]
+        (status = 401, description = "Wrong token", body = serde_json::Value),
+        (status = 503, description = "The store does not answer, or page tokens cannot be checked until it does (see Retry-After)", body = serde_json::Value)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(scene): Path<String>,

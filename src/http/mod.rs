@@ -3,7 +3,7 @@
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
-//! - [`access`]: who may call what (`API_TOKEN`, page tokens).
+//! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! - [`limits`]: streams per client IP, the cap on open streams, the client IP itself.
