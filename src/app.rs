@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::login_token::{KeyError, LoginTokens};
-use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
+use crate::http::access::PageKeys;
 use crate::http::forward::Forwarder;
 use crate::http::limits::{Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
@@ -59,18 +59,23 @@ pub enum AppError {
 }
 
 /// The login token issuer the configuration asks for: HS256 with `LOGIN_TOKEN_SECRET`, else
-/// EdDSA with the key in `LOGIN_TOKEN_KEY_FILE`, else EdDSA with a key made now.
+/// EdDSA with the key in `LOGIN_TOKEN_KEY_FILE`, else EdDSA with a key made now. Without
+/// Redis the used token ids are kept in this process only, so it accepts only its own tokens.
 fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
     let (appid, audience, ttl) = (
         config.appid.as_str(),
         config.login_token_audience.as_str(),
         config.login_token_ttl,
     );
-    match (&config.login_token_secret, &config.login_token_key_file) {
+    let tokens = match (&config.login_token_secret, &config.login_token_key_file) {
         (Some(secret), _) => LoginTokens::hs256(secret, appid, audience, ttl),
         (None, Some(path)) => LoginTokens::ed25519_from_pem_file(path, appid, audience, ttl),
         (None, None) => LoginTokens::ed25519_generated(appid, audience, ttl),
-    }
+    }?;
+    Ok(match config.redis_url {
+        Some(_) => tokens,
+        None => tokens.used_ids_kept_in_this_process(),
+    })
 }
 
 /// Pending connections the kernel may queue. A burst of browsers opening streams at once
@@ -95,6 +100,7 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     login: LoginService,
+    page_keys: Arc<PageKeys>,
     limits: Arc<Limits>,
     cancel: CancellationToken,
     grace: Duration,
@@ -149,6 +155,14 @@ impl App {
             observed.wechat_call(api, &result);
         }));
         let store = store(config)?;
+        let page_keys = Arc::new(PageKeys::new(
+            Arc::clone(&store),
+            config.api_token.clone(),
+            config.page_token_ttl,
+        ));
+        if config.redis_url.is_none() {
+            page_keys.load_from_memory();
+        }
         let pool = QrPool::new(
             TokenCache::new(api, store.token_share()),
             Arc::clone(&store),
@@ -189,14 +203,7 @@ impl App {
                 config.aes_keys.clone(),
             ),
             reply_text: config.reply_text.clone(),
-            page_tokens: Arc::new(
-                PageTokens::new(&config.api_token, config.page_token_ttl).map_err(|_| {
-                    KeyError {
-                        setting: "API_TOKEN",
-                        problem: "cannot key page tokens".into(),
-                    }
-                })?,
-            ),
+            page_keys: Arc::clone(&page_keys),
             metrics,
             metrics_token: config.metrics_token.clone(),
             limits: Arc::clone(&limits),
@@ -212,6 +219,7 @@ impl App {
             listener,
             router: http::common_layers(router),
             login,
+            page_keys,
             limits,
             cancel,
             grace: config.shutdown_grace,
@@ -239,10 +247,12 @@ impl App {
             listener,
             router,
             login,
+            page_keys,
             limits,
             cancel,
             grace,
         } = self;
+        let keys = tokio::spawn(page_keys.keep_loaded(cancel.child_token()));
         let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
         let inbox = tokio::spawn(login.clone().run_inbox(cancel.child_token()));
         let purge_cancel = cancel.child_token();
@@ -277,7 +287,7 @@ impl App {
             }
         };
         cancel.cancel();
-        let _ = tokio::join!(refill, purge, inbox);
+        let _ = tokio::join!(refill, purge, inbox, keys);
         served.map_err(AppError::Serve)
     }
 }

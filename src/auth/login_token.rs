@@ -5,6 +5,12 @@
 //! openid), `aud` (the page token's origin, or `LOGIN_TOKEN_AUDIENCE`), `appid`, `scene`,
 //! `event`, `iat`, `exp` (default 5 minutes later) and `jti` (a unique id, so
 //! `POST /login/verify` can accept each token once).
+//!
+//! Verification checks what the signature alone cannot: that the token is wxlogin's (`iss`),
+//! for this deployment's account (`appid`), and for the audience asked for (the default one
+//! when none is named, so that a token minted for a site's origin is never taken elsewhere).
+//! With the memory store the used ids die with the process, so a token records which process
+//! issued it (a prefix of its `jti`) and another process refuses it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,9 +59,18 @@ pub enum LoginTokenError {
     /// Past its `exp`.
     #[error("the login token has expired")]
     Expired,
-    /// For another audience than the one asked for.
+    /// For another audience than the one asked for (or the default one).
     #[error("the login token is for another audience")]
     WrongAudience,
+    /// Issued by something other than wxlogin.
+    #[error("the login token was not issued by wxlogin")]
+    WrongIssuer,
+    /// For another Official Account than this deployment's.
+    #[error("the login token is for another appid")]
+    WrongAppid,
+    /// Issued by an earlier process with the memory store, whose record of used tokens is gone.
+    #[error("the login token was issued before this process started: its use cannot be known")]
+    BeforeStart,
     /// Not signed by this service, malformed, or of another kind.
     #[error("the login token is invalid")]
     Invalid,
@@ -82,6 +97,9 @@ pub struct LoginTokens {
     ttl: Duration,
     appid: String,
     default_audience: String,
+    /// With the memory store: this process's random id, which starts the `jti` of every
+    /// token it issues and of every token it accepts.
+    process: Option<String>,
 }
 
 impl std::fmt::Debug for LoginTokens {
@@ -115,6 +133,7 @@ impl LoginTokens {
             ttl,
             appid: appid.into(),
             default_audience: audience.into(),
+            process: None,
         })
     }
 
@@ -176,7 +195,17 @@ impl LoginTokens {
             ttl,
             appid: appid.into(),
             default_audience: audience.into(),
+            process: None,
         })
+    }
+
+    /// For a process whose record of used tokens dies with it (the memory store): tokens say
+    /// they are this process's (in their `jti`), and tokens of any other process are refused,
+    /// since whether they were used cannot be known.
+    #[must_use]
+    pub fn used_ids_kept_in_this_process(mut self) -> Self {
+        self.process = Some(random_id()[..12].to_owned());
+        self
     }
 
     /// The JWT algorithm in use.
@@ -202,14 +231,18 @@ impl LoginTokens {
             event: event.into(),
             iat,
             exp: iat + self.ttl.as_secs(),
-            jti: random_id(),
+            jti: match &self.process {
+                Some(process) => format!("{process}.{}", random_id()),
+                None => random_id(),
+            },
         };
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &self.encoding)
     }
 
-    /// Checks signature, issuer, expiry and, when given, the audience.
+    /// Checks signature, expiry, issuer, appid, the audience (`audience`, else the default
+    /// one) and, with the memory store, that this process issued the token.
     pub fn verify(
         &self,
         token: &str,
@@ -219,18 +252,25 @@ impl LoginTokens {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         validation.leeway = 0;
-        match audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
+        validation.set_audience(&[audience.unwrap_or(&self.default_audience)]);
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<LoginClaims>(token, &self.decoding, &validation)
+        let claims = jsonwebtoken::decode::<LoginClaims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => LoginTokenError::Expired,
                 ErrorKind::InvalidAudience => LoginTokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => LoginTokenError::WrongIssuer,
                 _ => LoginTokenError::Invalid,
-            })
+            })?;
+        if claims.appid != self.appid {
+            return Err(LoginTokenError::WrongAppid);
+        }
+        if let Some(process) = &self.process
+            && claims.jti.split_once('.').map(|(issuer, _)| issuer) != Some(process.as_str())
+        {
+            return Err(LoginTokenError::BeforeStart);
+        }
+        Ok(claims)
     }
 
     /// The JSON Web Key Set for `/.well-known/jwks.json` (empty for HS256: the secret is not
@@ -279,6 +319,73 @@ mod tests {
         )
         .unwrap();
         assert_eq!(hs.verify(&jwt, None), Err(LoginTokenError::Invalid));
+    }
+
+    #[test]
+    fn without_an_audience_only_the_default_one_is_accepted() {
+        let t = tokens();
+        let for_origin = t
+            .issue("oUser", "s", "SCAN", Some("https://a.example"))
+            .unwrap();
+        assert_eq!(
+            t.verify(&for_origin, None),
+            Err(LoginTokenError::WrongAudience)
+        );
+        assert!(t.verify(&for_origin, Some("https://a.example")).is_ok());
+        let default = t.issue("oUser", "s", "SCAN", None).unwrap();
+        assert!(t.verify(&default, None).is_ok());
+    }
+
+    fn hs(appid: &str) -> LoginTokens {
+        LoginTokens::hs256(
+            &Secret::new("k".repeat(32)),
+            appid,
+            "site",
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_of_another_appid_or_issuer_under_the_same_key_is_refused() {
+        let other_account = hs("wxother").issue("oUser", "s", "SCAN", None).unwrap();
+        assert_eq!(
+            hs("wxapp").verify(&other_account, None),
+            Err(LoginTokenError::WrongAppid)
+        );
+        let mut claims = hs("wxapp")
+            .verify(
+                &hs("wxapp").issue("oUser", "s", "SCAN", None).unwrap(),
+                None,
+            )
+            .unwrap();
+        claims.iss = "someone-else".into();
+        let foreign = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret("k".repeat(32).as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            hs("wxapp").verify(&foreign, None),
+            Err(LoginTokenError::WrongIssuer)
+        );
+    }
+
+    #[test]
+    fn with_ids_kept_in_one_process_another_process_refuses_its_tokens() {
+        let before = hs("wxapp").used_ids_kept_in_this_process();
+        let after = hs("wxapp").used_ids_kept_in_this_process();
+        let old = before.issue("oUser", "s", "SCAN", None).unwrap();
+        assert!(before.verify(&old, None).is_ok());
+        assert_eq!(after.verify(&old, None), Err(LoginTokenError::BeforeStart));
+        let unmarked = hs("wxapp").issue("oUser", "s", "SCAN", None).unwrap();
+        assert_eq!(
+            after.verify(&unmarked, None),
+            Err(LoginTokenError::BeforeStart)
+        );
+        let fresh = after.issue("oUser", "s", "SCAN", None).unwrap();
+        assert!(after.verify(&fresh, None).is_ok());
     }
 
     #[test]

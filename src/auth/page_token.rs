@@ -2,18 +2,22 @@
 //!
 //! A site's backend asks `POST /tokens` (with `API_TOKEN`) for one; it is valid a few
 //! minutes and may be bound to an origin, in which case a browser request must come from that
-//! origin. They are HS256 JWTs keyed by a hash of `API_TOKEN`, so every instance that shares
-//! the `API_TOKEN` accepts every other instance's page tokens, and changing `API_TOKEN`
-//! revokes them all.
+//! origin. They are HS256 JWTs keyed by HMAC-SHA256 of `API_TOKEN` under 256 random bits that
+//! the store keeps ([`crate::store::Store::page_key`]): a page token is public, and were its
+//! key a plain hash of `API_TOKEN`, anyone holding one could test guesses of `API_TOKEN`
+//! offline. Every instance on one store accepts every other instance's page tokens, and
+//! changing `API_TOKEN` revokes them all.
 
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use super::{random_id, unix_now};
 use crate::wechat::secret::Secret;
+
+/// Said before `API_TOKEN` in the HMAC: a key made for page tokens serves nothing else.
+const KEY_LABEL: &[u8] = b"wxlogin page token v2\0";
 
 /// The longest life a page token may be given.
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -56,15 +60,19 @@ pub struct PageTokens {
 }
 
 impl PageTokens {
-    /// Keys derived from `api_token`.
+    /// Keys of `api_token` under `random`, the store's 256 random bits: HMAC-SHA256 with key
+    /// `random` of a label and `api_token`.
     pub fn new(
+        random: &[u8; 32],
         api_token: &Secret,
         default_ttl: Duration,
     ) -> Result<Self, jsonwebtoken::errors::Error> {
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(b"wxlogin page token v1\0");
-        hasher.update(api_token.expose().as_bytes());
-        let key = hasher.finalize();
+        use hmac::{KeyInit as _, Mac as _};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(random)
+            .map_err(|_| jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+        mac.update(KEY_LABEL);
+        mac.update(api_token.expose().as_bytes());
+        let key = mac.finalize().into_bytes();
         Ok(Self {
             encoding: EncodingKey::from_secret(&key)?,
             decoding: DecodingKey::from_secret(&key)?,
@@ -139,8 +147,15 @@ pub fn origin_of_url(url: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    const RANDOM: [u8; 32] = [7; 32];
+
     fn tokens() -> PageTokens {
-        PageTokens::new(&Secret::new("api-token-123456"), Duration::from_secs(300)).unwrap()
+        PageTokens::new(
+            &RANDOM,
+            &Secret::new("api-token-123456"),
+            Duration::from_secs(300),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -162,14 +177,19 @@ mod tests {
     }
 
     #[test]
-    fn tokens_of_another_api_token_or_garbage_are_refused() {
-        let other =
-            PageTokens::new(&Secret::new("other-token-1234"), Duration::from_secs(300)).unwrap();
-        let (token, _) = other.mint(None, None).unwrap();
-        assert_eq!(
-            tokens().verify(&token, None).unwrap_err(),
-            PageTokenError::Invalid
-        );
+    fn tokens_of_another_api_token_another_random_key_or_garbage_are_refused() {
+        let ttl = Duration::from_secs(300);
+        let other_api_token =
+            PageTokens::new(&RANDOM, &Secret::new("other-token-1234"), ttl).unwrap();
+        let other_random =
+            PageTokens::new(&[8; 32], &Secret::new("api-token-123456"), ttl).unwrap();
+        for other in [other_api_token, other_random] {
+            let (token, _) = other.mint(None, None).unwrap();
+            assert_eq!(
+                tokens().verify(&token, None).unwrap_err(),
+                PageTokenError::Invalid
+            );
+        }
         assert_eq!(
             tokens().verify("garbage", None).unwrap_err(),
             PageTokenError::Invalid

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access::{page_access, require_api_token};
+use super::access::{page_access, page_keys_unavailable, require_api_token};
 use super::error::HttpError;
 use super::sse::named_event;
 use crate::auth::login_token::LoginTokenError;
@@ -46,7 +46,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
     responses(
         (status = 200, description = "`{status: pending, scene_id, expire_seconds}`, `{status: done, userId, event, login_token}` or `{status: expired}` (also for an id that is not the scene's)", body = serde_json::Value),
         (status = 400, description = "No event id given", body = serde_json::Value),
-        (status = 401, description = "Wrong token", body = serde_json::Value)))]
+        (status = 401, description = "Wrong token", body = serde_json::Value),
+        (status = 503, description = "The store does not answer, or page tokens cannot be checked until it does (see Retry-After)", body = serde_json::Value)))]
 pub async fn status(
     State(state): State<AppState>,
     Path(scene): Path<String>,
@@ -92,19 +93,21 @@ pub async fn status(
 pub struct VerifyRequest {
     /// The token the page received.
     login_token: String,
-    /// When given, the token must be for this audience.
+    /// The audience the token must be for: the origin its page token was bound to; when
+    /// absent, `LOGIN_TOKEN_AUDIENCE` (so a token minted for a site's origin fails).
     audience: Option<String>,
 }
 
 /// `POST /login/verify` (bearer `API_TOKEN`): valid and unused → 200 with the claims, and
-/// the token is used up; used before → 409; expired, forged or for another audience → 401.
+/// the token is used up; used before → 409; expired, forged, not wxlogin's, for another
+/// appid or audience, or (memory store) issued before this process started → 401.
 #[utoipa::path(post, path = "/login/verify", tag = "site backend", operation_id = "verify_login_token",
     request_body = VerifyRequest,
     security(("api_token" = [])),
     responses(
         (status = 200, description = "The claims; the token is now used", body = serde_json::Value),
         (status = 400, description = "Malformed body", body = serde_json::Value),
-        (status = 401, description = "Wrong API token, or the login token is expired, forged or for another audience", body = serde_json::Value),
+        (status = 401, description = "Wrong API token, or the login token is expired, forged, not issued by wxlogin, for another appid, for another audience (without `audience`: other than `LOGIN_TOKEN_AUDIENCE`), or issued before this process started (memory store: its use cannot be known)", body = serde_json::Value),
         (status = 409, description = "The login token was used before", body = serde_json::Value)))]
 pub async fn verify(
     State(state): State<AppState>,
@@ -122,6 +125,15 @@ pub async fn verify(
             LoginTokenError::WrongAudience => {
                 HttpError::Unauthorized("the login token is for another audience")
             }
+            LoginTokenError::WrongIssuer => {
+                HttpError::Unauthorized("the login token was not issued by wxlogin")
+            }
+            LoginTokenError::WrongAppid => {
+                HttpError::Unauthorized("the login token is for another appid")
+            }
+            LoginTokenError::BeforeStart => HttpError::Unauthorized(
+                "the login token was issued before this process started: its use cannot be known",
+            ),
             LoginTokenError::Invalid => HttpError::Unauthorized("the login token is invalid"),
         })?;
     // Keep the used id a little past the token's expiry, after which it is refused anyway.
@@ -160,7 +172,8 @@ pub struct MintRequest {
     responses(
         (status = 201, description = "`{token, expires_in, origin}`", body = serde_json::Value),
         (status = 400, description = "Malformed body or origin", body = serde_json::Value),
-        (status = 401, description = "Wrong API token", body = serde_json::Value)))]
+        (status = 401, description = "Wrong API token", body = serde_json::Value),
+        (status = 503, description = "The store holding the page-token key does not answer (see Retry-After)", body = serde_json::Value)))]
 pub async fn mint(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -185,16 +198,17 @@ pub async fn mint(
         }
     }
     let ttl = req.ttl_seconds.map(Duration::from_secs);
-    let (token, expires_in) = state
-        .page_tokens
-        .mint(req.origin.as_deref(), ttl)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot sign a page token");
-            HttpError::Unavailable {
-                retry_after: Duration::from_secs(1),
-                message: "temporarily unable to mint tokens",
-            }
-        })?;
+    let page_tokens = state.page_keys.get().await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the page-token key");
+        page_keys_unavailable()
+    })?;
+    let (token, expires_in) = page_tokens.mint(req.origin.as_deref(), ttl).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign a page token");
+        HttpError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            message: "temporarily unable to mint tokens",
+        }
+    })?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "expires_in": expires_in, "origin": req.origin})),

@@ -3,7 +3,7 @@
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
-//! - [`access`]: who may call what (`API_TOKEN`, page tokens).
+//! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! - [`limits`]: streams per client IP, the cap on open streams, the client IP itself.
@@ -38,9 +38,9 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::access::PageKeys;
 use self::forward::Forwarder;
 use self::limits::Limits;
-use crate::auth::page_token::PageTokens;
 use crate::login::LoginService;
 use crate::metrics::Metrics;
 use crate::wechat::callback::Checker;
@@ -78,8 +78,8 @@ pub struct Shared {
     pub callbacks: Checker,
     /// `REPLY_TEXT`, the reply to a login scan.
     pub reply_text: Option<String>,
-    /// Page tokens.
-    pub page_tokens: Arc<PageTokens>,
+    /// Page tokens, once their key is read from the store.
+    pub page_keys: Arc<PageKeys>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// `METRICS_TOKEN`, when `/metrics` is protected.

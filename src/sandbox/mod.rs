@@ -5,7 +5,9 @@
 //!
 //! `wxlogin sandbox` needs no configuration and never talks to the real WeChat, whatever is
 //! configured: the account's credentials are made up and `WECHAT_API_BASE` points at the fake.
-//! The integration tests use the same fake.
+//! Nor does it use a deployment's secrets, should it start in a production folder: it makes
+//! its own `API_TOKEN` and login-token key and keeps its state in memory ([`IGNORED`]), so
+//! nothing it mints is accepted by a real deployment. The integration tests use the same fake.
 
 pub mod fake;
 pub mod phone;
@@ -65,29 +67,38 @@ pub fn serve_fake(
     Ok(addr)
 }
 
-/// The configuration of a sandbox: the fake account's credentials and API, and the rest
-/// (`BIND`, `SSE_TIMEOUT_SECS`, `POOL_SIZE`, `API_TOKEN`, ...) from `vars`. The sandbox listens
-/// on 127.0.0.1:8000 unless `BIND` says otherwise.
+/// The settings of a deployment that the sandbox never uses: with them it could mint page
+/// or login tokens a real deployment accepts, or write into its Redis.
+pub const IGNORED: [&str; 4] = [
+    "API_TOKEN",
+    "LOGIN_TOKEN_SECRET",
+    "LOGIN_TOKEN_KEY_FILE",
+    "REDIS_URL",
+];
+
+/// The configuration of a sandbox: the fake account's credentials and API, a random
+/// `API_TOKEN`, a login-token key made now, the memory store, and the rest (`BIND`,
+/// `SSE_TIMEOUT_SECS`, `POOL_SIZE`, ...) from `vars`; [`IGNORED`] settings in `vars` are
+/// ignored. The sandbox listens on 127.0.0.1:8000 unless `BIND` says otherwise.
 pub fn sandbox_config(
     vars: &HashMap<String, String>,
     account: &FakeAccount,
     fake_addr: SocketAddr,
 ) -> Result<Config, ConfigError> {
-    let api_token = vars
-        .get("API_TOKEN")
-        .filter(|t| !t.trim().is_empty())
-        .cloned()
-        .unwrap_or_else(|| format!("sandbox-{}", &phone::random_openid()[1..17]));
     let mut overrides: HashMap<&str, String> = HashMap::from([
         ("APPID", account.appid.clone()),
         ("SECRET_KEY", account.secret.expose().to_owned()),
         ("MP_TOKEN", account.mp_token.expose().to_owned()),
         ("WECHAT_API_BASE", format!("http://{fake_addr}")),
-        ("API_TOKEN", api_token),
         // The sandbox's mode is the fake account's, never a real account's key.
         ("ENCODING_AES_KEY", String::new()),
         ("ENCODING_AES_KEY_PREVIOUS", String::new()),
     ]);
+    for setting in IGNORED {
+        // Unset, so that the configuration falls back to a key made now and to memory.
+        overrides.insert(setting, String::new());
+    }
+    overrides.insert("API_TOKEN", format!("sandbox-{}", crate::auth::random_id()));
     if let Some(key) = &account.encoding_aes_key {
         overrides.insert("ENCODING_AES_KEY", key.expose().to_owned());
     }
@@ -143,8 +154,11 @@ pub async fn run(
     };
     eprintln!(
         "\n  wxlogin SANDBOX ({mode}): a fake WeChat runs in this process; the real WeChat is never contacted.\n  \
+         Ignored here: {} (a random API token and a login-token key made now, state in memory:\n  \
+         nothing minted here is accepted by a real deployment).\n  \
          Open http://{callback_host}/ and press \"scan\".\n  \
          Streams: GET http://{callback_host}/sse?token={}\n",
+        IGNORED.join(", "),
         config.api_token.expose()
     );
     tracing::info!(%addr, fake = %fake_addr, "sandbox running");

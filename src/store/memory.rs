@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture};
@@ -42,6 +42,8 @@ struct Inner {
     fingerprints: RandomState,
     stock: Mutex<Stock>,
     sessions: Mutex<HashMap<Scene, Snapshot>>,
+    /// The page-token key: the first candidate offered, for the life of the process.
+    page_key: OnceLock<[u8; 32]>,
 }
 
 /// A claimed key.
@@ -97,6 +99,7 @@ impl MemoryStore {
                 fingerprints: RandomState::new(),
                 stock: Mutex::new(Stock::default()),
                 sessions: Mutex::new(HashMap::new()),
+                page_key: OnceLock::new(),
             }),
         }
     }
@@ -210,6 +213,13 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         ready(self.claim(key, ttl).is_ok())
+    }
+
+    fn page_key<'a>(
+        &'a self,
+        candidate: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<[u8; 32], StoreError>> {
+        ready(*self.inner.page_key.get_or_init(|| *candidate))
     }
 
     fn stock_reserve<'a>(
@@ -466,5 +476,12 @@ mod tests {
         store.purge_expired();
         assert!(store.is_empty());
         assert!(store.claim_once("a", ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_first_page_key_offered_stays() {
+        let store = MemoryStore::new();
+        assert_eq!(store.page_key(&[1; 32]).await.unwrap(), [1; 32]);
+        assert_eq!(store.page_key(&[2; 32]).await.unwrap(), [1; 32]);
     }
 }

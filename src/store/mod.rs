@@ -6,6 +6,7 @@
 //!   resolved once by a scan and then holding the result for a reconnecting stream;
 //! - keys claimed once (WeChat's retries of a callback, used login token ids);
 //! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
+//! - the random key page tokens are signed under ([`Store::page_key`]);
 //! - notices to the instance holding a stream ([`Inbox`]).
 //!
 //! Two backends behind one trait object: [`memory`] (the default: one process) and
@@ -273,6 +274,14 @@ pub trait Store: Send + Sync + 'static {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The random key behind page tokens, one for every instance: `candidate` becomes it
+    /// unless one is set already, and the one set is returned. It never expires: losing it
+    /// revokes every page token.
+    fn page_key<'a>(
+        &'a self,
+        candidate: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<[u8; 32], StoreError>>;
 
     // ------------------------------------------------------------------ QR stock
 

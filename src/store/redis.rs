@@ -1,6 +1,7 @@
 //! The Redis store: several instances of wxlogin share one Redis (`REDIS_URL`).
 //!
-//! Every key starts with `wxlogin:<appid>:` and has a TTL. A session is one hash whose key
+//! Every key starts with `wxlogin:<appid>:` and has a TTL, but for the page-token key
+//! (`…:pagekey`), which lives as long as the deployment. A session is one hash whose key
 //! carries the scene as a hash tag (`…:s:{<scene>}`), so everything about a scene lives in
 //! one slot of a Redis Cluster. Each change of a session is one Lua script (`lua/`), atomic in
 //! Redis: above all `resolve`, which claims the event's key, resolves the session and
@@ -271,6 +272,10 @@ impl RedisStore {
         format!("{}once:{key}", self.inner.prefix)
     }
 
+    fn page_key_key(&self) -> String {
+        format!("{}pagekey", self.inner.prefix)
+    }
+
     fn stock_keys(&self) -> (String, String) {
         let p = &self.inner.prefix;
         (
@@ -382,6 +387,28 @@ impl Store for RedisStore {
                 .await
                 .map_err(err)?;
             Ok(set.is_some())
+        })
+    }
+
+    fn page_key<'a>(
+        &'a self,
+        candidate: &'a [u8; 32],
+    ) -> BoxFuture<'a, Result<[u8; 32], StoreError>> {
+        Box::pin(async move {
+            let key = self.page_key_key();
+            let mut conn = self.conn();
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(hex::encode(candidate))
+                .arg("NX")
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let stored: Option<String> = conn.get(&key).await.map_err(err)?;
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(stored.ok_or_else(|| bad_reply("page_key"))?, &mut bytes)
+                .map_err(|_| bad_reply("page_key"))?;
+            Ok(bytes)
         })
     }
 

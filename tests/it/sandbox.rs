@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 
@@ -34,7 +35,16 @@ async fn the_sandbox_in_safe_mode_encrypts_its_callbacks_and_still_logs_in() {
     sandbox_scan_logs_in(&["--safe-mode"], "safe mode").await;
 }
 
-async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
+/// A running `wxlogin sandbox` with `flags` and the environment `env` (nothing else), in an
+/// empty folder: its base URL and its banner.
+struct Sandbox {
+    base: String,
+    banner: String,
+    _child: Killed,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_sandbox(flags: &[&str], env: &[(&str, &str)]) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
@@ -42,6 +52,7 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .args(flags)
         .current_dir(dir.path())
         .env_clear()
+        .envs(env.iter().copied())
         .env("BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -50,7 +61,7 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .unwrap();
     // The banner names the page; wait for it (the server is bound before it is printed).
     let stderr = child.stderr.take().unwrap();
-    let _child = Killed(child);
+    let child = Killed(child);
     let banner = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
         for line in BufReader::new(stderr).lines() {
@@ -67,11 +78,117 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .await
         .expect("sandbox starts")
         .unwrap();
+    Sandbox {
+        base: format!("http://127.0.0.1:{port}"),
+        banner,
+        _child: child,
+        _dir: dir,
+    }
+}
+
+/// Opens the page's stream with `token`, scans as `openid`: the login token.
+async fn sandbox_login_token(base: &str, token: &str, openid: &str) -> String {
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{base}/sse?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = response.bytes_stream().eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    let qr: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let scan = client
+        .post(format!("{base}/sandbox/scan"))
+        .json(&serde_json::json!({"scene": qr["scene_id"], "openid": openid}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scan.status(), 200);
+    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    result["login_token"].as_str().unwrap().to_owned()
+}
+
+/// The token the banner names for `/sse`.
+fn banner_token(banner: &str) -> &str {
+    banner
+        .split("/sse?token=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the banner names the token")
+}
+
+#[tokio::test]
+async fn a_sandbox_in_a_production_folder_ignores_its_secrets_and_a_site_refuses_its_tokens() {
+    let secret = "the-production-login-token-secret-0123";
+    let production_api_token = "production-api-token-0123";
+    let sandbox = start_sandbox(
+        &[],
+        &[
+            ("API_TOKEN", production_api_token),
+            ("LOGIN_TOKEN_SECRET", secret),
+            ("LOGIN_TOKEN_KEY_FILE", "/nonexistent/production.pem"),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+        ],
+    )
+    .await;
+    let banner = &sandbox.banner;
+    for setting in [
+        "API_TOKEN",
+        "LOGIN_TOKEN_SECRET",
+        "LOGIN_TOKEN_KEY_FILE",
+        "REDIS_URL",
+    ] {
+        assert!(banner.contains(setting), "{banner}");
+    }
+    assert!(banner.contains("Ignored"), "{banner}");
+    let token = banner_token(banner);
+    assert_ne!(token, production_api_token);
+    let refused = reqwest::get(format!("{}/sse?token={production_api_token}", sandbox.base))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let login_token = sandbox_login_token(&sandbox.base, token, "oSandboxUser").await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let part = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&b64.decode(login_token.split('.').nth(i).unwrap()).unwrap())
+            .unwrap()
+    };
+    assert_eq!(part(0)["alg"], "EdDSA", "not signed with the secret");
+    // A production deployment of the very account the sandbox names, keyed with the secret:
+    // the token's signature is not its own.
+    let account = wxlogin::sandbox::fake::FakeAccount {
+        appid: part(1)["appid"].as_str().unwrap().to_owned(),
+        ..wxlogin::sandbox::fake::FakeAccount::random()
+    };
+    let production =
+        crate::helpers::spawn_app_for(account, &[("LOGIN_TOKEN_SECRET", secret)]).await;
+    let r = production
+        .client
+        .post(format!("{}/login/verify", production.base))
+        .bearer_auth(&production.api_token)
+        .json(&serde_json::json!({"login_token": login_token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("invalid"));
+}
+
+async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
+    let sandbox = start_sandbox(flags, &[]).await;
+    let banner = &sandbox.banner;
     assert!(banner.contains("SANDBOX"), "{banner}");
     assert!(banner.contains("never contacted"), "{banner}");
     assert!(banner.contains(mode), "{banner}");
 
-    let base = format!("http://127.0.0.1:{port}");
+    let base = &sandbox.base;
     let client = reqwest::Client::new();
     let page = client.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(page.status(), 200);

@@ -1,5 +1,6 @@
-//! Safe mode, login tokens a site backend can trust, page tokens, resuming a dropped stream,
-//! polling, and the passive reply.
+//! Safe mode, login tokens a site backend can trust (and only for this deployment, its
+//! audience, and once), page tokens whose key cannot be guessed from one, resuming a dropped
+//! stream, polling, and the passive reply.
 
 use std::time::Duration;
 
@@ -333,20 +334,30 @@ async fn login_verify_accepts_a_token_once() {
 }
 
 /// HMAC-SHA256 of a JWT's signing input, base64url: the HS256 signature, computed raw.
-fn hmac_b64(secret: &str, input: &str) -> String {
+fn hmac_b64(key: &[u8], input: &str) -> String {
     use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(input.as_bytes());
     B64URL.encode(mac.finalize().into_bytes())
 }
 
-/// An HS256 JWT of `claims`, made the way a site holding the shared secret could.
-fn hs256(secret: &str, claims: &Value) -> String {
+/// An HS256 JWT of `claims` under `key`, made the way anyone holding the key could.
+fn hs256_under(key: &[u8], claims: &Value) -> String {
     let header = B64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let payload = B64URL.encode(serde_json::to_vec(claims).unwrap());
     let input = format!("{header}.{payload}");
-    let sig = hmac_b64(secret, &input);
+    let sig = hmac_b64(key, &input);
     format!("{input}.{sig}")
+}
+
+/// An HS256 JWT of `claims`, made the way a site holding the shared secret could.
+fn hs256(secret: &str, claims: &Value) -> String {
+    hs256_under(secret.as_bytes(), claims)
+}
+
+/// The claims of a JWT, unchecked.
+fn claims_of(token: &str) -> Value {
+    serde_json::from_slice(&B64URL.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
 }
 
 async fn with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enforced() {
@@ -361,7 +372,7 @@ async fn with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enfor
     let (input, sig) = token.rsplit_once('.').unwrap();
     let payload: Value =
         serde_json::from_slice(&B64URL.decode(input.split('.').nth(1).unwrap()).unwrap()).unwrap();
-    assert_eq!(hmac_b64(secret, input), sig);
+    assert_eq!(hmac_b64(secret.as_bytes(), input), sig);
     assert_eq!(payload["aud"], "shop");
     let jwks: Value = app
         .get("/.well-known/jwks.json")
@@ -399,6 +410,132 @@ async fn with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enfor
     )
     .await;
     assert_eq!(r.status(), 200);
+}
+
+/// The login token of a stream opened with a page token bound to `origin`.
+async fn login_token_for_origin(app: &TestApp, origin: &str, openid: &str) -> String {
+    let minted: Value = mint(app, json!({"origin": origin}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let response = app
+        .client
+        .get(format!(
+            "{}/sse?token={}",
+            app.base,
+            minted["token"].as_str().unwrap()
+        ))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = crate::helpers::Stream::from_response(response);
+    assert_eq!(stream.status, 200);
+    let scene = stream.next_json().await["scene_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.scan(&scene, openid, false).await;
+    stream.next_json().await["login_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn a_token_for_an_origin_fails_verification_without_an_audience_and_passes_with_it() {
+    let app = spawn_app().await;
+    let origin = "https://shop.example.com";
+    let token = login_token_for_origin(&app, origin, "oShopper").await;
+    let r = verify_at_server(&app, json!({"login_token": token}), &app.api_token).await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("another audience"));
+    let r = verify_at_server(
+        &app,
+        json!({"login_token": token, "audience": origin}),
+        &app.api_token,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // A token of the default audience needs no audience.
+    let plain = login_token(&app, "oPlain").await;
+    let r = verify_at_server(&app, json!({"login_token": plain}), &app.api_token).await;
+    assert_eq!(r.status(), 200);
+}
+
+async fn a_token_of_another_appid_or_issuer_under_the_shared_secret_is_refused() {
+    let secret = "a-shared-secret-of-at-least-32-chars!";
+    let app = spawn_app_with(&[("LOGIN_TOKEN_SECRET", secret)]).await;
+    let genuine = claims_of(&login_token(&app, "oOther").await);
+    let mut other_account = genuine.clone();
+    other_account["appid"] = json!("wxanotheraccount01");
+    let r = verify_at_server(
+        &app,
+        json!({"login_token": hs256(secret, &other_account)}),
+        &app.api_token,
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("another appid"));
+    let mut other_issuer = genuine.clone();
+    other_issuer["iss"] = json!("not-wxlogin");
+    let r = verify_at_server(
+        &app,
+        json!({"login_token": hs256(secret, &other_issuer)}),
+        &app.api_token,
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("not issued by wxlogin"));
+    // Neither refusal used the token's id up: the genuine one still verifies.
+    let r = verify_at_server(
+        &app,
+        json!({"login_token": hs256(secret, &genuine)}),
+        &app.api_token,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn in_memory_mode_a_token_issued_before_a_restart_fails_after_it() {
+    let account = FakeAccount::random();
+    let settings = [(
+        "LOGIN_TOKEN_SECRET",
+        "a-shared-secret-of-at-least-32-chars!",
+    )];
+    let before = spawn_app_for(account.clone(), &settings).await;
+    let old = login_token(&before, "oRestarted").await;
+    drop(before);
+
+    let after = spawn_app_for(account, &settings).await;
+    let r = verify_at_server(&after, json!({"login_token": old}), &after.api_token).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("issued before this process started")
+    );
+    let fresh = login_token(&after, "oRestarted").await;
+    let r = verify_at_server(&after, json!({"login_token": fresh}), &after.api_token).await;
+    assert_eq!(r.status(), 200);
+    let r = verify_at_server(&after, json!({"login_token": fresh}), &after.api_token).await;
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test]
+async fn with_redis_a_token_of_a_stopped_instance_verifies_once_at_another() {
+    let mut apps = crate::helpers::spawn_instances(1, &[]).await;
+    let first = apps.remove(0);
+    let token = login_token(&first, "oMoved").await;
+    let second = crate::helpers::spawn_instances_on(&first, &[]).await;
+    // The fake's callbacks keep going to the first instance; only the verification moves.
+    drop(first);
+    let r = verify_at_server(&second, json!({"login_token": token}), &second.api_token).await;
+    assert_eq!(r.status(), 200);
+    let r = verify_at_server(&second, json!({"login_token": token}), &second.api_token).await;
+    assert_eq!(r.status(), 409);
 }
 
 // ---------------------------------------------------------------- page tokens
@@ -497,6 +634,105 @@ async fn page_tokens_open_streams_from_their_origin_only() {
             .status(),
         400
     );
+}
+
+/// `GET /login/<unknown scene>/status` with `token`: 200 when the token opens the door, 401
+/// when it does not, 503 while page tokens cannot be checked.
+async fn probe(app: &TestApp, token: &str) -> reqwest::StatusCode {
+    app.get(&format!(
+        "/login/AAAAAAAAAAAAAAAAAAAAAA/status?token={token}"
+    ))
+    .await
+    .status()
+}
+
+/// `POST /tokens` at `app` with `api_token` as the bearer.
+async fn mint_with(app: &TestApp, api_token: &str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/tokens", app.base))
+        .bearer_auth(api_token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn page_tokens_signed_under_a_key_computed_from_api_token_alone_are_refused() {
+    use sha2::Digest as _;
+    let app = spawn_app().await;
+    let minted: Value = mint(&app, json!({})).await.json().await.unwrap();
+    let genuine = minted["token"].as_str().unwrap();
+    assert_eq!(probe(&app, genuine).await, 200);
+    let claims = claims_of(genuine);
+    let api_token = app.api_token.as_bytes();
+    let labelled = |label: &[u8]| -> Vec<u8> {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(label);
+        hasher.update(api_token);
+        hasher.finalize().to_vec()
+    };
+    for key in [
+        labelled(b"wxlogin page token v1\0"),
+        labelled(b"wxlogin page token v2\0"),
+        labelled(b""),
+        api_token.to_vec(),
+    ] {
+        let forged = hs256_under(&key, &claims);
+        assert_eq!(probe(&app, &forged).await, 401);
+        assert_eq!(open_as(&app, &forged, None).await, 401);
+    }
+}
+
+#[tokio::test]
+async fn instances_on_one_redis_accept_each_others_page_tokens_until_api_token_changes() {
+    let apps = crate::helpers::spawn_instances(2, &[]).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let from_a: Value = mint(a, json!({})).await.json().await.unwrap();
+    let from_b: Value = mint(b, json!({})).await.json().await.unwrap();
+    let (from_a, from_b) = (
+        from_a["token"].as_str().unwrap(),
+        from_b["token"].as_str().unwrap(),
+    );
+    assert_eq!(probe(b, from_a).await, 200);
+    assert_eq!(probe(a, from_b).await, 200);
+
+    // The same Redis, another API_TOKEN: the earlier page tokens are refused.
+    let other_api_token = "another-api-token-0123456789";
+    let c = crate::helpers::spawn_instances_on(a, &[("API_TOKEN", other_api_token)]).await;
+    let from_c: Value = mint_with(&c, other_api_token).await.json().await.unwrap();
+    assert_eq!(probe(&c, from_c["token"].as_str().unwrap()).await, 200);
+    assert_eq!(probe(&c, from_a).await, 401);
+    assert_eq!(probe(&c, from_b).await, 401);
+}
+
+#[tokio::test]
+async fn an_instance_started_while_redis_is_down_answers_page_tokens_503_until_it_is_back() {
+    let apps = crate::helpers::spawn_instances(1, &[]).await;
+    let a = &apps[0];
+    let minted: Value = mint(a, json!({})).await.json().await.unwrap();
+    let page_token = minted["token"].as_str().unwrap();
+    let redis = a.redis.clone().unwrap();
+    redis.lock().unwrap().kill();
+
+    let late = crate::helpers::spawn_instances_on(a, &[]).await;
+    let r = mint_with(&late, &late.api_token).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(probe(&late, page_token).await, 503);
+    assert_eq!(open_as(&late, page_token, None).await, 503);
+    // The instance that read the key before still checks page tokens.
+    assert_eq!(probe(a, "forged.page.token").await, 401);
+
+    redis.lock().unwrap().restart();
+    crate::helpers::wait_until(Duration::from_secs(10), || async {
+        mint_with(&late, &late.api_token).await.status() == 201
+    })
+    .await;
+    let minted: Value = mint_with(&late, &late.api_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(probe(&late, minted["token"].as_str().unwrap()).await, 200);
 }
 
 #[tokio::test]
@@ -675,6 +911,9 @@ crate::helpers::on_every_backend!(
     login_verify_accepts_a_token_once,
     with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enforced,
     page_tokens_open_streams_from_their_origin_only,
+    page_tokens_signed_under_a_key_computed_from_api_token_alone_are_refused,
+    a_token_for_an_origin_fails_verification_without_an_audience_and_passes_with_it,
+    a_token_of_another_appid_or_issuer_under_the_shared_secret_is_refused,
     a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_same_qr,
     a_reconnect_while_waiting_resumes_and_receives_the_scan,
     polling_sees_pending_then_done_and_an_expired_scene_says_expired,
