@@ -16,7 +16,7 @@ use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_token::PageTokens;
 use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
-use crate::http::limits::{Limits, default_max_streams, reserve_fd_table};
+use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
 use crate::login::pool::QrPool;
@@ -151,9 +151,9 @@ impl App {
         let pool = QrPool::new(
             TokenCache::new(api, store.token_share()),
             Arc::clone(&store),
-            config.pool_size,
-            config.qr_ttl_secs,
+            (config.pool_size, config.qr_ttl_secs),
             config.sse_timeout + QR_LIFE_MARGIN,
+            config.qr_daily_budget,
             Arc::clone(&metrics),
         );
         let login = LoginService::new(
@@ -167,11 +167,13 @@ impl App {
         if let Err(e) = reserve_fd_table(&listener, max_streams) {
             tracing::warn!(error = %e, "cannot size the file table at startup; it grows as streams come");
         }
-        let limits = Arc::new(Limits::new(
-            config.sse_per_ip_per_min,
-            config.trusted_proxies.clone(),
+        let limits = Arc::new(Limits::new(LimitSettings {
+            per_client_per_min: config.sse_per_ip_per_min,
+            per_client_open: config.sse_per_ip_open,
+            ipv6_prefix: config.sse_ipv6_prefix,
+            trusted: config.trusted_proxies.clone(),
             max_streams,
-        ));
+        }));
         let forwarder = match &config.forward_url {
             Some(url) => {
                 Some(Forwarder::new(url).map_err(|e| AppError::Wechat(ApiError::Request(e)))?)
