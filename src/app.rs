@@ -19,7 +19,7 @@ use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
-use crate::login::pool::QrPool;
+use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -148,6 +148,13 @@ impl App {
             observed.wechat_call(api, &result);
         }));
         let store = store(config)?;
+        if config.qr_daily_budget > DAILY_QR_QUOTA {
+            tracing::warn!(
+                budget = config.qr_daily_budget,
+                quota = DAILY_QR_QUOTA,
+                "QR_DAILY_BUDGET is above WeChat's daily quota: only WeChat's own refusal (45009) will stop QR codes running out"
+            );
+        }
         let pool = QrPool::new(
             TokenCache::new(api, store.token_share()),
             Arc::clone(&store),
