@@ -44,9 +44,10 @@
 #                  JSON line also reports the CPU other processes took: cpu.other_s)
 #   BENCH_NICE=-10 run the fake WeChat, the server and the tool at this nice level (root only
 #                  for negative values), so other work on the box disturbs the figures less
-# The per-IP limit on new streams is switched off (SSE_PER_IP_PER_MIN=0): all the load comes
-# from a few 127.0.0.x addresses. With Redis, the instances share a random LOGIN_TOKEN_SECRET
-# (the service requires one, or a key file, when REDIS_URL is set).
+# The per-IP limits on streams are switched off (SSE_PER_IP_PER_MIN=0, SSE_PER_IP_OPEN=0): all
+# the load comes from a few 127.0.0.x addresses. The fake WeChat has no quota, so neither has
+# the service (QR_DAILY_BUDGET far above a scenario's codes). With Redis, the instances share a
+# random LOGIN_TOKEN_SECRET (the service requires one, or a key file, when REDIS_URL is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -204,7 +205,8 @@ start_server() { # name, port, pool size, more VAR=value...
   shift 3
   local env=(BIND="127.0.0.1:$port" WECHAT_API_BASE="http://127.0.0.1:$FAKE_PORT"
     POOL_SIZE="$pool" SSE_TIMEOUT_SECS="$SSE_TIMEOUT_SECS"
-    SSE_KEEPALIVE_SECS="$SSE_KEEPALIVE_SECS" SSE_PER_IP_PER_MIN=0 "$@")
+    SSE_KEEPALIVE_SECS="$SSE_KEEPALIVE_SECS" SSE_PER_IP_PER_MIN=0
+    SSE_PER_IP_OPEN=0 QR_DAILY_BUDGET=1000000000 "$@")
   [ -n "${SERVER_RUST_LOG:-}" ] && env+=(RUST_LOG="$SERVER_RUST_LOG")
   port_free "$port" "wxlogin $name"
   "${NICE[@]}" env "${env[@]}" "$BIN/wxlogin" serve >"$LOGS/serve-$name.log" 2>&1 &

@@ -16,10 +16,10 @@ use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::access::PageKeys;
 use crate::http::forward::Forwarder;
-use crate::http::limits::{Limits, default_max_streams, reserve_fd_table};
+use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
-use crate::login::pool::QrPool;
+use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -163,12 +163,19 @@ impl App {
         if config.redis_url.is_none() {
             page_keys.load_from_memory();
         }
+        if config.qr_daily_budget > DAILY_QR_QUOTA {
+            tracing::warn!(
+                budget = config.qr_daily_budget,
+                quota = DAILY_QR_QUOTA,
+                "QR_DAILY_BUDGET is above WeChat's daily quota: only WeChat's own refusal (45009) will stop QR codes running out"
+            );
+        }
         let pool = QrPool::new(
             TokenCache::new(api, store.token_share()),
             Arc::clone(&store),
-            config.pool_size,
-            config.qr_ttl_secs,
+            (config.pool_size, config.qr_ttl_secs),
             config.sse_timeout + QR_LIFE_MARGIN,
+            config.qr_daily_budget,
             Arc::clone(&metrics),
         );
         let login = LoginService::new(
@@ -182,11 +189,13 @@ impl App {
         if let Err(e) = reserve_fd_table(&listener, max_streams) {
             tracing::warn!(error = %e, "cannot size the file table at startup; it grows as streams come");
         }
-        let limits = Arc::new(Limits::new(
-            config.sse_per_ip_per_min,
-            config.trusted_proxies.clone(),
+        let limits = Arc::new(Limits::new(LimitSettings {
+            per_client_per_min: config.sse_per_ip_per_min,
+            per_client_open: config.sse_per_ip_open,
+            ipv6_prefix: config.sse_ipv6_prefix,
+            trusted: config.trusted_proxies.clone(),
             max_streams,
-        ));
+        }));
         let forwarder = match &config.forward_url {
             Some(url) => {
                 Some(Forwarder::new(url).map_err(|e| AppError::Wechat(ApiError::Request(e)))?)

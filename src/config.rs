@@ -17,6 +17,12 @@ use crate::wechat::secret::Secret;
 
 /// The longest life WeChat allows a temporary QR code (30 days).
 pub const MAX_QR_TTL_SECS: u64 = 2_592_000;
+/// The default of `SSE_PER_IP_OPEN`. Behind a carrier-grade NAT many visitors share one IPv4
+/// address; at the default 60 new streams a minute and 120 s waits, a client within its rate
+/// holds at most 120 streams, so the cap binds only on longer waits or a lifted rate limit.
+pub const DEFAULT_PER_IP_OPEN: u32 = 120;
+/// The largest `QR_DAILY_BUDGET`: a typo of a few digits too many is refused.
+pub const MAX_QR_DAILY_BUDGET: u64 = 1_000_000_000;
 /// A QR code is handed out only while it has the stream's wait plus this much life left.
 pub const QR_LIFE_MARGIN: Duration = Duration::from_secs(60);
 
@@ -71,6 +77,14 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// `SSE_PER_IP_PER_MIN`: new streams one client IP may open per minute (0: no limit).
     pub sse_per_ip_per_min: u32,
+    /// `SSE_PER_IP_OPEN`: streams one client may hold open at once (0: no cap).
+    pub sse_per_ip_open: u32,
+    /// `SSE_IPV6_PREFIX`: the bits of an IPv6 address that name one client for the per-client
+    /// limits (a subscriber is given a whole /64).
+    pub sse_ipv6_prefix: u8,
+    /// `QR_DAILY_BUDGET`: QR codes all instances together may make per day (China's day,
+    /// when WeChat's quota resets); past it new streams get 503 until the next day.
+    pub qr_daily_budget: u64,
     /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed (IPs or CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `MAX_STREAMS`: streams held at once; derived from the open-files limit when unset.
@@ -259,6 +273,20 @@ impl Config {
         if get("MAX_STREAMS").is_some() && max_streams.is_none() {
             return Err(problem("MAX_STREAMS", "must be at least 1"));
         }
+        let sse_per_ip_open: u32 = parse_or(&get, "SSE_PER_IP_OPEN", DEFAULT_PER_IP_OPEN)?;
+        let sse_ipv6_prefix: u8 = parse_or(&get, "SSE_IPV6_PREFIX", 64)?;
+        if !(32..=128).contains(&sse_ipv6_prefix) {
+            return Err(problem("SSE_IPV6_PREFIX", "must be between 32 and 128"));
+        }
+        let qr_daily_budget: u64 = parse_or(&get, "QR_DAILY_BUDGET", 90_000)?;
+        // Above WeChat's quota only against a fake WeChat (load tests) or an account whose
+        // quota was raised: allowed, and warned of at start-up.
+        if !(1..=MAX_QR_DAILY_BUDGET).contains(&qr_daily_budget) {
+            return Err(problem(
+                "QR_DAILY_BUDGET",
+                "must be between 1 and 1000000000 (WeChat's daily quota is 100000)",
+            ));
+        }
         let shutdown_grace: u64 = parse_or(&get, "SHUTDOWN_GRACE_SECS", 10)?;
         if !(1..=600).contains(&shutdown_grace) {
             return Err(problem("SHUTDOWN_GRACE_SECS", "must be between 1 and 600"));
@@ -307,6 +335,9 @@ impl Config {
             redis_url: redis_url.map(Secret::new),
             metrics_token: get("METRICS_TOKEN").map(Secret::new),
             sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
+            sse_per_ip_open,
+            sse_ipv6_prefix,
+            qr_daily_budget,
             trusted_proxies,
             max_streams,
             shutdown_grace: Duration::from_secs(shutdown_grace),
@@ -358,6 +389,9 @@ mod tests {
         assert_eq!(c.pool_size, 10);
         assert_eq!(c.qr_ttl_secs, 1800);
         assert_eq!(c.wechat_api_base, DEFAULT_BASE);
+        assert_eq!(c.sse_per_ip_open, DEFAULT_PER_IP_OPEN);
+        assert_eq!(c.sse_ipv6_prefix, 64);
+        assert_eq!(c.qr_daily_budget, 90_000);
     }
 
     #[test]
@@ -402,6 +436,52 @@ mod tests {
             let e = load(&vars).unwrap_err();
             assert_eq!(e.setting, k, "{k}={v}");
         }
+    }
+
+    /// Loads `base()` with `setting=value` and returns the refusal, naming `setting`.
+    fn refusal(setting: &str, value: &str) -> String {
+        let mut vars = base();
+        vars.insert(setting.into(), value.into());
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.setting, setting, "{setting}={value}");
+        e.to_string()
+    }
+
+    fn accepted(setting: &str, value: &str) -> Config {
+        let mut vars = base();
+        vars.insert(setting.into(), value.into());
+        load(&vars).unwrap()
+    }
+
+    #[test]
+    fn sse_per_ip_open_must_be_a_count() {
+        for bad in ["-1", "many", "1.5", "4294967296"] {
+            refusal("SSE_PER_IP_OPEN", bad);
+        }
+        assert_eq!(accepted("SSE_PER_IP_OPEN", "0").sse_per_ip_open, 0);
+        assert_eq!(accepted("SSE_PER_IP_OPEN", "8").sse_per_ip_open, 8);
+    }
+
+    #[test]
+    fn sse_ipv6_prefix_must_be_between_32_and_128_bits() {
+        for bad in ["31", "129", "0", "/64", "-64"] {
+            refusal("SSE_IPV6_PREFIX", bad);
+        }
+        assert!(refusal("SSE_IPV6_PREFIX", "129").contains("between 32 and 128"));
+        assert_eq!(accepted("SSE_IPV6_PREFIX", "48").sse_ipv6_prefix, 48);
+        assert_eq!(accepted("SSE_IPV6_PREFIX", "128").sse_ipv6_prefix, 128);
+    }
+
+    #[test]
+    fn qr_daily_budget_must_be_a_positive_count() {
+        for bad in ["0", "90k", "-3", "1e5", "1000000001"] {
+            refusal("QR_DAILY_BUDGET", bad);
+        }
+        assert!(refusal("QR_DAILY_BUDGET", "0").contains("between 1 and"));
+        assert_eq!(accepted("QR_DAILY_BUDGET", "3").qr_daily_budget, 3);
+        // Above WeChat's quota for a fake WeChat or a raised quota (warned of at start-up).
+        let raised = accepted("QR_DAILY_BUDGET", "500000");
+        assert_eq!(raised.qr_daily_budget, 500_000);
     }
 
     #[test]

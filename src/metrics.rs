@@ -48,9 +48,16 @@ pub struct Metrics {
     pub qr_stock: Gauge,
     /// QR codes made.
     pub qr_made: Counter,
+    /// QR codes asked of WeChat today by all instances (set at scrape time).
+    pub qr_made_today: Gauge,
+    /// `QR_DAILY_BUDGET` (set at scrape time).
+    pub qr_daily_budget: Gauge,
+    /// 1 while today's budget is spent and new streams are refused (set at scrape time).
+    pub qr_budget_exhausted: Gauge,
     /// Streams started, by `new` / `resumed`.
     pub streams: Family<Outcome, Counter>,
-    /// Streams refused, by reason (`unauthorized`, `rate_limited`, `max_streams`, `no_qr`).
+    /// Streams refused, by reason (`unauthorized`, `rate_limited`, `client_open`,
+    /// `max_streams`, `no_qr`, `budget_spent`).
     pub streams_refused: Family<Rejection, Counter>,
     /// Scans, by outcome (`delivered`, `parked`, `undeliverable`, `duplicate`).
     pub scans: Family<Outcome, Counter>,
@@ -102,6 +109,21 @@ impl Metrics {
             "qr_made",
             "QR codes made through the WeChat API",
             Counter::default()
+        );
+        let qr_made_today = register!(
+            "qr_made_today",
+            "QR codes asked of WeChat today (China's day, when its quota resets), by all instances",
+            Gauge::default()
+        );
+        let qr_daily_budget = register!(
+            "qr_daily_budget",
+            "QR codes all instances may make per day (QR_DAILY_BUDGET)",
+            Gauge::default()
+        );
+        let qr_budget_exhausted = register!(
+            "qr_budget_exhausted",
+            "1 while today's QR code budget is used up and new streams get 503",
+            Gauge::default()
         );
         let streams = register!(
             "streams",
@@ -161,6 +183,9 @@ impl Metrics {
             live_scenes,
             qr_stock,
             qr_made,
+            qr_made_today,
+            qr_daily_budget,
+            qr_budget_exhausted,
             streams,
             streams_refused,
             scans,

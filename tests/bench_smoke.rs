@@ -139,6 +139,7 @@ fn start_server(port: u16, fake_port: u16, more: &[(&str, &str)]) -> Running {
             .env("SSE_KEEPALIVE_SECS", "1")
             // All the load comes from a few loopback addresses.
             .env("SSE_PER_IP_PER_MIN", "0")
+            .env("SSE_PER_IP_OPEN", "0")
             .env("RUST_LOG", "warn")
             .envs(more.iter().copied())
             .stdout(Stdio::null())

@@ -26,11 +26,13 @@ pub enum HttpError {
     /// 409: the request conflicts with what happened before (a login token used twice).
     #[error("{0}")]
     Conflict(&'static str),
-    /// 429 with `Retry-After`: this client opened too many streams.
-    #[error("too many new streams from this address; try again later")]
+    /// 429 with `Retry-After`: this client opened, or holds, too many streams.
+    #[error("{message}")]
     TooManyRequests {
         /// When to try again.
         retry_after: Duration,
+        /// Which allowance is used up.
+        message: &'static str,
     },
     /// 503 with `Retry-After`: cannot serve now; try again later.
     #[error("{message}")]
@@ -72,7 +74,8 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = Json(json!({ "error": self.code(), "message": self.to_string() }));
         let mut response = (self.status(), body).into_response();
-        if let Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after } = self
+        if let Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after, .. } =
+            self
         {
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response

@@ -22,13 +22,15 @@ pub async fn healthz() -> &'static str {
 const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /readyz`: 200 when the store answers (Redis, with this instance subscribed to its
-/// deliveries) and the last contact with WeChat succeeded (a token was had and QR codes were
-/// made) with no backoff running; 503 otherwise, with the reason. The body also reports the
-/// stock and open streams. Reasons are fixed sentences: raw Redis errors and WeChat's errmsg
-/// (which can name the server's egress IP) go to the log and to `wxlogin check`, not here.
+/// deliveries), the last contact with WeChat succeeded (a token was had and QR codes were
+/// made) with no backoff running, and today's QR code budget is not used up
+/// (`pool.budget_exhausted`); 503 otherwise, with the reason. The body also reports the stock,
+/// the codes made today against the budget, and open streams. Reasons are fixed sentences:
+/// raw Redis errors and WeChat's errmsg (which can name the server's egress IP) go to the log
+/// and to `wxlogin check`, not here.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "Ready: the store answers, WeChat answers and QR codes can be made", body = serde_json::Value),
+        (status = 200, description = "Ready: the store answers, WeChat answers and QR codes can be made within today's budget", body = serde_json::Value),
         (status = 503, description = "Not ready, with the reason", body = serde_json::Value)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = match tokio::time::timeout(STORE_PING_TIMEOUT, state.login.store().ping()).await {
@@ -40,7 +42,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Err(_) => Err("the store does not answer"),
     };
     let pool = state.login.pool().status().await;
-    let ready = pool.healthy && store.is_ok();
+    let ready = pool.healthy && !pool.budget_exhausted && store.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -88,8 +90,12 @@ pub async fn metrics(
     if let Some(live) = state.login.live_scenes() {
         m.live_scenes.set(gauge(live));
     }
-    m.qr_stock
-        .set(gauge(state.login.pool().status().await.stock));
+    let pool = state.login.pool().status().await;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    m.qr_stock.set(gauge(pool.stock));
+    m.qr_made_today.set(count(pool.made_today));
+    m.qr_daily_budget.set(count(pool.budget));
+    m.qr_budget_exhausted.set(i64::from(pool.budget_exhausted));
     Ok((
         [(
             header::CONTENT_TYPE,

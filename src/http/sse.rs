@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
+use super::limits::{HoldError, StreamSlot};
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView, short};
@@ -48,6 +49,9 @@ pub struct SseQuery {
     #[allow(dead_code)]
     scene: Option<String>,
 }
+
+/// How soon a client refused for want of room under a stream cap should try again.
+const HOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How soon a browser told to reconnect at shutdown should come back (to another instance).
 const SHUTDOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -82,8 +86,8 @@ enum Tail {
     responses(
         (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
         (status = 401, description = "Wrong, expired or other-origin token", body = serde_json::Value),
-        (status = 429, description = "Too many new streams from this IP (see Retry-After)", body = serde_json::Value),
-        (status = 503, description = "No QR code can be had, or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
+        (status = 429, description = "Too many new streams from this client in the last minute (`SSE_PER_IP_PER_MIN`), or too many open at once (`SSE_PER_IP_OPEN`); see Retry-After", body = serde_json::Value),
+        (status = 503, description = "No QR code can be had (WeChat fails, or today's `QR_DAILY_BUDGET` is used up: the message says which), or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
 pub async fn sse(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -95,17 +99,29 @@ pub async fn sse(
         metrics.refuse_stream("unauthorized");
     })?;
     let lang = Lang::parse(query.lang.as_deref());
-    if state.login.open_streams() >= state.limits.max_streams {
-        metrics.refuse_stream("max_streams");
-        tracing::warn!(
-            max = state.limits.max_streams,
-            "stream cap reached: refusing"
-        );
-        return Err(HttpError::Unavailable {
-            retry_after: std::time::Duration::from_secs(5),
-            message: "too many open streams; try again shortly",
-        });
-    }
+    let client = state.limits.client(peer, &headers);
+    // Taken before anything else, a QR code above all, and held by the stream's body: the
+    // check and the count are one step, so concurrent opens cannot overshoot the caps.
+    let slot = state.limits.hold_stream(client).map_err(|e| match e {
+        HoldError::ClientFull => {
+            metrics.refuse_stream("client_open");
+            HttpError::TooManyRequests {
+                retry_after: HOLD_RETRY,
+                message: "too many open streams from this address; close one or try again later",
+            }
+        }
+        HoldError::ServiceFull => {
+            metrics.refuse_stream("max_streams");
+            tracing::warn!(
+                max = state.limits.max_streams,
+                "stream cap reached: refusing"
+            );
+            HttpError::Unavailable {
+                retry_after: HOLD_RETRY,
+                message: "too many open streams; try again shortly",
+            }
+        }
+    })?;
     // A resume with a wrong key finds nothing and changes nothing: the client gets a new
     // stream, as for a scene that is gone, so the answer tells nothing about the scene.
     let resumed = match named_event(&headers, query.id.as_deref()) {
@@ -126,10 +142,12 @@ pub async fn sse(
             (view, Tail::Result(result))
         }
         None => {
-            let ip = state.limits.client_ip(peer, &headers);
-            if let Err(wait) = state.limits.take_stream_token(ip) {
+            if let Err(wait) = state.limits.take_stream_token(client) {
                 metrics.refuse_stream("rate_limited");
-                return Err(HttpError::TooManyRequests { retry_after: wait });
+                return Err(HttpError::TooManyRequests {
+                    retry_after: wait,
+                    message: "too many new streams from this address; try again later",
+                });
             }
             let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
                 TakeError::Unavailable(e) => {
@@ -140,13 +158,20 @@ pub async fn sse(
                         message: "no QR code can be had from WeChat right now",
                     }
                 }
+                TakeError::BudgetSpent(e) => {
+                    metrics.refuse_stream("budget_spent");
+                    HttpError::Unavailable {
+                        retry_after: e.retry_after,
+                        message: "the daily QR code budget is used up; try again tomorrow",
+                    }
+                }
                 TakeError::Store(e) => store_unavailable(&e),
             })?;
             tracing::debug!(scene = %short(&view.qr.scene), "stream opened");
             (view, Tail::Wait(attachment))
         }
     };
-    Ok(respond(&state, &view, tail, lang))
+    Ok(respond(&state, &view, tail, lang, slot))
 }
 
 /// 503 while the store (Redis) cannot be reached: a stream could not be delivered to.
@@ -184,7 +209,13 @@ fn result_event(view: &SceneView, result: &LoginResult) -> Event {
     )
 }
 
-fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Response {
+fn respond(
+    state: &AppState,
+    view: &SceneView,
+    tail: Tail,
+    lang: Lang,
+    slot: StreamSlot,
+) -> Response {
     let first = stream::once(ready(qr_event(view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
@@ -201,7 +232,12 @@ fn respond(state: &AppState, view: &SceneView, tail: Tail, lang: Lang) -> Respon
             first.chain(stream::once(last).filter_map(ready)).boxed()
         }
     };
-    let mut response = Sse::new(events.map(Ok::<_, Infallible>))
+    let events = events.map(move |event| {
+        // The body owns the slot: it is given back when the stream ends or the client goes.
+        let _held = &slot;
+        Ok::<_, Infallible>(event)
+    });
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(state.sse_keepalive))
         .into_response();
     // Tells nginx not to buffer the stream (axum already sets Cache-Control: no-cache).

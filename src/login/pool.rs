@@ -10,11 +10,17 @@
 //! The stock itself is in the store, shared by all instances: a take is atomic there, and an
 //! instance reserves room before making codes, so that instances refilling at once keep the
 //! shared stock at `POOL_SIZE`, not a multiple of it.
+//!
+//! Every code costs one call of WeChat's daily quota, and once the quota is gone nobody can log
+//! in until the next day. So each call is counted in the store before it is made, against
+//! `QR_DAILY_BUDGET` (below the quota), by China's day, since that is when the quota resets:
+//! past the budget no code is made by any instance, and new streams are refused until
+//! midnight China time. Codes in stock are still handed out: they are paid for.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
@@ -30,6 +36,11 @@ use crate::wechat::token::TokenCache;
 
 /// WeChat's daily allowance of `qrcode/create` calls per account.
 pub const DAILY_QR_QUOTA: u64 = 100_000;
+/// WeChat's day, when its quota resets: China's (UTC+8, no daylight saving).
+const CHINA_OFFSET_SECS: i64 = 8 * 3600;
+/// The longest `Retry-After` given while the daily budget is spent: a client comes back within
+/// the hour rather than at midnight, so a budget raised (and the service restarted) is used.
+const BUDGET_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Codes made at once while refilling, and on demand.
 const REFILL_CONCURRENCY: usize = 8;
 const ON_DEMAND_CONCURRENCY: usize = 64;
@@ -93,12 +104,44 @@ impl QrCode {
     }
 }
 
+/// A day as WeChat counts its quota: China's calendar day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaDay {
+    /// `yyyymmdd`, which names the day's count in the store.
+    pub name: String,
+    /// Time left until the next day.
+    pub left: Duration,
+}
+
+impl QuotaDay {
+    /// The day at Unix time `unix_secs`.
+    pub fn at(unix_secs: i64) -> Self {
+        let local = unix_secs.saturating_add(CHINA_OFFSET_SECS);
+        let into_day = local.rem_euclid(86_400);
+        let name = chrono::DateTime::from_timestamp(local - into_day, 0)
+            .map(|d| d.format("%Y%m%d").to_string())
+            .unwrap_or_default();
+        Self {
+            name,
+            left: Duration::from_secs(u64::try_from(86_400 - into_day).unwrap_or(86_400)),
+        }
+    }
+
+    /// Today.
+    pub fn now() -> Self {
+        Self::at(chrono::Utc::now().timestamp())
+    }
+}
+
 /// Why a stream gets no QR code.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeError {
     /// WeChat gives none now.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// Today's budget of QR codes is spent.
+    #[error(transparent)]
+    BudgetSpent(#[from] BudgetSpent),
     /// The store cannot be reached.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -114,6 +157,28 @@ pub struct Unavailable {
     pub reason: String,
 }
 
+/// The daily budget of QR codes is spent: no code is made until China's next day.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the daily QR code budget ({budget}) is used up until midnight China time")]
+pub struct BudgetSpent {
+    /// When to try again: the next day, or sooner (at most [`BUDGET_RETRY_MAX`]).
+    pub retry_after: Duration,
+    /// `QR_DAILY_BUDGET`.
+    pub budget: u64,
+}
+
+/// Why a code could not be made.
+#[derive(Debug, thiserror::Error)]
+enum MakeError {
+    #[error(transparent)]
+    Budget(#[from] BudgetSpent),
+    /// The day's count could not be taken: no call is made uncounted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
 /// What `/readyz` reports about the pool.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PoolStatus {
@@ -123,11 +188,16 @@ pub struct PoolStatus {
     pub stock: usize,
     /// Codes made since start.
     pub made: u64,
-    /// Codes made today (UTC), against WeChat's daily quota.
+    /// Codes asked of WeChat today (China's day, when its quota resets) by all instances,
+    /// against `budget`.
     pub made_today: u64,
-    /// The last error, when unhealthy: a sentence with WeChat's errcode and what to do, never
-    /// WeChat's errmsg (it can name the server's egress IP) or a transport error's text; those
-    /// are in the log.
+    /// `QR_DAILY_BUDGET`: codes all instances may make per day.
+    pub budget: u64,
+    /// Whether today's budget is spent: no code is made until midnight China time.
+    pub budget_exhausted: bool,
+    /// Why no new code can be had (the budget, or the last WeChat error), when so: a
+    /// sentence with WeChat's errcode and what to do, never WeChat's errmsg (it can name the
+    /// server's egress IP) or a transport error's text; those are in the log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// An operator must fix the configuration (secret, whitelist, permission).
@@ -149,12 +219,6 @@ struct LastError {
     full: String,
 }
 
-#[derive(Default)]
-struct DailyCount {
-    day: u64,
-    count: u64,
-}
-
 /// The QR stock. Cheap to clone.
 #[derive(Clone)]
 pub struct QrPool {
@@ -173,7 +237,11 @@ struct Inner {
     wake: Notify,
     health: Mutex<Health>,
     made: AtomicU64,
-    today: Mutex<DailyCount>,
+    /// `QR_DAILY_BUDGET`.
+    budget: u64,
+    /// The day this instance found the budget spent (by any instance): it stops asking the
+    /// store that day, and warns once.
+    spent_on: Mutex<Option<String>>,
     on_demand: Semaphore,
     metrics: Arc<Metrics>,
 }
@@ -184,13 +252,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl QrPool {
     /// A pool keeping `target` codes of `ttl_secs` life in `store`'s stock, handing out only
-    /// codes with at least `min_life` left.
+    /// codes with at least `min_life` left, and making at most `budget` codes a day (with the
+    /// other instances on `store`).
     pub fn new(
         tokens: TokenCache,
         store: Arc<dyn Store>,
-        target: usize,
-        ttl_secs: u32,
+        (target, ttl_secs): (usize, u32),
         min_life: Duration,
+        budget: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -203,7 +272,8 @@ impl QrPool {
                 wake: Notify::new(),
                 health: Mutex::new(Health::default()),
                 made: AtomicU64::new(0),
-                today: Mutex::new(DailyCount::default()),
+                budget,
+                spent_on: Mutex::new(None),
                 on_demand: Semaphore::new(ON_DEMAND_CONCURRENCY),
                 metrics,
             }),
@@ -216,6 +286,7 @@ impl QrPool {
             self.inner.wake.notify_one();
             return Ok(qr);
         }
+        self.check_budget()?;
         self.check_backoff()?;
         self.inner.wake.notify_one();
         let _permit = self
@@ -231,15 +302,77 @@ impl QrPool {
         if let Some(qr) = self.pop_fresh().await? {
             return Ok(qr);
         }
+        self.check_budget()?;
         self.check_backoff()?;
-        let made = self
-            .make_one(Scene::random())
-            .await
-            .map_err(|e| Unavailable {
+        match self.make_one(Scene::random()).await {
+            Ok(qr) => Ok(qr),
+            Err(MakeError::Budget(spent)) => Err(spent.into()),
+            Err(MakeError::Store(e)) => Err(e.into()),
+            Err(MakeError::Api(e)) => Err(Unavailable {
                 retry_after: self.retry_after(),
                 reason: e.to_string(),
-            })?;
-        Ok(made)
+            }
+            .into()),
+        }
+    }
+
+    fn spent(&self, day: &QuotaDay) -> bool {
+        lock(&self.inner.spent_on).as_deref() == Some(day.name.as_str())
+    }
+
+    fn budget_spent(&self, day: &QuotaDay) -> BudgetSpent {
+        BudgetSpent {
+            retry_after: day.left.min(BUDGET_RETRY_MAX),
+            budget: self.inner.budget,
+        }
+    }
+
+    /// Refuses at once when this instance knows today's budget is spent.
+    fn check_budget(&self) -> Result<(), BudgetSpent> {
+        let day = QuotaDay::now();
+        if self.spent(&day) {
+            return Err(self.budget_spent(&day));
+        }
+        Ok(())
+    }
+
+    /// Counts one call of `qrcode/create` against today's budget, before it is made.
+    async fn count_one(&self) -> Result<(), MakeError> {
+        let day = QuotaDay::now();
+        if self.spent(&day) {
+            return Err(self.budget_spent(&day).into());
+        }
+        let budget = self.inner.budget;
+        match self.inner.store.qr_budget_take(&day.name, budget).await? {
+            Some(made) => {
+                if made == budget * 8 / 10 || made == budget * 95 / 100 {
+                    tracing::warn!(
+                        made_today = made,
+                        budget,
+                        quota = DAILY_QR_QUOTA,
+                        "QR codes made today are nearing QR_DAILY_BUDGET"
+                    );
+                }
+                Ok(())
+            }
+            None => {
+                let first = {
+                    let mut spent_on = lock(&self.inner.spent_on);
+                    let first = spent_on.as_deref() != Some(day.name.as_str());
+                    *spent_on = Some(day.name.clone());
+                    first
+                };
+                if first {
+                    tracing::warn!(
+                        budget,
+                        quota = DAILY_QR_QUOTA,
+                        next_day_in_secs = day.left.as_secs(),
+                        "the daily QR code budget (QR_DAILY_BUDGET) is used up: no new login streams until midnight China time"
+                    );
+                }
+                Err(self.budget_spent(&day).into())
+            }
+        }
     }
 
     /// Takes the oldest code that still has enough life; the store drops the ones that do not.
@@ -274,7 +407,8 @@ impl QrPool {
             .unwrap_or(BACKOFF_FIRST)
     }
 
-    async fn make_one(&self, scene: Scene) -> Result<QrCode, ApiError> {
+    async fn make_one(&self, scene: Scene) -> Result<QrCode, MakeError> {
+        self.count_one().await?;
         let started = Instant::now();
         let ttl = self.inner.ttl_secs;
         let api = self.inner.tokens.api().clone();
@@ -309,7 +443,7 @@ impl QrPool {
             }
             Err(e) => {
                 self.record_failure(&e);
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -317,25 +451,6 @@ impl QrPool {
     fn record_success(&self) {
         let made = self.inner.made.fetch_add(1, Ordering::Relaxed) + 1;
         self.inner.metrics.qr_made.inc();
-        let day = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() / 86_400)
-            .unwrap_or_default();
-        let today = {
-            let mut t = lock(&self.inner.today);
-            if t.day != day {
-                *t = DailyCount { day, count: 0 };
-            }
-            t.count += 1;
-            t.count
-        };
-        if today == DAILY_QR_QUOTA * 8 / 10 || today == DAILY_QR_QUOTA * 95 / 100 {
-            tracing::warn!(
-                made_today = today,
-                quota = DAILY_QR_QUOTA,
-                "QR codes made today are nearing WeChat's daily quota"
-            );
-        }
         let mut health = lock(&self.inner.health);
         if health.consecutive_failures > 0 {
             tracing::info!(made, "WeChat gives QR codes again");
@@ -377,25 +492,39 @@ impl QrPool {
     /// The state for `/readyz`.
     pub async fn status(&self) -> PoolStatus {
         let stock = self.inner.store.stock_len().await.unwrap_or_default();
+        let day = QuotaDay::now();
+        let made_today = self
+            .inner
+            .store
+            .qr_made_on(&day.name)
+            .await
+            .unwrap_or_default();
+        let budget = self.inner.budget;
+        let budget_exhausted = made_today >= budget || self.spent(&day);
         let health = lock(&self.inner.health);
         // Codes in the shared stock prove WeChat gives them, even if another instance made
         // them all.
         let healthy = (health.ever_succeeded || stock > 0) && health.consecutive_failures == 0;
+        let last_error = if budget_exhausted {
+            Some(self.budget_spent(&day).to_string())
+        } else if healthy {
+            None
+        } else {
+            Some(
+                health
+                    .last_error
+                    .as_ref()
+                    .map_or_else(|| "no QR code made yet".to_owned(), |e| e.summary.clone()),
+            )
+        };
         PoolStatus {
             healthy,
             stock,
             made: self.inner.made.load(Ordering::Relaxed),
-            made_today: lock(&self.inner.today).count,
-            last_error: if healthy {
-                None
-            } else {
-                Some(
-                    health
-                        .last_error
-                        .as_ref()
-                        .map_or_else(|| "no QR code made yet".to_owned(), |e| e.summary.clone()),
-                )
-            },
+            made_today,
+            budget,
+            budget_exhausted,
+            last_error,
             config_error: health.config_error,
         }
     }
@@ -435,6 +564,15 @@ impl QrPool {
                     () = cancel.cancelled() => return,
                 }
             }
+            if self.spent(&QuotaDay::now()) {
+                // Nothing is made until the next day; the stock is handed out as it is.
+                tokio::select! {
+                    () = self.inner.wake.notified() => {}
+                    () = tokio::time::sleep(REFILL_TICK) => {}
+                    () = cancel.cancelled() => return,
+                }
+                continue;
+            }
             let scenes: Vec<Scene> = (0..REFILL_CONCURRENCY.min(self.inner.target))
                 .map(|_| Scene::random())
                 .collect();
@@ -471,5 +609,25 @@ impl QrPool {
                 () = cancel.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quota_day_turns_at_midnight_china_time() {
+        // 1970-01-01 00:00 UTC is 08:00 in China: 16 hours to the next day.
+        let day = QuotaDay::at(0);
+        assert_eq!(day.name, "19700101");
+        assert_eq!(day.left, Duration::from_secs(16 * 3600));
+        // 2024-02-29 15:59:59 UTC is the leap day's last second in China.
+        let last = QuotaDay::at(1_709_222_399);
+        assert_eq!(last.name, "20240229");
+        assert_eq!(last.left, Duration::from_secs(1));
+        let next = QuotaDay::at(1_709_222_400);
+        assert_eq!(next.name, "20240301");
+        assert_eq!(next.left, Duration::from_secs(86_400));
     }
 }

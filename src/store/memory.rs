@@ -44,6 +44,8 @@ struct Inner {
     sessions: Mutex<HashMap<Scene, Snapshot>>,
     /// The page-token key: the first candidate offered, for the life of the process.
     page_key: OnceLock<[u8; 32]>,
+    /// QR codes counted today: the day's name and the count.
+    made: Mutex<(String, u64)>,
 }
 
 /// A claimed key.
@@ -100,6 +102,7 @@ impl MemoryStore {
                 stock: Mutex::new(Stock::default()),
                 sessions: Mutex::new(HashMap::new()),
                 page_key: OnceLock::new(),
+                made: Mutex::new((String::new(), 0)),
             }),
         }
     }
@@ -267,6 +270,27 @@ impl Store for MemoryStore {
 
     fn stock_len(&self) -> BoxFuture<'_, Result<usize, StoreError>> {
         ready(lock(&self.inner.stock).codes.len())
+    }
+
+    fn qr_budget_take<'a>(
+        &'a self,
+        day: &'a str,
+        budget: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        let mut made = lock(&self.inner.made);
+        if made.0 != day {
+            *made = (day.to_owned(), 0);
+        }
+        if made.1 >= budget {
+            return ready(None);
+        }
+        made.1 += 1;
+        ready(Some(made.1))
+    }
+
+    fn qr_made_on<'a>(&'a self, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let made = lock(&self.inner.made);
+        ready(if made.0 == day { made.1 } else { 0 })
     }
 
     fn open<'a>(
@@ -483,5 +507,17 @@ mod tests {
         let store = MemoryStore::new();
         assert_eq!(store.page_key(&[1; 32]).await.unwrap(), [1; 32]);
         assert_eq!(store.page_key(&[2; 32]).await.unwrap(), [1; 32]);
+    }
+
+    #[tokio::test]
+    async fn the_daily_budget_is_counted_to_its_end_and_starts_again_the_next_day() {
+        let store = MemoryStore::new();
+        assert_eq!(store.qr_budget_take("20250101", 2).await.unwrap(), Some(1));
+        assert_eq!(store.qr_budget_take("20250101", 2).await.unwrap(), Some(2));
+        assert_eq!(store.qr_budget_take("20250101", 2).await.unwrap(), None);
+        assert_eq!(store.qr_made_on("20250101").await.unwrap(), 2);
+        assert_eq!(store.qr_made_on("20250102").await.unwrap(), 0);
+        assert_eq!(store.qr_budget_take("20250102", 2).await.unwrap(), Some(1));
+        assert_eq!(store.qr_made_on("20250102").await.unwrap(), 1);
     }
 }

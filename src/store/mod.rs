@@ -5,6 +5,7 @@
 //! - login sessions by scene, with the stream holding each (an instance and a generation),
 //!   resolved once by a scan and then holding the result for a reconnecting stream;
 //! - keys claimed once (WeChat's retries of a callback, used login token ids);
+//! - the count of QR codes made per day, against the daily budget;
 //! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
 //! - the random key page tokens are signed under ([`Store::page_key`]);
 //! - notices to the instance holding a stream ([`Inbox`]).
@@ -310,6 +311,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Codes in stock (any age).
     fn stock_len(&self) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    // ------------------------------------------------------------------ daily budget
+
+    /// Counts one QR code about to be made on `day` (any name that changes each day), unless
+    /// `budget` codes were counted that day already: one atomic step, so instances counting
+    /// together never pass the budget. `Some(count)` with the count including this one, or
+    /// `None` when the budget is spent. A day's count is kept for two days.
+    fn qr_budget_take<'a>(
+        &'a self,
+        day: &'a str,
+        budget: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+
+    /// The QR codes counted on `day` by [`Store::qr_budget_take`].
+    fn qr_made_on<'a>(&'a self, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     // ------------------------------------------------------------------ sessions
 

@@ -44,6 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const INBOX_PING: Duration = Duration::from_secs(5);
 const RESUBSCRIBE_FIRST: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(2);
+/// How long a day's count of QR codes is kept: past the day, for instances whose clocks lag.
+const QR_DAY_KEEP: Duration = Duration::from_secs(2 * 86_400);
 
 /// Query parameters that carry credentials (the client reads `user` and `pass` for Unix
 /// sockets; the others are hidden in case a version or a fork reads them).
@@ -126,6 +128,7 @@ struct Scripts {
     stock_take: Script,
     token_put: Script,
     unlock: Script,
+    qr_budget: Script,
 }
 
 impl Scripts {
@@ -144,6 +147,7 @@ impl Scripts {
             stock_take: Script::new(include_str!("lua/stock_take.lua")),
             token_put: Script::new(include_str!("lua/token_put.lua")),
             unlock: Script::new(include_str!("lua/unlock.lua")),
+            qr_budget: Script::new(include_str!("lua/qr_budget.lua")),
         }
     }
 }
@@ -282,6 +286,11 @@ impl RedisStore {
             format!("{p}{{stock}}:codes"),
             format!("{p}{{stock}}:making"),
         )
+    }
+
+    /// The count of QR codes made on `day`, e.g. `wxlogin:<appid>:qr:day:20250101`.
+    fn qr_day_key(&self, day: &str) -> String {
+        format!("{}qr:day:{day}", self.inner.prefix)
     }
 
     fn token_keys(&self) -> (String, String) {
@@ -498,6 +507,33 @@ impl Store for RedisStore {
         Box::pin(async move {
             let (codes, _) = self.stock_keys();
             self.conn().llen(codes).await.map_err(err)
+        })
+    }
+
+    fn qr_budget_take<'a>(
+        &'a self,
+        day: &'a str,
+        budget: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let made: i64 = self
+                .inner
+                .scripts
+                .qr_budget
+                .key(self.qr_day_key(day))
+                .arg(budget)
+                .arg(QR_DAY_KEEP.as_secs())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            Ok(u64::try_from(made).ok())
+        })
+    }
+
+    fn qr_made_on<'a>(&'a self, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let made: Option<u64> = self.conn().get(self.qr_day_key(day)).await.map_err(err)?;
+            Ok(made.unwrap_or(0))
         })
     }
 

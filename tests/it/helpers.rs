@@ -193,8 +193,9 @@ pub fn instance_vars(
         ("BIND", "127.0.0.1:0"),
         ("SSE_KEEPALIVE_SECS", "1"),
         ("POOL_SIZE", "5"),
-        // Every test client is 127.0.0.1: the per-IP limit has tests of its own.
+        // Every test client is 127.0.0.1: the per-IP limits have tests of their own.
         ("SSE_PER_IP_PER_MIN", "0"),
+        ("SSE_PER_IP_OPEN", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -7,6 +7,7 @@
 mod callbacks;
 mod helpers;
 mod instances;
+mod limits;
 mod ops;
 mod redis_server;
 mod sandbox;

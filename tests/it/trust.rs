@@ -640,7 +640,7 @@ async fn page_tokens_open_streams_from_their_origin_only() {
 /// when it does not, 503 while page tokens cannot be checked.
 async fn probe(app: &TestApp, token: &str) -> reqwest::StatusCode {
     app.get(&format!(
-        "/login/AAAAAAAAAAAAAAAAAAAAAA/status?token={token}"
+        "/login/AAAAAAAAAAAAAAAAAAAAAA/status?token={token}&id=x"
     ))
     .await
     .status()
