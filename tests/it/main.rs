@@ -10,6 +10,7 @@ mod instances;
 mod limits;
 mod ops;
 mod redis_server;
+mod replays;
 mod sandbox;
 mod sessions;
 mod startup;

@@ -261,3 +261,72 @@ crate::helpers::on_every_backend!(
     the_qr_image_of_an_unknown_scene_is_404,
     health_and_readiness_answer,
 );
+
+/// How each stream of the race ended, and whether WeChat was told its scan logged somebody in.
+#[derive(Debug, PartialEq, Eq)]
+enum Raced {
+    /// The scan was accepted (the login's reply) and the stream got its result.
+    Delivered,
+    /// The scan came too late (`success`) and the stream got its timeout.
+    TimedOut,
+}
+
+/// Scans sent as each stream's wait ends, a few hundred times: an accepted scan always
+/// reaches its stream, a refused one never does, and no stream gets two ends.
+async fn a_scan_racing_the_timeout_is_delivered_or_refused_never_lost_or_doubled() {
+    const STREAMS: usize = 100;
+    const ROUNDS: usize = 3;
+    let app = spawn_app_with(&[
+        ("SSE_TIMEOUT_SECS", "1"),
+        ("REPLY_TEXT", "已登录"),
+        ("POOL_SIZE", "20"),
+    ])
+    .await;
+    let app = &app;
+    let mut outcomes = Vec::new();
+    for round in 0..ROUNDS {
+        let races = (0..STREAMS).map(|i| async move {
+            let (mut stream, scene, _) = app.open_with_qr().await;
+            // The wait ends about 1 s after the first event; scan from 40 ms before to 40 ms
+            // after, spread over the streams.
+            let offset = (i * 80 / STREAMS) as u64;
+            tokio::time::sleep(Duration::from_millis(960 + offset)).await;
+            let openid = format!("oRace{round}x{i}");
+            let delivery = app.scan(&scene, &openid, false).await;
+            assert_eq!(delivery.status, 200);
+            let accepted = delivery.reply.is_some();
+            let last = stream.next_json().await;
+            let got_result = last.get("userId").is_some();
+            if got_result {
+                assert_eq!(last["userId"], openid.as_str());
+            } else {
+                assert_eq!(last["event"], "timeout", "{last}");
+            }
+            assert!(
+                stream.ends_within(Duration::from_secs(3)).await,
+                "one end only"
+            );
+            match (accepted, got_result) {
+                (true, true) => Raced::Delivered,
+                (false, false) => Raced::TimedOut,
+                other => panic!("scan accepted / result delivered: {other:?}"),
+            }
+        });
+        outcomes.extend(futures_util::future::join_all(races).await);
+    }
+    let delivered = outcomes.iter().filter(|o| **o == Raced::Delivered).count();
+    // Both sides of the race were run into, or the test proves little.
+    assert!(
+        delivered > 0 && delivered < outcomes.len(),
+        "{delivered} of {} delivered",
+        outcomes.len()
+    );
+    assert_eq!(
+        count(&app.login.stats().scans_delivered) + count(&app.login.stats().scans_parked),
+        delivered as u64
+    );
+}
+
+crate::helpers::on_every_backend!(
+    a_scan_racing_the_timeout_is_delivered_or_refused_never_lost_or_doubled
+);
