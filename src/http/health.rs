@@ -22,10 +22,10 @@ pub async fn healthz() -> &'static str {
 const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /readyz`: 200 when the store answers (Redis, with this instance subscribed to its
-/// deliveries), the last contact with WeChat succeeded (a token was had and QR codes were
-/// made) with no backoff running, and today's QR code budget is not used up
-/// (`pool.budget_exhausted`); 503 otherwise, with the reason. The body also reports the stock,
-/// the codes made today against the budget, and open streams. Reasons are fixed sentences:
+/// deliveries) and the last contact with WeChat succeeded (a token was had and QR codes were
+/// made) with no backoff running; 503 otherwise, with the reason. The body also reports the
+/// stock, the codes made today against the budget (`pool.budget_exhausted`, with the reason in
+/// `pool.last_error`: new streams are refused, the rest is served), and open streams. Reasons are fixed sentences:
 /// raw Redis errors and WeChat's errmsg (which can name the server's egress IP) go to the log
 /// and to `wxlogin check`, not here.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
@@ -42,7 +42,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Err(_) => Err("the store does not answer"),
     };
     let pool = state.login.pool().status().await;
-    let ready = pool.healthy && !pool.budget_exhausted && store.is_ok();
+    // A spent budget leaves the instance ready: it still serves resumed streams and WeChat's
+    // callbacks for the codes already out, and every instance refuses new streams alike, so
+    // a load balancer taking them all out of rotation would only cut those off.
+    let ready = pool.healthy && store.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
