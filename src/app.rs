@@ -78,6 +78,21 @@ fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
     })
 }
 
+/// What checking callbacks needs. In memory, the bindings of callbacks' queries die with the
+/// process: callbacks signed before it started are refused, so none can be replayed.
+fn checker(config: &Config) -> Checker {
+    let checker = Checker::new(
+        config.mp_token.clone(),
+        config.appid.clone(),
+        config.aes_keys.clone(),
+    );
+    match &config.redis_url {
+        Some(_) => checker,
+        None => checker
+            .refusing_signed_before(i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)),
+    }
+}
+
 /// Pending connections the kernel may queue. A burst of browsers opening streams at once
 /// (thousands after a page goes live) must not overflow the queue: a dropped SYN is retried
 /// by the client only after a second. The kernel caps it at `net.core.somaxconn`.
@@ -206,11 +221,7 @@ impl App {
         let state = AppState::new(Shared {
             login: login.clone(),
             api_token: config.api_token.clone(),
-            callbacks: Checker::new(
-                config.mp_token.clone(),
-                config.appid.clone(),
-                config.aes_keys.clone(),
-            ),
+            callbacks: checker(config),
             reply_text: config.reply_text.clone(),
             page_keys: Arc::clone(&page_keys),
             metrics,

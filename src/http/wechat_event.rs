@@ -111,7 +111,9 @@ impl From<CallbackError> for Rejected {
                     "callback with a wrong signature rejected"
                 );
             }
-            CallbackError::Stale | CallbackError::NotEncrypted => {
+            CallbackError::Stale
+            | CallbackError::SignedBeforeStart
+            | CallbackError::NotEncrypted => {
                 tracing::warn!(reason = e.reason(), "callback rejected");
             }
             _ => {}
@@ -122,6 +124,9 @@ impl From<CallbackError> for Rejected {
                 CallbackError::MissingSignature => "signature, timestamp and nonce are required",
                 CallbackError::BadSignature => "signature mismatch",
                 CallbackError::Stale => "timestamp is more than 5 minutes from now",
+                CallbackError::SignedBeforeStart => {
+                    "the callback was signed before this service started"
+                }
                 CallbackError::NotEncrypted => {
                     "callbacks must be encrypted (encrypt_type=aes with msg_signature): ENCODING_AES_KEY is set"
                 }

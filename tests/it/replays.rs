@@ -150,7 +150,22 @@ async fn with_encoding_aes_key_a_plaintext_signed_scan_delivers_nothing() {
     assert_login(&stream.next_json().await, "oEncrypted", "SCAN");
 }
 
+/// In memory the bindings die with the process: what was signed before it started might have
+/// been bound already, so it is refused. Redis keeps them: there it is served.
+async fn a_callback_signed_before_the_start_is_refused_where_bindings_were_lost() {
+    let app = spawn_app().await;
+    let token = app.fake.account().mp_token.expose().to_owned();
+    let query = wxlogin::sandbox::phone::signed_query(&token, now_secs() - 30, "n0nce", "oOld");
+    let r = app.post_callback(&query, text_message("oOld")).await;
+    let in_memory = crate::helpers::BACKEND
+        .try_with(|b| *b == crate::helpers::Backend::Memory)
+        .unwrap_or(true);
+    let expected = if in_memory { 401 } else { 200 };
+    assert_eq!(r.status().as_u16(), expected);
+}
+
 crate::helpers::on_every_backend!(
+    a_callback_signed_before_the_start_is_refused_where_bindings_were_lost,
     a_signed_query_reused_with_another_body_is_refused_and_delivers_nothing,
     the_same_query_and_body_three_times_is_one_login_and_three_identical_answers,
     a_forwarded_query_replayed_with_a_login_body_delivers_nothing,

@@ -46,6 +46,9 @@ pub struct Checker {
     token: Secret,
     appid: String,
     keys: Option<KeyRing>,
+    /// Callbacks signed before this time (seconds) are refused: see
+    /// [`Checker::refusing_signed_before`].
+    not_before: Option<i64>,
 }
 
 impl Checker {
@@ -56,7 +59,17 @@ impl Checker {
             token,
             appid: appid.into(),
             keys,
+            not_before: None,
         }
+    }
+
+    /// Refuses callbacks signed before `secs` (seconds since the epoch). Where the bindings
+    /// of queries are lost with the process (one process, state in memory), a query signed
+    /// before it started could be replayed with another body within its five minutes; such a
+    /// callback cannot log anybody in anyway, since the sessions went with the process too.
+    pub fn refusing_signed_before(mut self, secs: i64) -> Self {
+        self.not_before = Some(secs);
+        self
     }
 
     /// The callback token.
@@ -90,6 +103,9 @@ pub enum CallbackError {
     /// The timestamp is too far from our clock.
     #[error("timestamp is more than 5 minutes from now")]
     Stale,
+    /// Signed before this process started, when the bindings of earlier queries are lost.
+    #[error("the callback was signed before this service started")]
+    SignedBeforeStart,
     /// An EncodingAESKey is configured, so WeChat encrypts (and signs the body of) every
     /// callback; this one is not encrypted.
     #[error(
@@ -128,6 +144,7 @@ impl CallbackError {
             Self::BadSignature => "bad_signature",
             Self::BadTimestamp => "bad_timestamp",
             Self::Stale => "stale_timestamp",
+            Self::SignedBeforeStart => "signed_before_start",
             Self::NotEncrypted => "not_encrypted",
             Self::NotUtf8 => "not_utf8",
             Self::Xml(_) => "bad_xml",
@@ -145,6 +162,7 @@ impl CallbackError {
             Self::MissingSignature
                 | Self::BadSignature
                 | Self::Stale
+                | Self::SignedBeforeStart
                 | Self::NotEncrypted
                 | Self::MissingMsgSignature
                 | Self::BadMsgSignature
@@ -237,6 +255,9 @@ pub fn open<'a>(
     let sent: i64 = timestamp.parse().map_err(|_| CallbackError::BadTimestamp)?;
     if !is_fresh(sent, now, MAX_CLOCK_SKEW_SECS) {
         return Err(CallbackError::Stale);
+    }
+    if checker.not_before.is_some_and(|start| sent < start) {
+        return Err(CallbackError::SignedBeforeStart);
     }
     let encrypted = query.encrypt_type.as_deref() == Some("aes");
     if checker.keys.is_some() && (!encrypted || query.msg_signature.is_none()) {
@@ -368,6 +389,23 @@ mod tests {
         assert!(CallbackError::BadSignature.is_unauthenticated());
         let (aes_query, aes_body) = encrypted(NOW, "n3", SCAN);
         assert_eq!(check(&c, &aes_query, &aes_body), Err("safe_mode_off"));
+    }
+
+    #[test]
+    fn a_checker_that_lost_its_bindings_refuses_what_was_signed_before() {
+        let c = plain().refusing_signed_before(NOW - 10);
+        assert_eq!(check(&c, &signed(NOW - 10, "n1"), SCAN), Ok("oU".into()));
+        let e = open(
+            &c,
+            &Query::parse(&signed(NOW - 11, "n1")),
+            SCAN.as_bytes(),
+            NOW,
+        );
+        let e = e.unwrap_err();
+        assert_eq!(
+            (e.reason(), e.is_unauthenticated()),
+            ("signed_before_start", true)
+        );
     }
 
     #[test]
