@@ -19,6 +19,13 @@
  * .wxlogin-user. Each change dispatches a bubbling 'wxlogin:state' event, detail {state, scene}.
  * Styles are adopted with zero specificity (:where), so any rule of the page wins (except
  * [hidden], which stays hidden).
+ *
+ * The stream's event id (`<scene>.<key>.0`) is its secret: the browser sends it back when it
+ * reconnects, polling sends it as the Last-Event-ID header, and while a code is shown it is kept
+ * in sessionStorage (per tab, per wxlogin base) so that a reload of the page resumes the same
+ * code, and a scan made meanwhile still logs the page in. It is dropped on login, on expiry,
+ * refresh() and destroy(); it goes into no URL but that of the resuming /sse request, and never
+ * into the console.
  */
 
 const LABELS = {
@@ -187,9 +194,30 @@ export function mount(element, options = {}) {
 
   // Everything the widget knows; `gen` changes whenever a flow is abandoned, so late callbacks
   // of an old stream, probe or poll recognise themselves and do nothing.
-  const S = { state: 'loading', scene: null, gen: 0, es: null, tok: '', total: 0, deadline: 0,
-    retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false };
+  const S = { state: 'loading', scene: null, id: '', gen: 0, es: null, tok: '', total: 0,
+    deadline: 0, retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false };
   const timers = { tick: 0, poll: 0, retry: 0 };
+
+  // The code shown, kept across reloads of the page. Storage may be refused (privacy modes, a
+  // sandboxed frame): then a reload simply shows a new code.
+  const savedKey = `wxlogin:${base}`;
+  function saved() {
+    try {
+      const v = JSON.parse(sessionStorage.getItem(savedKey) || 'null');
+      if (v && v.base === base && typeof v.id === 'string' && v.id && Number(v.deadline) > Date.now()) return v.id;
+      if (v) sessionStorage.removeItem(savedKey);
+    } catch { /* no resume */ }
+    return '';
+  }
+  function keep() {
+    if (!S.id) return;
+    try {
+      sessionStorage.setItem(savedKey, JSON.stringify({ id: S.id, base, deadline: S.deadline }));
+    } catch { /* no resume */ }
+  }
+  function forget() {
+    try { sessionStorage.removeItem(savedKey); } catch { /* nothing kept */ }
+  }
 
   function set(state, msg = null) {
     S.state = state;
@@ -255,10 +283,13 @@ export function mount(element, options = {}) {
   function tick() {
     renderTimer();
     // The server says when a code expired; expire here only if that never arrives.
-    if (S.state === 'qr' && Date.now() > S.deadline + GRACE_MS) {
-      stop();
-      set('expired');
-    }
+    if (S.state === 'qr' && Date.now() > S.deadline + GRACE_MS) expire();
+  }
+
+  function expire() {
+    stop();
+    forget();
+    set('expired');
   }
 
   function stop() {
@@ -309,6 +340,7 @@ export function mount(element, options = {}) {
     stop();
     const g = S.gen;
     S.scene = null;
+    S.id = '';
     img.removeAttribute('src');
     set('loading');
     let tok;
@@ -320,7 +352,10 @@ export function mount(element, options = {}) {
     }
     if (g !== S.gen) return;
     const url = `${base}/sse?token=${encodeURIComponent(tok)}${lang === 'en' ? '&lang=en' : ''}`;
-    const es = (S.es = new EventSource(url));
+    // After a reload: the server resends the kept code (or a new one if it is gone). EventSource
+    // cannot set Last-Event-ID itself, hence ?id= on this one request.
+    const resume = saved();
+    const es = (S.es = new EventSource(resume ? `${url}&id=${encodeURIComponent(resume)}` : url));
     let opened = false;
     let errors = 0;
     es.onmessage = (ev) => {
@@ -331,7 +366,7 @@ export function mount(element, options = {}) {
       opened = true;
       errors = 0;
       backoff = 0;
-      handle(m, g);
+      handle(m, g, ev.lastEventId);
     };
     es.onerror = () => {
       if (g !== S.gen) return;
@@ -339,7 +374,7 @@ export function mount(element, options = {}) {
         // EventSource hides the status; ask once with fetch to learn it.
         es.onerror = null;
         es.close();
-        probe(url, g, after401);
+        probe(url, resume, g, after401);
         return;
       }
       errors += 1;
@@ -355,11 +390,12 @@ export function mount(element, options = {}) {
     };
   }
 
-  async function probe(url, g, after401) {
+  async function probe(url, resume, g, after401) {
     const ctl = new AbortController();
     let res = null;
     try {
-      res = await fetch(url, { signal: ctl.signal, cache: 'no-store', credentials: 'omit' });
+      const headers = resume ? { 'Last-Event-ID': resume } : {};
+      res = await fetch(url, { signal: ctl.signal, cache: 'no-store', credentials: 'omit', headers });
     } catch {
       res = null;
     }
@@ -380,16 +416,16 @@ export function mount(element, options = {}) {
     }
   }
 
-  function handle(m, g) {
+  function handle(m, g, id) {
     if (typeof m.userId === 'string' && m.userId) {
       login(m);
     } else if (m.event === 'timeout') {
-      stop();
-      set('expired');
+      expire();
     } else if (m.scene_id) {
       // A resumed stream repeats the scene with the time it has left.
       const resumed = S.scene === String(m.scene_id);
       S.scene = String(m.scene_id);
+      S.id = typeof id === 'string' ? id : '';
       const secs = Number(m.timeout_seconds) > 0 ? Number(m.timeout_seconds) : 120;
       S.total = resumed ? Math.max(S.total, secs) : secs;
       S.deadline = Date.now() + secs * 1000;
@@ -398,12 +434,14 @@ export function mount(element, options = {}) {
       S.note = '';
       clearInterval(timers.tick);
       timers.tick = setInterval(() => { if (g === S.gen) tick(); }, 1000);
+      keep();
       set('qr');
     }
   }
 
   function login(m) {
     stop();
+    forget();
     S.user = String(m.userId);
     S.isNew = m.event === 'subscribe';
     set('done');
@@ -425,14 +463,14 @@ export function mount(element, options = {}) {
     const once = async () => {
       if (g !== S.gen) return;
       if (Date.now() > S.deadline + GRACE_MS) {
-        stop();
-        set('expired');
+        expire();
         return;
       }
       try {
+        // The event id proves this page is the stream's; as a header it stays out of access logs.
         const res = await fetch(
           `${base}/login/${encodeURIComponent(S.scene)}/status?token=${encodeURIComponent(S.tok)}`,
-          { cache: 'no-store', credentials: 'omit' },
+          { cache: 'no-store', credentials: 'omit', headers: S.id ? { 'Last-Event-ID': S.id } : {} },
         );
         if (g !== S.gen) return;
         if (res.status === 401) {
@@ -443,16 +481,14 @@ export function mount(element, options = {}) {
           refreshed = true;
           await token(true);
         } else if (res.status === 404 || res.status === 410) {
-          stop();
-          set('expired');
+          expire();
           return;
         } else if (res.ok) {
           const m = await res.json();
           if (g !== S.gen) return;
           if (m.status === 'done') return login(m);
           if (m.status === 'expired') {
-            stop();
-            set('expired');
+            expire();
             return;
           }
           if (S.note) {
@@ -478,12 +514,15 @@ export function mount(element, options = {}) {
   return {
     /** Abandons the current code and shows a new one. */
     refresh() {
-      if (!S.destroyed) start();
+      if (S.destroyed) return;
+      forget();
+      start();
     },
     /** Stops everything and empties the element. */
     destroy() {
       if (S.destroyed) return;
       stop();
+      forget();
       S.destroyed = true;
       element.replaceChildren();
       element.classList.remove('wxlogin');

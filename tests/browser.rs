@@ -163,6 +163,10 @@ async fn an_expired_code_offers_a_refresh_and_only_the_new_code_logs_in() {
     browser.wait_state("qr").await;
     let old = browser.scene().await;
     browser.wait_state("expired").await;
+    assert!(
+        kept_code(&browser).await.is_none(),
+        "an expired code is not kept for a reload"
+    );
     let button = text_of(&browser, ".wxlogin-refresh").await;
     assert_eq!(button, "二维码已过期，点击刷新");
     browser.save_screenshot("expired").await;
@@ -371,8 +375,11 @@ async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
     )
     .await;
     browser.wait_state("qr").await;
+    // The stub answers 400 to a status request without the stream's event id: a login proves
+    // the widget sent it, and no URL carried it.
     browser.wait_state("done").await;
     assert!(stub.status_calls() >= 3, "it polled");
+    assert_eq!(stub.ids_in_urls(), 0, "the event id goes in a header");
     assert!(
         text_of(&browser, ".wxlogin-user")
             .await
@@ -384,5 +391,118 @@ async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
         json!([["login", {"userId": "oPolledUser", "event": "subscribe", "login_token": "stub.login.token"}]])
     );
     browser.save_screenshot("done").await;
+    browser.close().await;
+}
+
+/// The code the widget keeps for a reload: `(key, {id, base, deadline})` of its one
+/// `sessionStorage` entry, or `None`.
+async fn kept_code(browser: &Browser) -> Option<(String, Value)> {
+    let kept = browser
+        .js(
+            "const keys = Object.keys(sessionStorage).filter((k) => k.startsWith('wxlogin:'));
+             return keys.map((k) => [k, JSON.parse(sessionStorage.getItem(k))]);",
+            vec![],
+        )
+        .await;
+    let kept = kept.as_array().unwrap();
+    assert!(kept.len() <= 1, "one entry per wxlogin base: {kept:?}");
+    kept.first()
+        .map(|e| (e[0].as_str().unwrap().to_owned(), e[1].clone()))
+}
+
+/// The URLs the page fetched (resource timing) that carry `needle`.
+async fn urls_with(browser: &Browser, needle: &str) -> Vec<String> {
+    let urls = browser
+        .js(
+            "return performance.getEntriesByType('resource').map((e) => e.name)
+               .filter((u) => u.includes(arguments[0]));",
+            vec![json!(needle)],
+        )
+        .await;
+    serde_json::from_value(urls).unwrap()
+}
+
+#[tokio::test]
+async fn a_page_reload_resumes_the_same_code_and_a_scan_meanwhile_logs_the_page_in() {
+    let sandbox = Sandbox::start(&[]).await;
+    let browser = open("reload", &sandbox.base, DESKTOP).await;
+
+    // The widget keeps the stream's event id while the code is shown.
+    browser.wait_state("qr").await;
+    let scene = browser.scene().await;
+    let (key, kept) = kept_code(&browser).await.expect("the code is kept");
+    assert_eq!(key, format!("wxlogin:{}", sandbox.base));
+    assert_eq!(kept["base"], sandbox.base);
+    let id = kept["id"].as_str().unwrap().to_owned();
+    assert!(
+        id.starts_with(&format!("{scene}.")) && id.ends_with(".0"),
+        "the first event's id: {id}"
+    );
+    let now_ms = browser.js("return Date.now()", vec![]).await;
+    assert!(kept["deadline"].as_f64().unwrap() > now_ms.as_f64().unwrap());
+
+    // A reload shows the same code, not a new one, and only the resuming stream's URL names it.
+    browser.client.refresh().await.unwrap();
+    browser.wait_state("qr").await;
+    assert_eq!(browser.scene().await, scene, "the reload resumed the code");
+    let stream_key = id.split('.').nth(1).unwrap();
+    for url in urls_with(&browser, stream_key).await {
+        assert!(url.contains("/sse?"), "the event id leaked into {url}");
+    }
+
+    // The resumed stream delivers the scan.
+    let openid = browser
+        .js("return document.getElementById('openid').value", vec![])
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    click(&browser, "#scan").await;
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, openid);
+    assert!(kept_code(&browser).await.is_none(), "dropped on login");
+    browser.save_screenshot("reloaded-logged-in").await;
+
+    // After a login, a reload shows a new code.
+    browser.client.refresh().await.unwrap();
+    browser.wait_state("qr").await;
+    let second = browser.scene().await;
+    assert_ne!(second, scene, "a used code is not resumed");
+
+    // The page goes away, the phone scans meanwhile, the page is opened again in the tab and
+    // logs in from the result the server kept.
+    browser.client.goto("about:blank").await.unwrap();
+    assert_eq!(sandbox.scan(&second, "oScannedWhileAway", true).await, 200);
+    browser.client.goto(&sandbox.base).await.unwrap();
+    browser.wait_state("done").await;
+    assert_eq!(browser.scene().await, second);
+    assert_eq!(text_of(&browser, "#user").await, "oScannedWhileAway");
+    assert_eq!(text_of(&browser, "#event").await, "subscribe");
+    assert!(kept_code(&browser).await.is_none(), "dropped on login");
+    browser.save_screenshot("reopened-logged-in").await;
+
+    // No resume after that login either.
+    browser.client.refresh().await.unwrap();
+    browser.wait_state("qr").await;
+    let third = browser.scene().await;
+    assert!(
+        third != scene && third != second,
+        "a new code after the login"
+    );
+
+    // Away and back through the history (Chromium may restore the page from its
+    // back/forward cache rather than load it): the scan made meanwhile logs it in.
+    browser.client.goto("about:blank").await.unwrap();
+    assert_eq!(sandbox.scan(&third, "oBackAgain", false).await, 200);
+    browser.client.back().await.unwrap();
+    browser.wait_state("done").await;
+    assert_eq!(browser.scene().await, third);
+    assert_eq!(text_of(&browser, "#user").await, "oBackAgain");
+    assert!(kept_code(&browser).await.is_none(), "dropped on login");
+
+    browser.client.refresh().await.unwrap();
+    browser.wait_state("qr").await;
+    let fourth = browser.scene().await;
+    assert!(![&scene, &second, &third].contains(&&fourth), "a new code");
     browser.close().await;
 }

@@ -1,6 +1,7 @@
 //! A scripted stand-in for wxlogin, in process, for the widget's failure paths that the real
 //! server only shows under faults: 401, 503 with `Retry-After`, a stream that dies for good
-//! (then the widget polls `/login/{scene}/status`).
+//! (then the widget polls `/login/{scene}/status`, which, like the real one, needs the stream's
+//! event id).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub const SCENE: &str = "StubScene0123456789abc";
+/// The stream's key, in its event ids.
+pub const KEY: &str = "StubKey_0123456789abcd";
 pub const TICKET_URL: &str = "http://weixin.qq.com/q/stub-ticket";
 pub const GOOD_TOKEN: &str = "good-token";
 
@@ -38,6 +41,8 @@ struct Stub {
     mode: Mode,
     sse_calls: AtomicUsize,
     status_calls: AtomicUsize,
+    /// Status requests that named the event id in their URL (`?id=`) rather than a header.
+    ids_in_urls: AtomicUsize,
 }
 
 pub struct StubServer {
@@ -58,6 +63,7 @@ impl StubServer {
             mode,
             sse_calls: AtomicUsize::new(0),
             status_calls: AtomicUsize::new(0),
+            ids_in_urls: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/", get(page))
@@ -88,8 +94,13 @@ impl StubServer {
         self.stub.sse_calls.load(Ordering::SeqCst)
     }
 
+    /// Status requests answered `pending` or `done` (those with the stream's event id).
     pub fn status_calls(&self) -> usize {
         self.stub.status_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn ids_in_urls(&self) -> usize {
+        self.stub.ids_in_urls.load(Ordering::SeqCst)
     }
 }
 
@@ -126,6 +137,7 @@ async fn script() -> Response {
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+    id: Option<String>,
 }
 
 fn unauthorized() -> Response {
@@ -137,7 +149,7 @@ fn unauthorized() -> Response {
 }
 
 fn first_event() -> Event {
-    Event::default().id(format!("{SCENE}.0")).data(
+    Event::default().id(format!("{SCENE}.{KEY}.0")).data(
         json!({
             "scene_id": SCENE,
             "qrcode_url": "https://mp.weixin.qq.com/cgi-bin/showqrcode?ticket=stub",
@@ -170,9 +182,28 @@ async fn sse(State(stub): State<Arc<Stub>>, Query(q): Query<TokenQuery>) -> Resp
     }
 }
 
-async fn status(State(stub): State<Arc<Stub>>, Query(q): Query<TokenQuery>) -> Response {
+/// As wxlogin's: no event id is a 400, another stream's id reads as expired.
+async fn status(
+    State(stub): State<Arc<Stub>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
     if q.token.as_deref() != Some(GOOD_TOKEN) {
         return unauthorized();
+    }
+    if q.id.is_some() {
+        stub.ids_in_urls.fetch_add(1, Ordering::SeqCst);
+    }
+    let header = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let Some(id) = header.or(q.id.as_deref()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "bad_request", "message": "the stream's event id is required"})),
+        )
+            .into_response();
+    };
+    if !id.starts_with(&format!("{SCENE}.{KEY}.")) {
+        return Json(json!({"status": "expired"})).into_response();
     }
     let n = stub.status_calls.fetch_add(1, Ordering::SeqCst) + 1;
     if n <= 2 {
