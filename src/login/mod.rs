@@ -223,7 +223,11 @@ impl LoginService {
                 Outcome::Duplicate { login },
                 "duplicate",
             ),
-            Resolution::Conflict => (&stats.replays_refused, Outcome::Replayed, "replayed"),
+            Resolution::Conflict => {
+                // Not a scan but a forgery: the callback's rejection is what the metrics count.
+                stats.replays_refused.fetch_add(1, Ordering::Relaxed);
+                return Ok(Outcome::Replayed);
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.scan(name);

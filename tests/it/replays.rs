@@ -54,6 +54,11 @@ async fn a_signed_query_reused_with_another_body_is_refused_and_delivers_nothing
     assert_eq!(app.post_callback(&query, forged).await.status(), 401);
     assert!(quiet(&mut other).await);
     assert_eq!(count(&app.login.stats().replays_refused), 2);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("wxlogin_callbacks_rejected_total{reason=\"replayed\"} 2"),
+        "{metrics}"
+    );
     // The real user of the other code still gets in.
     app.scan(&other_scene, "oOtherUser", false).await;
     assert_login(&other.next_json().await, "oOtherUser", "SCAN");
