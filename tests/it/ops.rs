@@ -184,11 +184,11 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
 // ---------------------------------------------------------------- forwarding
 
 /// A forwarded request as the downstream saw it: query string and body.
-type Seen = (Option<String>, Bytes);
+pub(crate) type Seen = (Option<String>, Bytes);
 
 #[derive(Clone, Default)]
-struct Downstream {
-    seen: Arc<Mutex<Vec<Seen>>>,
+pub(crate) struct Downstream {
+    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
     delay: Duration,
 }
 
@@ -205,7 +205,9 @@ async fn downstream_handler(
     )
 }
 
-async fn spawn_downstream(delay: Duration) -> (String, Downstream) {
+/// A `FORWARD_URL` on a free loopback port that records what it is sent and answers after
+/// `delay`.
+pub(crate) async fn spawn_downstream(delay: Duration) -> (String, Downstream) {
     let d = Downstream {
         delay,
         ..Downstream::default()

@@ -2,12 +2,8 @@
 //! timestamp and nonce, not the body, and such queries leave wxlogin (access logs, proxies,
 //! `FORWARD_URL`). The same query and body again is WeChat retrying; another body is a replay.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
 use wxlogin::sandbox::phone::now_secs;
 
 use crate::helpers::{TestApp, assert_login, count, spawn_app, spawn_app_with, spawn_safe_app};
@@ -95,30 +91,8 @@ async fn the_same_query_and_body_three_times_is_one_login_and_three_identical_an
     assert_eq!(count(&app.login.stats().replays_refused), 0);
 }
 
-/// A downstream for `FORWARD_URL` that records what it is sent.
-#[derive(Clone, Default)]
-struct Downstream {
-    seen: Arc<Mutex<Vec<Bytes>>>,
-}
-
-async fn record(State(d): State<Downstream>, body: Bytes) -> &'static str {
-    d.seen.lock().unwrap().push(body);
-    "success"
-}
-
-async fn spawn_downstream() -> (String, Downstream) {
-    let d = Downstream::default();
-    let router = axum::Router::new()
-        .route("/wx", post(record))
-        .with_state(d.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    (format!("http://{addr}/wx"), d)
-}
-
 async fn a_forwarded_query_replayed_with_a_login_body_delivers_nothing() {
-    let (url, downstream) = spawn_downstream().await;
+    let (url, downstream) = crate::ops::spawn_downstream(Duration::ZERO).await;
     let app = spawn_app_with(&[("FORWARD_URL", url.as_str())]).await;
     let (mut stream, scene, _) = app.open_with_qr().await;
     // The account's other backend receives the message with its signed query.
