@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::login_token::{KeyError, LoginTokens};
+use crate::auth::page_key::PageKeys;
 use crate::config::{Config, QR_LIFE_MARGIN};
-use crate::http::access::PageKeys;
 use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};

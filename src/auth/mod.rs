@@ -5,8 +5,10 @@
 //!   site's backend verifies, with one library call or at `POST /login/verify`.
 //! - [`page_token`]: short-lived tokens a site's backend mints for its pages, so `API_TOKEN`
 //!   never has to appear in browser code.
+//! - [`page_key`]: their key's random part, shared by the instances through the store.
 
 pub mod login_token;
+pub mod page_key;
 pub mod page_token;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -38,9 +38,9 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
-use self::access::PageKeys;
 use self::forward::Forwarder;
 use self::limits::Limits;
+use crate::auth::page_key::PageKeys;
 use crate::login::LoginService;
 use crate::metrics::Metrics;
 use crate::wechat::callback::Checker;
