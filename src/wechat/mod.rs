@@ -7,7 +7,9 @@
 //! - [`signature`]: callback signatures (`signature`, `msg_signature`).
 //! - [`crypto`]: safe mode (AES-256-CBC message envelope).
 //! - [`xml`]: the callback XML parser (no DTDs, no entities).
-//! - [`callback`]: a parsed callback classified into what wxlogin acts on.
+//! - [`callback`]: a callback checked and opened in one place (`callback::open`: signature,
+//!   freshness, safe mode, XML, the query's binding to its body), with a typed error per
+//!   reason, and classified into what wxlogin acts on.
 //! - [`reply`]: passive replies (the text the user sees after scanning).
 //! - [`error`]: the API client's error type.
 //! - [`ids`]: scene, openid and ticket newtypes; [`secret`]: values that never print.
