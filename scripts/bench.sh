@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Runs the benchmark of issue 6 on this machine: builds release, starts the fake WeChat and a
+# Runs the benchmarks (BENCHMARKS.md) on this machine: builds release, starts the fake WeChat and a
 # fresh `wxlogin serve` (in-memory store) for each scenario, runs `wxlogin-bench`, prints one
 # JSON line per scenario (also appended to $RESULTS when set), and stops everything.
 # Nothing is written to BENCHMARKS.md: copy the figures there by hand.
 #
-#   scripts/bench.sh                                  # the issue's sizes (churn: 600 s)
+#   scripts/bench.sh                                  # the targets' sizes (churn: 600 s)
 #   CHURN_DURATION=120 scripts/bench.sh               # a shorter churn
 #   SCENARIOS="callbacks churn" CHURN_DURATION=60 scripts/bench.sh
 #   SCENARIOS=redis-scan-to-push scripts/bench.sh     # several instances on one Redis
 #
-# Sizes (defaults are the issue's targets):
+# Sizes (defaults are the targets' sizes):
 #   WAITERS_N=19000 WAITERS_RATE=1000 WAITERS_HOLD=20   waiters held (rate 0 = all at once)
 #   BURST_N=5000                                        waiters opening all at once
 #   CAP_N=19800 CAP_RATE=2000                           waiters past the stream cap (MAX_STREAMS
@@ -40,7 +40,7 @@
 #   RESULTS        a file to append the JSON lines to
 #   SKIP_BUILD=1   use the release binaries as built; BIN_DIR=dir: use the binaries in dir
 #   QUIET_WAIT=300 QUIET_MAX_CORES=0.3  before each scenario, wait up to QUIET_WAIT s for the
-#                  rest of the machine to use under QUIET_MAX_CORES (this box is shared; every
+#                  rest of the machine to use under QUIET_MAX_CORES (the machine is shared; every
 #                  JSON line also reports the CPU other processes took: cpu.other_s)
 #   BENCH_NICE=-10 run the fake WeChat, the server and the tool at this nice level (root only
 #                  for negative values), so other work on the box disturbs the figures less

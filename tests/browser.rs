@@ -199,7 +199,7 @@ async fn an_expired_code_offers_a_refresh_and_only_the_new_code_logs_in() {
     browser.close().await;
 }
 
-/// Needs the server to resume a scene on `Last-Event-ID` (issue 3): without it the reconnected
+/// Needs the server to resume a stream on `Last-Event-ID`: without it the reconnected
 /// stream brings a new code, and this test says so.
 #[tokio::test]
 async fn a_stream_cut_by_the_server_side_resumes_the_same_code_and_still_gets_the_scan() {
@@ -241,7 +241,7 @@ async fn a_stream_cut_by_the_server_side_resumes_the_same_code_and_still_gets_th
         assert!(
             other.is_empty(),
             "the reconnected stream brought a new code {other:?} instead of resuming {scene} \
-             (Last-Event-ID resume, issue 3)"
+             (Last-Event-ID resume)"
         );
         if browser.state().await["widget"] == "done" {
             break;

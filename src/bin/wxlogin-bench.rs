@@ -1,4 +1,4 @@
-//! `wxlogin-bench`: the load tool of issue 6. It drives a running wxlogin over loopback
+//! `wxlogin-bench`: the load tool of the performance targets (BENCHMARKS.md). It drives a running wxlogin over loopback
 //! (HTTP/1.1 keep-alive, sockets spread over several 127.0.0.x source addresses) and prints
 //! one JSON line per scenario:
 //!

@@ -11,7 +11,7 @@
 //! falls back to the second. Where the flat reader answers, it must answer what quick-xml would:
 //! a property test and the fuzz target (`fuzz/src/lib.rs`) check that. Why two: in the server,
 //! quick-xml's general reader cost a callback about 1 µs more than this one (BENCHMARKS.md,
-//! "Session 4"), the largest part of what a callback costs beyond a bare request.
+//! "The callbacks ratio reaches 0.8"), the largest part of what a callback costs beyond a bare request.
 
 use std::borrow::Cow;
 

@@ -1,4 +1,4 @@
-//! Several instances of wxlogin on one redis-server (issue 4): a callback on one instance
+//! Several instances of wxlogin on one redis-server: a callback on one instance
 //! reaches the stream held by another, once; the shared stock never hands one code to two
 //! streams; one access token for all; a killed instance's browser resumes on another; a
 //! restarted Redis is survived without a restart of wxlogin.

@@ -1,4 +1,4 @@
-//! The four scenarios of issue 6, each printing one JSON line: `waiters`, `scan-to-push`,
+//! The scenarios of the performance targets, each printing one JSON line: `waiters`, `scan-to-push`,
 //! `callbacks` (against `/healthz` in the same run), `churn`. The first two may drive several
 //! instances at once (streams spread over them, scans sent across); the others drive one.
 
@@ -293,7 +293,7 @@ impl Hammered {
     }
 }
 
-/// Callbacks per second of the run that are signed before it starts: more than this box
+/// Callbacks per second of the run that are signed before it starts: more than this machine
 /// serves, so the timed phase spends the tool's CPU on the traffic, not on playing WeChat.
 const PREBUILT_PER_SEC: u64 = 100_000;
 /// Callbacks are pre-signed only for phases this short: their timestamps must stay well
@@ -302,7 +302,7 @@ const PREBUILT_MAX_PHASE: Duration = Duration::from_secs(120);
 
 /// Signed callbacks for scenes nobody waits on, each with its own openid (so no two are
 /// retries of one event), made before a timed phase. WeChat signs on its own machines: the
-/// tool sharing this box's two cores with the server should not charge that work to the
+/// tool sharing the machine's two cores with the server should not charge that work to the
 /// callbacks' rate when `/healthz`, its yardstick, costs the tool nothing of the kind.
 fn prebuilt_callbacks(ctx: &Ctx, n: u64) -> VecDeque<Request<Full<Bytes>>> {
     (0..n)

@@ -185,7 +185,7 @@ impl Servers {
 
 /// CPU time the whole machine spent busy so far (all cores: user, nice, system, irq,
 /// softirq, steal), seconds. Compared with the server's and the tool's own, it shows how much
-/// other processes took during a phase: this box is shared.
+/// other processes took during a phase: the machine is shared.
 pub fn machine_busy_secs() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
