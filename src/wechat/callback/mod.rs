@@ -185,12 +185,11 @@ impl Binding {
         let full = sha2::Sha256::digest(body);
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&full[..16]);
-        Self {
-            // The signature was checked to be hex; either case is accepted, so one is chosen.
-            key: format!("cb:{}", signature.to_ascii_lowercase()),
-            digest,
-            ttl,
-        }
+        // The signature was checked to be hex; either case is accepted, so one is chosen.
+        let mut key = String::with_capacity(3 + signature.len());
+        key.push_str("cb:");
+        key.extend(signature.chars().map(|c| c.to_ascii_lowercase()));
+        Self { key, digest, ttl }
     }
 
     /// The query's key (`cb:` and the signature in lower-case hex).
