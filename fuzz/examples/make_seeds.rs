@@ -9,7 +9,7 @@ use std::path::Path;
 use wxlogin::wechat::crypto::{self, AesKey};
 use wxlogin::wechat::reply::text_reply;
 use wxlogin::wechat::signature;
-use wxlogin_fuzz::{APPID, KEY, TOKEN};
+use wxlogin_fuzz::{APPID, KEY, OpenMode, TOKEN};
 
 const SUBSCRIBE: &str = "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n\
 <FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>\n\
@@ -172,9 +172,103 @@ fn main() {
             "sse-escaped",
             "token=a%2Bb+c&lang=zh-CN&scene=%41bc%zz".to_owned(),
         ),
-        ("last-event-id", "Qk3v0_x-9ZmN2pL8rT4wYa.1".to_owned()),
+        (
+            "sse-id",
+            "token=pt_abc.def&lang=en&id=wxl_Qk3v0_x-9ZmN2pL8rT4wYa.AAAAAAAAAAAAAAAAAAAAAA.0"
+                .to_owned(),
+        ),
+        (
+            "last-event-id",
+            "wxl_Qk3v0_x-9ZmN2pL8rT4wYa.Zm9vYmFyYmF6cXV4cXV1eA.1".to_owned(),
+        ),
     ] {
         write("query", name, q.as_bytes());
+    }
+    // Target 4: mode byte, skew byte, then the parts (NUL-separated): signed inputs are
+    // timestamp, nonce, more query, body; raw ones query, body.
+    let signed = OpenMode::SIGNED;
+    let aes = OpenMode::AES;
+    let keys = OpenMode::KEYS;
+    let body = |kind: u8| kind << OpenMode::BODY_SHIFT;
+    let ts = SAMPLE_TIMESTAMP.as_bytes();
+    let nonce = SAMPLE_NONCE.as_bytes();
+    let openid = b"openid=oyORnuP8q7ou2gfYjqLzSIWZf0rs".as_slice();
+    let sample_body = safe_body(SAMPLE_ENCRYPT);
+    let overflow = format!(
+        "signature={}&timestamp=-9223372036854775808&nonce=1320562132&openid=oAttacker",
+        signature::signature(TOKEN, "-9223372036854775808", SAMPLE_NONCE)
+    );
+    for (name, mode, skew, parts) in [
+        (
+            "plain-scan",
+            signed,
+            0,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "plain-stale",
+            signed,
+            100,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "plain-with-key",
+            signed | keys,
+            0,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "compatible-no-key",
+            signed | aes,
+            0,
+            vec![ts, nonce, openid, SUBSCRIBE.as_bytes()],
+        ),
+        (
+            "sample-safe-mode",
+            signed | keys | aes | body(1),
+            0,
+            vec![ts, nonce, openid, sample_body.as_bytes()],
+        ),
+        (
+            "sealed-scan",
+            signed | keys | aes | body(2),
+            0,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "sealed-previous-key",
+            signed | keys | aes | body(2) | OpenMode::PREVIOUS_KEY,
+            -50i8,
+            vec![ts, nonce, openid, SUBSCRIBE.as_bytes()],
+        ),
+        (
+            "forged-scan",
+            signed | keys | aes | body(3),
+            0,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "no-msg-signature",
+            signed | keys | aes | body(2) | OpenMode::NO_MSG_SIGNATURE,
+            0,
+            vec![ts, nonce, openid, SCAN.as_bytes()],
+        ),
+        (
+            "upper-case-signature",
+            signed | OpenMode::UPPER,
+            0,
+            vec![ts, nonce, openid, PLAIN_FOLLOW.as_bytes()],
+        ),
+        (
+            "raw-timestamp-min",
+            0,
+            0,
+            vec![overflow.as_bytes(), SCAN.as_bytes()],
+        ),
+    ] {
+        let mut input = vec![mode, skew.to_ne_bytes()[0]];
+        input.extend_from_slice(&parts.join(&0u8));
+        write("callback_open", name, &input);
     }
     println!("seeds written");
 }

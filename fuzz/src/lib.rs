@@ -3,7 +3,7 @@
 //! Shared by the libFuzzer targets (`fuzz_targets/*.rs`) and by the corpus replay in the main
 //! crate's test suite (`tests/fuzz_corpus.rs` includes this file with `#[path]`), so CI runs
 //! every corpus input through exactly the code the fuzzer ran. It may therefore only use crates
-//! the main crate depends on (wxlogin, axum, aes, cbc, base64, serde).
+//! the main crate's tests can (wxlogin, axum, aes, cbc, base64, form_urlencoded).
 //!
 //! Each function must not panic for any input; the `assert!`s are properties of the code under
 //! test (round trips, agreement with a reference model), so a failure is a finding too.
@@ -11,22 +11,31 @@
 //! - [`callback_xml`]: the callback body, as `POST /wechat_event` reads it: UTF-8, XML, classify.
 //! - [`safe_mode`]: the safe-mode decoder: `Encrypt` strings, attacker-chosen plaintexts,
 //!   encrypt/decrypt and reply-envelope round trips, EncodingAESKey parsing.
-//! - [`query`]: the query strings of `/wechat_event` and `/sse`, the signatures computed from
-//!   them, scenes and the `Last-Event-ID` header.
+//! - [`query`]: the query strings of `/wechat_event` and `/sse` as the handlers read them
+//!   (`callback::Query::parse`, axum's extractor), the signatures computed from them, scenes,
+//!   and event ids (`Last-Event-ID`, `?id=`).
+//! - [`callback_open`]: a whole callback, query and body, through `callback::open`, with
+//!   correctly signed queries made here so the checks after the signature are reached.
+
+use std::borrow::Cow;
 
 use aes::Aes256;
 use axum::extract::Query;
-use axum::http::{HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderValue, Uri};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit};
-use serde::Deserialize;
-use wxlogin::login::event::Lang;
-use wxlogin::wechat::callback::{Callback, classify};
+use wxlogin::http::sse::{SseQuery, named_event};
+use wxlogin::http::wechat_event::VerifyQuery;
+use wxlogin::login::event::{EventId, Lang};
+use wxlogin::wechat::callback::{
+    self, Callback, Checker, MAX_CLOCK_SKEW_SECS, Opened, classify, replayable_for,
+};
 use wxlogin::wechat::crypto::{self, AesKey, KeyRing, KeySlot};
 use wxlogin::wechat::ids::Scene;
 use wxlogin::wechat::reply::text_reply;
+use wxlogin::wechat::secret::Secret;
 use wxlogin::wechat::signature;
 use wxlogin::wechat::xml::{self, CallbackXml, push_cdata};
 
@@ -287,46 +296,11 @@ fn parse_key(s: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target 3: query strings, signatures, scenes, Last-Event-ID.
-
-/// The query of the URL check (`GET /wechat_event`), as in `src/http/wechat_event.rs`.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct VerifyQuery {
-    pub signature: Option<String>,
-    pub timestamp: Option<String>,
-    pub nonce: Option<String>,
-    pub echostr: Option<String>,
-}
-
-/// The query of an event push (`POST /wechat_event`), as in `src/http/wechat_event.rs`.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct EventQuery {
-    pub signature: Option<String>,
-    pub timestamp: Option<String>,
-    pub nonce: Option<String>,
-    pub encrypt_type: Option<String>,
-    pub msg_signature: Option<String>,
-}
-
-/// The query of `GET /sse`, as in `src/http/sse.rs`.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-pub struct SseQuery {
-    pub token: Option<String>,
-    pub lang: Option<String>,
-    pub scene: Option<String>,
-}
-
-/// What axum's `Query` extractor made of one query string.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Parsed {
-    pub verify: Option<VerifyQuery>,
-    pub event: Option<EventQuery>,
-    pub sse: Option<SseQuery>,
-}
+// Target 3: query strings, signatures, scenes, event ids.
 
 /// The URI a request with query `data` has. Bytes a URI cannot hold raw are percent-encoded;
-/// the query decoder turns `%XX` back into the same byte, so what the structs see is what
-/// `serde_urlencoded::from_bytes(data)` sees.
+/// the query decoders turn `%XX` back into the same byte, so what the parsers see is what a
+/// form parser sees in `data` itself.
 pub fn uri_with_query(path: &str, data: &[u8]) -> Option<Uri> {
     let mut s = String::with_capacity(path.len() + 1 + data.len() * 3);
     s.push_str(path);
@@ -341,56 +315,119 @@ pub fn uri_with_query(path: &str, data: &[u8]) -> Option<Uri> {
     Uri::try_from(s).ok()
 }
 
-/// Parses `data` as the query of each endpoint with axum's own extractor.
-pub fn parse_queries(data: &[u8]) -> Parsed {
-    let Some(uri) = uri_with_query("/wechat_event", data) else {
-        panic!("the escaped query is not a valid URI: {data:?}");
-    };
-    Parsed {
-        verify: Query::<VerifyQuery>::try_from_uri(&uri).ok().map(|q| q.0),
-        event: Query::<EventQuery>::try_from_uri(&uri).ok().map(|q| q.0),
-        sse: Query::<SseQuery>::try_from_uri(&uri).ok().map(|q| q.0),
+/// What axum's `Query` extractor made of one query for the handlers' own structs of
+/// `GET /wechat_event` and `GET /sse`. Their fields are private, so they are compared by their
+/// `Debug` form.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Extracted {
+    pub verify: Option<String>,
+    pub sse: Option<String>,
+}
+
+/// Runs axum's extractor on `uri` into `wechat_event::VerifyQuery` and `sse::SseQuery`.
+pub fn extract(uri: &Uri) -> Extracted {
+    Extracted {
+        verify: Query::<VerifyQuery>::try_from_uri(uri)
+            .ok()
+            .map(|q| format!("{:?}", q.0)),
+        sse: Query::<SseQuery>::try_from_uri(uri)
+            .ok()
+            .map(|q| format!("{:?}", q.0)),
     }
 }
 
-/// One query string: parsed for every endpoint, then the checks the handlers make with it.
-/// The same bytes are also tried as a `Last-Event-ID` header.
+/// The first value of `name` in `query`, as a form parser reads it.
+fn first(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// One query string: read by the callback's own query parser (checked against a form parser),
+/// by the extractors of `GET /wechat_event` and `GET /sse`, then the checks the handlers make
+/// with what they read. The same bytes are also tried as a `Last-Event-ID` header and as `?id=`.
 pub fn query(data: &[u8]) {
-    let parsed = parse_queries(data);
-    if let Some(q) = &parsed.verify {
-        check_signature(
-            q.timestamp.as_deref(),
-            q.nonce.as_deref(),
-            q.signature.as_deref(),
-        );
-        // The echostr in place of the Encrypt text, for the four-part signature.
+    let Some(uri) = uri_with_query("/wechat_event", data) else {
+        panic!("the escaped query is not a valid URI: {data:?}");
+    };
+    // What `POST /wechat_event` parses: the URI's query.
+    let raw = uri.query().unwrap_or_default();
+    let q = callback::Query::parse(raw);
+    check_callback_query(raw, &q);
+    // Any text, even what a URI cannot carry, must read the same way.
+    if let Ok(text) = std::str::from_utf8(data) {
+        check_callback_query(text, &callback::Query::parse(text));
+    }
+    check_signature(
+        q.timestamp.as_deref(),
+        q.nonce.as_deref(),
+        q.signature.as_deref(),
+    );
+    check_msg_signature(
+        q.timestamp.as_deref(),
+        q.nonce.as_deref(),
+        q.encrypt_type.as_deref(),
+        q.msg_signature.as_deref(),
+    );
+
+    // `GET /wechat_event` and `GET /sse` read their queries with axum's extractor; where it
+    // accepts a query, its fields are the form parser's (their only values: the extractor
+    // refuses a repeated field).
+    let extracted = extract(&uri);
+    if extracted.verify.is_some() {
+        // The URL check signs like a callback; the echostr stands in for the Encrypt text of
+        // the four-part signature, as another string a sender chooses.
         check_msg_signature(
-            q.timestamp.as_deref(),
-            q.nonce.as_deref(),
-            q.echostr.as_deref(),
-            q.signature.as_deref(),
+            first(raw, "timestamp").as_deref(),
+            first(raw, "nonce").as_deref(),
+            first(raw, "echostr").as_deref(),
+            first(raw, "signature").as_deref(),
         );
     }
-    if let Some(q) = &parsed.event {
-        check_signature(
-            q.timestamp.as_deref(),
-            q.nonce.as_deref(),
-            q.signature.as_deref(),
-        );
-        check_msg_signature(
-            q.timestamp.as_deref(),
-            q.nonce.as_deref(),
-            q.encrypt_type.as_deref(),
-            q.msg_signature.as_deref(),
-        );
-    }
-    if let Some(q) = &parsed.sse {
-        let _ = Lang::parse(q.lang.as_deref());
-        if let Some(scene) = &q.scene {
-            check_scene(scene);
+    if extracted.sse.is_some() {
+        let _ = Lang::parse(first(raw, "lang").as_deref());
+        // `?scene=` is read by old pages only and ignored; `Scene::parse` is what reads the
+        // scene of an event id and of a callback.
+        if let Some(scene) = first(raw, "scene") {
+            check_scene(&scene);
+        }
+        if let Some(id) = first(raw, "id") {
+            check_event_id(&id);
+            // Without a `Last-Event-ID` (or with an empty one), `?id=` names the event.
+            let named = named_event(&HeaderMap::new(), Some(&id));
+            assert_eq!(named, EventId::parse(&id));
+            let mut empty = HeaderMap::new();
+            empty.insert("last-event-id", HeaderValue::from_static(""));
+            assert_eq!(named_event(&empty, Some(&id)), named);
         }
     }
     last_event_id(data);
+}
+
+/// `Query::parse` reads the first value of each name it knows as a form parser does, and
+/// borrows every value from a query without escapes.
+fn check_callback_query(text: &str, q: &callback::Query<'_>) {
+    let fields = [
+        ("signature", &q.signature),
+        ("timestamp", &q.timestamp),
+        ("nonce", &q.nonce),
+        ("encrypt_type", &q.encrypt_type),
+        ("msg_signature", &q.msg_signature),
+    ];
+    let plain = !text.contains(['%', '+']);
+    for (name, value) in fields {
+        assert_eq!(
+            value.as_deref(),
+            first(text, name).as_deref(),
+            "{name} of {text:?}"
+        );
+        if plain {
+            assert!(
+                matches!(value, None | Some(Cow::Borrowed(_))),
+                "{name} copied from {text:?}"
+            );
+        }
+    }
 }
 
 fn check_signature(timestamp: Option<&str>, nonce: Option<&str>, given: Option<&str>) {
@@ -429,10 +466,15 @@ fn check_msg_signature(
     }
 }
 
-fn check_scene(s: &str) {
-    let valid = (1..=64).contains(&s.len())
+/// Whether `s` is in the documented alphabet of `n` to `m` characters: A-Z a-z 0-9 - _.
+fn url_safe(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.len())
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_scene(s: &str) {
+    let valid = url_safe(s, 1..=64);
     match Scene::parse(s) {
         Ok(scene) => {
             assert!(valid, "{s:?} accepted");
@@ -442,12 +484,363 @@ fn check_scene(s: &str) {
     }
 }
 
-/// The `Last-Event-ID` a reconnecting EventSource sends, `<scene>.<n>`, read as
-/// `src/http/sse.rs` (`named_scene`) reads it.
-pub fn last_event_id(data: &[u8]) -> Option<(Scene, bool)> {
+/// `EventId::parse` accepts exactly `<scene>.<key>.<0|1>` (a scene, a 22-character key), and
+/// what it accepts formats back to the same text: an id has one spelling.
+fn check_event_id(s: &str) {
+    let shaped = s.rsplit_once('.').is_some_and(|(rest, seq)| {
+        (seq == "0" || seq == "1")
+            && rest
+                .rsplit_once('.')
+                .is_some_and(|(scene, key)| url_safe(scene, 1..=64) && url_safe(key, 22..=22))
+    });
+    match EventId::parse(s) {
+        Some(id) => {
+            assert!(shaped, "{s:?} accepted");
+            assert_eq!(EventId::format(&id.scene, &id.key, id.seen_last), s);
+            assert_eq!(id.seen_last, s.ends_with(".1"));
+        }
+        None => assert!(!shaped, "{s:?} refused"),
+    }
+}
+
+/// The `Last-Event-ID` a reconnecting EventSource sends (`<scene>.<key>.<n>`), read by
+/// `sse::named_event` as `GET /sse` reads it.
+pub fn last_event_id(data: &[u8]) -> Option<EventId> {
+    // Any text, even one a header cannot carry (a `?id=` can).
+    check_event_id(&String::from_utf8_lossy(data));
     let value = HeaderValue::from_bytes(data).ok()?;
-    let id = value.to_str().ok().filter(|v| !v.is_empty())?;
-    let (scene, seq) = id.rsplit_once('.')?;
-    check_scene(scene);
-    Some((Scene::parse(scene).ok()?, seq != "0"))
+    let mut headers = HeaderMap::new();
+    headers.insert("last-event-id", value.clone());
+    // The header wins over `?id=`, unless it is empty or not text.
+    let query = "wxl_AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA.1";
+    let named = named_event(&headers, Some(query));
+    match value.to_str().ok().filter(|v| !v.is_empty()) {
+        Some(text) => {
+            check_event_id(text);
+            assert_eq!(named_event(&headers, None), EventId::parse(text));
+            assert_eq!(named, EventId::parse(text));
+        }
+        None => assert_eq!(named, EventId::parse(query)),
+    }
+    named_event(&headers, None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target 4: a whole callback through `wechat::callback::open`.
+
+/// The timestamp of WeChat's published safe-mode sample, the clock of the raw inputs.
+pub const SAMPLE_TIMESTAMP: i64 = 1_409_735_669;
+
+/// A plaintext login scan that opens wherever its query does (no key configured).
+const SCAN: &str = "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1409735669</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[SCAN]]></Event><EventKey><![CDATA[wxl_AAAAAAAAAAAAAAAAAAAAAA]]></EventKey></xml>";
+
+/// What the mode byte of a [`callback_open`] input asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode(pub u8);
+
+impl OpenMode {
+    /// Bit 0: an EncodingAESKey is configured (the sample key, with [`OTHER_KEY`] as the
+    /// previous key of a rotation).
+    pub const KEYS: u8 = 1;
+    /// Bit 1: the query is made here and correctly signed; otherwise it is the input's.
+    pub const SIGNED: u8 = 1 << 1;
+    /// Bits 2-3, signed queries only: what the body is ([`Body`]).
+    pub const BODY_SHIFT: u8 = 2;
+    /// Bit 4: the query says `encrypt_type=aes`.
+    pub const AES: u8 = 1 << 4;
+    /// Bit 5: the body is encrypted with the previous key rather than the current one.
+    pub const PREVIOUS_KEY: u8 = 1 << 5;
+    /// Bit 6: the query has no `msg_signature`.
+    pub const NO_MSG_SIGNATURE: u8 = 1 << 6;
+    /// Bit 7: the signature is written in upper-case hex.
+    pub const UPPER: u8 = 1 << 7;
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn body(self) -> Body {
+        match (self.0 >> Self::BODY_SHIFT) & 3 {
+            0 => Body::AsGiven,
+            1 => Body::SignedEncrypt,
+            2 => Body::Sealed,
+            _ => Body::Forged,
+        }
+    }
+}
+
+/// The body of a signed [`callback_open`] input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// The input's bytes; `msg_signature` is over nothing in particular.
+    AsGiven,
+    /// The input's bytes; `msg_signature` is computed over their `Encrypt` text, so whatever
+    /// `Encrypt` holds reaches the decoder.
+    SignedEncrypt,
+    /// The input's bytes are the message: encrypted here into a safe-mode envelope with a
+    /// correct `msg_signature`.
+    Sealed,
+    /// As `Sealed`, but `msg_signature` is over another `Encrypt` text.
+    Forged,
+}
+
+/// What `open` must answer before it reads the body, as the module's documentation orders the
+/// checks: signature, timestamp, freshness, the safe-mode requirement. `None` when they pass.
+pub fn gate(keys: bool, q: &callback::Query<'_>, now: i64) -> Option<&'static str> {
+    let (Some(sig), Some(ts), Some(nonce)) = (
+        q.signature.as_deref(),
+        q.timestamp.as_deref(),
+        q.nonce.as_deref(),
+    ) else {
+        return Some("missing_signature");
+    };
+    if sig.to_ascii_lowercase() != signature::signature(TOKEN, ts, nonce) {
+        return Some("bad_signature");
+    }
+    let Ok(sent) = ts.parse::<i64>() else {
+        return Some("bad_timestamp");
+    };
+    if (i128::from(sent) - i128::from(now)).abs() > i128::from(MAX_CLOCK_SKEW_SECS) {
+        return Some("stale_timestamp");
+    }
+    if keys && (q.encrypt_type.as_deref() != Some("aes") || q.msg_signature.is_none()) {
+        return Some("not_encrypted");
+    }
+    None
+}
+
+/// Whether a reason is a refusal as not WeChat's (401), by the table of the HTTP API.
+fn unauthenticated(reason: &str) -> bool {
+    match reason {
+        "missing_signature" | "bad_signature" | "stale_timestamp" | "not_encrypted"
+        | "bad_msg_signature" => true,
+        "bad_timestamp" | "not_utf8" | "bad_xml" | "safe_mode_off" | "no_encrypt"
+        | "undecryptable" => false,
+        other => panic!("unknown reason {other:?}"),
+    }
+}
+
+/// A safe-mode envelope around `encrypt`, as WeChat sends it.
+fn envelope(encrypt: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    )
+}
+
+/// One callback through `wechat::callback::open`. The first byte is an [`OpenMode`], the
+/// second the skew of our clock (times four seconds, signed: about half the inputs are within
+/// the five minutes). A raw input is then `query NUL body`, checked at the sample's clock; a
+/// signed one is `timestamp NUL nonce NUL more-query NUL body`, checked at the timestamp
+/// (when it is a number) minus the skew.
+///
+/// Returns what `open` answered (`Err` with the reason), `None` for an input too short to try.
+pub fn callback_open(data: &[u8]) -> Option<Result<(), &'static str>> {
+    let [mode, skew, rest @ ..] = data else {
+        return None;
+    };
+    let mode = OpenMode(*mode);
+    let skew = i64::from(i8::from_ne_bytes([*skew])) * 4;
+    let keys = mode.has(OpenMode::KEYS);
+    let checker = Checker::new(Secret::new(TOKEN), APPID, keys.then(ring));
+
+    let (query, body, now, plain) = if mode.has(OpenMode::SIGNED) {
+        let (timestamp, rest) = split(rest, 0);
+        let (nonce, rest) = split(rest, 0);
+        let (more, body) = match rest.iter().position(|&b| b == 0) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        let now = timestamp
+            .parse::<i64>()
+            .unwrap_or(SAMPLE_TIMESTAMP)
+            .saturating_sub(skew);
+        let (query, body, plain) = signed_query(mode, &timestamp, &nonce, more, body);
+        (query, body, now, plain)
+    } else {
+        let (query, body) = match rest.iter().position(|&b| b == 0) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &[][..]),
+        };
+        (query.to_vec(), body.to_vec(), SAMPLE_TIMESTAMP - skew, None)
+    };
+    // The handler parses the URI's query.
+    let uri = uri_with_query("/wechat_event", &query)?;
+    let raw = uri.query().unwrap_or_default();
+    let q = callback::Query::parse(raw);
+    let gated = gate(keys, &q, now);
+
+    match callback::open(&checker, &q, &body, now) {
+        Ok(opened) => {
+            assert_eq!(gated, None, "opened although the checks fail");
+            check_opened(&checker, &q, &body, now, &opened);
+            if let (Some(plain), true) = (&plain, keys) {
+                // A sealed message opens to what was sealed, with the key it was sealed with;
+                // a forged one never opens.
+                assert_eq!(mode.body(), Body::Sealed);
+                let expected = xml::parse(plain);
+                assert_eq!(Some(&opened.message), expected.as_ref().ok());
+                let slot = mode
+                    .has(OpenMode::PREVIOUS_KEY)
+                    .then_some(KeySlot::Previous);
+                assert_eq!(opened.slot, Some(slot.unwrap_or(KeySlot::Current)));
+            }
+            Some(Ok(()))
+        }
+        Err(e) => {
+            let reason = e.reason();
+            assert_eq!(e.is_unauthenticated(), unauthenticated(reason), "{reason}");
+            match gated {
+                Some(expected) => assert_eq!(reason, expected),
+                // Without keys nothing is refused as not encrypted at all.
+                None => assert!(
+                    ![
+                        "missing_signature",
+                        "bad_signature",
+                        "bad_timestamp",
+                        "stale_timestamp",
+                        "not_encrypted",
+                    ]
+                    .contains(&reason),
+                    "{reason} although the checks pass"
+                ),
+            }
+            if gated.is_none() && keys {
+                match (mode.body(), &plain) {
+                    // A sealed message refused: only because it is not a callback's XML.
+                    (Body::Sealed, Some(plain)) => {
+                        assert_eq!(reason, "bad_xml");
+                        assert!(xml::parse(plain).is_err());
+                    }
+                    (Body::Forged, Some(_)) => assert_eq!(reason, "bad_msg_signature"),
+                    _ => {}
+                }
+            }
+            Some(Err(reason))
+        }
+    }
+}
+
+/// A correctly signed query for `timestamp` and `nonce`, followed by `more`, and the body:
+/// the input's, or (for [`Body::Sealed`] and [`Body::Forged`]) an envelope around it, whose
+/// plaintext is returned too.
+fn signed_query(
+    mode: OpenMode,
+    timestamp: &str,
+    nonce: &str,
+    more: &[u8],
+    body: &[u8],
+) -> (Vec<u8>, Vec<u8>, Option<String>) {
+    let mut sig = signature::signature(TOKEN, timestamp, nonce);
+    if mode.has(OpenMode::UPPER) {
+        sig.make_ascii_uppercase();
+    }
+    let (body, plain, msg_signature) = match mode.body() {
+        Body::AsGiven => (body.to_vec(), None, sig.clone()),
+        Body::SignedEncrypt => {
+            let text = String::from_utf8_lossy(body);
+            let encrypt = xml::parse(&text)
+                .ok()
+                .and_then(|x| x.encrypt.map(|e| e.into_owned()))
+                .unwrap_or_default();
+            (
+                body.to_vec(),
+                None,
+                crypto::msg_signature(TOKEN, timestamp, nonce, &encrypt),
+            )
+        }
+        Body::Sealed | Body::Forged => {
+            let plain = String::from_utf8_lossy(body).into_owned();
+            let k = if mode.has(OpenMode::PREVIOUS_KEY) {
+                AesKey::from_encoding_aes_key(OTHER_KEY)
+                    .unwrap_or_else(|e| panic!("the fixed key is valid: {e}"))
+            } else {
+                key()
+            };
+            let Ok(encrypt) = k.encrypt_with_random(APPID, &plain, [7; 16]) else {
+                panic!("encrypting {} bytes failed", plain.len());
+            };
+            let signed = if mode.body() == Body::Sealed {
+                encrypt.clone()
+            } else {
+                format!("{encrypt}A")
+            };
+            let msg_signature = crypto::msg_signature(TOKEN, timestamp, nonce, &signed);
+            (envelope(&encrypt).into_bytes(), Some(plain), msg_signature)
+        }
+    };
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("signature", &sig);
+    query.append_pair("timestamp", timestamp);
+    query.append_pair("nonce", nonce);
+    if mode.has(OpenMode::AES) {
+        query.append_pair("encrypt_type", "aes");
+    }
+    if !mode.has(OpenMode::NO_MSG_SIGNATURE) {
+        query.append_pair("msg_signature", &msg_signature);
+    }
+    let mut query = query.finish().into_bytes();
+    if !more.is_empty() {
+        query.push(b'&');
+        query.extend_from_slice(more);
+    }
+    (query, body, plain)
+}
+
+/// What an opened callback must be: signed, fresh, encrypted and signed over its `Encrypt`
+/// when keys are configured; bound to its query whatever the body, and to its body.
+fn check_opened(
+    checker: &Checker,
+    q: &callback::Query<'_>,
+    body: &[u8],
+    now: i64,
+    opened: &Opened<'_>,
+) {
+    let (sig, ts, nonce) = (
+        q.signature.as_deref().unwrap_or_default(),
+        q.timestamp.as_deref().unwrap_or_default(),
+        q.nonce.as_deref().unwrap_or_default(),
+    );
+    assert!(signature::verify_signature(TOKEN, ts, nonce, sig));
+    let Ok(sent) = ts.parse::<i64>() else {
+        panic!("opened with the timestamp {ts:?}");
+    };
+    assert!(now.abs_diff(sent) <= MAX_CLOCK_SKEW_SECS);
+    let text = std::str::from_utf8(body).unwrap_or_else(|e| panic!("opened a non-UTF-8 body: {e}"));
+    if checker.keys().is_some() {
+        assert_eq!(q.encrypt_type.as_deref(), Some("aes"));
+        let given = q.msg_signature.as_deref().unwrap_or_default();
+        let outer =
+            xml::parse(text).unwrap_or_else(|e| panic!("opened a body that is not XML: {e}"));
+        let encrypt = outer.encrypt.as_deref().unwrap_or_default();
+        assert!(crypto::verify_msg_signature(
+            TOKEN, ts, nonce, encrypt, given
+        ));
+        assert!(opened.slot.is_some());
+    } else {
+        assert_eq!(opened.slot, None);
+    }
+
+    let binding = &opened.binding;
+    assert_eq!(binding.key(), format!("cb:{}", sig.to_ascii_lowercase()));
+    assert_eq!(binding.ttl(), replayable_for(sent, now));
+    // The same query and body: the same binding.
+    let again = callback::open(checker, q, body, now).map(|o| o.binding);
+    assert_eq!(again.as_ref().ok(), Some(binding));
+    // The same query with another body: the same key, another digest. A trailing newline
+    // changes no field; a plaintext scan opens wherever the query does without keys.
+    let mut longer = body.to_vec();
+    longer.push(b'\n');
+    if let Ok(other) = callback::open(checker, q, &longer, now) {
+        assert_eq!(other.binding.key(), binding.key());
+        assert_ne!(other.binding.digest(), binding.digest());
+    }
+    if checker.keys().is_none() {
+        let other = callback::open(checker, q, SCAN.as_bytes(), now)
+            .unwrap_or_else(|e| panic!("a scan under the same query is refused: {e}"));
+        assert_eq!(other.binding.key(), binding.key());
+        assert_eq!(
+            other.binding.digest() == binding.digest(),
+            body == SCAN.as_bytes()
+        );
+    }
 }
