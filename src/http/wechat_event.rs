@@ -130,7 +130,6 @@ impl From<CallbackError> for Rejected {
                 CallbackError::NotEncrypted => {
                     "callbacks must be encrypted (encrypt_type=aes with msg_signature): ENCODING_AES_KEY is set"
                 }
-                CallbackError::MissingMsgSignature => "msg_signature is required",
                 _ => "msg_signature mismatch",
             })
         } else {

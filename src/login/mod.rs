@@ -26,9 +26,10 @@ use crate::store::{Bound, Inbox, Store, StoreError};
 use crate::wechat::callback::{Binding, ScanEvent};
 use crate::wechat::ids::Scene;
 
-/// The shortest a callback's dedupe key is kept: longer than WeChat's retries (3 × 5 s).
-/// It is kept longer while the callback's signed timestamp would still be accepted.
-pub const DEDUPE_MIN_TTL: Duration = Duration::from_secs(30);
+/// How long a callback's event key (openid and `CreateTime`) is kept: longer than WeChat's
+/// retries (3 × 5 s), which may come under new queries. Replays are the bindings' business:
+/// they live as long as a query's timestamp would pass.
+pub const EVENT_KEY_TTL: Duration = Duration::from_secs(30);
 
 /// Counters of what happened, for operators.
 #[derive(Debug, Default)]
@@ -172,9 +173,8 @@ impl LoginService {
     }
 
     /// Resolves a verified scan: once per callback (its signed query bound to its body:
-    /// `binding`) and once per event (WeChat's retries are recognised, on any instance, while
-    /// the binding lives, at least [`DEDUPE_MIN_TTL`]), to the one session waiting on its
-    /// scene, if any.
+    /// `binding`) and once per event (WeChat's retries under new queries are recognised, on any
+    /// instance, for [`EVENT_KEY_TTL`]), to the one session waiting on its scene, if any.
     pub async fn complete(
         &self,
         scan: &ScanEvent<'_>,
@@ -188,7 +188,7 @@ impl LoginService {
                 &scan.scene,
                 binding,
                 scan.dedupe_key(),
-                binding.ttl().max(DEDUPE_MIN_TTL),
+                EVENT_KEY_TTL,
                 |audience| {
                     let login_token = self
                         .inner

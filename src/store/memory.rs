@@ -57,15 +57,44 @@ struct Claim {
     login: bool,
 }
 
-/// A callback's query bound to its body.
+/// A callback's query bound to its body, in 16 bytes: one is kept per callback WeChat sends,
+/// for minutes.
 #[derive(Clone, Copy)]
 struct Bond {
-    /// When it expires, in milliseconds since `epoch`.
-    expires: u64,
-    /// The body's digest.
-    digest: [u8; 16],
-    /// Whether the callback logged somebody in.
-    login: bool,
+    /// The first 96 bits of the body's digest: another body with the same ones takes about
+    /// 2^96 hashes to find, within the minutes a binding lives.
+    digest: [u8; 12],
+    /// When it expires, in whole seconds since `epoch`, and in [`LOGIN_BIT`] whether the
+    /// callback logged somebody in.
+    expires_and_login: u32,
+}
+
+/// The bit of [`Bond::expires_and_login`] that says the callback was a login.
+const LOGIN_BIT: u32 = 1 << 31;
+
+impl Bond {
+    fn new(digest: [u8; 16], expires_ms: u64) -> Self {
+        let mut short = [0u8; 12];
+        short.copy_from_slice(&digest[..12]);
+        // Rounded up, so a binding never lapses before its time; 2^31 s is 68 years.
+        let secs = u32::try_from(expires_ms.div_ceil(1000)).unwrap_or(u32::MAX) & !LOGIN_BIT;
+        Self {
+            digest: short,
+            expires_and_login: secs,
+        }
+    }
+
+    fn live_at(self, now_ms: u64) -> bool {
+        u64::from(self.expires_and_login & !LOGIN_BIT) * 1000 > now_ms
+    }
+
+    fn login(self) -> bool {
+        self.expires_and_login & LOGIN_BIT != 0
+    }
+
+    fn matches(self, digest: [u8; 16]) -> bool {
+        self.digest.ct_eq(&digest[..12]).into()
+    }
 }
 
 #[derive(Default)]
@@ -158,22 +187,18 @@ impl MemoryStore {
         let now = self.keys_now();
         let mut bindings = lock(&self.inner.bindings);
         match bindings.get(&fingerprint) {
-            Some(bond) if bond.expires > now => {
-                if bool::from(bond.digest.ct_eq(&binding.digest())) {
-                    Bound::Retry { login: bond.login }
+            Some(bond) if bond.live_at(now) => {
+                if bond.matches(binding.digest()) {
+                    Bound::Retry {
+                        login: bond.login(),
+                    }
                 } else {
                     Bound::Conflict
                 }
             }
             _ => {
-                bindings.insert(
-                    fingerprint,
-                    Bond {
-                        expires: now.saturating_add(millis(binding.ttl())),
-                        digest: binding.digest(),
-                        login: false,
-                    },
-                );
+                let expires = now.saturating_add(millis(binding.ttl()));
+                bindings.insert(fingerprint, Bond::new(binding.digest(), expires));
                 Bound::First
             }
         }
@@ -183,7 +208,7 @@ impl MemoryStore {
     fn mark_bound_login(&self, binding: &Binding) {
         let fingerprint = self.inner.fingerprints.hash_one(binding.key());
         if let Some(bond) = lock(&self.inner.bindings).get_mut(&fingerprint) {
-            bond.login = true;
+            bond.expires_and_login |= LOGIN_BIT;
         }
     }
 
@@ -463,7 +488,7 @@ impl Store for MemoryStore {
     fn purge_expired(&self) {
         let now = self.keys_now();
         lock(&self.inner.keys).retain(|_, claim| claim.expires > now);
-        lock(&self.inner.bindings).retain(|_, bond| bond.expires > now);
+        lock(&self.inner.bindings).retain(|_, bond| bond.live_at(now));
         let now_ms = unix_now_ms();
         let grace = millis(ATTACHED_GRACE);
         self.sessions().retain(|_, s| match &s.state {

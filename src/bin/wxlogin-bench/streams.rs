@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxlogin::sandbox::phone::{nonce, now_secs, scan_xml, signed_query};
+use wxlogin::sandbox::phone::{now_secs, scan_xml, signed_query};
 
 use crate::net::{BenchError, Net, Pool, SseOpen, SseStream, open_sse, read_all, timed_out};
 use crate::stats::{Tally, micros};
@@ -143,7 +143,16 @@ impl Ctx {
         openid: &str,
     ) -> Result<Request<Full<Bytes>>, BenchError> {
         let now = now_secs();
-        let query = signed_query(&self.mp_token, now, &nonce(), openid);
+        // A nonce of its own per callback: the tool signs many thousands within one second,
+        // where random nonces would now and then repeat, and one signed query with two bodies
+        // is a replay that wxlogin refuses.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let query = signed_query(
+            &self.mp_token,
+            now,
+            &format!("{:08x}{seq}", self.tag),
+            openid,
+        );
         let xml = scan_xml(&self.gh_id, openid, now, false, scene, "bench-ticket");
         self.end(to)
             .net

@@ -124,9 +124,6 @@ pub enum CallbackError {
     /// `encrypt_type=aes` without an `Encrypt` element.
     #[error("encrypt_type=aes but no Encrypt element")]
     NoEncrypt,
-    /// `encrypt_type=aes` without `msg_signature`.
-    #[error("msg_signature is required")]
-    MissingMsgSignature,
     /// `msg_signature` does not match the `Encrypt` text.
     #[error("msg_signature mismatch")]
     BadMsgSignature,
@@ -150,7 +147,7 @@ impl CallbackError {
             Self::Xml(_) => "bad_xml",
             Self::SafeModeOff => "safe_mode_off",
             Self::NoEncrypt => "no_encrypt",
-            Self::MissingMsgSignature | Self::BadMsgSignature => "bad_msg_signature",
+            Self::BadMsgSignature => "bad_msg_signature",
             Self::Undecryptable(_) => "undecryptable",
         }
     }
@@ -164,7 +161,6 @@ impl CallbackError {
                 | Self::Stale
                 | Self::SignedBeforeStart
                 | Self::NotEncrypted
-                | Self::MissingMsgSignature
                 | Self::BadMsgSignature
         )
     }
@@ -182,17 +178,32 @@ pub struct Binding {
 impl Binding {
     /// Binds the query whose `signature` checked out to `body`, for `ttl`.
     pub fn new(signature: &str, body: &[u8], ttl: Duration) -> Self {
+        Self::of(&[signature], body, ttl)
+    }
+
+    /// Binds a query named by its checked signatures (hex) to `body`. In safe mode the body's
+    /// own signature (`msg_signature`) names it too: two messages WeChat signed with the same
+    /// timestamp and nonce (rare, but its nonces are random) are then told apart, while
+    /// another body under a seen query still fails `msg_signature`.
+    fn of(signatures: &[&str], body: &[u8], ttl: Duration) -> Self {
         let full = sha2::Sha256::digest(body);
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&full[..16]);
-        // The signature was checked to be hex; either case is accepted, so one is chosen.
-        let mut key = String::with_capacity(3 + signature.len());
+        // Signatures are checked to be hex; either case is accepted, so one is chosen.
+        let mut key =
+            String::with_capacity(3 + signatures.iter().map(|s| s.len() + 1).sum::<usize>());
         key.push_str("cb:");
-        key.extend(signature.chars().map(|c| c.to_ascii_lowercase()));
+        for (i, signature) in signatures.iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.extend(signature.chars().map(|c| c.to_ascii_lowercase()));
+        }
         Self { key, digest, ttl }
     }
 
-    /// The query's key (`cb:` and the signature in lower-case hex).
+    /// The query's key (`cb:` and the signature in lower-case hex, and in safe mode
+    /// `msg_signature` after a colon).
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -262,7 +273,11 @@ pub fn open<'a>(
     if checker.keys.is_some() && (!encrypted || query.msg_signature.is_none()) {
         return Err(CallbackError::NotEncrypted);
     }
-    let binding = Binding::new(signature, body, replayable_for(sent, now));
+    let ttl = replayable_for(sent, now);
+    let binding = match (&checker.keys, query.msg_signature.as_deref()) {
+        (Some(_), Some(msg_signature)) => Binding::of(&[signature, msg_signature], body, ttl),
+        _ => Binding::new(signature, body, ttl),
+    };
     let text = std::str::from_utf8(body).map_err(|_| CallbackError::NotUtf8)?;
     let outer = xml::parse(text)?;
     if !encrypted {
@@ -284,10 +299,8 @@ pub fn open<'a>(
         return Err(CallbackError::SafeModeOff);
     };
     let encrypt = outer.encrypt.as_deref().ok_or(CallbackError::NoEncrypt)?;
-    let msg_signature = query
-        .msg_signature
-        .as_deref()
-        .ok_or(CallbackError::MissingMsgSignature)?;
+    // Present: without it the callback was refused above as not encrypted.
+    let msg_signature = query.msg_signature.as_deref().unwrap_or_default();
     if !verify_msg_signature(
         checker.token.expose(),
         timestamp,
@@ -425,6 +438,22 @@ mod tests {
         assert_eq!(check(&c, &query, &compatible), Ok("oU".into()));
         let forged = body.replace("<Encrypt><![CDATA[", "<Encrypt><![CDATA[A");
         assert_eq!(check(&c, &query, &forged), Err("bad_msg_signature"));
+        // Two messages WeChat signed with one timestamp and nonce are two bindings.
+        let (other_query, other_body) = encrypted(NOW, "n2", &SCAN.replace("oU", "oV"));
+        let bind = |q: &str, b: &str| {
+            open(&c, &Query::parse(q), b.as_bytes(), NOW)
+                .unwrap()
+                .binding
+        };
+        assert_ne!(
+            bind(&query, &body).key(),
+            bind(&other_query, &other_body).key()
+        );
+        assert!(
+            bind(&query, &body)
+                .key()
+                .starts_with(&format!("cb:{}:", &query[10..50]))
+        );
     }
 
     #[test]
