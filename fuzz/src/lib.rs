@@ -821,7 +821,16 @@ fn check_opened(
     }
 
     let binding = &opened.binding;
-    assert_eq!(binding.key(), format!("cb:{}", sig.to_ascii_lowercase()));
+    // In safe mode the body's own signature names the query too.
+    let key = match (checker.keys(), q.msg_signature.as_deref()) {
+        (Some(_), Some(msg)) => format!(
+            "cb:{}:{}",
+            sig.to_ascii_lowercase(),
+            msg.to_ascii_lowercase()
+        ),
+        _ => format!("cb:{}", sig.to_ascii_lowercase()),
+    };
+    assert_eq!(binding.key(), key);
     assert_eq!(binding.ttl(), replayable_for(sent, now));
     // The same query and body: the same binding.
     let again = callback::open(checker, q, body, now).map(|o| o.binding);
