@@ -30,7 +30,7 @@ use super::error::HttpError;
 use super::limits::{HoldError, StreamSlot};
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
-use crate::login::scenes::{Attachment, Resumed, SceneView, short};
+use crate::login::scenes::{Attachment, Resumed, SceneView};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
@@ -134,11 +134,11 @@ pub async fn sse(
     };
     let (view, tail) = match resumed {
         Some(Resumed::Waiting(view, attachment)) => {
-            tracing::debug!(scene = %short(&view.qr.scene), "stream resumed");
+            tracing::debug!(scene = %view.qr.scene.short(), "stream resumed");
             (view, Tail::Wait(attachment))
         }
         Some(Resumed::Result(view, result)) => {
-            tracing::debug!(scene = %short(&view.qr.scene), "stream resumed to a parked result");
+            tracing::debug!(scene = %view.qr.scene.short(), "stream resumed to a parked result");
             (view, Tail::Result(result))
         }
         None => {
@@ -167,7 +167,7 @@ pub async fn sse(
                 }
                 TakeError::Store(e) => store_unavailable(&e),
             })?;
-            tracing::debug!(scene = %short(&view.qr.scene), "stream opened");
+            tracing::debug!(scene = %view.qr.scene.short(), "stream opened");
             (view, Tail::Wait(attachment))
         }
     };
@@ -274,7 +274,7 @@ async fn wait_for_result(
         () = shutdown.cancelled() => End::Shutdown,
     };
     let delivered = |result: LoginResult| {
-        tracing::info!(scene = %short(&view.qr.scene), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
+        tracing::info!(scene = %view.qr.scene.short(), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
         Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
         result_event(&view, &result)
     };
@@ -294,7 +294,7 @@ async fn wait_for_result(
             // A scan resolved the session as the wait ended: it goes to the browser.
             Some(result) => Some(delivered(result)),
             None => {
-                tracing::debug!(scene = %short(&view.qr.scene), "stream timed out");
+                tracing::debug!(scene = %view.qr.scene.short(), "stream timed out");
                 Some(data_event(
                     EventId::format(&view.qr.scene, &view.key, true),
                     &TimeoutEvent::new(lang),

@@ -20,7 +20,6 @@ use super::error::HttpError;
 use super::forward::Forwarded;
 use super::{AppState, MAX_CALLBACK_BODY};
 use crate::login::Outcome;
-use crate::login::scenes::short;
 use crate::metrics::{Metrics, Outcome as Label};
 use crate::store::{Bound, StoreError};
 use crate::wechat::callback::{
@@ -246,7 +245,7 @@ async fn handle(
         Outcome::Delivered => {}
         Outcome::Replayed => return Err(replayed()),
         Outcome::Parked => tracing::info!(
-            scene = %short(&scan.scene),
+            scene = %scan.scene.short(),
             openid = %short_openid(scan.openid),
             "scan while the stream is away: kept for its return"
         ),

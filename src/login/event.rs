@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -24,9 +22,7 @@ const STREAM_KEY_LEN: usize = 22;
 impl StreamKey {
     /// A fresh key.
     pub fn random() -> Self {
-        let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
-        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        Self(crate::auth::random_id())
     }
 
     /// A key as a client sends it back; `None` unless it has a key's shape.

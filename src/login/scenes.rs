@@ -79,7 +79,7 @@ impl Attachment {
             Ok(Closed::Closed | Closed::NotHeld) => None,
             Err(e) => {
                 // Its deadline has passed: the session resolves nothing either way.
-                tracing::warn!(error = %e, scene = %short(&self.scene), "cannot close a session");
+                tracing::warn!(error = %e, scene = %self.scene.short(), "cannot close a session");
                 None
             }
         }
@@ -101,7 +101,7 @@ impl Drop for Attachment {
         let scene = self.scene.clone();
         let mut finish = async move {
             if let Err(e) = detach.await {
-                tracing::warn!(error = %e, scene = %short(&scene), "cannot detach a stream; its session ends with its wait");
+                tracing::warn!(error = %e, scene = %scene.short(), "cannot detach a stream; its session ends with its wait");
             }
         }
         .boxed();
@@ -164,11 +164,6 @@ struct Inner {
     result_keep: Duration,
     registry: Registry,
     generations: AtomicU64,
-}
-
-/// A scene shortened for logs at info level and above: enough to correlate, not to address.
-pub fn short(scene: &Scene) -> String {
-    scene.as_str().chars().take(10).collect()
 }
 
 fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
@@ -372,7 +367,7 @@ impl Scenes {
     /// Keeps the result of `scene` until its QR code expires (its stream was gone).
     async fn keep_for_return(&self, scene: &Scene) {
         if let Err(e) = self.inner.store.keep_for_return(scene).await {
-            tracing::warn!(error = %e, scene = %short(scene), "cannot keep a result for its stream's return; it stays for RESULT_KEEP_SECS");
+            tracing::warn!(error = %e, scene = %scene.short(), "cannot keep a result for its stream's return; it stays for RESULT_KEEP_SECS");
         }
     }
 
@@ -500,7 +495,7 @@ impl Inbox for Scenes {
             } => match decode_result(&result) {
                 Ok(result) => {
                     if !self.inner.registry.deliver(&scene, generation, result) {
-                        tracing::debug!(scene = %short(&scene), "a result for a stream that is gone: kept for its return");
+                        tracing::debug!(scene = %scene.short(), "a result for a stream that is gone: kept for its return");
                         let scenes = self.clone();
                         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                             runtime.spawn(async move { scenes.keep_for_return(&scene).await });
@@ -508,7 +503,7 @@ impl Inbox for Scenes {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, scene = %short(&scene), "unreadable result in a notice")
+                    tracing::error!(error = %e, scene = %scene.short(), "unreadable result in a notice")
                 }
             },
             Notice::Replaced { scene, generation } => {

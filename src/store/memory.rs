@@ -151,10 +151,14 @@ impl MemoryStore {
         millis(self.inner.epoch.elapsed())
     }
 
-    /// Claims `key` for `ttl` unless it is claimed and not expired: `Err` with the claim
-    /// found.
-    fn claim(&self, key: &str, ttl: Duration) -> Result<(), Claim> {
-        let fingerprint = self.inner.fingerprints.hash_one(key);
+    /// The fingerprint of a key, under which it is claimed or bound.
+    fn fingerprint(&self, key: &str) -> u64 {
+        self.inner.fingerprints.hash_one(key)
+    }
+
+    /// Claims the key of `fingerprint` for `ttl` unless it is claimed and not expired: `Err`
+    /// with the claim found.
+    fn claim(&self, fingerprint: u64, ttl: Duration) -> Result<(), Claim> {
         let now = self.keys_now();
         let mut keys = lock(&self.inner.keys);
         match keys.get(&fingerprint) {
@@ -173,17 +177,15 @@ impl MemoryStore {
         }
     }
 
-    /// Notes that the event of claimed `key` logged somebody in.
-    fn mark_login(&self, key: &str) {
-        let fingerprint = self.inner.fingerprints.hash_one(key);
+    /// Notes that the event of the claimed key of `fingerprint` logged somebody in.
+    fn mark_login(&self, fingerprint: u64) {
         if let Some(claim) = lock(&self.inner.keys).get_mut(&fingerprint) {
             claim.login = true;
         }
     }
 
-    /// Binds the query of `binding` to its body unless bound already.
-    fn bind_now(&self, binding: &Binding) -> Bound {
-        let fingerprint = self.inner.fingerprints.hash_one(binding.key());
+    /// Binds the query of `binding` (of `fingerprint`) to its body unless bound already.
+    fn bind_now(&self, fingerprint: u64, binding: &Binding) -> Bound {
         let now = self.keys_now();
         let mut bindings = lock(&self.inner.bindings);
         match bindings.get(&fingerprint) {
@@ -204,9 +206,8 @@ impl MemoryStore {
         }
     }
 
-    /// Notes that the callback of `binding` logged somebody in.
-    fn mark_bound_login(&self, binding: &Binding) {
-        let fingerprint = self.inner.fingerprints.hash_one(binding.key());
+    /// Notes that the callback bound under `fingerprint` logged somebody in.
+    fn mark_bound_login(&self, fingerprint: u64) {
         if let Some(bond) = lock(&self.inner.bindings).get_mut(&fingerprint) {
             bond.expires_and_login |= LOGIN_BIT;
         }
@@ -240,7 +241,7 @@ impl Store for MemoryStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        ready(self.claim(key, ttl).is_ok())
+        ready(self.claim(self.fingerprint(key), ttl).is_ok())
     }
 
     fn page_key<'a>(
@@ -425,7 +426,7 @@ impl Store for MemoryStore {
     }
 
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
-        ready(self.bind_now(binding))
+        ready(self.bind_now(self.fingerprint(binding.key()), binding))
     }
 
     fn resolve<'a>(
@@ -441,14 +442,15 @@ impl Store for MemoryStore {
         // All under the sessions' lock (the binding's and the keys' are taken inside it):
         // nothing else resolves this scene, or records this callback, in between.
         let mut sessions = self.sessions();
-        match self.bind_now(binding) {
+        let (bound, event) = (self.fingerprint(binding.key()), self.fingerprint(event_key));
+        match self.bind_now(bound, binding) {
             Bound::Conflict => return ready(Resolved::Conflict),
             Bound::Retry { login } => return ready(Resolved::Duplicate { login }),
             Bound::First => {}
         }
-        if let Err(first) = self.claim(event_key, event_ttl) {
+        if let Err(first) = self.claim(event, event_ttl) {
             if first.login {
-                self.mark_bound_login(binding);
+                self.mark_bound_login(bound);
             }
             return ready(Resolved::Duplicate { login: first.login });
         }
@@ -476,8 +478,8 @@ impl Store for MemoryStore {
             result: result.to_owned(),
             kept_until_ms,
         };
-        self.mark_login(event_key);
-        self.mark_bound_login(binding);
+        self.mark_login(event);
+        self.mark_bound_login(bound);
         ready(resolved)
     }
 

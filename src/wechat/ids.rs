@@ -53,6 +53,12 @@ impl Scene {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A shortened form for logs at info level and above, as [`OpenId::short`] is: enough to
+    /// correlate (the prefix and 36 random bits), not to address.
+    pub fn short(&self) -> &str {
+        self.0.get(..10).unwrap_or(&self.0)
+    }
 }
 
 impl TryFrom<String> for Scene {
@@ -164,6 +170,8 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 26);
         assert!(a.is_ours());
+        assert_eq!(a.short(), &a.as_str()[..10]);
+        assert_eq!(Scene::parse("abc").unwrap().short(), "abc");
         assert!(!Scene::parse("123123").unwrap().is_ours());
         assert_eq!(Scene::parse(a.as_str()), Ok(a));
     }
