@@ -553,9 +553,10 @@ mod tests {
         }
     }
 
-    /// The binding of a callback with signature `sig` and body `body`.
-    fn bound(sig: &str, body: &str) -> Binding {
-        Binding::new(sig, body.as_bytes(), TTL)
+    /// The binding of a callback signed now, its signature all `sig` bytes, with `body`.
+    fn bound(sig: u8, body: &str) -> Binding {
+        let now = i64::try_from(unix_now_ms() / 1000).unwrap();
+        Binding::new([sig; 20], body.as_bytes(), now, now)
     }
 
     fn later(secs: u64) -> Instant {
@@ -568,18 +569,18 @@ mod tests {
         let (view, _attachment) = scenes.open(qr(), later(60), None).await.unwrap();
         let scene = view.qr.scene.clone();
         let first = scenes
-            .resolve(&scene, &bound("aa", "x"), "o1:1", TTL, |_| result("o1"))
+            .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
             .await;
         // WeChat's retry: the same event under a new query, or the same query and body.
         let again = scenes
-            .resolve(&scene, &bound("bb", "x"), "o1:1", TTL, |_| result("o1"))
+            .resolve(&scene, &bound(0xbb, "x"), "o1:1", TTL, |_| result("o1"))
             .await;
         let same = scenes
-            .resolve(&scene, &bound("aa", "x"), "o1:1", TTL, |_| result("o1"))
+            .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
             .await;
         // A replay: the first query with another body.
         let replay = scenes
-            .resolve(&scene, &bound("aa", "y"), "o2:1", TTL, |_| result("o2"))
+            .resolve(&scene, &bound(0xaa, "y"), "o2:1", TTL, |_| result("o2"))
             .await;
         assert_eq!(first.unwrap(), Resolution::Delivered);
         assert_eq!(again.unwrap(), Resolution::Duplicate { login: true });
@@ -596,7 +597,7 @@ mod tests {
             .unwrap();
         let mut seen = None;
         scenes
-            .resolve(&view.qr.scene, &bound("aa", "x"), "o1:1", TTL, |aud| {
+            .resolve(&view.qr.scene, &bound(0xaa, "x"), "o1:1", TTL, |aud| {
                 seen = aud.map(str::to_owned);
                 result("o1")
             })
@@ -605,7 +606,7 @@ mod tests {
         assert_eq!(seen.as_deref(), Some("https://a.example"));
         let mut called = false;
         scenes
-            .resolve(&Scene::random(), &bound("bb", "x"), "o2:1", TTL, |_| {
+            .resolve(&Scene::random(), &bound(0xbb, "x"), "o2:1", TTL, |_| {
                 called = true;
                 result("o2")
             })

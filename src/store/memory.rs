@@ -2,12 +2,14 @@
 //! before the returned future is made, so its futures are ready at once; a periodic
 //! [`Store::purge_expired`] keeps memory following the live state, not the history.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use tokio_util::sync::CancellationToken;
 
 use subtle::ConstantTimeEq as _;
@@ -16,7 +18,7 @@ use super::{
     ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Resolved, SessionRecord, SessionState,
     Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
-use crate::wechat::callback::Binding;
+use crate::wechat::callback::{Binding, replayable_for};
 use crate::wechat::ids::Scene;
 use crate::wechat::token::TokenShare;
 
@@ -29,11 +31,12 @@ pub struct MemoryStore {
 struct Inner {
     instance: Arc<str>,
     /// Claimed keys by fingerprint. A busy account claims one per login and keeps it for
-    /// minutes, so each costs a few bytes, not a string and an `Instant`.
-    keys: Mutex<HashMap<u64, Claim>>,
-    /// Callbacks' queries bound to their bodies, by the fingerprint of the query's key: one
-    /// per callback WeChat sends, kept about five minutes.
-    bindings: Mutex<HashMap<u64, Bond>>,
+    /// seconds to minutes, so each costs a few bytes, not a string and an `Instant`.
+    keys: Mutex<ByFingerprint<Claim>>,
+    /// Callbacks' queries bound to their bodies: one per callback WeChat sends. In shards
+    /// (by fingerprint), so that callbacks on different worker threads rarely wait on, and
+    /// sleep behind, one another's lock.
+    bindings: [Mutex<Bindings>; BINDING_SHARDS],
     /// The clock of `keys`.
     epoch: Instant,
     /// Keyed per process (SipHash with a random key), so nobody can aim two keys at one
@@ -57,39 +60,111 @@ struct Claim {
     login: bool,
 }
 
-/// A callback's query bound to its body, in 16 bytes: one is kept per callback WeChat sends,
-/// for minutes.
+/// How many locks the bindings are spread over.
+const BINDING_SHARDS: usize = 16;
+
+/// Values under fingerprints. A fingerprint is a keyed hash already, so the table uses it as
+/// its hash rather than hashing it again.
+struct ByFingerprint<V>(HashTable<(u64, V)>);
+
+impl<V> ByFingerprint<V> {
+    fn with_capacity(capacity: usize) -> Self {
+        Self(HashTable::with_capacity(capacity))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get_mut(&mut self, fingerprint: u64) -> Option<&mut V> {
+        self.0
+            .find_mut(fingerprint, |(f, _)| *f == fingerprint)
+            .map(|(_, v)| v)
+    }
+
+    fn entry(&mut self, fingerprint: u64) -> Entry<'_, (u64, V)> {
+        self.0
+            .entry(fingerprint, |(f, _)| *f == fingerprint, |(f, _)| *f)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.0.retain(|(_, v)| keep(v));
+    }
+}
+
+/// Callbacks' queries bound to their bodies, by the second the query was signed (its
+/// `timestamp`). A query can be replayed only while its timestamp passes the freshness check,
+/// so the bindings of one second lapse together and go as one table; and the table being
+/// filled, now's, stays small enough to be in cache at any rate of callbacks.
+#[derive(Default)]
+struct Bindings {
+    by_second: BTreeMap<i64, ByFingerprint<Bond>>,
+}
+
+impl Bindings {
+    /// Binds the query of `fingerprint`, signed at `second`, to the body of `digest` unless it
+    /// is bound already.
+    fn bind(&mut self, second: i64, fingerprint: u64, digest: [u8; 16]) -> Bound {
+        // A new second's table is sized for as many as the latest one holds: at a steady rate
+        // it is never grown (and rehashed) while filling.
+        let latest = self.by_second.last_key_value().map_or(0, |(_, t)| t.len());
+        let table = self
+            .by_second
+            .entry(second)
+            .or_insert_with(|| ByFingerprint::with_capacity(latest));
+        match table.entry(fingerprint) {
+            Entry::Occupied(seen) => {
+                let bond = seen.get().1;
+                if bond.matches(digest) {
+                    Bound::Retry { login: bond.login }
+                } else {
+                    Bound::Conflict
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((fingerprint, Bond::new(digest)));
+                Bound::First
+            }
+        }
+    }
+
+    /// Notes that the callback bound under `fingerprint`, signed at `second`, logged
+    /// somebody in.
+    fn mark_login(&mut self, second: i64, fingerprint: u64) {
+        if let Some(bond) = self
+            .by_second
+            .get_mut(&second)
+            .and_then(|t| t.get_mut(fingerprint))
+        {
+            bond.login = true;
+        }
+    }
+
+    /// Drops the seconds whose queries no longer pass the freshness check at `now`.
+    fn purge(&mut self, now: i64) {
+        self.by_second
+            .retain(|second, _| !replayable_for(*second, now).is_zero());
+    }
+}
+
+/// A callback's query bound to its body: one is kept per callback WeChat sends, for minutes.
 #[derive(Clone, Copy)]
 struct Bond {
     /// The first 96 bits of the body's digest: another body with the same ones takes about
     /// 2^96 hashes to find, within the minutes a binding lives.
     digest: [u8; 12],
-    /// When it expires, in whole seconds since `epoch`, and in [`LOGIN_BIT`] whether the
-    /// callback logged somebody in.
-    expires_and_login: u32,
+    /// Whether the callback logged somebody in.
+    login: bool,
 }
 
-/// The bit of [`Bond::expires_and_login`] that says the callback was a login.
-const LOGIN_BIT: u32 = 1 << 31;
-
 impl Bond {
-    fn new(digest: [u8; 16], expires_ms: u64) -> Self {
+    fn new(digest: [u8; 16]) -> Self {
         let mut short = [0u8; 12];
         short.copy_from_slice(&digest[..12]);
-        // Rounded up, so a binding never lapses before its time; 2^31 s is 68 years.
-        let secs = u32::try_from(expires_ms.div_ceil(1000)).unwrap_or(u32::MAX) & !LOGIN_BIT;
         Self {
             digest: short,
-            expires_and_login: secs,
+            login: false,
         }
-    }
-
-    fn live_at(self, now_ms: u64) -> bool {
-        u64::from(self.expires_and_login & !LOGIN_BIT) * 1000 > now_ms
-    }
-
-    fn login(self) -> bool {
-        self.expires_and_login & LOGIN_BIT != 0
     }
 
     fn matches(self, digest: [u8; 16]) -> bool {
@@ -124,8 +199,8 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 instance: "local".into(),
-                keys: Mutex::new(HashMap::new()),
-                bindings: Mutex::new(HashMap::new()),
+                keys: Mutex::new(ByFingerprint::with_capacity(0)),
+                bindings: Default::default(),
                 epoch: Instant::now(),
                 fingerprints: RandomState::new(),
                 stock: Mutex::new(Stock::default()),
@@ -151,8 +226,8 @@ impl MemoryStore {
         millis(self.inner.epoch.elapsed())
     }
 
-    /// The fingerprint of a key, under which it is claimed or bound.
-    fn fingerprint(&self, key: &str) -> u64 {
+    /// The fingerprint of a key or a query's name, under which it is claimed or bound.
+    fn fingerprint(&self, key: &[u8]) -> u64 {
         self.inner.fingerprints.hash_one(key)
     }
 
@@ -160,57 +235,49 @@ impl MemoryStore {
     /// with the claim found.
     fn claim(&self, fingerprint: u64, ttl: Duration) -> Result<(), Claim> {
         let now = self.keys_now();
-        let mut keys = lock(&self.inner.keys);
-        match keys.get(&fingerprint) {
-            Some(claim) if claim.expires > now => Err(*claim),
-            _ => {
-                let expires = now.saturating_add(millis(ttl));
-                keys.insert(
-                    fingerprint,
-                    Claim {
-                        expires,
-                        login: false,
-                    },
-                );
-                Ok(())
+        let fresh = Claim {
+            expires: now.saturating_add(millis(ttl)),
+            login: false,
+        };
+        match lock(&self.inner.keys).entry(fingerprint) {
+            Entry::Occupied(mut held) => {
+                let claim = &mut held.get_mut().1;
+                if claim.expires > now {
+                    return Err(*claim);
+                }
+                *claim = fresh;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((fingerprint, fresh));
             }
         }
+        Ok(())
     }
 
     /// Notes that the event of the claimed key of `fingerprint` logged somebody in.
     fn mark_login(&self, fingerprint: u64) {
-        if let Some(claim) = lock(&self.inner.keys).get_mut(&fingerprint) {
+        if let Some(claim) = lock(&self.inner.keys).get_mut(fingerprint) {
             claim.login = true;
         }
     }
 
-    /// Binds the query of `binding` (of `fingerprint`) to its body unless bound already.
-    fn bind_now(&self, fingerprint: u64, binding: &Binding) -> Bound {
-        let now = self.keys_now();
-        let mut bindings = lock(&self.inner.bindings);
-        match bindings.get(&fingerprint) {
-            Some(bond) if bond.live_at(now) => {
-                if bond.matches(binding.digest()) {
-                    Bound::Retry {
-                        login: bond.login(),
-                    }
-                } else {
-                    Bound::Conflict
-                }
-            }
-            _ => {
-                let expires = now.saturating_add(millis(binding.ttl()));
-                bindings.insert(fingerprint, Bond::new(binding.digest(), expires));
-                Bound::First
-            }
-        }
+    /// The shard of the bindings that holds `fingerprint`'s. Chosen by bits the tables'
+    /// probing does not use (it starts from the low bits and tags with the top seven).
+    fn bindings(&self, fingerprint: u64) -> MutexGuard<'_, Bindings> {
+        let shard = (fingerprint >> 32) as usize % BINDING_SHARDS;
+        lock(&self.inner.bindings[shard])
     }
 
-    /// Notes that the callback bound under `fingerprint` logged somebody in.
-    fn mark_bound_login(&self, fingerprint: u64) {
-        if let Some(bond) = lock(&self.inner.bindings).get_mut(&fingerprint) {
-            bond.expires_and_login |= LOGIN_BIT;
-        }
+    /// Binds the query of `binding` (of `fingerprint`) to its body unless bound already.
+    fn bind_now(&self, fingerprint: u64, binding: &Binding) -> Bound {
+        self.bindings(fingerprint)
+            .bind(binding.signed_at(), fingerprint, binding.digest())
+    }
+
+    /// Notes that the callback of `binding` (of `fingerprint`) logged somebody in.
+    fn mark_bound_login(&self, fingerprint: u64, binding: &Binding) {
+        self.bindings(fingerprint)
+            .mark_login(binding.signed_at(), fingerprint);
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<Scene, Snapshot>> {
@@ -241,7 +308,7 @@ impl Store for MemoryStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        ready(self.claim(self.fingerprint(key), ttl).is_ok())
+        ready(self.claim(self.fingerprint(key.as_bytes()), ttl).is_ok())
     }
 
     fn page_key<'a>(
@@ -426,7 +493,7 @@ impl Store for MemoryStore {
     }
 
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
-        ready(self.bind_now(self.fingerprint(binding.key()), binding))
+        ready(self.bind_now(self.fingerprint(binding.name()), binding))
     }
 
     fn resolve<'a>(
@@ -442,7 +509,8 @@ impl Store for MemoryStore {
         // All under the sessions' lock (the binding's and the keys' are taken inside it):
         // nothing else resolves this scene, or records this callback, in between.
         let mut sessions = self.sessions();
-        let (bound, event) = (self.fingerprint(binding.key()), self.fingerprint(event_key));
+        let bound = self.fingerprint(binding.name());
+        let event = self.fingerprint(event_key.as_bytes());
         match self.bind_now(bound, binding) {
             Bound::Conflict => return ready(Resolved::Conflict),
             Bound::Retry { login } => return ready(Resolved::Duplicate { login }),
@@ -450,7 +518,7 @@ impl Store for MemoryStore {
         }
         if let Err(first) = self.claim(event, event_ttl) {
             if first.login {
-                self.mark_bound_login(bound);
+                self.mark_bound_login(bound, binding);
             }
             return ready(Resolved::Duplicate { login: first.login });
         }
@@ -479,7 +547,7 @@ impl Store for MemoryStore {
             kept_until_ms,
         };
         self.mark_login(event);
-        self.mark_bound_login(bound);
+        self.mark_bound_login(bound, binding);
         ready(resolved)
     }
 
@@ -489,9 +557,12 @@ impl Store for MemoryStore {
 
     fn purge_expired(&self) {
         let now = self.keys_now();
-        lock(&self.inner.keys).retain(|_, claim| claim.expires > now);
-        lock(&self.inner.bindings).retain(|_, bond| bond.live_at(now));
+        lock(&self.inner.keys).retain(|claim| claim.expires > now);
         let now_ms = unix_now_ms();
+        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        for shard in &self.inner.bindings {
+            lock(shard).purge(now_secs);
+        }
         let grace = millis(ATTACHED_GRACE);
         self.sessions().retain(|_, s| match &s.state {
             SessionState::Waiting { holder: Some(_) } => {
@@ -546,5 +617,25 @@ mod tests {
         assert_eq!(store.qr_made_on("20250102").await.unwrap(), 0);
         assert_eq!(store.qr_budget_take("20250102", 2).await.unwrap(), Some(1));
         assert_eq!(store.qr_made_on("20250102").await.unwrap(), 1);
+    }
+
+    #[test]
+    fn a_second_of_bindings_goes_when_its_queries_no_longer_pass() {
+        let mut bindings = Bindings::default();
+        let now = 1_800_000_000;
+        let (a, b) = ([1; 16], [2; 16]);
+        assert_eq!(bindings.bind(now, 7, a), Bound::First);
+        assert_eq!(bindings.bind(now, 7, a), Bound::Retry { login: false });
+        bindings.mark_login(now, 7);
+        assert_eq!(bindings.bind(now, 7, a), Bound::Retry { login: true });
+        assert_eq!(bindings.bind(now, 7, b), Bound::Conflict);
+        // Another second's query with the same fingerprint is another query.
+        assert_eq!(bindings.bind(now + 1, 7, b), Bound::First);
+        let lapses = now + i64::try_from(replayable_for(now, now).as_secs()).unwrap();
+        bindings.purge(lapses - 1);
+        assert_eq!(bindings.bind(now, 7, b), Bound::Conflict);
+        bindings.purge(lapses);
+        assert_eq!(bindings.by_second.len(), 1);
+        assert_eq!(bindings.bind(now + 1, 7, a), Bound::Conflict);
     }
 }

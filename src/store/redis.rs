@@ -719,7 +719,7 @@ impl Store for RedisStore {
                 .inner
                 .scripts
                 .bind
-                .key(self.once_key(binding.key()))
+                .key(self.once_key(&binding.key()))
                 .arg(binding.digest_hex())
                 .arg(millis(binding.ttl()).max(1))
                 .invoke_async(&mut self.conn())
@@ -752,7 +752,7 @@ impl Store for RedisStore {
                 .resolve
                 .key(self.session_key(scene))
                 .key(self.once_key(event_key))
-                .key(self.once_key(binding.key()))
+                .key(self.once_key(&binding.key()))
                 .arg(millis(event_ttl).max(1))
                 .arg(now_ms)
                 .arg(result.unwrap_or_default())

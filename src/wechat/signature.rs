@@ -27,11 +27,14 @@ pub fn sign_sorted<const N: usize>(parts: [&str; N]) -> String {
 pub fn verify_sorted<const N: usize>(parts: [&str; N], given: &str) -> bool {
     // Compared as bytes, so nothing is allocated; a `given` that is not 40 hex digits fails
     // before the digest is compared (its length and form are not secret).
-    let mut given_bytes = [0u8; 20];
-    if hex::decode_to_slice(given, &mut given_bytes).is_err() {
-        return false;
-    }
-    digest_sorted(parts).ct_eq(&given_bytes).into()
+    decode_signature(given).is_some_and(|given| digest_sorted(parts).ct_eq(&given).into())
+}
+
+/// A signature's 20 bytes, from its hex (either case); `None` if it is not 40 hex digits.
+pub fn decode_signature(hex_text: &str) -> Option<[u8; 20]> {
+    let mut bytes = [0u8; 20];
+    hex::decode_to_slice(hex_text, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// The plain callback signature: over `token`, `timestamp`, `nonce`.

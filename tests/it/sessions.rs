@@ -12,7 +12,7 @@ use wxlogin::login::pool::QrCode;
 use wxlogin::login::scenes::{Resolution, Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
-use wxlogin::store::{Inbox, StockedQr, Store};
+use wxlogin::store::{Inbox, StockedQr, Store, unix_now_ms};
 use wxlogin::wechat::callback::{Binding, ScanKind};
 use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
 use wxlogin::wechat::secret::Secret;
@@ -87,7 +87,8 @@ fn later(secs: u64) -> Instant {
 
 /// The binding of a callback of its own (a fresh signed query).
 fn fresh() -> Binding {
-    Binding::new(&Scene::random().to_string(), b"<xml/>", TTL)
+    let now = i64::try_from(unix_now_ms() / 1000).unwrap();
+    Binding::new(rand::random(), b"<xml/>", now, now)
 }
 
 async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {

@@ -29,7 +29,7 @@ pub use self::event::{Callback, DedupeKey, ScanEvent, ScanKind, classify};
 pub use self::query::Query;
 use super::crypto::{CryptoError, KeyRing, KeySlot, verify_msg_signature};
 use super::secret::Secret;
-use super::signature::{is_fresh, verify_signature};
+use super::signature::{decode_signature, is_fresh, verify_signature};
 use super::xml::{self, CallbackXml, XmlError};
 
 /// How far a callback's `timestamp` may be from our clock.
@@ -166,46 +166,74 @@ impl CallbackError {
     }
 }
 
-/// A signed query bound to the body it came with: the key names the query (its signature,
-/// which stands for token, timestamp and nonce), the digest the body (SHA-256, 128 bits).
+/// A signed query bound to the body it came with: the name is the query's signature (which
+/// stands for token, timestamp and nonce; in safe mode `msg_signature` too), the digest the
+/// body's (SHA-256, 128 bits).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
-    key: String,
+    /// The signatures as bytes: `signature`, then in safe mode `msg_signature`.
+    name: [u8; 40],
+    safe: bool,
     digest: [u8; 16],
+    signed_at: i64,
     ttl: Duration,
 }
 
 impl Binding {
-    /// Binds the query whose `signature` checked out to `body`, for `ttl`.
-    pub fn new(signature: &str, body: &[u8], ttl: Duration) -> Self {
-        Self::of(&[signature], body, ttl)
+    /// Binds the query signed `signature` at `signed_at` (seconds since the epoch) to `body`,
+    /// at `now`: kept while the timestamp would pass (see [`replayable_for`]).
+    pub fn new(signature: [u8; 20], body: &[u8], signed_at: i64, now: i64) -> Self {
+        Self::of(signature, None, body, signed_at, now)
     }
 
-    /// Binds a query named by its checked signatures (hex) to `body`. In safe mode the body's
-    /// own signature (`msg_signature`) names it too: two messages WeChat signed with the same
-    /// timestamp and nonce (rare, but its nonces are random) are then told apart, while
-    /// another body under a seen query still fails `msg_signature`.
-    fn of(signatures: &[&str], body: &[u8], ttl: Duration) -> Self {
+    /// In safe mode the body's own signature (`msg_signature`) names the query too: two
+    /// messages WeChat signed with the same timestamp and nonce (rare, but its nonces are
+    /// random) are then told apart, while another body under a seen query still fails
+    /// `msg_signature`.
+    fn of(
+        signature: [u8; 20],
+        msg_signature: Option<[u8; 20]>,
+        body: &[u8],
+        signed_at: i64,
+        now: i64,
+    ) -> Self {
         let full = sha2::Sha256::digest(body);
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&full[..16]);
-        // Signatures are checked to be hex; either case is accepted, so one is chosen.
-        let mut key =
-            String::with_capacity(3 + signatures.iter().map(|s| s.len() + 1).sum::<usize>());
-        key.push_str("cb:");
-        for (i, signature) in signatures.iter().enumerate() {
-            if i > 0 {
-                key.push(':');
-            }
-            key.extend(signature.chars().map(|c| c.to_ascii_lowercase()));
+        let mut name = [0u8; 40];
+        name[..20].copy_from_slice(&signature);
+        if let Some(m) = msg_signature {
+            name[20..].copy_from_slice(&m);
         }
-        Self { key, digest, ttl }
+        Self {
+            name,
+            safe: msg_signature.is_some(),
+            digest,
+            signed_at,
+            ttl: replayable_for(signed_at, now),
+        }
     }
 
-    /// The query's key (`cb:` and the signature in lower-case hex, and in safe mode
-    /// `msg_signature` after a colon).
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The query's name as bytes (20, or 40 in safe mode).
+    pub fn name(&self) -> &[u8] {
+        if self.safe {
+            &self.name
+        } else {
+            &self.name[..20]
+        }
+    }
+
+    /// The query's key in a shared store: `cb:` and the signature in lower-case hex, and in
+    /// safe mode `msg_signature` after a colon.
+    pub fn key(&self) -> String {
+        let mut key = String::with_capacity(84);
+        key.push_str("cb:");
+        key.push_str(&hex::encode(&self.name[..20]));
+        if self.safe {
+            key.push(':');
+            key.push_str(&hex::encode(&self.name[20..]));
+        }
+        key
     }
 
     /// The body's digest.
@@ -216,6 +244,11 @@ impl Binding {
     /// The body's digest in hex.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
+    }
+
+    /// When the query was signed (its `timestamp`), in seconds since the epoch.
+    pub fn signed_at(&self) -> i64 {
+        self.signed_at
     }
 
     /// How long the binding must be kept: while the timestamp would pass, and a little more.
@@ -273,11 +306,12 @@ pub fn open<'a>(
     if checker.keys.is_some() && (!encrypted || query.msg_signature.is_none()) {
         return Err(CallbackError::NotEncrypted);
     }
-    let ttl = replayable_for(sent, now);
-    let binding = match (&checker.keys, query.msg_signature.as_deref()) {
-        (Some(_), Some(msg_signature)) => Binding::of(&[signature, msg_signature], body, ttl),
-        _ => Binding::new(signature, body, ttl),
+    let signature = decode_signature(signature).ok_or(CallbackError::BadSignature)?;
+    let msg_signature = match (&checker.keys, query.msg_signature.as_deref()) {
+        (Some(_), Some(m)) => Some(decode_signature(m).ok_or(CallbackError::BadMsgSignature)?),
+        _ => None,
     };
+    let binding = Binding::of(signature, msg_signature, body, sent, now);
     let text = std::str::from_utf8(body).map_err(|_| CallbackError::NotUtf8)?;
     let outer = xml::parse(text)?;
     if !encrypted {
