@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::store::StoreError;
+
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -42,6 +44,18 @@ pub enum HttpError {
         /// What is unavailable.
         message: &'static str,
     },
+}
+
+/// The store (Redis) cannot answer now: logged here, once, with its cause; the client is told
+/// only to come back shortly (WeChat retries a callback by itself).
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, kind = e.kind(), "the store cannot answer: 503");
+        Self::Unavailable {
+            retry_after: Duration::from_secs(1),
+            message: "temporarily unavailable",
+        }
+    }
 }
 
 impl HttpError {

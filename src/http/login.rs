@@ -64,13 +64,7 @@ pub async fn status(
     let named = named_event(&headers, q.id.as_deref()).filter(|id| id.scene.as_str() == scene);
     let body = match named {
         None => json!({"status": "expired"}),
-        Some(id) => match state.login.status(&id.scene, &id.key).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot read a session: the store is unavailable");
-            HttpError::Unavailable {
-                retry_after: Duration::from_secs(1),
-                message: "temporarily unavailable",
-            }
-        })? {
+        Some(id) => match state.login.status(&id.scene, &id.key).await? {
             Status::Pending(view) => json!({
                 "status": "pending",
                 "scene_id": id.scene.as_str(),
@@ -142,14 +136,7 @@ pub async fn verify(
         .login
         .store()
         .claim_once(&format!("jti:{}", claims.jti), ttl)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot record a used login token");
-            HttpError::Unavailable {
-                retry_after: Duration::from_secs(1),
-                message: "temporarily unable to verify",
-            }
-        })?;
+        .await?;
     if !first {
         return Err(HttpError::Conflict("the login token has been used already"));
     }

@@ -38,14 +38,7 @@ pub async fn svg(
     let content = state
         .login
         .qr_content(&scene)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read a session: the store is unavailable");
-            HttpError::Unavailable {
-                retry_after: std::time::Duration::from_secs(1),
-                message: "temporarily unavailable",
-            }
-        })?
+        .await?
         .ok_or(HttpError::NotFound)?;
     let svg = render_svg(&content).ok_or(HttpError::NotFound)?;
     Ok((

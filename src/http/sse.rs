@@ -32,7 +32,6 @@ use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, Time
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 
 /// The query of `/sse`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -125,11 +124,7 @@ pub async fn sse(
     // A resume with a wrong key finds nothing and changes nothing: the client gets a new
     // stream, as for a scene that is gone, so the answer tells nothing about the scene.
     let resumed = match named_event(&headers, query.id.as_deref()) {
-        Some(id) => state
-            .login
-            .resume(&id.scene, &id.key, id.seen_last)
-            .await
-            .map_err(|e| store_unavailable(&e))?,
+        Some(id) => state.login.resume(&id.scene, &id.key, id.seen_last).await?,
         None => None,
     };
     let (view, tail) = match resumed {
@@ -165,22 +160,13 @@ pub async fn sse(
                         message: "the daily QR code budget is used up; try again tomorrow",
                     }
                 }
-                TakeError::Store(e) => store_unavailable(&e),
+                TakeError::Store(e) => e.into(),
             })?;
             tracing::debug!(scene = %view.qr.scene.short(), "stream opened");
             (view, Tail::Wait(attachment))
         }
     };
     Ok(respond(&state, &view, tail, lang, slot))
-}
-
-/// 503 while the store (Redis) cannot be reached: a stream could not be delivered to.
-fn store_unavailable(e: &StoreError) -> HttpError {
-    tracing::error!(error = %e, "cannot open a stream: the store is unavailable");
-    HttpError::Unavailable {
-        retry_after: std::time::Duration::from_secs(1),
-        message: "temporarily unavailable",
-    }
 }
 
 fn qr_event(view: &SceneView) -> Event {

@@ -8,7 +8,7 @@
 //! request); other callbacks go to `FORWARD_URL` or get `success`. Answers come well inside
 //! WeChat's 5 s: nothing here waits on WeChat.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
@@ -153,15 +153,10 @@ fn replayed() -> Rejected {
 }
 
 /// The store could not record the callback: WeChat retries it.
-fn store_down(e: &StoreError) -> Rejected {
-    tracing::error!(error = %e, "cannot record the callback; WeChat will retry");
-    Rejected(
-        "store_unavailable",
-        HttpError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            message: "temporarily unable to process the event",
-        },
-    )
+impl From<StoreError> for Rejected {
+    fn from(e: StoreError) -> Self {
+        Self("store_unavailable", e.into())
+    }
 }
 
 /// `POST /wechat_event`: checks the callback and resolves a login scan.
@@ -236,11 +231,7 @@ async fn handle(
         // would otherwise carry (and copy) for the few that are forwarded.
         _ => return Box::pin(other(state, &binding, raw_query, headers, body)).await,
     };
-    let outcome = state
-        .login
-        .complete(&scan, &binding)
-        .await
-        .map_err(|e| store_down(&e))?;
+    let outcome = state.login.complete(&scan, &binding).await?;
     match outcome {
         Outcome::Delivered => {}
         Outcome::Replayed => return Err(replayed()),
@@ -283,7 +274,7 @@ async fn other(
     match state.login.bind(binding).await {
         Ok(Bound::Conflict) => return Err(replayed()),
         Ok(Bound::First | Bound::Retry { .. }) => {}
-        Err(e) => return Err(store_down(&e)),
+        Err(e) => return Err(e.into()),
     }
     let Some(forwarder) = &state.forwarder else {
         return Ok(success());

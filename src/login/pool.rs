@@ -93,7 +93,7 @@ impl QrCode {
 
     /// A code from [`QrCode::encode`] and its expiry.
     pub fn decode(s: &str, expires_ms: u64) -> Result<Self, StoreError> {
-        let unreadable = || StoreError("a stored QR code is unreadable".into());
+        let unreadable = || StoreError::Corrupt { what: "QR code" };
         let stored: Stored<'_> = serde_json::from_str(s).map_err(|_| unreadable())?;
         Ok(Self {
             scene: Scene::parse(stored.scene).map_err(|_| unreadable())?,

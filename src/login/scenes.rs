@@ -167,8 +167,7 @@ struct Inner {
 }
 
 fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
-    serde_json::from_str(json)
-        .map_err(|e| StoreError(format!("a stored result is unreadable: {e}")))
+    serde_json::from_str(json).map_err(|_| StoreError::Corrupt { what: "result" })
 }
 
 fn view_of(record: &SessionRecord, key: StreamKey) -> Result<SceneView, StoreError> {
@@ -324,8 +323,10 @@ impl Scenes {
             .then(|| make(session.record.audience.as_deref()));
         let encoded = match &result {
             Some(r) => Some(
-                serde_json::to_string(r)
-                    .map_err(|e| StoreError(format!("cannot encode a result: {e}")))?,
+                serde_json::to_string(r).map_err(|source| StoreError::Encode {
+                    what: "a result",
+                    source,
+                })?,
             ),
             None => None,
         };

@@ -69,10 +69,51 @@ pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Why the store could not answer. Callers answer 503 (browsers) or 5xx (WeChat retries).
+/// Why the store could not answer. Callers answer 503 (browsers) or 5xx (WeChat retries); the
+/// HTTP layer maps it, and logs it, in one place.
 #[derive(Debug, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Redis could not be reached, or refused the command.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] ::redis::RedisError),
+    /// This instance's subscription to results published by the others is down.
+    #[error("store unavailable: the inbox subscription is down")]
+    InboxDown,
+    /// Redis answered, but not as the command or script returns.
+    #[error("store unavailable: unexpected reply from Redis to {what}")]
+    UnexpectedReply {
+        /// The operation.
+        what: &'static str,
+    },
+    /// A stored value does not read as what was written.
+    #[error("store unavailable: a stored {what} is unreadable")]
+    Corrupt {
+        /// What was read.
+        what: &'static str,
+    },
+    /// A value could not be written out for the store.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was written.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StoreError {
+    /// The kind, as a log field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::InboxDown => "inbox_down",
+            Self::UnexpectedReply { .. } => "unexpected_reply",
+            Self::Corrupt { .. } => "corrupt",
+            Self::Encode { .. } => "encode",
+        }
+    }
+}
 
 /// The stream holding a waiting session: an instance, and which of its attachments.
 #[derive(Clone, PartialEq, Eq)]

@@ -170,11 +170,11 @@ struct Inner {
 }
 
 fn err(e: redis::RedisError) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Unavailable(e)
 }
 
-fn bad_reply(what: &str) -> StoreError {
-    StoreError(format!("unexpected reply from Redis to {what}"))
+fn bad_reply(what: &'static str) -> StoreError {
+    StoreError::UnexpectedReply { what }
 }
 
 /// A notice as the scripts publish it.
@@ -373,7 +373,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(err)?;
             if !self.inner.listening.load(Ordering::Relaxed) {
-                return Err(StoreError("the inbox subscription is down".into()));
+                return Err(StoreError::InboxDown);
             }
             Ok(())
         })
