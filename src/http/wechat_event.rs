@@ -233,7 +233,7 @@ async fn handle(
     };
     let outcome = state.login.complete(&scan, &binding).await?;
     match outcome {
-        Outcome::Delivered => {}
+        Outcome::Delivered(()) => {}
         Outcome::Replayed => return Err(replayed()),
         Outcome::Parked => tracing::info!(
             scene = %scan.scene.short(),
@@ -245,7 +245,7 @@ async fn handle(
         }
         // Debug, not info: anyone may send scans of unknown scenes, at any rate; the
         // scans_total{outcome="undeliverable"} metric counts them.
-        Outcome::NoWaiter => tracing::debug!(
+        Outcome::Nobody => tracing::debug!(
             scene = %scan.scene,
             openid = %short_openid(scan.openid),
             "scan for a QR code no stream waits on: delivered to nobody"

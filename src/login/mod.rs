@@ -12,16 +12,16 @@ mod registry;
 pub mod scenes;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use self::event::{LoginResult, StreamKey};
 use self::pool::{QrPool, TakeError};
-use self::scenes::{Attachment, Resolution, Resumed, SceneView, Scenes, Status};
+use self::scenes::{Attachment, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
 use crate::metrics::{self, Metrics};
+pub use crate::store::Outcome;
 use crate::store::{Bound, Inbox, Store, StoreError};
 use crate::wechat::callback::{Binding, ScanEvent};
 use crate::wechat::ids::Scene;
@@ -30,25 +30,6 @@ use crate::wechat::ids::Scene;
 /// retries (3 × 5 s), which may come under new queries. Replays are the bindings' business:
 /// they live as long as a query's timestamp would pass.
 pub const EVENT_KEY_TTL: Duration = Duration::from_secs(30);
-
-/// Counters of what happened, for operators.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Streams started with a fresh QR code.
-    pub streams_started: AtomicU64,
-    /// Streams that resumed a session.
-    pub streams_resumed: AtomicU64,
-    /// Scans handed to an attached stream (here, or on the instance holding it).
-    pub scans_delivered: AtomicU64,
-    /// Scans parked for a stream that is away (or whose instance is gone).
-    pub scans_parked: AtomicU64,
-    /// Scans for which no session waited (late, unknown, or not ours).
-    pub scans_undeliverable: AtomicU64,
-    /// WeChat's retries of an event already seen.
-    pub scans_duplicate: AtomicU64,
-    /// Signed queries sent again with another body: replays, refused.
-    pub replays_refused: AtomicU64,
-}
 
 /// The login flow. Cheap to clone.
 #[derive(Clone)]
@@ -63,38 +44,7 @@ struct Inner {
     tokens: Arc<LoginTokens>,
     /// How long a stream waits for a scan.
     wait: Duration,
-    stats: Stats,
     metrics: Arc<Metrics>,
-}
-
-/// What became of a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Handed to the stream waiting on its scene.
-    Delivered,
-    /// Its session waits but no stream is attached: kept for the stream's return.
-    Parked,
-    /// No session waits on that scene (any more): delivered to nobody.
-    NoWaiter,
-    /// A retry of a callback or event already handled; `login` tells whether the first one
-    /// logged somebody in.
-    Duplicate {
-        /// Whether the first one was a login.
-        login: bool,
-    },
-    /// The callback's signed query came before with another body: a replay, refused.
-    Replayed,
-}
-
-impl Outcome {
-    /// Whether the scan logged somebody in (delivered now or on resume), or is a retry of
-    /// one that did: such a callback is answered with the login's reply.
-    pub fn is_login(self) -> bool {
-        matches!(
-            self,
-            Self::Delivered | Self::Parked | Self::Duplicate { login: true }
-        )
-    }
 }
 
 impl LoginService {
@@ -114,7 +64,6 @@ impl LoginService {
                 store,
                 tokens,
                 wait,
-                stats: Stats::default(),
                 metrics,
             }),
         }
@@ -135,10 +84,6 @@ impl LoginService {
         let deadline = Instant::now() + self.inner.wait;
         let opened = self.inner.scenes.open(qr, deadline, audience).await?;
         self.inner
-            .stats
-            .streams_started
-            .fetch_add(1, Ordering::Relaxed);
-        self.inner
             .metrics
             .streams
             .get_or_create(&metrics::Outcome {
@@ -158,10 +103,6 @@ impl LoginService {
         let resumed = self.inner.scenes.resume(scene, key, has_result).await?;
         if resumed.is_some() {
             self.inner
-                .stats
-                .streams_resumed
-                .fetch_add(1, Ordering::Relaxed);
-            self.inner
                 .metrics
                 .streams
                 .get_or_create(&metrics::Outcome {
@@ -180,8 +121,7 @@ impl LoginService {
         scan: &ScanEvent<'_>,
         binding: &Binding,
     ) -> Result<Outcome, StoreError> {
-        let stats = &self.inner.stats;
-        let resolution = self
+        let outcome = self
             .inner
             .scenes
             .resolve(
@@ -210,27 +150,9 @@ impl LoginService {
                 },
             )
             .await?;
-        let (counter, outcome, name) = match resolution {
-            Resolution::Delivered => (&stats.scans_delivered, Outcome::Delivered, "delivered"),
-            Resolution::Parked => (&stats.scans_parked, Outcome::Parked, "parked"),
-            Resolution::Nobody => (
-                &stats.scans_undeliverable,
-                Outcome::NoWaiter,
-                "undeliverable",
-            ),
-            Resolution::Duplicate { login } => (
-                &stats.scans_duplicate,
-                Outcome::Duplicate { login },
-                "duplicate",
-            ),
-            Resolution::Conflict => {
-                // Not a scan but a forgery: the callback's rejection is what the metrics count.
-                stats.replays_refused.fetch_add(1, Ordering::Relaxed);
-                return Ok(Outcome::Replayed);
-            }
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.scan(name);
+        if let Some(label) = outcome.label() {
+            self.inner.metrics.scan(label);
+        }
         Ok(outcome)
     }
 
@@ -238,14 +160,7 @@ impl LoginService {
     /// it is answered or forwarded: [`Bound::Conflict`] for a replay of its query with
     /// another body.
     pub async fn bind(&self, binding: &Binding) -> Result<Bound, StoreError> {
-        let bound = self.inner.store.bind(binding).await?;
-        if bound == Bound::Conflict {
-            self.inner
-                .stats
-                .replays_refused
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(bound)
+        self.inner.store.bind(binding).await
     }
 
     /// The state of a scene, for a polling client with the stream's key.
@@ -299,10 +214,5 @@ impl LoginService {
     /// How long a stream waits for a scan.
     pub fn wait(&self) -> Duration {
         self.inner.wait
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &Stats {
-        &self.inner.stats
     }
 }

@@ -28,7 +28,7 @@ use super::event::{LoginResult, StreamKey};
 use super::pool::QrCode;
 use super::registry::Registry;
 use crate::store::{
-    Attached, Bound, Closed, Holder, Inbox, Notice, Resolved, SessionRecord, SessionState, Store,
+    Attached, Bound, Closed, Holder, Inbox, Notice, Outcome, SessionRecord, SessionState, Store,
     StoreError, instant_to_ms, ms_to_instant, unix_now_ms,
 };
 use crate::wechat::callback::Binding;
@@ -120,25 +120,6 @@ pub enum Resumed {
     Waiting(SceneView, Attachment),
     /// The scene was scanned and the stream has not seen the result: here it is.
     Result(SceneView, LoginResult),
-}
-
-/// What became of a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    /// The callback's signed query came before with another body: a replay, refused.
-    Conflict,
-    /// Handed to the attached stream (here, or on the instance that holds it).
-    Delivered,
-    /// No stream attached right now: parked for its return.
-    Parked,
-    /// No waiting scene: unknown, already resolved, or its wait is over.
-    Nobody,
-    /// The callback or its event was seen before: WeChat retrying. `login` tells whether
-    /// the first one logged somebody in.
-    Duplicate {
-        /// Whether the first one was a login.
-        login: bool,
-    },
 }
 
 /// What `/login/{scene}/status` reports.
@@ -306,15 +287,15 @@ impl Scenes {
         event_key: impl std::fmt::Display,
         event_ttl: std::time::Duration,
         make: impl FnOnce(Option<&str>) -> LoginResult,
-    ) -> Result<Resolution, StoreError> {
+    ) -> Result<Outcome, StoreError> {
         // No session for the scene: it resolves nothing. Only the callback's binding is
         // recorded (a signed callback is WeChat's, or a replay the binding refuses); the
         // event's key would only let floods of unknown scenes grow memory.
         let Some(session) = self.inner.store.session(scene).await? else {
             return Ok(match self.inner.store.bind(binding).await? {
-                Bound::First => Resolution::Nobody,
-                Bound::Retry { login } => Resolution::Duplicate { login },
-                Bound::Conflict => Resolution::Conflict,
+                Bound::First => Outcome::Nobody,
+                Bound::Retry { login } => Outcome::Duplicate { login },
+                Bound::Conflict => Outcome::Replayed,
             });
         };
         let now_ms = unix_now_ms();
@@ -345,23 +326,19 @@ impl Scenes {
             )
             .await?;
         Ok(match (resolved, result) {
-            (Resolved::Conflict, _) => Resolution::Conflict,
-            (Resolved::Duplicate { login }, _) => Resolution::Duplicate { login },
-            (Resolved::Nobody, _) | (_, None) => Resolution::Nobody,
-            (Resolved::Parked, _) => Resolution::Parked,
-            (Resolved::Delivered(h), Some(result))
-                if &h.instance == self.inner.store.instance() =>
-            {
+            (o @ (Outcome::Replayed | Outcome::Duplicate { .. }), _) => o.forget_holder(),
+            (_, None) => Outcome::Nobody,
+            (Outcome::Delivered(h), Some(result)) if &h.instance == self.inner.store.instance() => {
                 if self.inner.registry.deliver(scene, h.generation, result) {
-                    Resolution::Delivered
+                    Outcome::Delivered(())
                 } else {
                     // The stream went away just now: its result stays for its return as long
                     // as a parked one would.
                     self.keep_for_return(scene).await;
-                    Resolution::Parked
+                    Outcome::Parked
                 }
             }
-            (Resolved::Delivered(_), Some(_)) => Resolution::Delivered,
+            (other, Some(_)) => other.forget_holder(),
         })
     }
 
@@ -583,10 +560,10 @@ mod tests {
         let replay = scenes
             .resolve(&scene, &bound(0xaa, "y"), "o2:1", TTL, |_| result("o2"))
             .await;
-        assert_eq!(first.unwrap(), Resolution::Delivered);
-        assert_eq!(again.unwrap(), Resolution::Duplicate { login: true });
-        assert_eq!(same.unwrap(), Resolution::Duplicate { login: true });
-        assert_eq!(replay.unwrap(), Resolution::Conflict);
+        assert_eq!(first.unwrap(), Outcome::Delivered(()));
+        assert_eq!(again.unwrap(), Outcome::Duplicate { login: true });
+        assert_eq!(same.unwrap(), Outcome::Duplicate { login: true });
+        assert_eq!(replay.unwrap(), Outcome::Replayed);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use subtle::ConstantTimeEq as _;
 
 use super::{
-    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Resolved, SessionRecord, SessionState,
+    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Outcome, SessionRecord, SessionState,
     Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
 use crate::wechat::callback::{Binding, replayable_for};
@@ -505,42 +505,42 @@ impl Store for MemoryStore {
         result: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
-    ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
+    ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
         // All under the sessions' lock (the binding's and the keys' are taken inside it):
         // nothing else resolves this scene, or records this callback, in between.
         let mut sessions = self.sessions();
         let bound = self.fingerprint(binding.name());
         let event = self.fingerprint(event_key.as_bytes());
         match self.bind_now(bound, binding) {
-            Bound::Conflict => return ready(Resolved::Conflict),
-            Bound::Retry { login } => return ready(Resolved::Duplicate { login }),
+            Bound::Conflict => return ready(Outcome::Replayed),
+            Bound::Retry { login } => return ready(Outcome::Duplicate { login }),
             Bound::First => {}
         }
         if let Err(first) = self.claim(event, event_ttl) {
             if first.login {
                 self.mark_bound_login(bound, binding);
             }
-            return ready(Resolved::Duplicate { login: first.login });
+            return ready(Outcome::Duplicate { login: first.login });
         }
         let Some(result) = result else {
-            return ready(Resolved::Nobody);
+            return ready(Outcome::Nobody);
         };
         let Some(session) = sessions.get_mut(scene) else {
-            return ready(Resolved::Nobody);
+            return ready(Outcome::Nobody);
         };
         let SessionState::Waiting { holder } = &session.state else {
-            return ready(Resolved::Nobody);
+            return ready(Outcome::Nobody);
         };
         if now_ms >= session.record.deadline_ms {
-            return ready(Resolved::Nobody);
+            return ready(Outcome::Nobody);
         }
         let expires_ms = session.record.expires_ms;
         let (resolved, kept_until_ms) = match holder {
             Some(h) => (
-                Resolved::Delivered(h.clone()),
+                Outcome::Delivered(h.clone()),
                 expires_ms.min(now_ms.saturating_add(millis(keep))),
             ),
-            None => (Resolved::Parked, expires_ms),
+            None => (Outcome::Parked, expires_ms),
         };
         session.state = SessionState::Done {
             result: result.to_owned(),

@@ -210,25 +210,60 @@ pub enum Attached {
     },
 }
 
-/// What became of a scan ([`Store::resolve`]).
+/// What became of a scan: the one answer of the store, the sessions and the login flow. `H`
+/// is who was handed the result: the store names the holder ([`Holder`]), so the instance that
+/// holds the stream can deliver it; above the store it is `()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resolved {
-    /// The callback's query was bound to another body: a replay, refused.
-    Conflict,
+pub enum Outcome<H = ()> {
+    /// Handed to the stream waiting on its scene (here, or on the instance that holds it).
+    Delivered(H),
+    /// Its session waits but no stream is attached (or its instance is not listening): the
+    /// result is kept for the stream's return.
+    Parked,
+    /// No session waits on that scene (unknown, resolved, closed, or its wait is over).
+    Nobody,
     /// The callback (its query and body) or its event was seen before: WeChat retrying.
     /// `login` tells whether the first one logged somebody in, to answer alike.
     Duplicate {
         /// Whether the first one was a login.
         login: bool,
     },
-    /// No session waits on that scene (unknown, resolved, closed, or its wait is over).
-    Nobody,
-    /// Resolved; the result is kept for the holder. When the holder is another instance the
-    /// store has sent it a [`Notice::Result`] and the instance was listening.
-    Delivered(Holder),
-    /// Resolved with no stream attached (or its instance not listening): kept for a
-    /// reconnecting stream.
-    Parked,
+    /// The callback's signed query came before with another body: a replay, refused.
+    Replayed,
+}
+
+impl<H> Outcome<H> {
+    /// The outcome without its holder.
+    pub fn forget_holder(&self) -> Outcome {
+        match self {
+            Self::Delivered(_) => Outcome::Delivered(()),
+            Self::Parked => Outcome::Parked,
+            Self::Nobody => Outcome::Nobody,
+            Self::Duplicate { login } => Outcome::Duplicate { login: *login },
+            Self::Replayed => Outcome::Replayed,
+        }
+    }
+
+    /// Whether the scan logged somebody in (delivered now or on resume), or is a retry of one
+    /// that did: such a callback is answered with the login's reply.
+    pub fn is_login(&self) -> bool {
+        matches!(
+            self,
+            Self::Delivered(_) | Self::Parked | Self::Duplicate { login: true }
+        )
+    }
+
+    /// The outcome as the `outcome` label of `wxlogin_scans_total`; a replay is not a scan
+    /// (it is counted as a rejected callback).
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            Self::Delivered(_) => Some("delivered"),
+            Self::Parked => Some("parked"),
+            Self::Nobody => Some("undeliverable"),
+            Self::Duplicate { .. } => Some("duplicate"),
+            Self::Replayed => None,
+        }
+    }
 }
 
 /// What recording a callback's binding found ([`Store::bind`]).
@@ -429,9 +464,9 @@ pub trait Store: Send + Sync + 'static {
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>>;
 
     /// Resolves a scan of `scene`, once, in one atomic step: records the callback's
-    /// `binding` ([`Resolved::Conflict`] if its query is bound to another body,
-    /// [`Resolved::Duplicate`] if to this one), claims `event_key` (for `event_ttl`;
-    /// [`Resolved::Duplicate`] if claimed before), then, when `result` is given and the
+    /// `binding` ([`Outcome::Replayed`] if its query is bound to another body,
+    /// [`Outcome::Duplicate`] if to this one), claims `event_key` (for `event_ttl`;
+    /// [`Outcome::Duplicate`] if claimed before), then, when `result` is given and the
     /// session waits, stores the result, detaches the holder and notifies its instance. A
     /// result handed to a stream is kept `keep` longer (at most until the QR code expires),
     /// for that stream's reconnect should the result not reach its browser; a parked one
@@ -447,7 +482,7 @@ pub trait Store: Send + Sync + 'static {
         result: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
-    ) -> BoxFuture<'a, Result<Resolved, StoreError>>;
+    ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>>;
 
     /// Sessions held now, when the backend can count them cheaply.
     fn live_sessions(&self) -> Option<usize>;

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Notice, Resolved, SessionRecord,
+    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Notice, Outcome, SessionRecord,
     SessionState, Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
 use crate::wechat::callback::Binding;
@@ -744,7 +744,7 @@ impl Store for RedisStore {
         result: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
-    ) -> BoxFuture<'a, Result<Resolved, StoreError>> {
+    ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
         Box::pin(async move {
             let reply: Vec<String> = self
                 .inner
@@ -767,14 +767,14 @@ impl Store for RedisStore {
                 .await
                 .map_err(err)?;
             match reply.as_slice() {
-                [k] if k == "conflict" => Ok(Resolved::Conflict),
-                [k, first] if k == "dup" => Ok(Resolved::Duplicate {
+                [k] if k == "conflict" => Ok(Outcome::Replayed),
+                [k, first] if k == "dup" => Ok(Outcome::Duplicate {
                     login: first == "L",
                 }),
-                [k] if k == "nobody" => Ok(Resolved::Nobody),
-                [k] if k == "parked" => Ok(Resolved::Parked),
+                [k] if k == "nobody" => Ok(Outcome::Nobody),
+                [k] if k == "parked" => Ok(Outcome::Parked),
                 [k, h] if k == "delivered" => Holder::decode(h)
-                    .map(Resolved::Delivered)
+                    .map(Outcome::Delivered)
                     .ok_or_else(|| bad_reply("resolve")),
                 _ => Err(bad_reply("resolve")),
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use wxlogin::sandbox::phone::{nonce, now_secs, signed_query};
 use wxlogin::wechat::signature::signature;
 
-use crate::helpers::{count, spawn_app};
+use crate::helpers::spawn_app;
 
 async fn the_url_check_answers_echostr_only_when_signed() {
     let app = spawn_app().await;
@@ -73,7 +73,7 @@ async fn unsigned_wrongly_signed_and_stale_callbacks_deliver_nothing() {
             .is_none(),
         "nothing delivered"
     );
-    assert_eq!(count(&app.login.stats().scans_delivered), 0);
+    assert_eq!(app.scans("delivered").await, 0);
     // The stream still works for the real user.
     app.scan(&scene, "oRealUser", false).await;
     assert_eq!(stream.next_json().await["userId"], "oRealUser");
@@ -93,7 +93,7 @@ async fn wechat_retries_and_replays_of_one_event_are_delivered_once() {
     }
     assert_eq!(first.next_json().await["userId"], "oUserOne");
     assert!(first.ends_within(Duration::from_secs(2)).await);
-    assert_eq!(count(&app.login.stats().scans_duplicate), 2);
+    assert_eq!(app.scans("duplicate").await, 2);
 
     // The same event (openid + CreateTime) pointed at another stream is a replay.
     let replay = app.scan_xml(&scene_2, "oUserOne", created);

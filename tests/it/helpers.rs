@@ -412,6 +412,27 @@ impl TestApp {
         )
     }
 
+    /// A counter as `/metrics` shows it: `series` is its name with its labels, as printed
+    /// (`wxlogin_scans_total{outcome="delivered"}`); 0 while the series does not exist.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics read");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// How many scans ended as `outcome` (`delivered`, `parked`, `undeliverable`,
+    /// `duplicate`), by `/metrics`.
+    pub async fn scans(&self, outcome: &str) -> u64 {
+        self.metric(&format!("wxlogin_scans_total{{outcome=\"{outcome}\"}}"))
+            .await
+    }
+
     /// GET a path.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client

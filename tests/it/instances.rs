@@ -52,12 +52,9 @@ async fn a_callback_on_instance_b_reaches_the_stream_on_instance_a_once() {
             .is_none(),
         "B's own stream got nothing"
     );
-    assert_eq!(count(&b.login.stats().scans_delivered), 1);
-    assert_eq!(
-        count(&a.login.stats().scans_duplicate) + count(&b.login.stats().scans_duplicate),
-        2
-    );
-    assert_eq!(count(&a.login.stats().scans_delivered), 0);
+    assert_eq!(b.scans("delivered").await, 1);
+    assert_eq!(a.scans("duplicate").await + b.scans("duplicate").await, 2);
+    assert_eq!(a.scans("delivered").await, 0);
     wait_until(Duration::from_secs(2), || async {
         a.login.open_streams() == 0
     })
@@ -298,8 +295,7 @@ async fn a_redis_restart_is_survived_without_duplicates_and_readiness_follows_it
         stream.ends_within(Duration::from_secs(2)).await,
         "no second result"
     );
-    let delivered =
-        count(&a.login.stats().scans_delivered) + count(&b.login.stats().scans_delivered);
+    let delivered = a.scans("delivered").await + b.scans("delivered").await;
     assert_eq!(delivered, 1);
 
     // And new logins work on both.

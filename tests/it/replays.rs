@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wxlogin::sandbox::phone::now_secs;
 
-use crate::helpers::{TestApp, assert_login, count, spawn_app, spawn_app_with, spawn_safe_app};
+use crate::helpers::{TestApp, assert_login, spawn_app, spawn_app_with, spawn_safe_app};
 
 /// A text message from `openid`: not a login, so forwarded or answered `success`.
 fn text_message(openid: &str) -> String {
@@ -49,7 +49,11 @@ async fn a_signed_query_reused_with_another_body_is_refused_and_delivers_nothing
     let forged = app.scan_xml(&other_scene, "oAttacker", now_secs());
     assert_eq!(app.post_callback(&query, forged).await.status(), 401);
     assert!(quiet(&mut other).await);
-    assert_eq!(count(&app.login.stats().replays_refused), 2);
+    assert_eq!(
+        app.metric(r#"wxlogin_callbacks_rejected_total{reason="replayed"}"#)
+            .await,
+        2
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("wxlogin_callbacks_rejected_total{reason=\"replayed\"} 2"),
@@ -76,8 +80,8 @@ async fn the_same_query_and_body_three_times_is_one_login_and_three_identical_an
     }
     assert_login(&stream.next_json().await, "oRetried", "SCAN");
     assert!(stream.ends_within(Duration::from_secs(2)).await);
-    assert_eq!(count(&app.login.stats().scans_delivered), 1);
-    assert_eq!(count(&app.login.stats().scans_duplicate), 2);
+    assert_eq!(app.scans("delivered").await, 1);
+    assert_eq!(app.scans("duplicate").await, 2);
     // A message retried is answered success each time, and is not a replay.
     let query = app.signed_query("oTexter");
     let text = text_message("oTexter");
@@ -88,7 +92,11 @@ async fn the_same_query_and_body_three_times_is_one_login_and_three_identical_an
             (200, "success")
         );
     }
-    assert_eq!(count(&app.login.stats().replays_refused), 0);
+    assert_eq!(
+        app.metric(r#"wxlogin_callbacks_rejected_total{reason="replayed"}"#)
+            .await,
+        0
+    );
 }
 
 async fn a_forwarded_query_replayed_with_a_login_body_delivers_nothing() {

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use wxlogin::login::Outcome;
 use wxlogin::login::event::{LoginResult, StreamKey};
 use wxlogin::login::pool::QrCode;
-use wxlogin::login::scenes::{Resolution, Resumed, Scenes, Status};
+use wxlogin::login::scenes::{Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
 use wxlogin::store::{Inbox, StockedQr, Store, unix_now_ms};
@@ -91,7 +92,7 @@ fn fresh() -> Binding {
     Binding::new(rand::random(), b"<xml/>", now, now)
 }
 
-async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Resolution {
+async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Outcome {
     scenes
         .resolve(
             scene,
@@ -109,8 +110,8 @@ async fn a_scan_reaches_the_attached_stream_once() {
     let scenes = &one.scenes;
     let (view, mut attachment) = scenes.open(qr(), later(60), None).await.unwrap();
     let scene = view.qr.scene.clone();
-    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Delivered);
-    assert_eq!(resolve(scenes, &scene, "o2").await, Resolution::Nobody);
+    assert_eq!(resolve(scenes, &scene, "o1").await, Outcome::Delivered(()));
+    assert_eq!(resolve(scenes, &scene, "o2").await, Outcome::Nobody);
     assert_eq!(
         (&mut attachment.result).await.unwrap().openid.as_str(),
         "o1"
@@ -123,8 +124,8 @@ async fn a_scan_reaches_the_attached_stream_once() {
     let retry = scenes
         .resolve(&scene, &fresh(), "o1:1", TTL, |_| result("o1"))
         .await;
-    assert_eq!(again.unwrap(), Resolution::Nobody);
-    assert_eq!(retry.unwrap(), Resolution::Duplicate { login: false });
+    assert_eq!(again.unwrap(), Outcome::Nobody);
+    assert_eq!(retry.unwrap(), Outcome::Duplicate { login: false });
 }
 
 async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
@@ -136,7 +137,7 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
     assert_eq!(scenes.attached(), 0);
     // The store learns of the detachment on its own time (a task, with Redis).
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Parked);
+    assert_eq!(resolve(scenes, &scene, "o1").await, Outcome::Parked);
     assert!(
         matches!(scenes.status(&scene, &view.key).await.unwrap(), Status::Done(r) if r.openid.as_str() == "o1")
     );
@@ -168,9 +169,9 @@ async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longe
     let (parked, parked_key) = (parked.qr.scene, parked.key);
     assert_eq!(
         resolve(scenes, &delivered, "o1").await,
-        Resolution::Delivered
+        Outcome::Delivered(())
     );
-    assert_eq!(resolve(scenes, &parked, "o2").await, Resolution::Parked);
+    assert_eq!(resolve(scenes, &parked, "o2").await, Outcome::Parked);
     assert!((&mut attachment.result).await.is_ok());
     // Within the window, a stream whose browser missed the push gets the result again.
     assert!(matches!(
@@ -216,7 +217,7 @@ async fn a_resumed_stream_replaces_the_old_one_and_receives_the_scan() {
     };
     assert_eq!(scenes.attached(), 1);
     assert!((&mut old.result).await.is_err(), "the replaced stream ends");
-    assert_eq!(resolve(scenes, &scene, "o1").await, Resolution::Delivered);
+    assert_eq!(resolve(scenes, &scene, "o1").await, Outcome::Delivered(()));
     assert_eq!((&mut new.result).await.unwrap().openid.as_str(), "o1");
 }
 
@@ -230,7 +231,7 @@ async fn a_closed_or_overdue_scene_resolves_nothing() {
     if let Some(live) = scenes.live() {
         assert_eq!(live, 0, "a closed session is removed");
     }
-    assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
+    assert_eq!(resolve(scenes, &scene, "late").await, Outcome::Nobody);
     assert!(matches!(
         scenes.status(&scene, &view.key).await.unwrap(),
         Status::Expired
@@ -238,7 +239,7 @@ async fn a_closed_or_overdue_scene_resolves_nothing() {
 
     let (view, _attachment) = scenes.open(qr(), Instant::now(), None).await.unwrap();
     let scene = view.qr.scene.clone();
-    assert_eq!(resolve(scenes, &scene, "late").await, Resolution::Nobody);
+    assert_eq!(resolve(scenes, &scene, "late").await, Outcome::Nobody);
     assert!(
         scenes
             .resume(&scene, &view.key, false)
@@ -269,7 +270,7 @@ async fn a_wrong_key_resumes_nothing_and_leaves_the_stream_waiting() {
     // The real stream was not replaced: it still holds the scene and gets the scan.
     assert_eq!(
         resolve(scenes, &scene, "oReal").await,
-        Resolution::Delivered
+        Outcome::Delivered(())
     );
     assert_eq!(
         (&mut attachment.result).await.unwrap().openid.as_str(),
@@ -296,7 +297,7 @@ async fn a_scan_that_resolved_the_session_as_its_wait_ended_goes_to_the_stream()
     let scene = view.qr.scene.clone();
     assert_eq!(
         resolve(scenes, &scene, "oLast").await,
-        Resolution::Delivered
+        Outcome::Delivered(())
     );
     // The stream's deadline fires before it read its channel: instead of a timeout it sends
     // the result.
@@ -311,7 +312,7 @@ async fn a_result_whose_stream_just_went_is_kept_until_the_qr_code_expires() {
     let scene = view.qr.scene.clone();
     // The browser's stream is gone but has not detached yet: the store still names it.
     attachment.result.close();
-    assert_eq!(resolve(scenes, &scene, "oAway").await, Resolution::Parked);
+    assert_eq!(resolve(scenes, &scene, "oAway").await, Outcome::Parked);
     drop(attachment);
     tokio::time::sleep(KEEP + Duration::from_millis(200)).await;
     one.store.purge_expired();
@@ -392,7 +393,7 @@ async fn across_instances_a_resume_takes_the_session_over_and_the_scan_follows_i
     // WeChat's callback lands on C; the result goes to B's stream.
     assert_eq!(
         resolve(&c.scenes, &scene, "oMoved").await,
-        Resolution::Delivered
+        Outcome::Delivered(())
     );
     let got = tokio::time::timeout(Duration::from_secs(2), &mut on_b.result).await;
     assert_eq!(got.unwrap().unwrap().openid.as_str(), "oMoved");
@@ -409,7 +410,7 @@ async fn across_instances_a_stream_whose_wait_ends_as_another_instance_resolves_
     let scene = view.qr.scene.clone();
     assert!(matches!(
         resolve(&b.scenes, &scene, "oCrossed").await,
-        Resolution::Parked | Resolution::Delivered
+        Outcome::Parked | Outcome::Delivered(())
     ));
     let last = attachment.close().await;
     assert_eq!(last.unwrap().openid.as_str(), "oCrossed");
@@ -432,15 +433,12 @@ async fn an_instance_back_from_an_outage_never_reopens_a_resolved_session() {
         .unwrap();
     assert_eq!(
         resolve(&b.scenes, &scene, "oFirst").await,
-        Resolution::Delivered
+        Outcome::Delivered(())
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
     // A comes back and checks its streams: the session is resolved, not lost.
     a.recover().await;
-    assert_eq!(
-        resolve(&b.scenes, &scene, "oSecond").await,
-        Resolution::Nobody
-    );
+    assert_eq!(resolve(&b.scenes, &scene, "oSecond").await, Outcome::Nobody);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +461,7 @@ async fn across_instances_a_scene_resolves_once_under_concurrent_scans() {
         let outcomes = [x.unwrap(), y.unwrap()];
         let winners = outcomes
             .iter()
-            .filter(|o| matches!(o, Resolution::Delivered | Resolution::Parked))
+            .filter(|o| matches!(o, Outcome::Delivered(()) | Outcome::Parked))
             .count();
         assert_eq!(winners, 1, "{outcomes:?}");
     }

@@ -158,7 +158,7 @@ async fn a_late_scan_of_an_ended_stream_logs_in_nobody() {
     let delivery = app.scan(&scene_a, "oLateUserA", false).await;
     assert_eq!((delivery.status, delivery.body.as_str()), (200, "success"));
     assert_eq!(
-        count(&app.login.stats().scans_undeliverable),
+        app.scans("undeliverable").await,
         1,
         "the late scan was delivered to nobody"
     );
@@ -223,9 +223,9 @@ async fn fifty_clients_that_vanish_mid_stream_leave_nothing_behind() {
     // Their scans now reach nobody.
     let delivery = app.scan(&scenes[0], "oGone", false).await;
     assert_eq!(delivery.status, 200);
-    assert_eq!(count(&app.login.stats().scans_delivered), 0);
-    assert_eq!(count(&app.login.stats().scans_parked), 0);
-    assert_eq!(count(&app.login.stats().scans_undeliverable), 1);
+    assert_eq!(app.scans("delivered").await, 0);
+    assert_eq!(app.scans("parked").await, 0);
+    assert_eq!(app.scans("undeliverable").await, 1);
 }
 
 async fn the_qr_image_of_an_unknown_scene_is_404() {
@@ -322,7 +322,7 @@ async fn a_scan_racing_the_timeout_is_delivered_or_refused_never_lost_or_doubled
         outcomes.len()
     );
     assert_eq!(
-        count(&app.login.stats().scans_delivered) + count(&app.login.stats().scans_parked),
+        app.scans("delivered").await + app.scans("parked").await,
         delivered as u64
     );
 }

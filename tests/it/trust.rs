@@ -101,7 +101,7 @@ async fn every_bad_crypto_case_is_rejected_and_delivers_nothing() {
             .await
             .is_none()
     );
-    assert_eq!(count(&app.login.stats().scans_delivered), 0);
+    assert_eq!(app.scans("delivered").await, 0);
     // The real user still gets in.
     app.scan(&scene, "oRealUser", false).await;
     assert_login(&stream.next_json().await, "oRealUser", "SCAN");
@@ -763,7 +763,7 @@ async fn a_scan_while_the_stream_was_gone_arrives_once_on_reconnect_with_the_sam
 
     let delivery = app.scan(&scene, "oWhileAway", false).await;
     assert_eq!(delivery.status, 200);
-    assert_eq!(count(&app.login.stats().scans_parked), 1);
+    assert_eq!(app.scans("parked").await, 1);
 
     let mut resumed = app.open_resuming(&id).await;
     let again = resumed.next_event().await;
