@@ -43,7 +43,7 @@
 #                  rest of the machine to use under QUIET_MAX_CORES (the machine is shared; every
 #                  JSON line also reports the CPU other processes took: cpu.other_s)
 #   BENCH_NICE=-10 run the fake WeChat, the server and the tool at this nice level (root only
-#                  for negative values), so other work on the box disturbs the figures less
+#                  for negative values), so other work on the machine disturbs the figures less
 # The per-IP limits on streams are switched off (SSE_PER_IP_PER_MIN=0, SSE_PER_IP_OPEN=0): all
 # the load comes from a few 127.0.0.x addresses. The fake WeChat has no quota, so neither has
 # the service (QR_DAILY_BUDGET far above a scenario's codes). With Redis, the instances share a
