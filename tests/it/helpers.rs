@@ -95,7 +95,8 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = wxlogin::telemetry::init(None);
+            let settings: wxlogin::config::Settings = std::env::vars().collect();
+            let _ = wxlogin::telemetry::init(&settings.log());
         }
     });
 }
