@@ -1,7 +1,13 @@
 //! The sandbox: wxlogin against an in-process fake WeChat, with a demo page.
 //!
 //! - [`fake`]: the fake WeChat API server (token, QR codes, errcodes, fault injection).
-//! - [`phone`]: the fake phone that scans a code and sends the signed callback.
+//! - [`phone`]: the fake phone that scans a code and sends the signed callback; its route is
+//!   `/sandbox/scan`.
+//! - the page: the demo page of [`crate::http::assets`], in its sandbox form.
+//!
+//! Neither piece knows the others' routes: this module puts them together, for
+//! `wxlogin sandbox` (wxlogin, the page and the phone on one port, the fake on another) and
+//! `wxlogin fake-wechat` (the fake and the phone on one port).
 //!
 //! `wxlogin sandbox` needs no configuration and never talks to the real WeChat, whatever is
 //! configured: the account's credentials are made up and `WECHAT_API_BASE` points at the fake.
@@ -14,12 +20,12 @@ pub mod phone;
 
 use std::net::SocketAddr;
 
-use axum::routing::post;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::fake::{FakeAccount, FakeWechat};
+use self::phone::Phone;
 use crate::app::{App, AppError};
 use crate::config::{AccountSettings, Config, ConfigError, Settings};
 use crate::wechat::secret::Secret;
@@ -38,7 +44,7 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
-/// Binds the fake WeChat on a free loopback port and serves it until `cancel`.
+/// Binds the fake WeChat API on a free loopback port and serves it until `cancel`.
 pub async fn spawn_fake(
     fake: &FakeWechat,
     cancel: CancellationToken,
@@ -47,14 +53,22 @@ pub async fn spawn_fake(
     serve_fake(fake, listener, cancel)
 }
 
-/// Serves the fake WeChat on `listener` until `cancel`.
+/// Serves the fake WeChat API on `listener` until `cancel`.
 pub fn serve_fake(
     fake: &FakeWechat,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_router(fake.router(), listener, cancel)
+}
+
+/// Serves `router` on `listener` until `cancel`, in a task of its own.
+fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
-    let router = fake.router();
     tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -104,13 +118,8 @@ pub fn sandbox_config(
 }
 
 /// The sandbox's own routes: the demo page at `/` and the phone at `/sandbox/scan`.
-pub fn sandbox_routes(fake: &FakeWechat, api_token: &Secret) -> Router {
-    Router::new()
-        .merge(crate::http::assets::demo_routes(api_token.clone(), true))
-        .route(
-            "/sandbox/scan",
-            post(phone::scan_handler).with_state(fake.clone()),
-        )
+pub fn sandbox_routes(phone: &Phone, api_token: &Secret) -> Router {
+    crate::http::assets::demo_routes(api_token.clone(), true).merge(phone.router())
 }
 
 /// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`. With
@@ -129,14 +138,15 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let fake_addr = spawn_fake(&fake, cancel.clone()).await?;
     let config = sandbox_config(settings, &account, fake_addr)?;
-    let app = App::build(&config, Some(sandbox_routes(&fake, &config.api_token))).await?;
+    let phone = Phone::new(fake.clone());
+    let app = App::build(&config, Some(sandbox_routes(&phone, &config.api_token))).await?;
     let addr = app.local_addr()?;
     let callback_host = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
         addr
     };
-    fake.set_callback(format!("http://{callback_host}/wechat_event"));
+    phone.set_callback(format!("http://{callback_host}/wechat_event"));
     let mode = if safe_mode {
         "safe mode (encrypted callbacks)"
     } else {
@@ -173,10 +183,15 @@ pub async fn run_fake(
         encoding_aes_key: account.encoding_aes_key,
     };
     let fake = FakeWechat::new(account);
-    fake.set_callback(callback);
+    let phone = Phone::new(fake.clone());
+    phone.set_callback(callback);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let cancel = CancellationToken::new();
-    let addr = serve_fake(&fake, listener, cancel.clone())?;
+    let addr = serve_router(
+        fake.router().merge(phone.router()),
+        listener,
+        cancel.clone(),
+    )?;
     tracing::info!(%addr, "fake WeChat listening; POST /sandbox/scan to scan");
     shutdown.await;
     cancel.cancel();
