@@ -135,6 +135,45 @@ fn store(config: &Config) -> Result<Arc<dyn Store>, RedisSetupError> {
     }
 }
 
+/// `wxlogin serve`: the service against the real WeChat API until `shutdown`; with
+/// `DEMO_PAGE` the demo page at `/`.
+pub async fn serve(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    // DEMO_PAGE puts API_TOKEN into a public page, as the FastAPI demo did: for trials only.
+    let demo = config
+        .demo_page
+        .then(|| http::assets::demo_routes(config.api_token.clone(), false));
+    let app = App::build(config, demo).await?;
+    let addr = app.local_addr().map_err(AppError::Serve)?;
+    tracing::info!(%addr, "wxlogin serving");
+    app.run_until(shutdown).await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: what the binary passes as the shutdown signal.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // No SIGTERM handler: Ctrl-C still stops the process.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 impl App {
     /// Builds the app and binds `config.bind`.
     pub async fn build(config: &Config, extra: Option<Router>) -> Result<Self, AppError> {

@@ -2,13 +2,12 @@
 //! access token, creates one QR code, pings Redis when `REDIS_URL` is set, and reports each
 //! step on one line, secrets never shown.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
@@ -30,14 +29,15 @@ fn explain(e: &ApiError) -> String {
     }
 }
 
-/// Runs the checks against the configuration in `vars`.
-pub async fn run(vars: &HashMap<String, String>) -> Report {
+/// Runs the checks against `config`; a configuration that did not load is the first step,
+/// failed.
+pub async fn run(config: Result<Config, ConfigError>) -> Report {
     let mut text = String::new();
     let mut line = |ok: bool, what: &str| {
         let _ = writeln!(text, "{} {what}", if ok { "ok  " } else { "FAIL" });
         ok
     };
-    let config = match Config::from_lookup(|k| vars.get(k).cloned()) {
+    let config = match config {
         Ok(config) => config,
         Err(e) => {
             line(false, &e.to_string());

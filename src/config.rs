@@ -1,13 +1,15 @@
 //! Configuration: the only reader of the environment and `.env`.
 //!
 //! Values come from environment variables and a `.env` file in the working directory; a real
-//! environment variable wins. Everything is parsed and checked once, here: a missing or invalid
-//! setting stops start-up with one line naming it, and secrets are wrapped in [`Secret`] so no
-//! `Debug` print can leak them.
+//! environment variable wins. They are read once into [`Settings`], which keeps them to itself
+//! and hands each command the typed values it needs: the service's [`Config`], logging's
+//! [`LogSettings`], the fake account's [`AccountSettings`]. Everything is parsed and checked
+//! here: a missing or invalid setting stops start-up with one line naming it, and secrets are
+//! wrapped in [`Secret`] so no `Debug` print can leak them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,8 +39,6 @@ pub struct Config {
     pub secret_key: Secret,
     /// `MP_TOKEN`: the callback Token set in the WeChat console.
     pub mp_token: Secret,
-    /// `LOG_YAML`: optional logging configuration file.
-    pub log_yaml: Option<PathBuf>,
     /// `BIND`: where to listen.
     pub bind: SocketAddr,
     /// `WECHAT_API_BASE`: the WeChat API (tests and the sandbox point it at the fake).
@@ -117,17 +117,59 @@ fn problem(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-impl Config {
-    /// Reads `.env` (if present in the working directory) and the environment.
-    pub fn load() -> Result<Self, ConfigError> {
-        let vars = Self::gather(".env")?;
-        Self::from_lookup(|k| vars.get(k).cloned())
-    }
+/// The settings of this process as read once: `.env` overlaid by the environment. Nothing
+/// outside this module reads them raw; commands take typed values from them.
+#[derive(Clone, Default)]
+pub struct Settings {
+    vars: HashMap<String, String>,
+}
 
-    /// The variables of `.env` at `path` overlaid by the process environment.
-    pub fn gather(path: &str) -> Result<HashMap<String, String>, ConfigError> {
+/// Values only, never printed: some are secrets.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("count", &self.vars.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromIterator<(String, String)> for Settings {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Self {
+            vars: iter.into_iter().collect(),
+        }
+    }
+}
+
+/// How logging is set up: `LOG_YAML` and `RUST_LOG`.
+#[derive(Clone, Debug, Default)]
+pub struct LogSettings {
+    /// `LOG_YAML`: the logging configuration file, which decides everything when set.
+    pub yaml: Option<PathBuf>,
+    /// `RUST_LOG`: the level directives when there is no `LOG_YAML`.
+    pub filter: Option<String>,
+}
+
+/// The Official Account a fake WeChat plays, read from the service's own setting names so
+/// that a wxlogin with the same settings can use the fake.
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    /// `APPID`.
+    pub appid: String,
+    /// `SECRET_KEY`.
+    pub secret_key: Secret,
+    /// `MP_TOKEN`.
+    pub mp_token: Secret,
+    /// `ENCODING_AES_KEY`: safe mode when set.
+    pub encoding_aes_key: Option<Secret>,
+}
+
+impl Settings {
+    /// The variables of the `.env` file at `path` (if there is one) overlaid by the process
+    /// environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let mut vars = HashMap::new();
-        match dotenvy::from_path_iter(path) {
+        match dotenvy::from_path_iter(path.as_ref()) {
             Ok(iter) => {
                 for item in iter {
                     let (k, v) =
@@ -139,7 +181,75 @@ impl Config {
             Err(e) => return Err(problem("(.env)", format!("is unreadable: {e}"))),
         }
         vars.extend(std::env::vars());
-        Ok(vars)
+        Ok(Self { vars })
+    }
+
+    /// A setting as given, unchecked.
+    fn raw(&self, setting: &str) -> Option<String> {
+        self.vars.get(setting).cloned()
+    }
+
+    /// The service's configuration.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| self.raw(k))
+    }
+
+    /// The service's configuration with `overrides` in place of what was read (an empty
+    /// value unsets a setting) and `defaults` for settings that were not given at all.
+    pub fn config_with(
+        &self,
+        overrides: &[(&str, String)],
+        defaults: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let find = |list: &[(&str, String)], k: &str| {
+            list.iter()
+                .rev()
+                .find(|(s, _)| *s == k)
+                .map(|(_, v)| v.clone())
+        };
+        Config::from_lookup(|k| {
+            find(overrides, k).or_else(|| self.raw(k)).or_else(|| {
+                defaults
+                    .iter()
+                    .find(|(s, _)| *s == k)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+        })
+    }
+
+    /// How logging is set up.
+    pub fn log(&self) -> LogSettings {
+        let get = |k: &str| {
+            self.raw(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        LogSettings {
+            yaml: get("LOG_YAML").map(PathBuf::from),
+            filter: get("RUST_LOG"),
+        }
+    }
+
+    /// The account a fake WeChat plays: `APPID`, `SECRET_KEY` and `MP_TOKEN` are required,
+    /// `ENCODING_AES_KEY` makes it a safe-mode account.
+    pub fn fake_account(&self) -> Result<AccountSettings, ConfigError> {
+        let get = |k: &str| self.raw(k).filter(|v| !v.is_empty());
+        let required = |k: &'static str| {
+            get(k).ok_or_else(|| problem(k, "is missing (the fake account uses it)"))
+        };
+        Ok(AccountSettings {
+            appid: required("APPID")?,
+            secret_key: Secret::new(required("SECRET_KEY")?),
+            mp_token: Secret::new(required("MP_TOKEN")?),
+            encoding_aes_key: get("ENCODING_AES_KEY").map(Secret::new),
+        })
+    }
+}
+
+impl Config {
+    /// Reads `.env` (if present in the working directory) and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Settings::load(".env")?.config()
     }
 
     /// Builds the configuration from a lookup of variable names (tests pass a map).
@@ -316,7 +426,6 @@ impl Config {
             appid: required("APPID")?,
             secret_key: Secret::new(required("SECRET_KEY")?),
             mp_token: Secret::new(required("MP_TOKEN")?),
-            log_yaml: get("LOG_YAML").map(PathBuf::from),
             bind: parse_or(&get, "BIND", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             wechat_api_base: base,
             sse_timeout: Duration::from_secs(sse_timeout_secs),
@@ -538,8 +647,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
         std::fs::write(&path, "APPID=wx-from-file\nPATH=overridden\n").unwrap();
-        let vars = Config::gather(path.to_str().unwrap()).unwrap();
-        assert_eq!(vars.get("APPID").map(String::as_str), Some("wx-from-file"));
-        assert_ne!(vars.get("PATH").map(String::as_str), Some("overridden"));
+        let settings = Settings::load(&path).unwrap();
+        assert_eq!(settings.raw("APPID").as_deref(), Some("wx-from-file"));
+        assert_ne!(settings.raw("PATH").as_deref(), Some("overridden"));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`auth`]: the tokens wxlogin issues: login tokens (JWT) for site backends, page tokens.
-//! - [`config`]: the only reader of the environment and `.env`; typed, validated, secrets redacted.
+//! - [`config`]: the only reader of the environment and `.env`: read once into
+//!   [`config::Settings`], from which each command takes typed values; secrets redacted.
 //! - [`wechat`]: the WeChat protocol (API client, access token, callback signature, XML, safe
 //!   mode crypto). No axum, no store: it could be its own crate.
 //! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
@@ -14,9 +15,11 @@
 //! - [`http`]: the axum adapter: routes, SSE, the callback endpoint, health, errors.
 //! - [`sandbox`]: an in-process fake WeChat and a "phone" that sends signed callbacks; used by
 //!   `wxlogin sandbox`, `wxlogin fake-wechat` and the tests.
-//! - [`app`]: the composition root: builds everything from a [`config::Config`] and runs it.
+//! - [`app`]: the composition root: builds everything from a [`config::Config`] and runs it;
+//!   the binary's shutdown signal.
 //! - [`telemetry`]: tracing setup (`LOG_YAML`, `RUST_LOG`).
-//! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`, `check`, `openapi`).
+//! - [`cli`]: the command line (`serve`, `sandbox`, `fake-wechat`, `check`, `openapi`) and
+//!   the dispatch of each command.
 //! - [`check`]: `wxlogin check`, a report on whether the configuration works.
 
 pub mod app;

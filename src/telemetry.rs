@@ -2,6 +2,7 @@
 //!
 //! With `LOG_YAML` the file decides levels per module, text or JSON lines, and stdout or a
 //! rotating file; without it `RUST_LOG` is read, and failing that everything logs at `info`.
+//! Both come from [`LogSettings`], read with the rest of the configuration.
 //! Example `LOG_YAML` file:
 //! ```yaml
 //! level: info            # default for every module
@@ -23,6 +24,8 @@ use serde::Deserialize;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+use crate::config::LogSettings;
 
 /// The `LOG_YAML` file.
 #[derive(Debug, Default, Deserialize)]
@@ -130,15 +133,20 @@ impl LogConfig {
 
 /// Installs the global subscriber. Keep the returned guard alive: dropping it flushes and
 /// stops the background log writer.
-pub fn init(log_yaml: Option<&Path>) -> Result<Option<WorkerGuard>, TelemetryError> {
-    let config = match log_yaml {
+pub fn init(settings: &LogSettings) -> Result<Option<WorkerGuard>, TelemetryError> {
+    let config = match &settings.yaml {
         Some(path) => Some(LogConfig::from_file(path)?),
         None => None,
     };
     let (filter, format, output) = match &config {
         Some(c) => (c.filter()?, c.format, c.output),
         None => (
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // A `RUST_LOG` that does not parse is not worth refusing to start over.
+            settings
+                .filter
+                .as_deref()
+                .and_then(|f| EnvFilter::try_new(f).ok())
+                .unwrap_or_else(|| EnvFilter::new("info")),
             LogFormat::Text,
             LogOutput::Stdout,
         ),

@@ -223,6 +223,13 @@ fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
+/// Raises this process's open-files limit (its soft limit) as far as the hard limit allows:
+/// every stream is a socket, and the default cap on streams follows from this limit.
+pub fn raise_open_files_limit() {
+    // Failing leaves the limit as it was; the cap on streams follows whatever it is.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
 /// The open-files limit of this process (its soft limit).
 fn open_files_limit() -> usize {
     let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)

@@ -3,6 +3,8 @@
 //! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, WeChat's
 //! errcodes for bad credentials and tokens, and fault injection (errcodes, delays, odd bodies,
 //! lives out of range) for tests.
+//!
+//! It only answers: sending callbacks is the phone's part ([`super::phone`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +22,6 @@ use serde_json::{Value, json};
 
 use crate::config::MAX_QR_TTL_SECS;
 use crate::wechat::error::errcode;
-use crate::wechat::ids::Scene;
 use crate::wechat::secret::Secret;
 
 /// The life of an access token, as WeChat gives it.
@@ -128,8 +129,8 @@ struct Faults {
     qr: VecDeque<Fault>,
 }
 
-pub(crate) struct FakeState {
-    pub(crate) account: FakeAccount,
+struct FakeState {
+    account: FakeAccount,
     token: Mutex<Option<IssuedToken>>,
     /// Tickets by the content of their code (what a phone reads).
     by_url: Mutex<HashMap<String, TicketInfo>>,
@@ -143,9 +144,7 @@ pub(crate) struct FakeState {
     /// What `qrcode/create` says `expire_seconds` is, when not [`NO_OVERRIDE`] (the code
     /// itself lives as long as asked).
     qr_life: AtomicI64,
-    pub(crate) counters: Counters,
-    pub(crate) callback_url: Mutex<Option<String>>,
-    pub(crate) http: reqwest::Client,
+    counters: Counters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,7 +154,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The fake WeChat. Cheap to clone.
 #[derive(Clone)]
 pub struct FakeWechat {
-    pub(crate) state: Arc<FakeState>,
+    state: Arc<FakeState>,
 }
 
 fn error_reply(code: i64) -> Response {
@@ -176,7 +175,7 @@ fn error_reply(code: i64) -> Response {
 }
 
 impl FakeWechat {
-    /// A fake for `account`; its phone will need [`FakeWechat::set_callback`].
+    /// A fake for `account`.
     pub fn new(account: FakeAccount) -> Self {
         Self {
             state: Arc::new(FakeState {
@@ -188,8 +187,6 @@ impl FakeWechat {
                 token_life: AtomicI64::new(NO_OVERRIDE),
                 qr_life: AtomicI64::new(NO_OVERRIDE),
                 counters: Counters::default(),
-                callback_url: Mutex::new(None),
-                http: reqwest::Client::new(),
             }),
         }
     }
@@ -202,11 +199,6 @@ impl FakeWechat {
     /// The counters.
     pub fn counters(&self) -> &Counters {
         &self.state.counters
-    }
-
-    /// Where the phone sends callbacks (wxlogin's `/wechat_event` URL).
-    pub fn set_callback(&self, url: impl Into<String>) {
-        *lock(&self.state.callback_url) = Some(url.into());
     }
 
     /// The next `times` calls of `qrcode/create` meet `fault`.
@@ -264,13 +256,12 @@ impl FakeWechat {
         lock(&self.state.by_url).get(url).cloned()
     }
 
-    /// The fake API's routes, plus `/sandbox/scan` (the phone, see [`super::phone`]).
+    /// The fake API's routes.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/token", get(legacy_token))
             .route("/cgi-bin/qrcode/create", post(qrcode_create))
-            .route("/sandbox/scan", post(super::phone::scan_handler))
             .with_state(self.clone())
     }
 
@@ -484,21 +475,4 @@ async fn qrcode_create(
         by_url.insert(info.url.clone(), info);
     }
     Json(reply).into_response()
-}
-
-/// Parses a scene the phone was asked to scan, as the real phone reads it from the code.
-pub(crate) fn scene_of(fake: &FakeWechat, target: &ScanTarget) -> Option<TicketInfo> {
-    match target {
-        ScanTarget::Scene(scene) => fake.ticket_for_scene(scene.as_str()),
-        ScanTarget::Url(url) => fake.ticket_for_url(url),
-    }
-}
-
-/// What the phone points at.
-#[derive(Clone, Debug)]
-pub enum ScanTarget {
-    /// A code by its scene (the sandbox page knows the scene).
-    Scene(Scene),
-    /// A code by its content, as a camera reads it.
-    Url(String),
 }

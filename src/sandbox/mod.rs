@@ -1,7 +1,13 @@
 //! The sandbox: wxlogin against an in-process fake WeChat, with a demo page.
 //!
 //! - [`fake`]: the fake WeChat API server (token, QR codes, errcodes, fault injection).
-//! - [`phone`]: the fake phone that scans a code and sends the signed callback.
+//! - [`phone`]: the fake phone that scans a code and sends the signed callback; its route is
+//!   `/sandbox/scan`.
+//! - the page: the demo page of [`crate::http::assets`], in its sandbox form.
+//!
+//! Neither piece knows the others' routes: this module puts them together, for
+//! `wxlogin sandbox` (wxlogin, the page and the phone on one port, the fake on another) and
+//! `wxlogin fake-wechat` (the fake and the phone on one port).
 //!
 //! `wxlogin sandbox` needs no configuration and never talks to the real WeChat, whatever is
 //! configured: the account's credentials are made up and `WECHAT_API_BASE` points at the fake.
@@ -12,17 +18,16 @@
 pub mod fake;
 pub mod phone;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::routing::post;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::fake::{FakeAccount, FakeWechat};
+use self::phone::Phone;
 use crate::app::{App, AppError};
-use crate::config::{Config, ConfigError};
+use crate::config::{AccountSettings, Config, ConfigError, Settings};
 use crate::wechat::secret::Secret;
 
 /// Why the sandbox could not start.
@@ -39,7 +44,7 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
-/// Binds the fake WeChat on a free loopback port and serves it until `cancel`.
+/// Binds the fake WeChat API on a free loopback port and serves it until `cancel`.
 pub async fn spawn_fake(
     fake: &FakeWechat,
     cancel: CancellationToken,
@@ -48,14 +53,22 @@ pub async fn spawn_fake(
     serve_fake(fake, listener, cancel)
 }
 
-/// Serves the fake WeChat on `listener` until `cancel`.
+/// Serves the fake WeChat API on `listener` until `cancel`.
 pub fn serve_fake(
     fake: &FakeWechat,
     listener: TcpListener,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_router(fake.router(), listener, cancel)
+}
+
+/// Serves `router` on `listener` until `cancel`, in a task of its own.
+fn serve_router(
+    router: Router,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
-    let router = fake.router();
     tokio::spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -81,11 +94,11 @@ pub const IGNORED: [&str; 4] = [
 /// `SSE_TIMEOUT_SECS`, `POOL_SIZE`, ...) from `vars`; [`IGNORED`] settings in `vars` are
 /// ignored. The sandbox listens on 127.0.0.1:8000 unless `BIND` says otherwise.
 pub fn sandbox_config(
-    vars: &HashMap<String, String>,
+    settings: &Settings,
     account: &FakeAccount,
     fake_addr: SocketAddr,
 ) -> Result<Config, ConfigError> {
-    let mut overrides: HashMap<&str, String> = HashMap::from([
+    let mut overrides: Vec<(&str, String)> = vec![
         ("APPID", account.appid.clone()),
         ("SECRET_KEY", account.secret.expose().to_owned()),
         ("MP_TOKEN", account.mp_token.expose().to_owned()),
@@ -93,40 +106,26 @@ pub fn sandbox_config(
         // The sandbox's mode is the fake account's, never a real account's key.
         ("ENCODING_AES_KEY", String::new()),
         ("ENCODING_AES_KEY_PREVIOUS", String::new()),
-    ]);
-    for setting in IGNORED {
-        // Unset, so that the configuration falls back to a key made now and to memory.
-        overrides.insert(setting, String::new());
-    }
-    overrides.insert("API_TOKEN", format!("sandbox-{}", crate::auth::random_id()));
+    ];
+    // Unset, so that the configuration falls back to a key made now and to memory; a later
+    // override of the same setting wins.
+    overrides.extend(IGNORED.map(|setting| (setting, String::new())));
+    overrides.push(("API_TOKEN", format!("sandbox-{}", crate::auth::random_id())));
     if let Some(key) = &account.encoding_aes_key {
-        overrides.insert("ENCODING_AES_KEY", key.expose().to_owned());
+        overrides.push(("ENCODING_AES_KEY", key.expose().to_owned()));
     }
-    Config::from_lookup(|k| match overrides.get(k) {
-        Some(v) => Some(v.clone()),
-        None if k == "BIND" => Some(
-            vars.get(k)
-                .cloned()
-                .unwrap_or_else(|| "127.0.0.1:8000".into()),
-        ),
-        None => vars.get(k).cloned(),
-    })
+    settings.config_with(&overrides, &[("BIND", "127.0.0.1:8000")])
 }
 
 /// The sandbox's own routes: the demo page at `/` and the phone at `/sandbox/scan`.
-pub fn sandbox_routes(fake: &FakeWechat, api_token: &Secret) -> Router {
-    Router::new()
-        .merge(crate::http::assets::demo_routes(api_token.clone(), true))
-        .route(
-            "/sandbox/scan",
-            post(phone::scan_handler).with_state(fake.clone()),
-        )
+pub fn sandbox_routes(phone: &Phone, api_token: &Secret) -> Router {
+    crate::http::assets::demo_routes(api_token.clone(), true).merge(phone.router())
 }
 
 /// `wxlogin sandbox`: the whole service against the fake WeChat, until `shutdown`. With
 /// `safe_mode` the fake account encrypts its callbacks (安全模式) and wxlogin decrypts them.
 pub async fn run(
-    vars: HashMap<String, String>,
+    settings: &Settings,
     safe_mode: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SandboxError> {
@@ -138,15 +137,16 @@ pub async fn run(
     let fake = FakeWechat::new(account.clone());
     let cancel = CancellationToken::new();
     let fake_addr = spawn_fake(&fake, cancel.clone()).await?;
-    let config = sandbox_config(&vars, &account, fake_addr)?;
-    let app = App::build(&config, Some(sandbox_routes(&fake, &config.api_token))).await?;
+    let config = sandbox_config(settings, &account, fake_addr)?;
+    let phone = Phone::new(fake.clone());
+    let app = App::build(&config, Some(sandbox_routes(&phone, &config.api_token))).await?;
     let addr = app.local_addr()?;
     let callback_host = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
         addr
     };
-    fake.set_callback(format!("http://{callback_host}/wechat_event"));
+    phone.set_callback(format!("http://{callback_host}/wechat_event"));
     let mode = if safe_mode {
         "safe mode (encrypted callbacks)"
     } else {
@@ -167,38 +167,31 @@ pub async fn run(
     result.map_err(Into::into)
 }
 
-/// `wxlogin fake-wechat`: only the fake WeChat API, on 127.0.0.1:`port`. The account is read
-/// from `APPID`, `SECRET_KEY` and `MP_TOKEN` (so a wxlogin with the same settings can use it).
+/// `wxlogin fake-wechat`: only the fake WeChat API, on 127.0.0.1:`port`, playing `account`
+/// (read from wxlogin's own settings, so a wxlogin with the same settings can use it).
 pub async fn run_fake(
-    vars: HashMap<String, String>,
+    account: AccountSettings,
     port: u16,
     callback: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SandboxError> {
-    let get = |k: &'static str| {
-        vars.get(k)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .ok_or(ConfigError {
-                setting: k,
-                problem: "is missing (the fake account uses it)".into(),
-            })
-    };
     let account = FakeAccount {
-        appid: get("APPID")?,
-        secret: Secret::new(get("SECRET_KEY")?),
-        mp_token: Secret::new(get("MP_TOKEN")?),
+        appid: account.appid,
+        secret: account.secret_key,
+        mp_token: account.mp_token,
         gh_id: "gh_sandbox000001".into(),
-        encoding_aes_key: vars
-            .get("ENCODING_AES_KEY")
-            .filter(|k| !k.is_empty())
-            .map(Secret::new),
+        encoding_aes_key: account.encoding_aes_key,
     };
     let fake = FakeWechat::new(account);
-    fake.set_callback(callback);
+    let phone = Phone::new(fake.clone());
+    phone.set_callback(callback);
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let cancel = CancellationToken::new();
-    let addr = serve_fake(&fake, listener, cancel.clone())?;
+    let addr = serve_router(
+        fake.router().merge(phone.router()),
+        listener,
+        cancel.clone(),
+    )?;
     tracing::info!(%addr, "fake WeChat listening; POST /sandbox/scan to scan");
     shutdown.await;
     cancel.cancel();

@@ -1,18 +1,23 @@
 //! The fake phone: scans a code the fake WeChat made and sends wxlogin the callback that
 //! WeChat would send: the event XML, signed with `MP_TOKEN`, retried like WeChat retries (5 s
 //! per attempt, three attempts, the same event each time).
+//!
+//! It reads codes from the fake WeChat as a camera would, through the fake's public view of
+//! the codes it made, and serves nothing of the fake's: its own route is `/sandbox/scan`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::fake::{FakeWechat, ScanTarget, scene_of};
+use super::fake::{FakeWechat, TicketInfo};
 use crate::wechat::crypto::{AesKey, msg_signature};
 use crate::wechat::ids::Scene;
 use crate::wechat::signature::signature;
@@ -116,7 +121,66 @@ pub enum ScanError {
     Unreachable(String),
 }
 
-impl FakeWechat {
+/// What the phone points at.
+#[derive(Clone, Debug)]
+pub enum ScanTarget {
+    /// A code by its scene (the sandbox page knows the scene).
+    Scene(Scene),
+    /// A code by its content, as a camera reads it.
+    Url(String),
+}
+
+/// The fake phone: scans codes the fake WeChat made and sends wxlogin WeChat's callbacks
+/// for the fake's account. Cheap to clone; clones share the callback URL.
+#[derive(Clone)]
+pub struct Phone {
+    inner: Arc<PhoneInner>,
+}
+
+struct PhoneInner {
+    /// The WeChat whose codes the phone reads and whose account it signs for.
+    wechat: FakeWechat,
+    /// wxlogin's `/wechat_event` URL; callbacks fail until it is set.
+    callback_url: Mutex<Option<String>>,
+    http: reqwest::Client,
+}
+
+impl Phone {
+    /// A phone for the codes and account of `wechat`; it needs [`Phone::set_callback`].
+    pub fn new(wechat: FakeWechat) -> Self {
+        Self {
+            inner: Arc::new(PhoneInner {
+                wechat,
+                callback_url: Mutex::new(None),
+                http: reqwest::Client::new(),
+            }),
+        }
+    }
+
+    /// Where callbacks go (wxlogin's `/wechat_event` URL).
+    pub fn set_callback(&self, url: impl Into<String>) {
+        *self
+            .inner
+            .callback_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(url.into());
+    }
+
+    /// `POST /sandbox/scan`: the phone over HTTP.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/sandbox/scan", post(scan_handler))
+            .with_state(self.clone())
+    }
+
+    /// The code `target` names, as the fake WeChat made it.
+    fn read(&self, target: &ScanTarget) -> Option<TicketInfo> {
+        match target {
+            ScanTarget::Scene(scene) => self.inner.wechat.ticket_for_scene(scene.as_str()),
+            ScanTarget::Url(url) => self.inner.wechat.ticket_for_url(url),
+        }
+    }
+
     /// Scans `target` as `openid` (a new follower when `new_follower`) and delivers the
     /// callback to wxlogin, retrying like WeChat.
     pub async fn scan(
@@ -125,12 +189,12 @@ impl FakeWechat {
         openid: &str,
         new_follower: bool,
     ) -> Result<Delivery, ScanError> {
-        let info = scene_of(self, target).ok_or(ScanError::UnknownCode)?;
+        let info = self.read(target).ok_or(ScanError::UnknownCode)?;
         if info.expires_at <= Instant::now() {
             return Err(ScanError::Expired);
         }
         let xml = scan_xml(
-            &self.account().gh_id,
+            &self.inner.wechat.account().gh_id,
             openid,
             now_secs(),
             new_follower,
@@ -143,13 +207,13 @@ impl FakeWechat {
     /// Sends `xml` as a signed callback from `openid`, retrying like WeChat.
     pub async fn push(&self, openid: &str, xml: String) -> Result<Delivery, ScanError> {
         let url = self
-            .state
+            .inner
             .callback_url
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(ScanError::NoCallback)?;
-        let account = self.account();
+        let account = self.inner.wechat.account();
         let token = account.mp_token.expose();
         // Safe mode: the body is the encrypted envelope, as WeChat sends it.
         let key = match &account.encoding_aes_key {
@@ -183,7 +247,7 @@ impl FakeWechat {
                 query.push_str(&format!("&encrypt_type=aes&msg_signature={signature}"));
             }
             let sent = self
-                .state
+                .inner
                 .http
                 .post(format!("{url}?{query}"))
                 .header("content-type", "text/xml")
@@ -225,9 +289,9 @@ pub struct ScanRequest {
     pub new_follower: bool,
 }
 
-/// `POST /sandbox/scan`: the phone, over HTTP.
-pub async fn scan_handler(
-    State(fake): State<FakeWechat>,
+/// `POST /sandbox/scan`: scans the code the body names.
+async fn scan_handler(
+    State(phone): State<Phone>,
     body: Result<Json<ScanRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -248,7 +312,7 @@ pub async fn scan_handler(
         .openid
         .filter(|o| !o.is_empty())
         .unwrap_or_else(random_openid);
-    match fake.scan(&target, &openid, req.new_follower).await {
+    match phone.scan(&target, &openid, req.new_follower).await {
         Ok(delivery) => Json(json!({"openid": openid, "delivery": delivery})).into_response(),
         Err(e @ (ScanError::UnknownCode | ScanError::Expired)) => {
             (StatusCode::GONE, e.to_string()).into_response()

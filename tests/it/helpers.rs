@@ -13,7 +13,7 @@ use wxlogin::app::App;
 use wxlogin::config::Config;
 use wxlogin::login::LoginService;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
-use wxlogin::sandbox::phone;
+use wxlogin::sandbox::phone::{self, Phone};
 
 use crate::redis_server::RedisServer;
 
@@ -75,6 +75,8 @@ pub struct TestApp {
     /// The fake WeChat's base URL.
     pub fake_base: String,
     pub fake: FakeWechat,
+    /// The fake phone, which sends the fake's callbacks.
+    pub phone: Phone,
     pub login: LoginService,
     pub api_token: String,
     pub client: reqwest::Client,
@@ -95,7 +97,8 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = wxlogin::telemetry::init(None);
+            let settings: wxlogin::config::Settings = std::env::vars().collect();
+            let _ = wxlogin::telemetry::init(&settings.log());
         }
     });
 }
@@ -135,8 +138,9 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
         Backend::Memory => None,
         Backend::Redis => Some(Arc::new(Mutex::new(RedisServer::start()))),
     };
-    let app = spawn_instance(&fake, fake_addr, redis, settings).await;
-    fake.set_callback(format!("{}/wechat_event", app.base));
+    let phone = Phone::new(fake.clone());
+    let app = spawn_instance(&phone, &fake, fake_addr, redis, settings).await;
+    phone.set_callback(format!("{}/wechat_event", app.base));
     // The fake lives as long as the app.
     let stop_fake = app.cancel.clone();
     tokio::spawn(async move {
@@ -156,11 +160,13 @@ pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp
         .await
         .expect("fake WeChat binds");
     let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let phone = Phone::new(fake.clone());
     let mut apps = Vec::new();
     for _ in 0..n {
-        apps.push(spawn_instance(&fake, fake_addr, Some(Arc::clone(&redis)), settings).await);
+        let redis = Some(Arc::clone(&redis));
+        apps.push(spawn_instance(&phone, &fake, fake_addr, redis, settings).await);
     }
-    fake.set_callback(format!("{}/wechat_event", apps[0].base));
+    phone.set_callback(format!("{}/wechat_event", apps[0].base));
     let stop_fake = apps[0].cancel.clone();
     tokio::spawn(async move {
         stop_fake.cancelled().await;
@@ -174,7 +180,14 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
     let fake_addr = peer
         .fake_addr
         .expect("the peer runs against an in-process fake");
-    spawn_instance(&peer.fake, fake_addr, peer.redis.clone(), settings).await
+    spawn_instance(
+        &peer.phone,
+        &peer.fake,
+        fake_addr,
+        peer.redis.clone(),
+        settings,
+    )
+    .await
 }
 
 /// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
@@ -220,6 +233,7 @@ pub fn instance_vars(
 pub const API_TOKEN: &str = "it-api-token-0123456789";
 
 async fn spawn_instance(
+    phone: &Phone,
     fake: &FakeWechat,
     fake_addr: std::net::SocketAddr,
     redis: Option<Arc<Mutex<RedisServer>>>,
@@ -242,6 +256,7 @@ async fn spawn_instance(
         base: format!("http://{addr}"),
         fake_base: format!("http://{fake_addr}"),
         fake: fake.clone(),
+        phone: phone.clone(),
         login,
         api_token: API_TOKEN.to_owned(),
         client: reqwest::Client::new(),
@@ -360,12 +375,8 @@ impl TestApp {
     /// Scans the code of `scene` through the fake phone.
     pub async fn scan(&self, scene: &str, openid: &str, new_follower: bool) -> phone::Delivery {
         let scene = wxlogin::wechat::ids::Scene::parse(scene).expect("scene");
-        self.fake
-            .scan(
-                &wxlogin::sandbox::fake::ScanTarget::Scene(scene),
-                openid,
-                new_follower,
-            )
+        self.phone
+            .scan(&phone::ScanTarget::Scene(scene), openid, new_follower)
             .await
             .expect("callback delivered")
     }

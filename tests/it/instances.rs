@@ -179,7 +179,8 @@ async fn after_instance_a_is_killed_its_browsers_resume_on_b_and_get_their_scans
     let redis = RedisServer::start();
     let mut a = spawn_binary(&fake, fake_addr, &redis).await;
     let b = spawn_binary(&fake, fake_addr, &redis).await;
-    fake.set_callback(format!("{}/wechat_event", b.base));
+    let phone = wxlogin::sandbox::phone::Phone::new(fake.clone());
+    phone.set_callback(format!("{}/wechat_event", b.base));
     let client = reqwest::Client::new();
 
     // Two browsers see their QR codes on A; then A dies.
@@ -201,9 +202,9 @@ async fn after_instance_a_is_killed_its_browsers_resume_on_b_and_get_their_scans
     assert_eq!(again["scene_id"], scene_1.as_str(), "the same QR code");
     assert_eq!(again["qrcode_url"], qr_1["qrcode_url"]);
     let scene = wxlogin::wechat::ids::Scene::parse(&scene_1).unwrap();
-    let delivery = fake
+    let delivery = phone
         .scan(
-            &wxlogin::sandbox::fake::ScanTarget::Scene(scene),
+            &wxlogin::sandbox::phone::ScanTarget::Scene(scene),
             "oFirst",
             false,
         )
@@ -221,9 +222,9 @@ async fn after_instance_a_is_killed_its_browsers_resume_on_b_and_get_their_scans
 
     // The second user scans while no instance holds the stream; the browser reconnects.
     let scene = wxlogin::wechat::ids::Scene::parse(&scene_2).unwrap();
-    let delivery = fake
+    let delivery = phone
         .scan(
-            &wxlogin::sandbox::fake::ScanTarget::Scene(scene),
+            &wxlogin::sandbox::phone::ScanTarget::Scene(scene),
             "oSecond",
             true,
         )
