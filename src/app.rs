@@ -47,6 +47,9 @@ pub enum AppError {
     /// The WeChat client could not be built.
     #[error("cannot set up the WeChat client: {0}")]
     Wechat(#[from] ApiError),
+    /// The HTTP client for `FORWARD_URL` could not be built.
+    #[error("cannot set up the client for FORWARD_URL: {0}")]
+    Forward(#[source] reqwest::Error),
     /// The login token key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -251,9 +254,7 @@ impl App {
             max_streams,
         }));
         let forwarder = match &config.forward_url {
-            Some(url) => {
-                Some(Forwarder::new(url).map_err(|e| AppError::Wechat(ApiError::Request(e)))?)
-            }
+            Some(url) => Some(Forwarder::new(url).map_err(AppError::Forward)?),
             None => None,
         };
         let cancel = CancellationToken::new();
