@@ -7,11 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use common::free_port;
+use common::redis_server::RedisServer;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const API_TOKEN: &str = "smoke-api-token-0123";
 const MP_TOKEN: &str = "smoke-mp-token";
@@ -29,14 +35,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` over a fresh connection: the body, if the server answered.
@@ -234,32 +232,11 @@ fn every_scenario_of_the_load_tool_runs_and_loses_nothing() {
     assert!(churn["live_scenes_zero_after_s"].is_number(), "{churn}");
 }
 
-/// A private redis-server on a free loopback port, without persistence (the same flags as
-/// `tests/it/redis_server.rs`); killed when dropped.
-fn start_redis() -> (Running, u16) {
-    let port = free_port();
-    let redis = Running(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
-            .args(["--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)"),
-    );
-    wait_until("redis-server", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (redis, port)
-}
-
 #[test]
 fn scans_sent_to_another_instance_reach_the_stream_over_redis() {
     // Arrange: two wxlogin instances sharing one redis-server and one login-token secret.
-    let (_redis, redis_port) = start_redis();
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let redis = RedisServer::start();
+    let redis_url = redis.url();
     let (fake_port, ports) = (free_port(), [free_port(), free_port()]);
     let _fake = start_fake(fake_port, ports[0]);
     let shared = [

@@ -15,7 +15,7 @@ use wxlogin::login::LoginService;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone::{self, Phone};
 
-use crate::redis_server::RedisServer;
+use crate::common::redis_server::RedisServer;
 
 /// Where a test's wxlogin keeps its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

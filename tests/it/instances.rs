@@ -11,8 +11,8 @@ use serde_json::Value;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone::now_secs;
 
+use crate::common::redis_server::RedisServer;
 use crate::helpers::{Stream, assert_login, count, instance_vars, spawn_instances, wait_until};
-use crate::redis_server::RedisServer;
 
 /// The callback body of `openid` scanning `scene`, created at `create_time`.
 #[tokio::test]
@@ -116,11 +116,7 @@ async fn spawn_binary(
     fake_addr: std::net::SocketAddr,
     redis: &RedisServer,
 ) -> Instance {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let bind = format!("127.0.0.1:{port}");
     let vars = instance_vars(fake, fake_addr, Some(redis), &[("BIND", &bind)]);
     let dir = tempfile::tempdir().unwrap();

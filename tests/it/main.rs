@@ -5,13 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod callbacks;
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 mod instances;
 mod limits;
 mod login_tokens;
 mod ops;
 mod page_tokens;
-mod redis_server;
 mod replays;
 mod resume;
 mod safe_mode;

@@ -8,6 +8,8 @@ use base64::Engine as _;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 
+use crate::common::free_port;
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -15,14 +17,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ use wxlogin::wechat::callback::{Binding, ScanKind};
 use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
 use wxlogin::wechat::secret::Secret;
 
+use crate::common::redis_server::RedisServer;
 use crate::helpers::{BACKEND, Backend};
-use crate::redis_server::RedisServer;
 
 const TTL: Duration = Duration::from_secs(600);
 /// How long a result handed to its stream is kept for a reconnect, in these tests.

@@ -1,21 +1,15 @@
 //! A real `redis-server` for a test: on a free loopback port, without persistence, killed
 //! when dropped. Tests may kill it (SIGKILL) and start it again on the same port.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::free_port;
 
 /// A running (or killed) redis-server.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn spawn(port: u16) -> std::io::Result<Child> {
