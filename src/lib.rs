@@ -5,7 +5,7 @@
 //! - [`config`]: the only reader of the environment and `.env`: read once into
 //!   [`config::Settings`], from which each command takes typed values; secrets redacted.
 //! - [`wechat`]: the WeChat protocol (API client, access token, callback signature, XML, safe
-//!   mode crypto). No axum, no store: it could be its own crate.
+//!   mode crypto): the `wxlogin-wechat` crate, under the name the service has always used.
 //! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
 //!   and the one place where a scan is resolved to a stream.
 //! - [`metrics`]: Prometheus metrics, one registry per app.
@@ -33,4 +33,5 @@ pub mod metrics;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
-pub mod wechat;
+
+pub use wxlogin_wechat as wechat;

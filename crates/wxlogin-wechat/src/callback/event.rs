@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::wechat::ids::{OpenId, Scene};
-use crate::wechat::xml::CallbackXml;
+use crate::ids::{OpenId, Scene};
+use crate::xml::CallbackXml;
 
 /// How the user came to scan: already a follower, or following by this scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

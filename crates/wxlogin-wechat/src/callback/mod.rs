@@ -358,8 +358,8 @@ pub fn open<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wechat::crypto::{AesKey, msg_signature};
-    use crate::wechat::signature::signature;
+    use crate::crypto::{AesKey, msg_signature};
+    use crate::signature::signature;
 
     const TOKEN: &str = "spamtest";
     const APPID: &str = "wx2c2769f8efd9abc2";

@@ -20,7 +20,7 @@ pub fn text_reply(openid: &str, account: &str, create_time: i64, content: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wechat::xml::parse;
+    use crate::xml::parse;
 
     #[test]
     fn a_text_reply_has_the_fields_wechat_expects() {
