@@ -257,7 +257,7 @@ pub const FD_TABLE_MAX: usize = 65_536;
 /// reserve, rather than while streams arrive.
 ///
 /// Linux doubles the table as descriptors are opened, and in a process with several threads
-/// each growth waits for an RCU grace period (10-30 ms measured here) during which no thread
+/// each growth waits for an RCU grace period (milliseconds) during which no thread
 /// of the process can accept a connection. A server filling with streams stalled at 1,024,
 /// 2,048, 4,096, ... open sockets, which was most of the tail of the time to a first event
 /// (BENCHMARKS.md). A descriptor duplicated to the table's last slot, then closed, leaves the

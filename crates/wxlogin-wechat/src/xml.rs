@@ -9,9 +9,9 @@
 //! plain name holding one CDATA section or plain text) and gives up on anything else;
 //! [`parse_full`], quick-xml's reader, handles every document. [`parse`] tries the first and
 //! falls back to the second. Where the flat reader answers, it must answer what quick-xml would:
-//! a property test and the fuzz target (`fuzz/src/lib.rs`) check that. Why two: in the server,
-//! quick-xml's general reader cost a callback about 1 µs more than this one (BENCHMARKS.md,
-//! "The callbacks ratio reaches 0.8"), the largest part of what a callback costs beyond a bare request.
+//! a property test and the fuzz target (`fuzz/src/lib.rs`) check that. Why two: quick-xml's general
+//! reader was the largest part of what a callback costs beyond a bare request (BENCHMARKS.md,
+//! "The callbacks ratio reaches 0.8").
 
 use std::borrow::Cow;
 
@@ -117,8 +117,7 @@ fn field_of(name: &[u8]) -> Option<usize> {
 
 /// `part` as text of `body`, when it is a slice of it, as the pieces a reader over a `&str`
 /// hands out are. The body was checked to be UTF-8 as a whole, so this checks only that both
-/// ends fall on character boundaries, where decoding the piece would check all of it again
-/// (a tenth of the parse, measured).
+/// ends fall on character boundaries, where decoding the piece would check all of it again.
 fn slice_of<'a>(body: &'a str, part: &[u8]) -> Option<&'a str> {
     let at = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     body.get(at..at.checked_add(part.len())?)
