@@ -70,6 +70,11 @@ async fn verify_at_server(app: &TestApp, body: Value, bearer: &str) -> reqwest::
         .unwrap()
 }
 
+/// `POST /login/verify` with the deployment's own API token.
+async fn verify(app: &TestApp, body: Value) -> reqwest::Response {
+    verify_at_server(app, body, &app.api_token).await
+}
+
 async fn a_site_backend_verifies_the_login_token_with_the_published_key() {
     let app = spawn_app().await;
     let token = login_token(&app, "oVerified").await;
@@ -98,7 +103,7 @@ async fn a_site_backend_verifies_the_login_token_with_the_published_key() {
         verify_like_a_site(&app, &forged).await.unwrap_err(),
         "forged"
     );
-    let r = verify_at_server(&app, json!({"login_token": forged}), &app.api_token).await;
+    let r = verify(&app, json!({"login_token": forged})).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -107,13 +112,13 @@ async fn login_verify_accepts_a_token_once() {
     let token = login_token(&app, "oOnce").await;
     let r = verify_at_server(&app, json!({"login_token": token}), "wrong-api-token").await;
     assert_eq!(r.status(), 401, "server to server only");
-    let r = verify_at_server(&app, json!({"login_token": token}), &app.api_token).await;
+    let r = verify(&app, json!({"login_token": token})).await;
     assert_eq!(r.status(), 200);
     let claims: Value = r.json().await.unwrap();
     assert_eq!(claims["sub"], "oOnce");
-    let r = verify_at_server(&app, json!({"login_token": token}), &app.api_token).await;
+    let r = verify(&app, json!({"login_token": token})).await;
     assert_eq!(r.status(), 409, "a replayed token");
-    let r = verify_at_server(&app, json!({"nope": 1}), &app.api_token).await;
+    let r = verify(&app, json!({"nope": 1})).await;
     assert_eq!(r.status(), 400);
 }
 
@@ -167,32 +172,17 @@ async fn with_a_shared_secret_tokens_are_hs256_and_expiry_and_audience_are_enfor
     assert_eq!(jwks["keys"], json!([]), "the secret is not published");
 
     // Wrong audience.
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": token, "audience": "blog"}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": token, "audience": "blog"})).await;
     assert_eq!(r.status(), 401);
     // Expired (a token the site could mint with the shared secret, but past its exp).
     let mut expired = payload.clone();
     expired["exp"] = json!(now_secs() - 10);
     expired["jti"] = json!("expired-one");
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": hs256(secret, &expired)}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": hs256(secret, &expired)})).await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("expired"));
     // The right audience: accepted once.
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": token, "audience": "shop"}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": token, "audience": "shop"})).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -231,19 +221,14 @@ async fn a_token_for_an_origin_fails_verification_without_an_audience_and_passes
     let app = spawn_app().await;
     let origin = "https://shop.example.com";
     let token = login_token_for_origin(&app, origin, "oShopper").await;
-    let r = verify_at_server(&app, json!({"login_token": token}), &app.api_token).await;
+    let r = verify(&app, json!({"login_token": token})).await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("another audience"));
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": token, "audience": origin}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": token, "audience": origin})).await;
     assert_eq!(r.status(), 200);
     // A token of the default audience needs no audience.
     let plain = login_token(&app, "oPlain").await;
-    let r = verify_at_server(&app, json!({"login_token": plain}), &app.api_token).await;
+    let r = verify(&app, json!({"login_token": plain})).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -253,31 +238,16 @@ async fn a_token_of_another_appid_or_issuer_under_the_shared_secret_is_refused()
     let genuine = claims_of(&login_token(&app, "oOther").await);
     let mut other_account = genuine.clone();
     other_account["appid"] = json!("wxanotheraccount01");
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": hs256(secret, &other_account)}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": hs256(secret, &other_account)})).await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("another appid"));
     let mut other_issuer = genuine.clone();
     other_issuer["iss"] = json!("not-wxlogin");
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": hs256(secret, &other_issuer)}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": hs256(secret, &other_issuer)})).await;
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("not issued by wxlogin"));
     // Neither refusal used the token's id up: the genuine one still verifies.
-    let r = verify_at_server(
-        &app,
-        json!({"login_token": hs256(secret, &genuine)}),
-        &app.api_token,
-    )
-    .await;
+    let r = verify(&app, json!({"login_token": hs256(secret, &genuine)})).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -293,7 +263,7 @@ async fn in_memory_mode_a_token_issued_before_a_restart_fails_after_it() {
     drop(before);
 
     let after = spawn_app_for(account, &settings).await;
-    let r = verify_at_server(&after, json!({"login_token": old}), &after.api_token).await;
+    let r = verify(&after, json!({"login_token": old})).await;
     assert_eq!(r.status(), 401);
     assert!(
         r.text()
@@ -302,9 +272,9 @@ async fn in_memory_mode_a_token_issued_before_a_restart_fails_after_it() {
             .contains("issued before this process started")
     );
     let fresh = login_token(&after, "oRestarted").await;
-    let r = verify_at_server(&after, json!({"login_token": fresh}), &after.api_token).await;
+    let r = verify(&after, json!({"login_token": fresh})).await;
     assert_eq!(r.status(), 200);
-    let r = verify_at_server(&after, json!({"login_token": fresh}), &after.api_token).await;
+    let r = verify(&after, json!({"login_token": fresh})).await;
     assert_eq!(r.status(), 409);
 }
 
@@ -316,9 +286,9 @@ async fn with_redis_a_token_of_a_stopped_instance_verifies_once_at_another() {
     let second = crate::helpers::spawn_instances_on(&first, &[]).await;
     // The fake's callbacks keep going to the first instance; only the verification moves.
     drop(first);
-    let r = verify_at_server(&second, json!({"login_token": token}), &second.api_token).await;
+    let r = verify(&second, json!({"login_token": token})).await;
     assert_eq!(r.status(), 200);
-    let r = verify_at_server(&second, json!({"login_token": token}), &second.api_token).await;
+    let r = verify(&second, json!({"login_token": token})).await;
     assert_eq!(r.status(), 409);
 }
 
