@@ -1,11 +1,13 @@
 //! The product's flow, without HTTP: hand a stream a fresh QR code, resolve a scan to the one
 //! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
+//! - [`code`]: login codes, and how a text message is read as one.
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
 //! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
 
+pub mod code;
 pub mod event;
 pub mod pool;
 mod registry;
