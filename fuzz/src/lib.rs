@@ -115,6 +115,7 @@ fn reserialise(x: &CallbackXml) -> String {
         ("Ticket", &x.ticket),
         ("Encrypt", &x.encrypt),
         ("MsgId", &x.msg_id),
+        ("Content", &x.content),
     ] {
         if let Some(value) = value {
             out.push('<');

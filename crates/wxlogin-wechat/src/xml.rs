@@ -41,6 +41,8 @@ pub struct CallbackXml<'a> {
     pub encrypt: Option<Cow<'a, str>>,
     /// Message id (ordinary messages only).
     pub msg_id: Option<Cow<'a, str>>,
+    /// What a text message says.
+    pub content: Option<Cow<'a, str>>,
 }
 
 /// Why a body is not a callback we can read. Each maps to 400.
@@ -78,6 +80,7 @@ impl<'a> CallbackXml<'a> {
             6 => &mut self.ticket,
             7 => &mut self.encrypt,
             8 => &mut self.msg_id,
+            9 => &mut self.content,
             _ => return None,
         })
     }
@@ -95,6 +98,7 @@ impl<'a> CallbackXml<'a> {
             ticket: own(self.ticket),
             encrypt: own(self.encrypt),
             msg_id: own(self.msg_id),
+            content: own(self.content),
         }
     }
 }
@@ -111,6 +115,7 @@ fn field_of(name: &[u8]) -> Option<usize> {
         b"Ticket" => 6,
         b"Encrypt" => 7,
         b"MsgId" => 8,
+        b"Content" => 9,
         _ => return None,
     })
 }
@@ -368,6 +373,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_text_message() {
+        let body = "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n\
+            <FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>\n\
+            <CreateTime>1348831860</CreateTime>\n\
+            <MsgType><![CDATA[text]]></MsgType>\n\
+            <Content><![CDATA[登录 483920]]></Content>\n\
+            <MsgId>1234567890123456</MsgId>\n</xml>";
+        let x = parse(body).unwrap();
+        assert_eq!(x.msg_type.as_deref(), Some("text"));
+        assert_eq!(x.content.as_deref(), Some("登录 483920"));
+        assert_eq!(x.msg_id.as_deref(), Some("1234567890123456"));
+        assert_eq!(parse_flat(body), Some(parse_full(body).unwrap()));
+    }
+
+    #[test]
     fn plain_fields_borrow_the_body_and_pieced_ones_own_their_text() {
         let x = parse(SUBSCRIBE).unwrap();
         assert!(matches!(x.from_user_name, Some(Cow::Borrowed(_))));
@@ -441,7 +461,7 @@ mod tests {
         let name = prop_oneof![
             9 => proptest::sample::select(vec![
                 "ToUserName", "FromUserName", "CreateTime", "MsgType", "Event", "EventKey",
-                "Ticket", "MsgId", "Encrypt", "Other9", "xml",
+                "Ticket", "MsgId", "Content", "Encrypt", "Other9", "xml",
             ]),
             1 => proptest::sample::select(vec!["9Bad", "a_b", "", "Event a=\"1\"", "Event/"]),
         ];

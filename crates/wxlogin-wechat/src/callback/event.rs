@@ -46,10 +46,10 @@ impl ScanEvent<'_> {
     /// The key under which WeChat's retries of this event are recognised
     /// (`scan:openid:CreateTime`), written out only when it is stored.
     pub fn dedupe_key(&self) -> DedupeKey<'_> {
-        DedupeKey {
+        DedupeKey(Key::Event {
             openid: self.openid,
             create_time: self.create_time,
-        }
+        })
     }
 
     /// Who scanned, as the result carries it.
@@ -58,16 +58,61 @@ impl ScanEvent<'_> {
     }
 }
 
-/// [`ScanEvent::dedupe_key`]: `scan:openid:CreateTime` when displayed.
+/// A text message sent to the account. Its text borrows from the callback, as a scan's does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextMessage<'a> {
+    /// Who sent it (the openid).
+    pub openid: &'a str,
+    /// What it says, as the user typed it.
+    pub content: &'a str,
+    /// WeChat's `MsgId`: the same for every retry of the message.
+    pub msg_id: &'a str,
+    /// WeChat's `CreateTime`.
+    pub create_time: &'a str,
+    /// The account's `gh_` id (for a passive reply).
+    pub account: &'a str,
+}
+
+impl TextMessage<'_> {
+    /// The key under which WeChat's retries of this message are recognised (`msg:MsgId`):
+    /// ordinary messages are told apart by their id, events by sender and time.
+    pub fn dedupe_key(&self) -> DedupeKey<'_> {
+        DedupeKey(Key::Message {
+            msg_id: self.msg_id,
+        })
+    }
+
+    /// Who sent it, as a result carries it.
+    pub fn openid(&self) -> OpenId {
+        OpenId::new(self.openid)
+    }
+}
+
+/// [`ScanEvent::dedupe_key`] and [`TextMessage::dedupe_key`]: `scan:openid:CreateTime` or
+/// `msg:MsgId` when displayed.
 #[derive(Debug, Clone, Copy)]
-pub struct DedupeKey<'a> {
-    openid: &'a str,
-    create_time: &'a str,
+pub struct DedupeKey<'a>(Key<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Event {
+        openid: &'a str,
+        create_time: &'a str,
+    },
+    Message {
+        msg_id: &'a str,
+    },
 }
 
 impl fmt::Display for DedupeKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "scan:{}:{}", self.openid, self.create_time)
+        match self.0 {
+            Key::Event {
+                openid,
+                create_time,
+            } => write!(f, "scan:{openid}:{create_time}"),
+            Key::Message { msg_id } => write!(f, "msg:{msg_id}"),
+        }
     }
 }
 
@@ -76,14 +121,18 @@ impl fmt::Display for DedupeKey<'_> {
 pub enum Callback<'a> {
     /// A scan of a QR code with a scene: possibly a login.
     Scan(ScanEvent<'a>),
-    /// Anything else: messages, menu clicks, plain follows, unfollows, ...
+    /// A text message: possibly a login code.
+    Text(TextMessage<'a>),
+    /// Anything else: other messages, menu clicks, plain follows, unfollows, ...
     Other,
 }
 
 /// Classifies a parsed callback.
 pub fn classify<'a>(xml: &'a CallbackXml<'_>) -> Callback<'a> {
-    if xml.msg_type.as_deref() != Some("event") {
-        return Callback::Other;
+    match xml.msg_type.as_deref() {
+        Some("event") => {}
+        Some("text") => return classify_text(xml),
+        _ => return Callback::Other,
     }
     let key = xml.event_key.as_deref().unwrap_or_default();
     let (kind, scene) = match xml.event.as_deref() {
@@ -105,6 +154,26 @@ pub fn classify<'a>(xml: &'a CallbackXml<'_>) -> Callback<'a> {
         kind,
         scene,
         openid,
+        create_time,
+        account: xml.to_user_name.as_deref().unwrap_or_default(),
+    })
+}
+
+/// A text message, when it has what identifies it (sender, id, time) and text.
+fn classify_text<'a>(xml: &'a CallbackXml<'_>) -> Callback<'a> {
+    let present = |f: &'a Option<std::borrow::Cow<'_, str>>| f.as_deref().filter(|s| !s.is_empty());
+    let (Some(openid), Some(msg_id), Some(create_time), Some(content)) = (
+        present(&xml.from_user_name),
+        present(&xml.msg_id),
+        present(&xml.create_time),
+        xml.content.as_deref(),
+    ) else {
+        return Callback::Other;
+    };
+    Callback::Text(TextMessage {
+        openid,
+        content,
+        msg_id,
         create_time,
         account: xml.to_user_name.as_deref().unwrap_or_default(),
     })
@@ -159,5 +228,41 @@ mod tests {
         let mut text = event("SCAN", Some("abc"));
         text.msg_type = Some("text".into());
         assert_eq!(classify(&text), Callback::Other);
+    }
+
+    fn text(content: Option<&str>, msg_id: Option<&str>) -> CallbackXml<'static> {
+        CallbackXml {
+            to_user_name: Some("gh_1".into()),
+            from_user_name: Some("oUser".into()),
+            create_time: Some("1409735668".into()),
+            msg_type: Some("text".into()),
+            content: content.map(|c| c.to_owned().into()),
+            msg_id: msg_id.map(|m| m.to_owned().into()),
+            ..CallbackXml::default()
+        }
+    }
+
+    #[test]
+    fn a_text_message_is_told_apart_from_its_retries_by_its_msg_id() {
+        let xml = text(Some("登录 483920"), Some("6054768590064713728"));
+        let Callback::Text(m) = classify(&xml) else {
+            panic!("not a text message")
+        };
+        assert_eq!(
+            (m.openid, m.content, m.account),
+            ("oUser", "登录 483920", "gh_1")
+        );
+        assert_eq!(m.dedupe_key().to_string(), "msg:6054768590064713728");
+        // An empty text is still a message; one without an id or a sender is not ours to read.
+        assert!(matches!(
+            classify(&text(Some(""), Some("1"))),
+            Callback::Text(_)
+        ));
+        assert_eq!(classify(&text(Some("483920"), None)), Callback::Other);
+        assert_eq!(classify(&text(Some("483920"), Some(""))), Callback::Other);
+        assert_eq!(classify(&text(None, Some("1"))), Callback::Other);
+        let mut anonymous = text(Some("483920"), Some("1"));
+        anonymous.from_user_name = None;
+        assert_eq!(classify(&anonymous), Callback::Other);
     }
 }
