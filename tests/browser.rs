@@ -2,13 +2,16 @@
 //! page of the `wxlogin sandbox` binary, through WebDriver. Screenshots of each final state go
 //! to `target/browser-screenshots/`. Set `TEST_LOG=1` to see the sandbox's logs.
 //!
-//! - `harness`: the sandbox process, the browser, waiting on the page, decoding the QR.
+//! - `common`: the sandbox process (shared with the other test binaries).
+//! - `harness`: the browser, waiting on the page, decoding the QR.
 //! - `proxy`: a TCP proxy that cuts the browser's connections from the server side.
 //! - `stub`: a scripted wxlogin for the failure paths (401, 503, a stream that dies for good).
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "browser/harness.rs"]
 mod harness;
 #[path = "browser/proxy.rs"]
@@ -24,7 +27,8 @@ use fantoccini::Locator;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha384};
 
-use harness::{Browser, Sandbox, Screen};
+use common::sandbox::Sandbox;
+use harness::{Browser, Screen};
 use proxy::Proxy;
 use stub::{Mode, StubServer};
 
