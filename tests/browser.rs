@@ -374,7 +374,7 @@ async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
     let stub = StubServer::start(Mode::DiesThenPolls).await;
     let browser = open(
         "polling",
-        &format!("{}/?token={}", stub.base, stub::GOOD_TOKEN),
+        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
         DESKTOP,
     )
     .await;
@@ -508,5 +508,124 @@ async fn a_page_reload_resumes_the_same_code_and_a_scan_meanwhile_logs_the_page_
     browser.wait_state("qr").await;
     let fourth = browser.scene().await;
     assert!(![&scene, &second, &third].contains(&&fourth), "a new code");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_promise_from_on_login_shows_verifying_then_logged_in_and_the_openid_stays_hidden() {
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "verifying",
+        &format!("{}/?token={}&onLogin=promise", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("verifying").await;
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "正在验证登录…");
+    // Still verifying while the site's backend has not answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(browser.state().await["widget"], "verifying");
+    browser.save_screenshot("verifying").await;
+
+    browser.js("window.settleLogin(true)", vec![]).await;
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "登录成功");
+    // The openid is not shown unless the page asks for it.
+    let user = browser
+        .js(
+            "const u = document.querySelector('.wxlogin-user');
+             return { hidden: u.hidden, text: u.textContent, page: document.body.innerText };",
+            vec![],
+        )
+        .await;
+    assert_eq!(user["hidden"], true, "{user}");
+    assert!(
+        !user["page"].as_str().unwrap().contains("oStubUser"),
+        "the openid is on the page: {user}"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log[0][0], "login", "{log}");
+    browser.save_screenshot("done").await;
+    browser.close().await;
+
+    // Asked for, it is shown.
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "show-openid",
+        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("done").await;
+    assert!(
+        text_of(&browser, ".wxlogin-user")
+            .await
+            .contains("oStubUser")
+    );
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_rejected_on_login_promise_shows_an_error_with_a_new_code_to_scan() {
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "login-rejected",
+        &format!(
+            "{}/?token={}&onLogin=promise&lang=en",
+            stub.base,
+            stub::GOOD_TOKEN
+        ),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("verifying").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Verifying login…"
+    );
+    browser.js("window.settleLogin(false)", vec![]).await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Login was not completed, please scan again"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log[1], json!(["error", "login", null]), "{log}");
+    browser.save_screenshot("error").await;
+
+    // The retry button brings a new code.
+    click(&browser, ".wxlogin-refresh").await;
+    browser.wait_state("qr").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_first_event_never_comes_shows_an_error_not_an_endless_spinner() {
+    let stub = StubServer::start(Mode::Silent).await;
+    let browser = open(
+        "silent",
+        &format!(
+            "{}/?token={}&firstEventTimeout=1000",
+            stub.base,
+            stub::GOOD_TOKEN
+        ),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "登录服务没有响应，请点击重试"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log, json!([["error", "timeout", null]]));
+    let retry = browser
+        .js(
+            "return !document.querySelector('.wxlogin-refresh').hidden",
+            vec![],
+        )
+        .await;
+    assert_eq!(retry, true, "a retry button");
+    browser.save_screenshot("error").await;
     browser.close().await;
 }
