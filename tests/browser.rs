@@ -27,6 +27,7 @@ use fantoccini::Locator;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha384};
 
+use common::example_site::{Example, Site};
 use common::sandbox::Sandbox;
 use harness::{Browser, Screen};
 use proxy::Proxy;
@@ -627,5 +628,47 @@ async fn a_stream_whose_first_event_never_comes_shows_an_error_not_an_endless_sp
         .await;
     assert_eq!(retry, true, "a retry button");
     browser.save_screenshot("error").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_visitor_logs_in_to_the_example_site_in_a_browser_and_stays_logged_in() {
+    let sandbox = Sandbox::start(&[]).await;
+    let site = Site::start(Example::Python, &sandbox).await;
+    let browser = open("example-site", &format!("{}/", site.base), DESKTOP).await;
+
+    // The site's page (its own origin, a strict CSP) shows wxlogin's widget with a page token
+    // bound to that origin.
+    browser.wait_state("qr").await;
+    let scene = browser.scene().await;
+    browser.decode_qr().await;
+    assert_eq!(sandbox.scan(&scene, "oBrowserVisitor", false).await, 200);
+
+    // The widget hands the login token to the site, whose backend verifies it and sets its
+    // cookie; "logged in" shows once that is done.
+    browser.wait_state("done").await;
+    assert_eq!(
+        text_of(&browser, "#who").await,
+        "Logged in as oBrowserVisitor"
+    );
+    browser.save_screenshot("logged-in").await;
+
+    // The session cookie holds: a reload shows the visitor, not the widget.
+    browser.client.refresh().await.unwrap();
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    while text_of(&browser, "#who").await != "Logged in as oBrowserVisitor" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged in after a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let widget = browser
+        .js(
+            "return document.getElementById('wechat-login').hidden",
+            vec![],
+        )
+        .await;
+    assert_eq!(widget, true);
     browser.close().await;
 }
