@@ -5,20 +5,27 @@
  *   import { mount } from 'https://wxlogin.example.com/wxlogin.js';
  *   const login = mount(document.getElementById('login'), {
  *     getToken: () => fetch('/my/wxlogin-token').then((r) => r.text()), // or token: '…'
- *     onLogin: ({ userId, event, login_token }) => { ... },   // verify login_token server-side
+ *     onLogin: async ({ userId, event, login_token }) => { ... }, // verify login_token server-side
  *   });
  *   // login.refresh(), login.destroy(), login.setLang('en')
  *
  * Options: base (the wxlogin URL; default: where this file was loaded from), token or getToken
  * (called for each new QR code, and once more after a 401), lang ('zh' default, 'en'), labels
  * (overrides, flat or per language: {expired: '…'} or {en: {expired: '…'}}), size (px),
- * onLogin(result), onError(error: Error with .code and .status).
+ * onLogin(result) (may return a promise: the widget shows "verifying" until it settles, then
+ * "logged in", or an error if it rejects), onError(error: Error with .code and .status),
+ * firstEventTimeout (ms to wait for the stream's first event before showing an error, e.g. when
+ * a proxy buffers the stream; default 15000, 0: wait forever), showOpenid (show the visitor's
+ * openid when logged in; default false).
  *
- * Stable hooks: the element's data-wxlogin-state is loading | qr | done | expired | error; the
- * image is img.wxlogin-qr, the refresh / retry button button.wxlogin-refresh, the user line
- * .wxlogin-user. Each change dispatches a bubbling 'wxlogin:state' event, detail {state, scene}.
- * Styles are adopted with zero specificity (:where), so any rule of the page wins (except
- * [hidden], which stays hidden).
+ * Stable hooks: the element's data-wxlogin-state is loading | qr | verifying | done | expired |
+ * error; the image is img.wxlogin-qr, the refresh / retry button button.wxlogin-refresh, the
+ * status line .wxlogin-status, the hint .wxlogin-hint, the countdown .wxlogin-timer, the user
+ * line .wxlogin-user. Each change dispatches a bubbling 'wxlogin:state' event, detail {state,
+ * scene}. Colours come from the CSS variables --wxlogin-accent (brand green: spinner, progress,
+ * success icon), --wxlogin-accent-text (button, success text), --wxlogin-error (error icon and
+ * text), set on the element or any ancestor; the size option sets --wxlogin-size. Styles are adopted with zero specificity (:where), so any rule of the page wins
+ * (except [hidden], which stays hidden).
  *
  * The stream's event id (`<scene>.<key>.0`) is its secret: the browser sends it back when it
  * reconnects, polling sends it as the Last-Event-ID header, and while a code is shown it is kept
@@ -36,6 +43,7 @@ const LABELS = {
     hint: '扫码后在微信中确认关注即可登录',
     left: '{time} 后过期',
     reconnecting: '连接中断，正在恢复…',
+    verifying: '正在验证登录…',
     done: '登录成功',
     doneNew: '登录成功，感谢关注',
     user: 'OpenID：{user}',
@@ -47,6 +55,8 @@ const LABELS = {
     failed: '登录服务出错 (HTTP {status})',
     retryIn: '{s} 秒后重试',
     retry: '重试',
+    loginFailed: '登录未完成，请重新扫码',
+    silent: '登录服务没有响应，请点击重试',
   },
   en: {
     loading: 'Generating QR code…',
@@ -55,6 +65,7 @@ const LABELS = {
     hint: 'Scan, then follow the account in WeChat to log in',
     left: 'Expires in {time}',
     reconnecting: 'Connection lost, recovering…',
+    verifying: 'Verifying login…',
     done: 'Logged in',
     doneNew: 'Logged in, thanks for following',
     user: 'OpenID: {user}',
@@ -66,6 +77,8 @@ const LABELS = {
     failed: 'Login service error (HTTP {status})',
     retryIn: 'Retrying in {s} s',
     retry: 'Retry',
+    loginFailed: 'Login was not completed, please scan again',
+    silent: 'The login service is not responding, click to retry',
   },
 };
 
@@ -75,23 +88,25 @@ const CSS = `
 :where(.wxlogin-frame){position:relative;box-sizing:border-box;width:var(--wxlogin-size);max-width:100%;aspect-ratio:1/1;padding:6px;border-radius:12px;background:#fff;border:1px solid #00000020;display:grid;place-items:center;overflow:hidden}
 :where(.wxlogin-qr){grid-area:1/1;width:100%;height:100%;display:block;transition:opacity .2s,filter .2s}
 :where(.wxlogin[data-wxlogin-state=expired] .wxlogin-qr,.wxlogin[data-wxlogin-state=error] .wxlogin-qr){opacity:.08;filter:blur(2px)}
-:where(.wxlogin-spin){grid-area:1/1;width:34px;height:34px;border-radius:50%;border:3px solid #dfe3e8;border-top-color:#07c160;animation:wxlogin-r .9s linear infinite}
+:where(.wxlogin-spin){grid-area:1/1;width:34px;height:34px;border-radius:50%;border:3px solid #dfe3e8;border-top-color:var(--wxlogin-accent,#07c160);animation:wxlogin-r .9s linear infinite}
 @keyframes wxlogin-r{to{transform:rotate(360deg)}}
 @media (prefers-reduced-motion:reduce){:where(.wxlogin-spin){animation-duration:3s}:where(.wxlogin-qr){transition:none}}
 :where(.wxlogin-center){position:absolute;inset:0;display:flex;flex-direction:column;align-items:center;justify-content:center;gap:14px;padding:10%}
 :where(.wxlogin-icon){display:flex;justify-content:center;width:36%}
 :where(.wxlogin[data-wxlogin-state=done] .wxlogin-icon){width:42%}
 :where(.wxlogin-icon>svg){width:100%;height:auto}
-:where(.wxlogin-refresh){font:inherit;font-size:14px;font-weight:600;line-height:1.35;color:#fff;background:#06803f;border:0;border-radius:10px;padding:10px 14px;min-height:44px;cursor:pointer;box-shadow:0 2px 8px #0000002e}
+:where(.wxlogin-refresh){font:inherit;font-size:14px;font-weight:600;line-height:1.35;color:#fff;background:var(--wxlogin-accent-text,#06803f);border:0;border-radius:10px;padding:10px 14px;min-height:44px;cursor:pointer;box-shadow:0 2px 8px #0000002e}
 :where(.wxlogin-refresh:hover){filter:brightness(1.08)}
 :where(.wxlogin-refresh:focus-visible){outline:3px solid #1a73e8;outline-offset:2px}
 :where(.wxlogin-status){margin:12px 0 0;font-weight:600;min-height:1.5em;overflow-wrap:anywhere}
-:where(.wxlogin[data-wxlogin-state=done] .wxlogin-status){color:#06803f}
-:where(.wxlogin[data-wxlogin-state=error] .wxlogin-status){color:#c62828}
+:where(.wxlogin[data-wxlogin-state=done] .wxlogin-status){color:var(--wxlogin-accent-text,#06803f)}
+:where(.wxlogin[data-wxlogin-state=error] .wxlogin-status){color:var(--wxlogin-error,#c62828)}
+:where(.wxlogin[data-wxlogin-state=done] .wxlogin-icon){color:var(--wxlogin-accent,#07c160)}
+:where(.wxlogin[data-wxlogin-state=error] .wxlogin-icon){color:var(--wxlogin-error,#c62828)}
 :where(.wxlogin-hint,.wxlogin-timer,.wxlogin-user){margin:4px 0 0;font-size:13px;opacity:.75;overflow-wrap:anywhere}
 :where(.wxlogin-timer){display:flex;align-items:center;justify-content:center;gap:8px;width:var(--wxlogin-size);max-width:100%;font-variant-numeric:tabular-nums}
 :where(.wxlogin-bar){flex:1;height:4px;border-radius:4px;background:#8882;overflow:hidden}
-:where(.wxlogin-bar>span){display:block;height:100%;background:#07c160;transition:width .5s linear}
+:where(.wxlogin-bar>span){display:block;height:100%;background:var(--wxlogin-accent,#07c160);transition:width .5s linear}
 :where(.wxlogin-user){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 :where(.wxlogin-sr){position:absolute;width:1px;height:1px;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 .wxlogin [hidden]{display:none!important}
@@ -101,11 +116,11 @@ const SVGNS = 'http://www.w3.org/2000/svg';
 // Built with DOM calls, not innerHTML, so pages enforcing Trusted Types can use the widget.
 const ICONS = {
   done: [
-    ['circle', { cx: 36, cy: 36, r: 34, fill: '#07c160' }],
+    ['circle', { cx: 36, cy: 36, r: 34, fill: 'currentColor' }],
     ['path', { d: 'm22 37 9 9 19-20', fill: 'none', stroke: '#fff', 'stroke-width': 6, 'stroke-linecap': 'round', 'stroke-linejoin': 'round' }],
   ],
   error: [
-    ['circle', { cx: 36, cy: 36, r: 34, fill: '#c62828' }],
+    ['circle', { cx: 36, cy: 36, r: 34, fill: 'currentColor' }],
     ['path', { d: 'M36 18v24', stroke: '#fff', 'stroke-width': 7, 'stroke-linecap': 'round' }],
     ['circle', { cx: 36, cy: 53, r: 4.5, fill: '#fff' }],
   ],
@@ -196,7 +211,8 @@ export function mount(element, options = {}) {
   // of an old stream, probe or poll recognise themselves and do nothing.
   const S = { state: 'loading', scene: null, id: '', gen: 0, es: null, tok: '', total: 0,
     deadline: 0, retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false };
-  const timers = { tick: 0, poll: 0, retry: 0 };
+  const timers = { tick: 0, poll: 0, retry: 0, first: 0 };
+  const firstEventMs = o.firstEventTimeout === undefined ? 15000 : Math.max(0, Number(o.firstEventTimeout) || 0);
 
   // The code shown, kept across reloads of the page. Storage may be refused (privacy modes, a
   // sandboxed frame): then a reload simply shows a new code.
@@ -237,10 +253,10 @@ export function mount(element, options = {}) {
     box.lang = lang === 'en' ? 'en' : 'zh-CN';
     img.alt = t('alt');
     img.hidden = !img.getAttribute('src') || !['qr', 'expired'].includes(st);
-    spin.hidden = st !== 'loading';
+    spin.hidden = st !== 'loading' && st !== 'verifying';
     icon.hidden = st !== 'done' && st !== 'error';
     if (!icon.hidden) icon.replaceChildren(st === 'done' ? doneIcon : errorIcon);
-    frame.setAttribute('aria-busy', String(st === 'loading'));
+    frame.setAttribute('aria-busy', String(st === 'loading' || st === 'verifying'));
     const canRetry = st === 'expired' || (st === 'error' && S.msg?.retry);
     button.hidden = !canRetry;
     center.hidden = icon.hidden && button.hidden;
@@ -249,6 +265,7 @@ export function mount(element, options = {}) {
     let line = '';
     if (st === 'loading') line = t('loading');
     else if (st === 'qr') line = S.note ? t(S.note) : t('scan');
+    else if (st === 'verifying') line = t('verifying');
     else if (st === 'done') line = t(S.isNew ? 'doneNew' : 'done');
     else if (st === 'expired') line = t('expired');
     else if (st === 'error') line = t(S.msg?.key || 'failed', S.msg?.vars);
@@ -257,8 +274,10 @@ export function mount(element, options = {}) {
     status.classList.toggle('wxlogin-sr', st === 'expired' || (st === 'error' && S.msg?.key === 'imgFail'));
     text(hint, st === 'qr' ? t('hint') : '');
     hint.hidden = st !== 'qr';
-    user.hidden = st !== 'done';
-    text(user, st === 'done' ? t('user', { user: S.user }) : '');
+    // The openid means nothing to a visitor, and a shoulder-surfer should not learn it.
+    const showUser = st === 'done' && o.showOpenid === true;
+    user.hidden = !showUser;
+    text(user, showUser ? t('user', { user: S.user }) : '');
     renderTimer();
     if (focused) (button.hidden ? box : button).focus();
   }
@@ -302,6 +321,7 @@ export function mount(element, options = {}) {
     clearInterval(timers.tick);
     clearTimeout(timers.poll);
     clearTimeout(timers.retry);
+    clearTimeout(timers.first);
     S.retryAt = 0;
     S.note = '';
   }
@@ -358,12 +378,21 @@ export function mount(element, options = {}) {
     const es = (S.es = new EventSource(resume ? `${url}&id=${encodeURIComponent(resume)}` : url));
     let opened = false;
     let errors = 0;
+    if (firstEventMs > 0) {
+      // wxlogin sends the QR code at once; silence means something in between (a proxy that
+      // buffers responses) holds the stream back, and waiting longer would not help.
+      timers.first = setTimeout(() => {
+        if (g !== S.gen || opened) return;
+        fail('silent', wxError('timeout', `no event from wxlogin within ${firstEventMs} ms (is a proxy buffering /sse?)`));
+      }, firstEventMs);
+    }
     es.onmessage = (ev) => {
       if (g !== S.gen) return;
       let m;
       try { m = JSON.parse(ev.data); } catch { return; }
       if (!m || typeof m !== 'object') return;
       opened = true;
+      clearTimeout(timers.first);
       errors = 0;
       backoff = 0;
       handle(m, g, ev.lastEventId);
@@ -439,19 +468,33 @@ export function mount(element, options = {}) {
     }
   }
 
+  /** A result came: "verifying" while onLogin's promise runs, then "done", or an error. */
   function login(m) {
     stop();
     forget();
+    const g = S.gen;
     S.user = String(m.userId);
     S.isNew = m.event === 'subscribe';
-    set('done');
-    if (typeof o.onLogin === 'function') {
-      try {
-        o.onLogin({ userId: m.userId, event: m.event, login_token: m.login_token });
-      } catch (e) {
-        console.error(e);
-      }
+    if (typeof o.onLogin !== 'function') {
+      set('done');
+      return;
     }
+    set('verifying');
+    let pending;
+    try {
+      pending = Promise.resolve(o.onLogin({ userId: m.userId, event: m.event, login_token: m.login_token }));
+    } catch (e) {
+      pending = Promise.reject(e);
+    }
+    pending.then(
+      () => { if (g === S.gen && !S.destroyed) set('done'); },
+      (e) => {
+        if (g !== S.gen || S.destroyed) return;
+        console.error(e);
+        // The login token is spent or refused: the way on is a new code (the retry button).
+        fail('loginFailed', Object.assign(wxError('login', `onLogin failed: ${e?.message || e}`), { cause: e }));
+      },
+    );
   }
 
   /** The stream keeps failing: ask the status endpoint every 2 s instead. */

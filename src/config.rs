@@ -491,6 +491,32 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_read_is_in_the_example_environment_file() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let vars = base();
+        Config::from_lookup(|k| {
+            asked.borrow_mut().insert(k.to_owned());
+            vars.get(k).cloned()
+        })
+        .unwrap();
+        let mut asked = asked.into_inner();
+        // Read by `Settings::log`, not by `Config`.
+        asked.extend(["LOG_YAML".to_owned(), "RUST_LOG".to_owned()]);
+        let example = include_str!("../deploy/env.example");
+        let missing: Vec<_> = asked
+            .iter()
+            .filter(|k| {
+                !example.lines().any(|line| {
+                    line.trim_start_matches(['#', ' '])
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|rest| rest.starts_with('='))
+                })
+            })
+            .collect();
+        assert!(missing.is_empty(), "deploy/env.example lacks {missing:?}");
+    }
+
+    #[test]
     fn defaults_apply_when_only_credentials_are_set() {
         let c = load(&base()).unwrap();
         assert_eq!(c.bind.to_string(), "0.0.0.0:8000");

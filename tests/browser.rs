@@ -2,13 +2,16 @@
 //! page of the `wxlogin sandbox` binary, through WebDriver. Screenshots of each final state go
 //! to `target/browser-screenshots/`. Set `TEST_LOG=1` to see the sandbox's logs.
 //!
-//! - `harness`: the sandbox process, the browser, waiting on the page, decoding the QR.
+//! - `common`: the sandbox process (shared with the other test binaries).
+//! - `harness`: the browser, waiting on the page, decoding the QR.
 //! - `proxy`: a TCP proxy that cuts the browser's connections from the server side.
 //! - `stub`: a scripted wxlogin for the failure paths (401, 503, a stream that dies for good).
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
 #[path = "browser/harness.rs"]
 mod harness;
 #[path = "browser/proxy.rs"]
@@ -24,7 +27,9 @@ use fantoccini::Locator;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha384};
 
-use harness::{Browser, Sandbox, Screen};
+use common::example_site::{Example, Site};
+use common::sandbox::Sandbox;
+use harness::{Browser, Screen};
 use proxy::Proxy;
 use stub::{Mode, StubServer};
 
@@ -370,7 +375,7 @@ async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
     let stub = StubServer::start(Mode::DiesThenPolls).await;
     let browser = open(
         "polling",
-        &format!("{}/?token={}", stub.base, stub::GOOD_TOKEN),
+        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
         DESKTOP,
     )
     .await;
@@ -504,5 +509,166 @@ async fn a_page_reload_resumes_the_same_code_and_a_scan_meanwhile_logs_the_page_
     browser.wait_state("qr").await;
     let fourth = browser.scene().await;
     assert!(![&scene, &second, &third].contains(&&fourth), "a new code");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_promise_from_on_login_shows_verifying_then_logged_in_and_the_openid_stays_hidden() {
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "verifying",
+        &format!("{}/?token={}&onLogin=promise", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("verifying").await;
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "正在验证登录…");
+    // Still verifying while the site's backend has not answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(browser.state().await["widget"], "verifying");
+    browser.save_screenshot("verifying").await;
+
+    browser.js("window.settleLogin(true)", vec![]).await;
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, ".wxlogin-status").await, "登录成功");
+    // The openid is not shown unless the page asks for it.
+    let user = browser
+        .js(
+            "const u = document.querySelector('.wxlogin-user');
+             return { hidden: u.hidden, text: u.textContent, page: document.body.innerText };",
+            vec![],
+        )
+        .await;
+    assert_eq!(user["hidden"], true, "{user}");
+    assert!(
+        !user["page"].as_str().unwrap().contains("oStubUser"),
+        "the openid is on the page: {user}"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log[0][0], "login", "{log}");
+    browser.save_screenshot("done").await;
+    browser.close().await;
+
+    // Asked for, it is shown.
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "show-openid",
+        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("done").await;
+    assert!(
+        text_of(&browser, ".wxlogin-user")
+            .await
+            .contains("oStubUser")
+    );
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_rejected_on_login_promise_shows_an_error_with_a_new_code_to_scan() {
+    let stub = StubServer::start(Mode::LogsIn).await;
+    let browser = open(
+        "login-rejected",
+        &format!(
+            "{}/?token={}&onLogin=promise&lang=en",
+            stub.base,
+            stub::GOOD_TOKEN
+        ),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("verifying").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Verifying login…"
+    );
+    browser.js("window.settleLogin(false)", vec![]).await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "Login was not completed, please scan again"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log[1], json!(["error", "login", null]), "{log}");
+    browser.save_screenshot("error").await;
+
+    // The retry button brings a new code.
+    click(&browser, ".wxlogin-refresh").await;
+    browser.wait_state("qr").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_stream_whose_first_event_never_comes_shows_an_error_not_an_endless_spinner() {
+    let stub = StubServer::start(Mode::Silent).await;
+    let browser = open(
+        "silent",
+        &format!(
+            "{}/?token={}&firstEventTimeout=1000",
+            stub.base,
+            stub::GOOD_TOKEN
+        ),
+        DESKTOP,
+    )
+    .await;
+    browser.wait_state("error").await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "登录服务没有响应，请点击重试"
+    );
+    let log = browser.js("return window.wxlog", vec![]).await;
+    assert_eq!(log, json!([["error", "timeout", null]]));
+    let retry = browser
+        .js(
+            "return !document.querySelector('.wxlogin-refresh').hidden",
+            vec![],
+        )
+        .await;
+    assert_eq!(retry, true, "a retry button");
+    browser.save_screenshot("error").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_visitor_logs_in_to_the_example_site_in_a_browser_and_stays_logged_in() {
+    let sandbox = Sandbox::start(&[]).await;
+    let site = Site::start(Example::Python, &sandbox).await;
+    let browser = open("example-site", &format!("{}/", site.base), DESKTOP).await;
+
+    // The site's page (its own origin, a strict CSP) shows wxlogin's widget with a page token
+    // bound to that origin.
+    browser.wait_state("qr").await;
+    let scene = browser.scene().await;
+    browser.decode_qr().await;
+    assert_eq!(sandbox.scan(&scene, "oBrowserVisitor", false).await, 200);
+
+    // The widget hands the login token to the site, whose backend verifies it and sets its
+    // cookie; "logged in" shows once that is done.
+    browser.wait_state("done").await;
+    assert_eq!(
+        text_of(&browser, "#who").await,
+        "Logged in as oBrowserVisitor"
+    );
+    browser.save_screenshot("logged-in").await;
+
+    // The session cookie holds: a reload shows the visitor, not the widget.
+    browser.client.refresh().await.unwrap();
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    while text_of(&browser, "#who").await != "Logged in as oBrowserVisitor" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged in after a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let widget = browser
+        .js(
+            "return document.getElementById('wechat-login').hidden",
+            vec![],
+        )
+        .await;
+    assert_eq!(widget, true);
     browser.close().await;
 }

@@ -1,19 +1,20 @@
-//! What a browser test stands on: the `wxlogin sandbox` binary, headless Chromium driven through
-//! chromedriver, and helpers to wait on the page and look at it.
+//! What a browser test stands on: headless Chromium driven through chromedriver, and helpers to
+//! wait on the page and look at it (the `wxlogin sandbox` binary is `common::sandbox`).
 //!
 //! Every process started here is killed when its guard drops, a failing test included:
 //! chromedriver runs in a process group of its own, and the whole group (Chromium with it) is
 //! killed by that group's id.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+
+use crate::common::free_port;
+use crate::common::process::Guard;
 
 /// Debian's Chromium and its driver (`apt-get install chromium chromium-driver`).
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -22,127 +23,12 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long any one thing may take to show on the page.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Where screenshots go: `target/browser-screenshots/`, for people to look at.
 pub fn screenshot_dir() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let dir = tmp.parent().unwrap_or(tmp).join("browser-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     dir
-}
-
-/// A child process killed (with its process group when it leads one) on drop.
-struct Guard {
-    child: Child,
-    group: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.group {
-            // Chromium and its helpers are in chromedriver's group; `kill -- -PGID` ends them all.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.child.id())])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `wxlogin sandbox` on a free loopback port; killed on drop.
-pub struct Sandbox {
-    pub base: String,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
-    _child: Guard,
-}
-
-impl Sandbox {
-    /// Starts the binary with `settings` (e.g. `("SSE_TIMEOUT_SECS", "5")`) and waits for its
-    /// banner (printed once it is bound).
-    pub async fn start(settings: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wxlogin"));
-        command
-            .arg("sandbox")
-            .current_dir(dir.path())
-            .env_clear()
-            .env("BIND", format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").map_or("warn".into(), |_| "info".to_owned()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in settings {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("wxlogin sandbox starts");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let guard = Guard {
-            child,
-            group: false,
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Reads the banner, then keeps draining (and echoing with TEST_LOG) so the child never
-        // blocks on a full pipe.
-        std::thread::spawn(move || {
-            let echo = std::env::var_os("TEST_LOG").is_some();
-            let mut tx = Some(tx);
-            let mut seen = String::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[sandbox] {line}");
-                }
-                if let Some(sender) = tx.take() {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains("/sse?token=") {
-                        let _ = sender.send(Ok(()));
-                    } else {
-                        tx = Some(sender);
-                    }
-                }
-            }
-            if let Some(sender) = tx {
-                let _ = sender.send(Err(seen));
-            }
-        });
-        match tokio::time::timeout(Duration::from_secs(30), rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(output))) => panic!("wxlogin sandbox exited before its banner:\n{output}"),
-            other => panic!("wxlogin sandbox printed no banner within 30 s: {other:?}"),
-        }
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        Self {
-            base: format!("http://{addr}"),
-            addr,
-            _dir: dir,
-            _child: guard,
-        }
-    }
-
-    /// The fake phone scans `scene`: `POST /sandbox/scan`; the HTTP status.
-    pub async fn scan(&self, scene: &str, openid: &str, new_follower: bool) -> u16 {
-        reqwest::Client::new()
-            .post(format!("{}/sandbox/scan", self.base))
-            .json(&json!({ "scene": scene, "openid": openid, "new_follower": new_follower }))
-            .send()
-            .await
-            .expect("POST /sandbox/scan")
-            .status()
-            .as_u16()
-    }
 }
 
 /// The window a test looks through.
@@ -185,10 +71,7 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("chromedriver starts");
-        let driver = Guard {
-            child: driver,
-            group: true,
-        };
+        let driver = Guard::new(driver, true);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen");

@@ -35,6 +35,10 @@ pub enum Mode {
     /// The first request streams a QR and ends; every later one answers 500, so the browser's
     /// EventSource gives up and the widget polls; the status is `pending` twice, then `done`.
     DiesThenPolls,
+    /// Streams a QR, then (half a second later) the login of `oStubUser`, and ends.
+    LogsIn,
+    /// Answers 200 and sends nothing, as a stream held back by a buffering proxy.
+    Silent,
 }
 
 struct Stub {
@@ -105,7 +109,9 @@ impl StubServer {
 }
 
 /// A bare page mounting the widget. `?token=T` passes a token; `?tokens=a,b` a `getToken`
-/// handing them out in turn. What the callbacks see goes to `window.wxlog`.
+/// handing them out in turn. What the callbacks see goes to `window.wxlog`. `?onLogin=promise`
+/// makes `onLogin` return a promise the test settles with `window.settleLogin(ok)`;
+/// `?firstEventTimeout=ms` and `?showOpenid=1` pass those options.
 async fn page() -> Html<&'static str> {
     Html(
         r#"<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>stub</title></head>
@@ -116,9 +122,18 @@ window.wxlog = [];
 const tokens = (q.get('tokens') || '').split(',');
 const opts = {
   lang: q.get('lang') || 'zh',
-  onLogin: (r) => wxlog.push(['login', r]),
+  onLogin: (r) => {
+    wxlog.push(['login', r]);
+    if (q.get('onLogin') === 'promise') {
+      return new Promise((resolve, reject) => {
+        window.settleLogin = (ok) => (ok ? resolve() : reject(new Error('the site refused the login')));
+      });
+    }
+  },
   onError: (e) => wxlog.push(['error', e.code, e.status ?? null]),
 };
+if (q.has('firstEventTimeout')) opts.firstEventTimeout = Number(q.get('firstEventTimeout'));
+if (q.has('showOpenid')) opts.showOpenid = true;
 if (q.has('tokens')) opts.getToken = async () => { wxlog.push(['getToken']); return tokens.shift() || ''; };
 else opts.token = q.get('token') || '';
 mount(document.getElementById('wxlogin'), opts);
@@ -179,6 +194,17 @@ async fn sse(State(stub): State<Arc<Stub>>, Query(q): Query<TokenQuery>) -> Resp
             .into_response(),
         Mode::DiesThenPolls if n == 1 => Sse::new(first).into_response(),
         Mode::DiesThenPolls => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
+        Mode::LogsIn => {
+            let login = stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                Ok::<_, Infallible>(Event::default().id(format!("{SCENE}.{KEY}.1")).data(
+                    json!({"userId": "oStubUser", "event": "SCAN", "login_token": "stub.login.token"})
+                        .to_string(),
+                ))
+            });
+            Sse::new(first.chain(login)).into_response()
+        }
+        Mode::Silent => Sse::new(stream::pending::<Result<Event, Infallible>>()).into_response(),
     }
 }
 

@@ -1,9 +1,16 @@
-//! What every test binary that starts processes shares: free loopback ports and a private
-//! `redis-server`. Included with `#[path]` by `tests/it` and `tests/bench_smoke.rs`.
+//! What every test binary that starts processes shares: free loopback ports, guarded child
+//! processes, a private `redis-server`, the `wxlogin sandbox` binary, the example sites and an
+//! SSE reader.
+//! Included with `#[path]` by `tests/it`, `tests/browser.rs`, `tests/example_site.rs` and
+//! `tests/bench_smoke.rs`.
 
 #![allow(dead_code)]
 
+pub mod example_site;
+pub mod process;
 pub mod redis_server;
+pub mod sandbox;
+pub mod sse;
 
 use std::net::TcpListener;
 
