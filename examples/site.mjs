@@ -125,15 +125,20 @@ async function verifyOffline(loginToken) {
   } catch {
     throw invalid;
   }
+  if (!header || typeof header !== 'object' || !claims || typeof claims !== 'object') throw invalid;
   // Only EdDSA: a token naming another algorithm ("none", HS256 with the public key) is refused.
-  if (!header || header.alg !== 'EdDSA' || typeof header.kid !== 'string') throw invalid;
+  if (header.alg !== 'EdDSA' || typeof header.kid !== 'string') throw invalid;
   const key = await keyFor(header.kid);
   if (!key) throw invalid;
   const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
-  if (!verify(null, signed, key, Buffer.from(parts[2], 'base64url'))) throw invalid;
+  let good = false;
+  try {
+    good = verify(null, signed, key, Buffer.from(parts[2], 'base64url'));
+  } catch { /* a malformed signature */ }
+  if (!good) throw invalid;
   const now = Date.now() / 1000;
   const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
-  const ok = claims && claims.iss === 'wxlogin' && aud.includes(SITE_ORIGIN)
+  const ok = claims.iss === 'wxlogin' && aud.includes(SITE_ORIGIN)
     && typeof claims.sub === 'string' && typeof claims.jti === 'string'
     && typeof claims.exp === 'number' && claims.exp + LEEWAY_SECS > now
     && typeof claims.iat === 'number' && claims.iat - LEEWAY_SECS < now;

@@ -39,7 +39,8 @@ impl Drop for Guard {
 }
 
 /// Starts `command` with its stdout and stderr piped and waits (at most `wait`) until a line of
-/// either contains `needle`; returns the guard and that line. The output keeps being drained,
+/// either contains `needle`; returns the guard and everything printed up to that line (the
+/// line last). The output keeps being drained,
 /// and echoed as `[name] …` when `TEST_LOG` is set. Panics with everything the process printed
 /// if it exits or stays silent instead.
 pub async fn spawn_until(
@@ -79,7 +80,10 @@ pub async fn spawn_until(
     let found = tokio::time::timeout(wait, async {
         while let Some(line) = rx.recv().await {
             match line {
-                Some(line) if line.contains(needle) => return Some(line),
+                Some(line) if line.contains(needle) => {
+                    seen.push_str(&line);
+                    return Some(());
+                }
                 Some(line) => {
                     seen.push_str(&line);
                     seen.push('\n');
@@ -96,7 +100,7 @@ pub async fn spawn_until(
     })
     .await;
     match found {
-        Ok(Some(line)) => (guard, line),
+        Ok(Some(())) => (guard, seen),
         Ok(None) => panic!("{name} exited before printing {needle:?}:\n{seen}"),
         Err(_) => panic!("{name} printed no {needle:?} within {wait:?}:\n{seen}"),
     }

@@ -17,6 +17,8 @@ pub struct Sandbox {
     pub addr: SocketAddr,
     /// The API token the sandbox made up at start (read from its banner).
     pub api_token: String,
+    /// What it printed at start, up to the banner's line naming the stream URL.
+    pub banner: String,
     _dir: tempfile::TempDir,
     _child: Guard,
 }
@@ -25,11 +27,17 @@ impl Sandbox {
     /// Starts the binary with `settings` (e.g. `("SSE_TIMEOUT_SECS", "5")`) in an empty
     /// directory and environment, and waits for its banner (printed once it is bound).
     pub async fn start(settings: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], settings).await
+    }
+
+    /// As [`Sandbox::start`], with command-line `flags` (e.g. `--safe-mode`).
+    pub async fn start_with(flags: &[&str], settings: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_wxlogin"));
         command
             .arg("sandbox")
+            .args(flags)
             .current_dir(dir.path())
             .env_clear()
             .env("BIND", format!("127.0.0.1:{port}"))
@@ -40,6 +48,8 @@ impl Sandbox {
         for (k, v) in settings {
             command.env(k, v);
         }
+        // BIND is the test's: the sandbox must be where `base` says.
+        command.env("BIND", format!("127.0.0.1:{port}"));
         let (child, banner) = spawn_until(
             "sandbox",
             &mut command,
@@ -48,9 +58,10 @@ impl Sandbox {
         )
         .await;
         let api_token = banner
-            .split("/sse?token=")
-            .nth(1)
-            .map(|t| t.trim().to_owned())
+            .rsplit("/sse?token=")
+            .next()
+            .and_then(|t| t.split_whitespace().next())
+            .map(str::to_owned)
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| panic!("no API token in the banner line {banner:?}"));
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -58,6 +69,7 @@ impl Sandbox {
             base: format!("http://{addr}"),
             addr,
             api_token,
+            banner,
             _dir: dir,
             _child: child,
         }

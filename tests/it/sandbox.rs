@@ -1,23 +1,12 @@
 //! `wxlogin sandbox`, as a user runs it: the binary, the page, a click on "scan".
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 
-use crate::common::free_port;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::common::sandbox::Sandbox;
 
 #[tokio::test]
 async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
@@ -30,54 +19,9 @@ async fn the_sandbox_in_safe_mode_encrypts_its_callbacks_and_still_logs_in() {
 }
 
 /// A running `wxlogin sandbox` with `flags` and the environment `env` (nothing else), in an
-/// empty folder: its base URL and its banner.
-struct Sandbox {
-    base: String,
-    banner: String,
-    _child: Killed,
-    _dir: tempfile::TempDir,
-}
-
+/// empty folder.
 async fn start_sandbox(flags: &[&str], env: &[(&str, &str)]) -> Sandbox {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
-        .arg("sandbox")
-        .args(flags)
-        .current_dir(dir.path())
-        .env_clear()
-        .envs(env.iter().copied())
-        .env("BIND", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The banner names the page; wait for it (the server is bound before it is printed).
-    let stderr = child.stderr.take().unwrap();
-    let child = Killed(child);
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            text.push_str(&line);
-            text.push('\n');
-            if line.contains("/sse?token=") {
-                break;
-            }
-        }
-        text
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
-        .await
-        .expect("sandbox starts")
-        .unwrap();
-    Sandbox {
-        base: format!("http://127.0.0.1:{port}"),
-        banner,
-        _child: child,
-        _dir: dir,
-    }
+    Sandbox::start_with(flags, env).await
 }
 
 /// Opens the page's stream with `token`, scans as `openid`: the login token.
@@ -108,15 +52,6 @@ async fn sandbox_login_token(base: &str, token: &str, openid: &str) -> String {
     result["login_token"].as_str().unwrap().to_owned()
 }
 
-/// The token the banner names for `/sse`.
-fn banner_token(banner: &str) -> &str {
-    banner
-        .split("/sse?token=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the banner names the token")
-}
-
 #[tokio::test]
 async fn a_sandbox_in_a_production_folder_ignores_its_secrets_and_a_site_refuses_its_tokens() {
     let secret = "the-production-login-token-secret-0123";
@@ -141,7 +76,7 @@ async fn a_sandbox_in_a_production_folder_ignores_its_secrets_and_a_site_refuses
         assert!(banner.contains(setting), "{banner}");
     }
     assert!(banner.contains("Ignored"), "{banner}");
-    let token = banner_token(banner);
+    let token = sandbox.api_token.as_str();
     assert_ne!(token, production_api_token);
     let refused = reqwest::get(format!("{}/sse?token={production_api_token}", sandbox.base))
         .await
