@@ -2,6 +2,8 @@
 //! before the returned future is made, so its futures are ready at once; a periodic
 //! [`Store::purge_expired`] keeps memory following the live state, not the history.
 
+mod codes;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use subtle::ConstantTimeEq as _;
 
+use self::codes::{Attempts, Codes};
 use super::{
     ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Outcome, SessionRecord, SessionState,
     Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
@@ -49,6 +52,11 @@ struct Inner {
     page_key: OnceLock<[u8; 32]>,
     /// QR codes counted today: the day's name and the count.
     made: Mutex<(String, u64)>,
+    /// Live login codes. One lock: a code is reserved once per stream and taken or looked up
+    /// once per text message, far fewer than the callbacks the sharded bindings take.
+    codes: Mutex<Codes>,
+    /// Attempts at codes by sender, in each sender's current window.
+    attempts: Mutex<Attempts>,
 }
 
 /// A claimed key.
@@ -59,6 +67,10 @@ struct Claim {
     /// For a callback's event: whether it logged somebody in.
     login: bool,
 }
+
+/// The longest life a code or a window of attempts is given: `Instant` cannot reach as far
+/// as any `Duration`.
+const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// How many locks the bindings are spread over.
 const BINDING_SHARDS: usize = 16;
@@ -207,6 +219,8 @@ impl MemoryStore {
                 sessions: Mutex::new(HashMap::new()),
                 page_key: OnceLock::new(),
                 made: Mutex::new((String::new(), 0)),
+                codes: Mutex::new(Codes::default()),
+                attempts: Mutex::new(Attempts::default()),
             }),
         }
     }
@@ -386,6 +400,44 @@ impl Store for MemoryStore {
         ready(if made.0 == day { made.1 } else { 0 })
     }
 
+    fn code_reserve<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        ready(lock(&self.inner.codes).reserve(code, scene, now, now + ttl.min(FAR)))
+    }
+
+    fn code_lookup<'a>(
+        &'a self,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
+        ready(lock(&self.inner.codes).lookup(code, Instant::now()))
+    }
+
+    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
+        ready(lock(&self.inner.codes).take(code, Instant::now()))
+    }
+
+    fn code_release<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        ready(lock(&self.inner.codes).release(code, scene, Instant::now()))
+    }
+
+    fn code_attempt<'a>(
+        &'a self,
+        sender: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u32, StoreError>> {
+        let window = window.min(FAR);
+        ready(lock(&self.inner.attempts).count(sender, window, Instant::now()))
+    }
+
     fn open<'a>(
         &'a self,
         scene: &'a Scene,
@@ -558,6 +610,9 @@ impl Store for MemoryStore {
     fn purge_expired(&self) {
         let now = self.keys_now();
         lock(&self.inner.keys).retain(|claim| claim.expires > now);
+        let instant = Instant::now();
+        lock(&self.inner.codes).purge(instant);
+        lock(&self.inner.attempts).purge(instant);
         let now_ms = unix_now_ms();
         let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         for shard in &self.inner.bindings {
@@ -617,6 +672,36 @@ mod tests {
         assert_eq!(store.qr_made_on("20250102").await.unwrap(), 0);
         assert_eq!(store.qr_budget_take("20250102", 2).await.unwrap(), Some(1));
         assert_eq!(store.qr_made_on("20250102").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn lapsed_codes_and_ended_windows_of_attempts_are_purged() {
+        let store = MemoryStore::new();
+        let (short, long) = (Duration::from_millis(30), Duration::from_secs(60));
+        let scene = Scene::random();
+        assert!(store.code_reserve("111111", &scene, short).await.unwrap());
+        assert!(store.code_reserve("222222", &scene, long).await.unwrap());
+        assert_eq!(store.code_attempt("o1", short).await.unwrap(), 1);
+        assert_eq!(store.code_attempt("o2", long).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        store.purge_expired();
+        assert_eq!(lock(&store.inner.codes).len(), 1);
+        assert_eq!(lock(&store.inner.attempts).len(), 1);
+    }
+
+    #[test]
+    fn a_ttl_too_long_for_an_instant_does_not_panic() {
+        let store = MemoryStore::new();
+        let scene = Scene::random();
+        let reserved = futures_util::FutureExt::now_or_never(store.code_reserve(
+            "123456",
+            &scene,
+            Duration::MAX,
+        ));
+        assert!(matches!(reserved, Some(Ok(true))));
+        let counted =
+            futures_util::FutureExt::now_or_never(store.code_attempt("o1", Duration::MAX));
+        assert!(matches!(counted, Some(Ok(1))));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   resolved once by a scan and then holding the result for a reconnecting stream;
 //! - keys claimed once (WeChat's retries of a callback, used login token ids);
 //! - the count of QR codes made per day, against the daily budget;
+//! - login codes bound to their scenes (unique among live codes, taken once), and the
+//!   attempts at a code each sender made in the current window;
 //! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
 //! - the random key page tokens are signed under ([`Store::page_key`]);
 //! - notices to the instance holding a stream ([`Inbox`]).
@@ -402,6 +404,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// The QR codes counted on `day` by [`Store::qr_budget_take`].
     fn qr_made_on<'a>(&'a self, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    // ------------------------------------------------------------------ login codes
+
+    /// Binds the login code `code` (its digits) to `scene` for `ttl` (the stream's wait),
+    /// unless a live code has those digits already, here or on any instance: `false` then,
+    /// nothing changed, and the caller draws another code.
+    fn code_reserve<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The scene a live code names, leaving the code in place.
+    fn code_lookup<'a>(&'a self, code: &'a str)
+    -> BoxFuture<'a, Result<Option<Scene>, StoreError>>;
+
+    /// The scene a live code names, and the code is gone: one atomic step, so that of callers
+    /// racing with one code (WeChat's retries, two instances) exactly one gets the scene.
+    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>>;
+
+    /// Removes `code` if it still names `scene` (its stream ended without it): a code that
+    /// expired and was reserved again for another stream is left alone. `true` when removed.
+    fn code_release<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Counts one attempt at a code by `sender` (an openid) in a fixed window of `window`
+    /// that starts with the first attempt: the count including this one, which the caller
+    /// holds against its limit. Instances count together.
+    fn code_attempt<'a>(
+        &'a self,
+        sender: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u32, StoreError>>;
 
     // ------------------------------------------------------------------ sessions
 

@@ -16,6 +16,8 @@
 //! itself) with short timeouts, so that a Redis outage turns into errors at once (503 for
 //! browsers, 5xx for WeChat) and not into hanging requests.
 
+mod codes;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -535,6 +537,42 @@ impl Store for RedisStore {
             let made: Option<u64> = self.conn().get(self.qr_day_key(day)).await.map_err(err)?;
             Ok(made.unwrap_or(0))
         })
+    }
+
+    fn code_reserve<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.reserve_code(code, scene, ttl))
+    }
+
+    fn code_lookup<'a>(
+        &'a self,
+        code: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
+        Box::pin(self.lookup_code(code))
+    }
+
+    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
+        Box::pin(self.take_code(code))
+    }
+
+    fn code_release<'a>(
+        &'a self,
+        code: &'a str,
+        scene: &'a Scene,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.release_code(code, scene))
+    }
+
+    fn code_attempt<'a>(
+        &'a self,
+        sender: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<u32, StoreError>> {
+        Box::pin(self.count_attempt(sender, window))
     }
 
     fn open<'a>(

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod callbacks;
+mod codes;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;

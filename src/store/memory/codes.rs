@@ -1,0 +1,182 @@
+//! Login codes and attempts at them, in memory. Both are maps with an expiry per entry: an
+//! expired entry is never found, and [`Codes::purge`] / [`Attempts::purge`] drop it, so that
+//! memory follows the codes live and the senders of the current window, not the history.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::wechat::ids::Scene;
+
+/// Live login codes by their digits.
+#[derive(Default)]
+pub(super) struct Codes {
+    by_digits: HashMap<String, Live>,
+}
+
+/// A code's scene and when the code lapses.
+struct Live {
+    scene: Scene,
+    until: Instant,
+}
+
+impl Codes {
+    /// Binds `code` to `scene` until `until` unless it is live: `false` then.
+    pub(super) fn reserve(
+        &mut self,
+        code: &str,
+        scene: &Scene,
+        now: Instant,
+        until: Instant,
+    ) -> bool {
+        let live = Live {
+            scene: scene.clone(),
+            until,
+        };
+        match self.by_digits.get_mut(code) {
+            Some(held) if held.until > now => false,
+            Some(lapsed) => {
+                *lapsed = live;
+                true
+            }
+            None => {
+                self.by_digits.insert(code.to_owned(), live);
+                true
+            }
+        }
+    }
+
+    /// The scene of a live `code`.
+    pub(super) fn lookup(&self, code: &str, now: Instant) -> Option<Scene> {
+        self.by_digits
+            .get(code)
+            .filter(|live| live.until > now)
+            .map(|live| live.scene.clone())
+    }
+
+    /// Removes `code`; its scene if it was live.
+    pub(super) fn take(&mut self, code: &str, now: Instant) -> Option<Scene> {
+        self.by_digits
+            .remove(code)
+            .filter(|live| live.until > now)
+            .map(|live| live.scene)
+    }
+
+    /// Removes `code` if it names `scene`; `true` if it was live.
+    pub(super) fn release(&mut self, code: &str, scene: &Scene, now: Instant) -> bool {
+        match self.by_digits.get(code) {
+            Some(held) if held.scene == *scene => {
+                let live = held.until > now;
+                self.by_digits.remove(code);
+                live
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the codes that lapsed.
+    pub(super) fn purge(&mut self, now: Instant) {
+        self.by_digits.retain(|_, live| live.until > now);
+    }
+
+    /// Codes held, lapsed ones not yet purged included.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_digits.len()
+    }
+}
+
+/// Attempts by sender in each sender's current window.
+#[derive(Default)]
+pub(super) struct Attempts {
+    by_sender: HashMap<String, Window>,
+}
+
+/// A sender's window: its count and when it ends.
+struct Window {
+    count: u32,
+    until: Instant,
+}
+
+impl Attempts {
+    /// Counts one attempt by `sender`, in its window or in a new one of `window` from `now`.
+    pub(super) fn count(&mut self, sender: &str, window: Duration, now: Instant) -> u32 {
+        let fresh = Window {
+            count: 1,
+            until: now + window,
+        };
+        match self.by_sender.get_mut(sender) {
+            Some(open) if open.until > now => {
+                open.count = open.count.saturating_add(1);
+                open.count
+            }
+            Some(over) => {
+                *over = fresh;
+                1
+            }
+            None => {
+                self.by_sender.insert(sender.to_owned(), fresh);
+                1
+            }
+        }
+    }
+
+    /// Drops the windows that ended.
+    pub(super) fn purge(&mut self, now: Instant) {
+        self.by_sender.retain(|_, w| w.until > now);
+    }
+
+    /// Senders held, ended windows not yet purged included.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_sender.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_lapsed_code_is_not_found_and_is_purged() {
+        let mut codes = Codes::default();
+        let (a, b) = (Scene::random(), Scene::random());
+        let t0 = Instant::now();
+        assert!(codes.reserve("123456", &a, t0, t0 + MINUTE));
+        assert!(codes.reserve("654321", &b, t0, t0 + 2 * MINUTE));
+        let later = t0 + MINUTE;
+        assert_eq!(codes.lookup("123456", later), None);
+        assert_eq!(codes.lookup("654321", later), Some(b.clone()));
+        codes.purge(later);
+        assert_eq!(codes.len(), 1);
+        // A lapsed code is free again, also before it is purged.
+        assert!(codes.reserve("654321", &a, t0 + 3 * MINUTE, t0 + 4 * MINUTE));
+        assert_eq!(codes.take("654321", t0 + 3 * MINUTE), Some(a));
+        assert_eq!(codes.len(), 0);
+    }
+
+    #[test]
+    fn releasing_a_lapsed_code_of_its_scene_removes_it_but_reports_it_was_not_live() {
+        let mut codes = Codes::default();
+        let a = Scene::random();
+        let t0 = Instant::now();
+        assert!(codes.reserve("123456", &a, t0, t0 + MINUTE));
+        assert!(!codes.release("123456", &a, t0 + MINUTE));
+        assert_eq!(codes.len(), 0);
+    }
+
+    #[test]
+    fn a_window_that_ended_starts_again_and_is_purged() {
+        let mut attempts = Attempts::default();
+        let t0 = Instant::now();
+        assert_eq!(attempts.count("o1", MINUTE, t0), 1);
+        assert_eq!(attempts.count("o1", MINUTE, t0 + MINUTE / 2), 2);
+        assert_eq!(attempts.count("o2", MINUTE, t0 + MINUTE / 2), 1);
+        assert_eq!(attempts.count("o1", MINUTE, t0 + MINUTE), 1);
+        attempts.purge(t0 + MINUTE + MINUTE / 2);
+        assert_eq!(attempts.len(), 1);
+        attempts.purge(t0 + 2 * MINUTE);
+        assert_eq!(attempts.len(), 0);
+    }
+}

@@ -1,0 +1,106 @@
+//! Login codes and attempts at them, in Redis: `code:<digits>` holds the scene a live code
+//! names and expires with the stream's wait; `attempts:<sender>` counts a sender's attempts in
+//! its current window and expires when the window ends. Each operation touches one key, so
+//! each is one command (or one script) and atomic in Redis, and any slot of a Cluster will do.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{RedisStore, bad_reply, err};
+use crate::store::{StoreError, millis};
+use crate::wechat::ids::Scene;
+
+/// The script counting an attempt (immutable: its source and digest).
+static ATTEMPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/code_attempt.lua")));
+
+impl RedisStore {
+    fn code_key(&self, code: &str) -> String {
+        format!("{}code:{code}", self.inner.prefix)
+    }
+
+    fn attempts_key(&self, sender: &str) -> String {
+        format!("{}attempts:{sender}", self.inner.prefix)
+    }
+
+    /// `SET NX PX`: the code is bound unless it is live already.
+    pub(super) async fn reserve_code(
+        &self,
+        code: &str,
+        scene: &Scene,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.code_key(code))
+            .arg(scene.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl).max(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        Ok(set.is_some())
+    }
+
+    pub(super) async fn lookup_code(&self, code: &str) -> Result<Option<Scene>, StoreError> {
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(self.code_key(code))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        stored.map(scene_of).transpose()
+    }
+
+    /// `GETDEL` (Redis 6.2, which the access token's `SET … PXAT` needs already): the read
+    /// and the removal are one command, so one caller gets the scene.
+    pub(super) async fn take_code(&self, code: &str) -> Result<Option<Scene>, StoreError> {
+        let stored: Option<String> = redis::cmd("GETDEL")
+            .arg(self.code_key(code))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        stored.map(scene_of).transpose()
+    }
+
+    /// Compare and delete (the script that releases a lock held by this instance).
+    pub(super) async fn release_code(&self, code: &str, scene: &Scene) -> Result<bool, StoreError> {
+        let deleted: i64 = self
+            .inner
+            .scripts
+            .unlock
+            .key(self.code_key(code))
+            .arg(scene.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        Ok(deleted > 0)
+    }
+
+    /// One script (`lua/code_attempt.lua`): the count and the window's expiry together.
+    pub(super) async fn count_attempt(
+        &self,
+        sender: &str,
+        window: Duration,
+    ) -> Result<u32, StoreError> {
+        let count: i64 = ATTEMPT
+            .key(self.attempts_key(sender))
+            .arg(millis(window).max(1))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        match u32::try_from(count) {
+            Ok(count) if count > 0 => Ok(count),
+            Err(_) if count > 0 => Ok(u32::MAX),
+            _ => Err(bad_reply("code_attempt")),
+        }
+    }
+}
+
+/// The scene a code's key holds.
+fn scene_of(stored: String) -> Result<Scene, StoreError> {
+    Scene::parse(&stored).map_err(|_| StoreError::Corrupt {
+        what: "login code's scene",
+    })
+}
