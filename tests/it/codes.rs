@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use wxlogin::login::code::{CodeLength, LoginCode};
-use wxlogin::store::Store;
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
+use wxlogin::store::{Store, StoreError};
 use wxlogin::wechat::ids::Scene;
 use wxlogin::wechat::secret::Secret;
 
@@ -191,6 +191,59 @@ async fn ten_thousand_codes_reserved_from_two_instances_are_distinct() {
         })
         .buffer_unordered(64);
     assert!(cross.all(|ok| async move { ok }).await);
+}
+
+#[tokio::test]
+async fn in_redis_codes_and_attempts_live_under_the_prefix_with_a_ttl_and_garbage_is_an_error() {
+    let redis = RedisServer::start();
+    let store = RedisStore::new(&Secret::new(redis.url()), "wxtest", "one".into()).unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pttl = |key: &'static str| {
+        let mut raw = raw.clone();
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            ms
+        }
+    };
+    let scene = Scene::random();
+    assert!(store.code_reserve("123456", &scene, WAIT).await.unwrap());
+    assert_eq!(
+        store
+            .code_attempt("oSender", Duration::from_secs(2))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.code_attempt("oSender", WAIT).await.unwrap(), 2);
+
+    let code_ttl = pttl("wxlogin:wxtest:code:123456").await;
+    assert!(code_ttl > 0 && code_ttl <= 60_000, "{code_ttl}");
+    // The window is the first attempt's: a later attempt does not stretch it.
+    let window_ttl = pttl("wxlogin:wxtest:attempts:oSender").await;
+    assert!(window_ttl > 0 && window_ttl <= 2_000, "{window_ttl}");
+
+    let _: () = redis::cmd("SET")
+        .arg("wxlogin:wxtest:code:654321")
+        .arg("not a scene!")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.code_lookup("654321").await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.code_take("654321").await,
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 on_every_backend!(
