@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::login::policy::new_scene;
 use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
 use crate::wechat::error::ApiError;
-use crate::wechat::ids::Scene;
 
 /// The outcome of the checks.
 pub struct Report {
@@ -82,7 +82,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
                 true,
                 &format!("access token (valid {} s more)", token.expires_in),
             );
-            match api.create_qr(&token, &Scene::random(), 60).await {
+            match api.create_qr(&token, &new_scene(), 60).await {
                 Ok(qr) => {
                     passed &= line(
                         true,

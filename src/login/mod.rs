@@ -1,12 +1,14 @@
 //! The product's flow, without HTTP: hand a stream a fresh QR code, resolve a scan to the one
 //! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
+//! - [`policy`]: wxlogin's scenes (their prefix) and the one place a scene is made.
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
 //! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
 
 pub mod event;
+pub mod policy;
 pub mod pool;
 mod registry;
 pub mod scenes;

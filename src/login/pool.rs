@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::policy::new_scene;
 use crate::metrics::Metrics;
 use crate::store::{
     StockedQr, Store, StoreError, instant_to_ms, millis, ms_to_instant, unix_now_ms,
@@ -304,7 +305,7 @@ impl QrPool {
         }
         self.check_budget()?;
         self.check_backoff()?;
-        match self.make_one(Scene::random()).await {
+        match self.make_one(new_scene()).await {
             Ok(qr) => Ok(qr),
             Err(MakeError::Budget(spent)) => Err(spent.into()),
             Err(MakeError::Store(e)) => Err(e.into()),
@@ -574,7 +575,7 @@ impl QrPool {
                 continue;
             }
             let scenes: Vec<Scene> = (0..REFILL_CONCURRENCY.min(self.inner.target))
-                .map(|_| Scene::random())
+                .map(|_| new_scene())
                 .collect();
             let names: Vec<String> = scenes.iter().map(|s| s.as_str().to_owned()).collect();
             let reserved = self
