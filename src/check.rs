@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::login::advice::explain;
 use crate::login::policy::new_scene;
 use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
 use crate::wechat::api::WechatApi;
-use crate::wechat::error::ApiError;
 
 /// The outcome of the checks.
 pub struct Report {
@@ -20,13 +20,6 @@ pub struct Report {
     pub text: String,
     /// Whether every step passed.
     pub passed: bool,
-}
-
-fn explain(e: &ApiError) -> String {
-    match e.advice() {
-        Some(advice) => format!("{e} ({advice})"),
-        None => e.to_string(),
-    }
 }
 
 /// Runs the checks against `config`; a configuration that did not load is the first step,

@@ -6,7 +6,9 @@
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
 //! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
+//! - [`advice`]: what an operator should do about WeChat's refusals, naming wxlogin's settings.
 
+pub mod advice;
 pub mod event;
 pub mod policy;
 pub mod pool;

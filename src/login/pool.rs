@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::advice;
 use super::policy::new_scene;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -476,15 +477,12 @@ impl QrPool {
             .min(cap);
         health.backoff_until = Some(Instant::now() + pause);
         health.last_error = Some(LastError {
-            summary: e.summary(),
-            full: match e.advice() {
-                Some(advice) => format!("{e} ({advice})"),
-                None => e.to_string(),
-            },
+            summary: advice::summary(e),
+            full: advice::explain(e),
         });
         health.config_error = kind == ErrorKind::Config;
         if kind == ErrorKind::Config {
-            tracing::error!(errcode = e.errcode(), error = %e, advice = e.advice(), "WeChat refuses: configuration error");
+            tracing::error!(errcode = e.errcode(), error = %e, advice = advice::advice_for(e), "WeChat refuses: configuration error");
         } else {
             tracing::warn!(errcode = e.errcode(), error = %e, backoff_ms = pause.as_millis() as u64, "could not make a QR code");
         }
