@@ -12,7 +12,6 @@ use crate::login::advice::explain;
 use crate::login::policy::new_scene;
 use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
-use crate::wechat::api::WechatApi;
 
 /// The outcome of the checks.
 pub struct Report {
@@ -53,12 +52,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
             }
         ),
     );
-    let api = match WechatApi::new(
-        &config.wechat_api_base,
-        config.appid.clone(),
-        config.secret_key.clone(),
-        config.wechat_timeout,
-    ) {
+    let api = match crate::app::wechat_api(&config) {
         Ok(api) => api,
         Err(e) => {
             line(false, &format!("WeChat client: {e}"));

@@ -1,6 +1,8 @@
 //! Errors of the WeChat API client, typed the way the protocol is: WeChat said no (with its
 //! errcode), the request failed, or the reply did not parse.
 
+pub use crate::http::RequestError;
+
 /// errcodes the client acts on. See DESIGN.md, "WeChat facts".
 pub mod errcode {
     /// System busy: retry with backoff.
@@ -38,7 +40,7 @@ pub enum ApiError {
     },
     /// The request did not complete (connect, timeout, non-2xx transport status).
     #[error("request to WeChat failed: {0}")]
-    Request(#[source] reqwest::Error),
+    Request(#[source] RequestError),
     /// WeChat answered something we could not read; `body` keeps (the start of) it.
     #[error("unreadable reply from WeChat: {source}; body starts {body:?}")]
     Parse {

@@ -2,7 +2,8 @@
 //!
 //! Nothing here knows about axum, the store or the login flow: it turns WeChat's wire formats
 //! into typed values and back, and talks to the WeChat API.
-//! - [`api`]: the HTTP client for `stable_token` and `qrcode/create`.
+//! - [`api`]: the WeChat API client for `stable_token` and `qrcode/create` (over `http`,
+//!   hyper's client with rustls: JSON in and out, bounded in time and size).
 //! - [`token`]: the access token cache (one refresh for all callers, retry on token errors).
 //! - [`signature`]: callback signatures (`signature`, `msg_signature`).
 //! - [`crypto`]: safe mode (AES-256-CBC message envelope).
@@ -18,6 +19,7 @@ pub mod api;
 pub mod callback;
 pub mod crypto;
 pub mod error;
+mod http;
 pub mod ids;
 pub mod reply;
 pub mod secret;
