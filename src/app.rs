@@ -124,6 +124,20 @@ pub struct App {
     grace: Duration,
 }
 
+/// The `User-Agent` of wxlogin's calls to the WeChat API.
+pub const USER_AGENT: &str = concat!("wxlogin/", env!("CARGO_PKG_VERSION"));
+
+/// The WeChat API client of `config`'s account (for the app and `wxlogin check`).
+pub fn wechat_api(config: &Config) -> Result<WechatApi, ApiError> {
+    WechatApi::new(
+        &config.wechat_api_base,
+        config.appid.clone(),
+        config.secret_key.clone(),
+        config.wechat_timeout,
+    )?
+    .with_user_agent(USER_AGENT)
+}
+
 /// The store the configuration asks for: Redis with `REDIS_URL` (several instances), else
 /// memory (one process).
 fn store(config: &Config) -> Result<Arc<dyn Store>, RedisSetupError> {
@@ -196,13 +210,7 @@ impl App {
     ) -> Result<Self, AppError> {
         let metrics = Metrics::new();
         let observed = Arc::clone(&metrics);
-        let api = WechatApi::new(
-            &config.wechat_api_base,
-            config.appid.clone(),
-            config.secret_key.clone(),
-            config.wechat_timeout,
-        )?
-        .with_observer(Arc::new(move |api, result| {
+        let api = wechat_api(config)?.with_observer(Arc::new(move |api, result| {
             let result = match result {
                 Ok(()) => "ok".to_owned(),
                 Err(ApiError::Wechat { errcode, .. }) => errcode.to_string(),

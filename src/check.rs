@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::login::advice::explain;
+use crate::login::policy::new_scene;
 use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
-use crate::wechat::api::WechatApi;
-use crate::wechat::error::ApiError;
-use crate::wechat::ids::Scene;
 
 /// The outcome of the checks.
 pub struct Report {
@@ -20,13 +19,6 @@ pub struct Report {
     pub text: String,
     /// Whether every step passed.
     pub passed: bool,
-}
-
-fn explain(e: &ApiError) -> String {
-    match e.advice() {
-        Some(advice) => format!("{e} ({advice})"),
-        None => e.to_string(),
-    }
 }
 
 /// Runs the checks against `config`; a configuration that did not load is the first step,
@@ -60,12 +52,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
             }
         ),
     );
-    let api = match WechatApi::new(
-        &config.wechat_api_base,
-        config.appid.clone(),
-        config.secret_key.clone(),
-        config.wechat_timeout,
-    ) {
+    let api = match crate::app::wechat_api(&config) {
         Ok(api) => api,
         Err(e) => {
             line(false, &format!("WeChat client: {e}"));
@@ -82,7 +69,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
                 true,
                 &format!("access token (valid {} s more)", token.expires_in),
             );
-            match api.create_qr(&token, &Scene::random(), 60).await {
+            match api.create_qr(&token, &new_scene(), 60).await {
                 Ok(qr) => {
                     passed &= line(
                         true,

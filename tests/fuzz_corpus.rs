@@ -2,7 +2,9 @@
 //! the fuzzer kept, including the reproducers of what it found, is checked on each test run.
 //!
 //! The harness is `fuzz/src/lib.rs` itself, included as a module: the replay runs exactly the
-//! code (and the properties) the fuzz targets run. See `fuzz/README.md` to fuzz.
+//! code (and the properties) the fuzz targets run. The fuzz crate knows only the protocol
+//! crate; the service's own readers of the same inputs (the extractors of `GET /wechat_event`
+//! and `GET /sse`, event ids) are replayed here too. See `fuzz/README.md` to fuzz.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +14,12 @@ mod harness;
 
 use std::fs;
 use std::path::PathBuf;
+
+use axum::extract::Query;
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use wxlogin::http::sse::{SseQuery, named_event};
+use wxlogin::http::wechat_event::VerifyQuery;
+use wxlogin::login::event::{EventId, Lang};
 
 /// Feeds every file of `fuzz/corpus/<target>` to `run`; returns how many there were.
 fn replay(target: &str, run: fn(&[u8])) -> usize {
@@ -45,7 +53,76 @@ fn the_safe_mode_corpus_replays_without_a_panic() {
 
 #[test]
 fn the_query_corpus_replays_without_a_panic() {
-    replay("query", harness::query);
+    replay("query", |data| {
+        harness::query(data);
+        service_query(data);
+    });
+}
+
+/// One query string as the service reads it besides the callback's own parser: the extractors
+/// of `GET /wechat_event` and `GET /sse` (which refuse a repeated field, and otherwise read
+/// what a form parser reads), and the checks the `/sse` handler makes with what it read. The
+/// same bytes are also tried as a `Last-Event-ID` header and as `?id=`.
+fn service_query(data: &[u8]) {
+    let raw = harness::escape_query(data);
+    let Ok(uri) = Uri::try_from(format!("/sse?{raw}")) else {
+        panic!("the escaped query is not a valid URI: {data:?}");
+    };
+    let _ = Query::<VerifyQuery>::try_from_uri(&uri);
+    if Query::<SseQuery>::try_from_uri(&uri).is_ok() {
+        let _ = Lang::parse(harness::first(&raw, "lang").as_deref());
+        if let Some(id) = harness::first(&raw, "id") {
+            check_event_id(&id);
+            // Without a `Last-Event-ID` (or with an empty one), `?id=` names the event.
+            let named = named_event(&HeaderMap::new(), Some(&id));
+            assert_eq!(named, EventId::parse(&id));
+            let mut empty = HeaderMap::new();
+            empty.insert("last-event-id", HeaderValue::from_static(""));
+            assert_eq!(named_event(&empty, Some(&id)), named);
+        }
+    }
+    last_event_id(data);
+}
+
+/// `EventId::parse` accepts exactly `<scene>.<key>.<0|1>` (a scene, a 22-character key), and
+/// what it accepts formats back to the same text: an id has one spelling.
+fn check_event_id(s: &str) {
+    let shaped = s.rsplit_once('.').is_some_and(|(rest, seq)| {
+        (seq == "0" || seq == "1")
+            && rest.rsplit_once('.').is_some_and(|(scene, key)| {
+                harness::url_safe(scene, 1..=64) && harness::url_safe(key, 22..=22)
+            })
+    });
+    match EventId::parse(s) {
+        Some(id) => {
+            assert!(shaped, "{s:?} accepted");
+            assert_eq!(EventId::format(&id.scene, &id.key, id.seen_last), s);
+            assert_eq!(id.seen_last, s.ends_with(".1"));
+        }
+        None => assert!(!shaped, "{s:?} refused"),
+    }
+}
+
+/// The `Last-Event-ID` a reconnecting EventSource sends (`<scene>.<key>.<n>`), read by
+/// `sse::named_event` as `GET /sse` reads it.
+pub fn last_event_id(data: &[u8]) -> Option<EventId> {
+    // Any text, even one a header cannot carry (a `?id=` can).
+    check_event_id(&String::from_utf8_lossy(data));
+    let value = HeaderValue::from_bytes(data).ok()?;
+    let mut headers = HeaderMap::new();
+    headers.insert("last-event-id", value.clone());
+    // The header wins over `?id=`, unless it is empty or not text.
+    let query = "wxl_AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA.1";
+    let named = named_event(&headers, Some(query));
+    match value.to_str().ok().filter(|v| !v.is_empty()) {
+        Some(text) => {
+            check_event_id(text);
+            assert_eq!(named_event(&headers, None), EventId::parse(text));
+            assert_eq!(named, EventId::parse(text));
+        }
+        None => assert_eq!(named, EventId::parse(query)),
+    }
+    named_event(&headers, None)
 }
 
 #[test]
@@ -87,7 +164,7 @@ fn the_harness_reference_model_opens_a_real_message() {
     use cbc::cipher::block_padding::NoPadding;
     use cbc::cipher::{BlockDecryptMut, KeyIvInit};
 
-    let key = wxlogin::wechat::crypto::AesKey::from_encoding_aes_key(harness::KEY).unwrap();
+    let key = wxlogin_wechat::crypto::AesKey::from_encoding_aes_key(harness::KEY).unwrap();
     let encrypt = key.encrypt(harness::APPID, "<xml>hi</xml>").unwrap();
     let mut raw = base64::engine::general_purpose::STANDARD
         .decode(&encrypt)
@@ -106,9 +183,9 @@ fn the_harness_reference_model_opens_a_real_message() {
         Some("<xml>hi</xml>")
     );
     assert_eq!(harness::reference_open(plain, "wx0"), None);
-    let uri = harness::uri_with_query("/sse", b"scene=a b#c").unwrap();
+    let uri = Uri::try_from(format!("/sse?{}", harness::escape_query(b"scene=a b#c"))).unwrap();
     assert_eq!(uri.query(), Some("scene=a%20b%23c"));
-    let id = harness::last_event_id(b"abc.AAAAAAAAAAAAAAAAAAAAAA.1").unwrap();
+    let id = last_event_id(b"abc.AAAAAAAAAAAAAAAAAAAAAA.1").unwrap();
     assert_eq!((id.scene.as_str(), id.seen_last), ("abc", true));
-    assert_eq!(harness::last_event_id(b"abc.1"), None);
+    assert_eq!(last_event_id(b"abc.1"), None);
 }

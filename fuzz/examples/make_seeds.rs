@@ -6,10 +6,10 @@
 use std::fs;
 use std::path::Path;
 
-use wxlogin::wechat::crypto::{self, AesKey};
-use wxlogin::wechat::reply::text_reply;
-use wxlogin::wechat::signature;
 use wxlogin_fuzz::{APPID, KEY, OpenMode, TOKEN};
+use wxlogin_wechat::crypto::{self, AesKey};
+use wxlogin_wechat::reply::text_reply;
+use wxlogin_wechat::signature;
 
 const SUBSCRIBE: &str = "<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>\n\
 <FromUserName><![CDATA[oyORnuP8q7ou2gfYjqLzSIWZf0rs]]></FromUserName>\n\

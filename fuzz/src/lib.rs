@@ -3,7 +3,9 @@
 //! Shared by the libFuzzer targets (`fuzz_targets/*.rs`) and by the corpus replay in the main
 //! crate's test suite (`tests/fuzz_corpus.rs` includes this file with `#[path]`), so CI runs
 //! every corpus input through exactly the code the fuzzer ran. It may therefore only use crates
-//! the main crate's tests can (wxlogin, axum, aes, cbc, base64, form_urlencoded).
+//! the main crate's tests can (wxlogin-wechat, aes, cbc, base64, form_urlencoded), and of
+//! wxlogin only its protocol crate: the service's own readers of these inputs are replayed by
+//! `tests/fuzz_corpus.rs` itself.
 //!
 //! Each function must not panic for any input; the `assert!`s are properties of the code under
 //! test (round trips, agreement with a reference model), so a failure is a finding too.
@@ -11,33 +13,27 @@
 //! - [`callback_xml`]: the callback body, as `POST /wechat_event` reads it: UTF-8, XML, classify.
 //! - [`safe_mode`]: the safe-mode decoder: `Encrypt` strings, attacker-chosen plaintexts,
 //!   encrypt/decrypt and reply-envelope round trips, EncodingAESKey parsing.
-//! - [`query`]: the query strings of `/wechat_event` and `/sse` as the handlers read them
-//!   (`callback::Query::parse`, axum's extractor), the signatures computed from them, scenes,
-//!   and event ids (`Last-Event-ID`, `?id=`).
+//! - [`query`]: a callback's query string as `callback::Query::parse` reads it (checked
+//!   against a form parser), the signatures computed from it, and scenes.
 //! - [`callback_open`]: a whole callback, query and body, through `callback::open`, with
 //!   correctly signed queries made here so the checks after the signature are reached.
 
 use std::borrow::Cow;
 
 use aes::Aes256;
-use axum::extract::Query;
-use axum::http::{HeaderMap, HeaderValue, Uri};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockEncryptMut, KeyIvInit};
-use wxlogin::http::sse::{SseQuery, named_event};
-use wxlogin::http::wechat_event::VerifyQuery;
-use wxlogin::login::event::{EventId, Lang};
-use wxlogin::wechat::callback::{
+use wxlogin_wechat::callback::{
     self, Callback, Checker, MAX_CLOCK_SKEW_SECS, Opened, classify, replayable_for,
 };
-use wxlogin::wechat::crypto::{self, AesKey, KeyRing, KeySlot};
-use wxlogin::wechat::ids::Scene;
-use wxlogin::wechat::reply::text_reply;
-use wxlogin::wechat::secret::Secret;
-use wxlogin::wechat::signature;
-use wxlogin::wechat::xml::{self, CallbackXml, push_cdata};
+use wxlogin_wechat::crypto::{self, AesKey, KeyRing, KeySlot};
+use wxlogin_wechat::ids::Scene;
+use wxlogin_wechat::reply::text_reply;
+use wxlogin_wechat::secret::Secret;
+use wxlogin_wechat::signature;
+use wxlogin_wechat::xml::{self, CallbackXml, push_cdata};
 
 /// The EncodingAESKey of WeChat's published safe-mode sample.
 pub const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -48,7 +44,7 @@ pub const APPID: &str = "wx2c2769f8efd9abc2";
 /// The token of WeChat's published safe-mode sample.
 pub const TOKEN: &str = "spamtest";
 /// The 32 bytes `KEY` decodes to (`base64_decode(KEY + "=")`), written out independently of
-/// `wxlogin::wechat::crypto` so the reference model does not share its key decoding.
+/// `wxlogin_wechat::crypto` so the reference model does not share its key decoding.
 const KEY_BYTES: [u8; 32] = [
     0x69, 0xb7, 0x1d, 0x79, 0xf8, 0x21, 0x8a, 0x39, 0x25, 0x9a, 0x7a, 0x29, 0xaa, 0xbb, 0x2d, 0xba,
     0xfc, 0x31, 0xcb, 0x3d, 0x35, 0xdb, 0x7e, 0x39, 0xeb, 0xbf, 0x3d, 0x00, 0x10, 0x83, 0x10, 0x51,
@@ -297,15 +293,13 @@ fn parse_key(s: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target 3: query strings, signatures, scenes, event ids.
+// Target 3: query strings, signatures, scenes.
 
-/// The URI a request with query `data` has. Bytes a URI cannot hold raw are percent-encoded;
+/// The query a request for `data` carries: bytes a URI cannot hold raw are percent-encoded;
 /// the query decoders turn `%XX` back into the same byte, so what the parsers see is what a
 /// form parser sees in `data` itself.
-pub fn uri_with_query(path: &str, data: &[u8]) -> Option<Uri> {
-    let mut s = String::with_capacity(path.len() + 1 + data.len() * 3);
-    s.push_str(path);
-    s.push('?');
+pub fn escape_query(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len() * 3);
     for &b in data {
         if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b) {
             s.push(char::from(b));
@@ -313,48 +307,28 @@ pub fn uri_with_query(path: &str, data: &[u8]) -> Option<Uri> {
             s.push_str(&format!("%{b:02X}"));
         }
     }
-    Uri::try_from(s).ok()
+    s
 }
 
-/// What axum's `Query` extractor made of one query for the handlers' own structs of
-/// `GET /wechat_event` and `GET /sse`. Their fields are private, so they are compared by their
-/// `Debug` form.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Extracted {
-    pub verify: Option<String>,
-    pub sse: Option<String>,
-}
-
-/// Runs axum's extractor on `uri` into `wechat_event::VerifyQuery` and `sse::SseQuery`.
-pub fn extract(uri: &Uri) -> Extracted {
-    Extracted {
-        verify: Query::<VerifyQuery>::try_from_uri(uri)
-            .ok()
-            .map(|q| format!("{:?}", q.0)),
-        sse: Query::<SseQuery>::try_from_uri(uri)
-            .ok()
-            .map(|q| format!("{:?}", q.0)),
-    }
-}
+/// The longest URI the HTTP stack (`http::Uri`) takes.
+const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 
 /// The first value of `name` in `query`, as a form parser reads it.
-fn first(query: &str, name: &str) -> Option<String> {
+pub fn first(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.into_owned())
 }
 
 /// One query string: read by the callback's own query parser (checked against a form parser),
-/// by the extractors of `GET /wechat_event` and `GET /sse`, then the checks the handlers make
-/// with what they read. The same bytes are also tried as a `Last-Event-ID` header and as `?id=`.
+/// then the checks a callback's handler makes with what it read: the signature, the safe-mode
+/// signature, and the URL check's signature (`echostr` standing in for the `Encrypt` text, as
+/// another string a sender chooses).
 pub fn query(data: &[u8]) {
-    let Some(uri) = uri_with_query("/wechat_event", data) else {
-        panic!("the escaped query is not a valid URI: {data:?}");
-    };
-    // What `POST /wechat_event` parses: the URI's query.
-    let raw = uri.query().unwrap_or_default();
-    let q = callback::Query::parse(raw);
-    check_callback_query(raw, &q);
+    // What `POST /wechat_event` parses: the request's query.
+    let raw = escape_query(data);
+    let q = callback::Query::parse(&raw);
+    check_callback_query(&raw, &q);
     // Any text, even what a URI cannot carry, must read the same way.
     if let Ok(text) = std::str::from_utf8(data) {
         check_callback_query(text, &callback::Query::parse(text));
@@ -370,39 +344,15 @@ pub fn query(data: &[u8]) {
         q.encrypt_type.as_deref(),
         q.msg_signature.as_deref(),
     );
-
-    // `GET /wechat_event` and `GET /sse` read their queries with axum's extractor; where it
-    // accepts a query, its fields are the form parser's (their only values: the extractor
-    // refuses a repeated field).
-    let extracted = extract(&uri);
-    if extracted.verify.is_some() {
-        // The URL check signs like a callback; the echostr stands in for the Encrypt text of
-        // the four-part signature, as another string a sender chooses.
-        check_msg_signature(
-            first(raw, "timestamp").as_deref(),
-            first(raw, "nonce").as_deref(),
-            first(raw, "echostr").as_deref(),
-            first(raw, "signature").as_deref(),
-        );
+    check_msg_signature(
+        first(&raw, "timestamp").as_deref(),
+        first(&raw, "nonce").as_deref(),
+        first(&raw, "echostr").as_deref(),
+        first(&raw, "signature").as_deref(),
+    );
+    if let Some(scene) = first(&raw, "scene") {
+        check_scene(&scene);
     }
-    if extracted.sse.is_some() {
-        let _ = Lang::parse(first(raw, "lang").as_deref());
-        // `?scene=` is read by old pages only and ignored; `Scene::parse` is what reads the
-        // scene of an event id and of a callback.
-        if let Some(scene) = first(raw, "scene") {
-            check_scene(&scene);
-        }
-        if let Some(id) = first(raw, "id") {
-            check_event_id(&id);
-            // Without a `Last-Event-ID` (or with an empty one), `?id=` names the event.
-            let named = named_event(&HeaderMap::new(), Some(&id));
-            assert_eq!(named, EventId::parse(&id));
-            let mut empty = HeaderMap::new();
-            empty.insert("last-event-id", HeaderValue::from_static(""));
-            assert_eq!(named_event(&empty, Some(&id)), named);
-        }
-    }
-    last_event_id(data);
 }
 
 /// `Query::parse` reads the first value of each name it knows as a form parser does, and
@@ -468,13 +418,14 @@ fn check_msg_signature(
 }
 
 /// Whether `s` is in the documented alphabet of `n` to `m` characters: A-Z a-z 0-9 - _.
-fn url_safe(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+pub fn url_safe(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
     len.contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn check_scene(s: &str) {
+/// `Scene::parse` accepts exactly the documented alphabet and length, and keeps the text.
+pub fn check_scene(s: &str) {
     let valid = url_safe(s, 1..=64);
     match Scene::parse(s) {
         Ok(scene) => {
@@ -483,47 +434,6 @@ fn check_scene(s: &str) {
         }
         Err(_) => assert!(!valid, "{s:?} refused"),
     }
-}
-
-/// `EventId::parse` accepts exactly `<scene>.<key>.<0|1>` (a scene, a 22-character key), and
-/// what it accepts formats back to the same text: an id has one spelling.
-fn check_event_id(s: &str) {
-    let shaped = s.rsplit_once('.').is_some_and(|(rest, seq)| {
-        (seq == "0" || seq == "1")
-            && rest
-                .rsplit_once('.')
-                .is_some_and(|(scene, key)| url_safe(scene, 1..=64) && url_safe(key, 22..=22))
-    });
-    match EventId::parse(s) {
-        Some(id) => {
-            assert!(shaped, "{s:?} accepted");
-            assert_eq!(EventId::format(&id.scene, &id.key, id.seen_last), s);
-            assert_eq!(id.seen_last, s.ends_with(".1"));
-        }
-        None => assert!(!shaped, "{s:?} refused"),
-    }
-}
-
-/// The `Last-Event-ID` a reconnecting EventSource sends (`<scene>.<key>.<n>`), read by
-/// `sse::named_event` as `GET /sse` reads it.
-pub fn last_event_id(data: &[u8]) -> Option<EventId> {
-    // Any text, even one a header cannot carry (a `?id=` can).
-    check_event_id(&String::from_utf8_lossy(data));
-    let value = HeaderValue::from_bytes(data).ok()?;
-    let mut headers = HeaderMap::new();
-    headers.insert("last-event-id", value.clone());
-    // The header wins over `?id=`, unless it is empty or not text.
-    let query = "wxl_AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAA.1";
-    let named = named_event(&headers, Some(query));
-    match value.to_str().ok().filter(|v| !v.is_empty()) {
-        Some(text) => {
-            check_event_id(text);
-            assert_eq!(named_event(&headers, None), EventId::parse(text));
-            assert_eq!(named, EventId::parse(text));
-        }
-        None => assert_eq!(named, EventId::parse(query)),
-    }
-    named_event(&headers, None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,10 +574,13 @@ pub fn callback_open(data: &[u8]) -> Option<Result<(), &'static str>> {
         };
         (query.to_vec(), body.to_vec(), SAMPLE_TIMESTAMP - skew, None)
     };
-    // The handler parses the URI's query.
-    let uri = uri_with_query("/wechat_event", &query)?;
-    let raw = uri.query().unwrap_or_default();
-    let q = callback::Query::parse(raw);
+    // The handler parses the URI's query; a URI longer than the HTTP stack takes never
+    // reaches it.
+    let raw = escape_query(&query);
+    if "/wechat_event?".len() + raw.len() > MAX_URI_LEN {
+        return None;
+    }
+    let q = callback::Query::parse(&raw);
     let gated = gate(keys, &q, now);
 
     match callback::open(&checker, &q, &body, now) {

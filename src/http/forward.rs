@@ -14,8 +14,6 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::wechat::api::read_capped;
-
 /// The downstream's time to answer: WeChat gives up after 5 s.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
 /// The longest downstream answer relayed to WeChat; longer ones are not read to the end.
@@ -98,4 +96,26 @@ impl Forwarder {
             Err(e) => Forwarded::Failed(e.without_url().to_string()),
         }
     }
+}
+
+/// The body of `response` if it is at most `limit` bytes, `None` if it is longer. Reads chunk
+/// by chunk and stops past the limit, so a long body is never held in memory.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }

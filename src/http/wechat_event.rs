@@ -225,7 +225,7 @@ async fn handle(
         binding,
     } = callback::open(&state.callbacks, &query, body, now_secs())?;
     let scan = match classify(&message) {
-        Callback::Scan(scan) if scan.scene.is_ours() => scan,
+        Callback::Scan(scan) if crate::login::policy::is_login_scene(&scan.scene) => scan,
         // Not a login scan of ours: the account's own backend may want it.
         // Boxed: its future is larger than the rest of this handler, which every callback
         // would otherwise carry (and copy) for the few that are forwarded.

@@ -188,10 +188,11 @@ impl TimeoutEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::login::policy::new_scene;
 
     #[test]
     fn event_ids_carry_the_scene_and_the_key_and_parse_back() {
-        let scene = Scene::random();
+        let scene = new_scene();
         let key = StreamKey::random();
         assert_ne!(key, StreamKey::random());
         let first = EventId::format(&scene, &key, false);

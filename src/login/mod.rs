@@ -2,13 +2,17 @@
 //! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
 //! - [`code`]: login codes, and how a text message is read as one.
+//! - [`policy`]: wxlogin's scenes (their prefix) and the one place a scene is made.
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
 //! - `registry`: the streams attached on this instance.
 //! - [`event`]: what the browser receives.
+//! - [`advice`]: what an operator should do about WeChat's refusals, naming wxlogin's settings.
 
+pub mod advice;
 pub mod code;
 pub mod event;
+pub mod policy;
 pub mod pool;
 mod registry;
 pub mod scenes;

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::advice;
+use super::policy::new_scene;
 use crate::metrics::Metrics;
 use crate::store::{
     StockedQr, Store, StoreError, instant_to_ms, millis, ms_to_instant, unix_now_ms,
@@ -304,7 +306,7 @@ impl QrPool {
         }
         self.check_budget()?;
         self.check_backoff()?;
-        match self.make_one(Scene::random()).await {
+        match self.make_one(new_scene()).await {
             Ok(qr) => Ok(qr),
             Err(MakeError::Budget(spent)) => Err(spent.into()),
             Err(MakeError::Store(e)) => Err(e.into()),
@@ -475,15 +477,12 @@ impl QrPool {
             .min(cap);
         health.backoff_until = Some(Instant::now() + pause);
         health.last_error = Some(LastError {
-            summary: e.summary(),
-            full: match e.advice() {
-                Some(advice) => format!("{e} ({advice})"),
-                None => e.to_string(),
-            },
+            summary: advice::summary(e),
+            full: advice::explain(e),
         });
         health.config_error = kind == ErrorKind::Config;
         if kind == ErrorKind::Config {
-            tracing::error!(errcode = e.errcode(), error = %e, advice = e.advice(), "WeChat refuses: configuration error");
+            tracing::error!(errcode = e.errcode(), error = %e, advice = advice::advice_for(e), "WeChat refuses: configuration error");
         } else {
             tracing::warn!(errcode = e.errcode(), error = %e, backoff_ms = pause.as_millis() as u64, "could not make a QR code");
         }
@@ -574,7 +573,7 @@ impl QrPool {
                 continue;
             }
             let scenes: Vec<Scene> = (0..REFILL_CONCURRENCY.min(self.inner.target))
-                .map(|_| Scene::random())
+                .map(|_| new_scene())
                 .collect();
             let names: Vec<String> = scenes.iter().map(|s| s.as_str().to_owned()).collect();
             let reserved = self

@@ -503,6 +503,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::login::policy::new_scene;
     use crate::store::memory::MemoryStore;
     use crate::wechat::callback::{Binding, ScanKind};
     use crate::wechat::ids::{OpenId, Ticket};
@@ -515,7 +516,7 @@ mod tests {
 
     fn qr() -> QrCode {
         QrCode {
-            scene: Scene::random(),
+            scene: new_scene(),
             ticket: Ticket::new("t"),
             content: "http://weixin.qq.com/q/x".into(),
             expires_at: Instant::now() + Duration::from_secs(600),
@@ -584,7 +585,7 @@ mod tests {
         assert_eq!(seen.as_deref(), Some("https://a.example"));
         let mut called = false;
         scenes
-            .resolve(&Scene::random(), &bound(0xbb, "x"), "o2:1", TTL, |_| {
+            .resolve(&new_scene(), &bound(0xbb, "x"), "o2:1", TTL, |_| {
                 called = true;
                 result("o2")
             })

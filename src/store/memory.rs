@@ -641,6 +641,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::login::policy::new_scene;
 
     #[tokio::test]
     async fn a_key_is_claimed_once_until_it_expires() {
@@ -678,7 +679,7 @@ mod tests {
     async fn lapsed_codes_and_ended_windows_of_attempts_are_purged() {
         let store = MemoryStore::new();
         let (short, long) = (Duration::from_millis(30), Duration::from_secs(60));
-        let scene = Scene::random();
+        let scene = new_scene();
         assert!(store.code_reserve("111111", &scene, short).await.unwrap());
         assert!(store.code_reserve("222222", &scene, long).await.unwrap());
         assert_eq!(store.code_attempt("o1", short).await.unwrap(), 1);
@@ -692,7 +693,7 @@ mod tests {
     #[test]
     fn a_ttl_too_long_for_an_instant_does_not_panic() {
         let store = MemoryStore::new();
-        let scene = Scene::random();
+        let scene = new_scene();
         let reserved = futures_util::FutureExt::now_or_never(store.code_reserve(
             "123456",
             &scene,

@@ -108,12 +108,13 @@ pub fn redact_url(raw: &str) -> String {
 
 /// Why the Redis store could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("REDIS_URL {url} is not usable: {reason}")]
+#[error("REDIS_URL {url} is not usable: {source}")]
 pub struct RedisSetupError {
     /// The URL, redacted.
     pub url: String,
     /// Why.
-    pub reason: String,
+    #[source]
+    pub source: redis::RedisError,
 }
 
 struct Scripts {
@@ -241,19 +242,19 @@ impl RedisStore {
     /// A store on `url` for the account `appid`, as instance `instance`. Connects lazily:
     /// an instance starts while Redis is down and reports itself not ready until it is up.
     pub fn new(url: &Secret, appid: &str, instance: Arc<str>) -> Result<Self, RedisSetupError> {
-        let setup_error = |reason: String| RedisSetupError {
+        let setup_error = |source| RedisSetupError {
             url: redact_url(url.expose()),
-            reason,
+            source,
         };
-        let client = Client::open(url.expose()).map_err(|e| setup_error(e.to_string()))?;
+        let client = Client::open(url.expose()).map_err(setup_error)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| setup_error(e.to_string()))?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(setup_error)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -860,7 +861,7 @@ impl Store for RedisStore {
 }
 
 fn share_err(e: redis::RedisError) -> ShareError {
-    ShareError(e.to_string())
+    ShareError::unavailable(e)
 }
 
 impl TokenShare for RedisStore {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use wxlogin::login::code::{CodeLength, LoginCode};
+use wxlogin::login::policy::new_scene;
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
 use wxlogin::store::{Store, StoreError};
@@ -53,7 +54,7 @@ async fn outlive(store: &dyn Store, life: Duration) {
 
 async fn a_reserved_code_names_its_scene_and_cannot_be_reserved_again_while_live() {
     let (store, _, _redis) = two_instances();
-    let (code, scene, other) = (code(), Scene::random(), Scene::random());
+    let (code, scene, other) = (code(), new_scene(), new_scene());
     assert_eq!(store.code_lookup(&code).await.unwrap(), None);
 
     assert!(store.code_reserve(&code, &scene, WAIT).await.unwrap());
@@ -66,7 +67,7 @@ async fn a_reserved_code_names_its_scene_and_cannot_be_reserved_again_while_live
 
 async fn a_code_is_gone_after_its_life_and_can_be_reserved_again() {
     let (store, _, _redis) = two_instances();
-    let (code, scene, next) = (code(), Scene::random(), Scene::random());
+    let (code, scene, next) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &scene, SHORT).await.unwrap());
 
     outlive(&*store, SHORT).await;
@@ -79,7 +80,7 @@ async fn a_code_is_gone_after_its_life_and_can_be_reserved_again() {
 
 async fn a_code_is_taken_once_by_one_of_twenty_racing_takers() {
     let (one, two, _redis) = two_instances();
-    let (code, scene) = (code(), Scene::random());
+    let (code, scene) = (code(), new_scene());
     assert!(one.code_reserve(&code, &scene, WAIT).await.unwrap());
 
     let takers = (0..20).map(|i| {
@@ -96,16 +97,12 @@ async fn a_code_is_taken_once_by_one_of_twenty_racing_takers() {
     assert_eq!(taken, vec![scene]);
     assert_eq!(one.code_lookup(&code).await.unwrap(), None);
     // Taken, the code is free for another stream.
-    assert!(
-        two.code_reserve(&code, &Scene::random(), WAIT)
-            .await
-            .unwrap()
-    );
+    assert!(two.code_reserve(&code, &new_scene(), WAIT).await.unwrap());
 }
 
 async fn a_code_is_released_only_by_the_scene_it_names() {
     let (store, _, _redis) = two_instances();
-    let (code, scene, stranger) = (code(), Scene::random(), Scene::random());
+    let (code, scene, stranger) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &scene, WAIT).await.unwrap());
 
     assert!(!store.code_release(&code, &stranger).await.unwrap());
@@ -118,7 +115,7 @@ async fn a_code_is_released_only_by_the_scene_it_names() {
 
 async fn a_stream_that_ended_late_does_not_release_the_code_of_the_next_one() {
     let (store, _, _redis) = two_instances();
-    let (code, ended, next) = (code(), Scene::random(), Scene::random());
+    let (code, ended, next) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &ended, SHORT).await.unwrap());
     outlive(&*store, SHORT).await;
     assert!(store.code_reserve(&code, &next, WAIT).await.unwrap());
@@ -158,7 +155,7 @@ async fn ten_thousand_codes_reserved_from_two_instances_are_distinct() {
         let store = Arc::clone(if i % 2 == 0 { &one } else { &two });
         let code = code.clone();
         async move {
-            let scene = Scene::random();
+            let scene = new_scene();
             let won = store.code_reserve(&code, &scene, WAIT).await.unwrap();
             (i % 2, code, scene, won)
         }
@@ -180,10 +177,7 @@ async fn ten_thousand_codes_reserved_from_two_instances_are_distinct() {
             let (mine, other) = if *by == 0 { (&one, &two) } else { (&two, &one) };
             let (mine, other) = (Arc::clone(mine), Arc::clone(other));
             async move {
-                let refused = !other
-                    .code_reserve(code, &Scene::random(), WAIT)
-                    .await
-                    .unwrap();
+                let refused = !other.code_reserve(code, &new_scene(), WAIT).await.unwrap();
                 let seen = other.code_lookup(code).await.unwrap();
                 let kept = mine.code_lookup(code).await.unwrap();
                 refused && seen.as_ref() == Some(scene) && kept.as_ref() == Some(scene)
@@ -213,7 +207,7 @@ async fn in_redis_codes_and_attempts_live_under_the_prefix_with_a_ttl_and_garbag
             ms
         }
     };
-    let scene = Scene::random();
+    let scene = new_scene();
     assert!(store.code_reserve("123456", &scene, WAIT).await.unwrap());
     assert_eq!(
         store

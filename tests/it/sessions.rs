@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wxlogin::login::Outcome;
 use wxlogin::login::event::{LoginResult, StreamKey};
+use wxlogin::login::policy::new_scene;
 use wxlogin::login::pool::QrCode;
 use wxlogin::login::scenes::{Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
@@ -66,7 +67,7 @@ async fn on_backend() -> (Instance, Option<RedisServer>) {
 
 fn qr() -> QrCode {
     QrCode {
-        scene: Scene::random(),
+        scene: new_scene(),
         ticket: Ticket::new("t"),
         content: "http://weixin.qq.com/q/x".into(),
         expires_at: Instant::now() + Duration::from_secs(600),
@@ -97,7 +98,7 @@ async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Outcome {
         .resolve(
             scene,
             &fresh(),
-            &format!("{openid}:{}", Scene::random()),
+            &format!("{openid}:{}", new_scene()),
             TTL,
             |_| result(openid),
         )
@@ -326,9 +327,7 @@ async fn a_result_whose_stream_just_went_is_kept_until_the_qr_code_expires() {
 async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
     let (one, _redis) = on_backend().await;
     let store = &one.store;
-    let names: Vec<String> = (0..30)
-        .map(|_| Scene::random().as_str().to_owned())
-        .collect();
+    let names: Vec<String> = (0..30).map(|_| new_scene().as_str().to_owned()).collect();
     let granted = store
         .stock_reserve(&names, 20, Duration::from_secs(30))
         .await

@@ -5,15 +5,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, errcode};
+use super::error::{ApiError, RequestError, errcode};
+use super::http::HttpClient;
 use super::ids::{Scene, Ticket};
 use super::secret::Secret;
 
 /// The address of the real WeChat API.
 pub const DEFAULT_BASE: &str = "https://api.weixin.qq.com";
+
+/// The `User-Agent` sent unless [`WechatApi::with_user_agent`] names the application.
+pub const DEFAULT_USER_AGENT: &str = concat!("wxlogin-wechat/", env!("CARGO_PKG_VERSION"));
 
 /// Attempts for a call that WeChat answers with -1 (busy), and the first pause between them.
 const BUSY_ATTEMPTS: u32 = 3;
@@ -57,7 +62,7 @@ pub type Observer = Arc<dyn Fn(&'static str, Result<(), &ApiError>) + Send + Syn
 /// A client of the WeChat API for one Official Account. Cheap to clone.
 #[derive(Clone)]
 pub struct WechatApi {
-    http: reqwest::Client,
+    http: HttpClient,
     base: String,
     appid: String,
     secret: Secret,
@@ -158,13 +163,8 @@ impl WechatApi {
         secret: Secret,
         timeout: Duration,
     ) -> Result<Self, ApiError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("wxlogin/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ApiError::Request)?;
+        let user_agent = HeaderValue::from_static(DEFAULT_USER_AGENT);
+        let http = HttpClient::new(timeout, user_agent).map_err(ApiError::Request)?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -173,6 +173,14 @@ impl WechatApi {
             observer: None,
             warned: Arc::default(),
         })
+    }
+
+    /// Sends `user_agent` (visible ASCII) as the `User-Agent` of every call.
+    pub fn with_user_agent(mut self, user_agent: &str) -> Result<Self, ApiError> {
+        let value = HeaderValue::from_str(user_agent)
+            .map_err(|e| ApiError::Request(RequestError::Build(Box::new(e))))?;
+        self.http.set_user_agent(value);
+        Ok(self)
     }
 
     /// Calls `observer` after every request with its outcome.
@@ -287,45 +295,18 @@ impl WechatApi {
         url: &str,
         body: &B,
     ) -> Result<T, ApiError> {
-        let mut response = self
+        let json = serde_json::to_vec(body)
+            .map_err(|e| ApiError::Request(RequestError::Build(Box::new(e))))?;
+        let bytes = self
             .http
-            .post(url)
-            .json(body)
-            .send()
+            .post_json(url, json, MAX_REPLY_BYTES)
             .await
-            .map_err(|e| ApiError::Request(e.without_url()))?
-            .error_for_status()
-            .map_err(|e| ApiError::Request(e.without_url()))?;
-        let bytes = read_capped(&mut response, MAX_REPLY_BYTES)
-            .await
-            .map_err(|e| ApiError::Request(e.without_url()))?
+            .map_err(ApiError::Request)?
             .ok_or(ApiError::TooLarge {
                 limit: MAX_REPLY_BYTES,
             })?;
         parse_reply(&bytes)
     }
-}
-
-/// The body of `response` if it is at most `limit` bytes, `None` if it is longer. Reads chunk
-/// by chunk and stops past the limit, so a long body is never held in memory.
-pub async fn read_capped(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
-    {
-        return Ok(None);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
 }
 
 /// Reads a WeChat reply: an error object, or the expected value.

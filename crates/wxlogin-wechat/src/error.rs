@@ -1,6 +1,8 @@
 //! Errors of the WeChat API client, typed the way the protocol is: WeChat said no (with its
 //! errcode), the request failed, or the reply did not parse.
 
+pub use crate::http::RequestError;
+
 /// errcodes the client acts on. See DESIGN.md, "WeChat facts".
 pub mod errcode {
     /// System busy: retry with backoff.
@@ -38,7 +40,7 @@ pub enum ApiError {
     },
     /// The request did not complete (connect, timeout, non-2xx transport status).
     #[error("request to WeChat failed: {0}")]
-    Request(#[source] reqwest::Error),
+    Request(#[source] RequestError),
     /// WeChat answered something we could not read; `body` keeps (the start of) it.
     #[error("unreadable reply from WeChat: {source}; body starts {body:?}")]
     Parse {
@@ -111,14 +113,11 @@ impl ApiError {
         }
     }
 
-    /// A sentence fit to be shown outside the log (`/readyz`): the errcode and our advice, but
-    /// never WeChat's errmsg (it can name the server's egress IP) nor a transport error's text.
+    /// A sentence fit to be shown outside the log (a readiness probe): the errcode, but never
+    /// WeChat's errmsg (it can name the server's egress IP) nor a transport error's text.
     pub fn summary(&self) -> String {
         match self {
-            Self::Wechat { errcode, .. } => match self.advice() {
-                Some(advice) => format!("WeChat refuses: errcode {errcode} ({advice})"),
-                None => format!("WeChat refuses: errcode {errcode}"),
-            },
+            Self::Wechat { errcode, .. } => format!("WeChat refuses: errcode {errcode}"),
             Self::Request(e) if e.is_timeout() => "WeChat does not answer in time".to_owned(),
             Self::Request(_) => "cannot reach WeChat".to_owned(),
             Self::Parse { .. } => "WeChat's reply is unreadable".to_owned(),
@@ -128,20 +127,67 @@ impl ApiError {
         }
     }
 
-    /// A sentence for operators: what to fix, for the configuration errors.
-    pub fn advice(&self) -> Option<&'static str> {
+    /// What an operator must change for WeChat to say yes, when the errcode says so.
+    pub fn refusal(&self) -> Option<Refusal> {
         use errcode::*;
         match self.errcode()? {
-            INVALID_APPID => Some("APPID is not a valid appid"),
-            INVALID_SECRET => Some("SECRET_KEY (the appsecret) is wrong"),
-            IP_NOT_WHITELISTED => Some(
-                "this server's IP is not on the account's IP whitelist (WeChat console: 设置与开发 → 基本配置 → IP白名单)",
-            ),
-            NO_PERMISSION => {
-                Some("the account may not create QR codes (a verified service account is needed)")
-            }
-            DAILY_QUOTA => Some("the daily quota of this API is used up; it resets at midnight"),
+            INVALID_APPID => Some(Refusal::InvalidAppId),
+            INVALID_SECRET => Some(Refusal::WrongSecret),
+            IP_NOT_WHITELISTED => Some(Refusal::IpNotWhitelisted),
+            NO_PERMISSION => Some(Refusal::NoPermission),
+            DAILY_QUOTA => Some(Refusal::DailyQuotaUsed),
             _ => None,
         }
+    }
+}
+
+/// A refusal from WeChat that no retry soon will overcome: the account's settings, the
+/// deployment, or the day's quota. The application words the advice in its own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The appid is not a valid appid (errcode 40013).
+    InvalidAppId,
+    /// The appsecret does not belong to the appid (errcode 40125).
+    WrongSecret,
+    /// The caller's IP is not on the account's IP whitelist (errcode 40164).
+    IpNotWhitelisted,
+    /// The account may not use this API, e.g. QR codes need a verified service account
+    /// (errcode 48001).
+    NoPermission,
+    /// The daily quota of this API is used up; it resets at midnight (errcode 45009).
+    DailyQuotaUsed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(errcode: i64) -> ApiError {
+        ApiError::Wechat {
+            errcode,
+            errmsg: "errmsg".into(),
+        }
+    }
+
+    #[test]
+    fn configuration_errcodes_are_refusals() {
+        let cases = [
+            (errcode::INVALID_APPID, Some(Refusal::InvalidAppId)),
+            (errcode::INVALID_SECRET, Some(Refusal::WrongSecret)),
+            (errcode::IP_NOT_WHITELISTED, Some(Refusal::IpNotWhitelisted)),
+            (errcode::NO_PERMISSION, Some(Refusal::NoPermission)),
+            (errcode::DAILY_QUOTA, Some(Refusal::DailyQuotaUsed)),
+            (errcode::BUSY, None),
+            (errcode::INVALID_CREDENTIAL, None),
+        ];
+        for (code, refusal) in cases {
+            assert_eq!(refused(code).refusal(), refusal, "{code}");
+        }
+        assert_eq!(ApiError::ForceRefreshRationed.refusal(), None);
+    }
+
+    #[test]
+    fn the_summary_names_the_errcode_but_not_the_errmsg() {
+        assert_eq!(refused(40164).summary(), "WeChat refuses: errcode 40164");
     }
 }

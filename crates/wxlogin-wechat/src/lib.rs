@@ -1,15 +1,17 @@
-//! The WeChat Official Account protocol, as wxlogin needs it.
+//! The WeChat Official Account protocol, as a QR-code login needs it.
 //!
-//! Nothing here knows about axum, the store or the login flow: it turns WeChat's wire formats
-//! into typed values and back, and talks to the WeChat API.
-//! - [`api`]: the HTTP client for `stable_token` and `qrcode/create`.
+//! Nothing here knows about an HTTP server, a store, a login flow or an application's settings
+//! and policy (its scene prefix, its advice to operators): it turns WeChat's wire formats into
+//! typed values and back, and talks to the WeChat API.
+//! - [`api`]: the WeChat API client for `stable_token` and `qrcode/create` (over `http`,
+//!   hyper's client with rustls: JSON in and out, bounded in time and size).
 //! - [`token`]: the access token cache (one refresh for all callers, retry on token errors).
 //! - [`signature`]: callback signatures (`signature`, `msg_signature`).
 //! - [`crypto`]: safe mode (AES-256-CBC message envelope).
 //! - [`xml`]: the callback XML parser (no DTDs, no entities).
 //! - [`callback`]: a callback checked and opened in one place (`callback::open`: signature,
 //!   freshness, safe mode, XML, the query's binding to its body), with a typed error per
-//!   reason, and classified into what wxlogin acts on.
+//!   reason, and classified into what a QR-code login acts on.
 //! - [`reply`]: passive replies (the text the user sees after scanning).
 //! - [`error`]: the API client's error type.
 //! - [`ids`]: scene, openid and ticket newtypes; [`secret`]: values that never print.
@@ -18,6 +20,7 @@ pub mod api;
 pub mod callback;
 pub mod crypto;
 pub mod error;
+mod http;
 pub mod ids;
 pub mod reply;
 pub mod secret;

@@ -1,7 +1,8 @@
 //! Callback signatures: hex SHA-1 over sorted, concatenated strings.
 //!
-//! `signature` covers (`MP_TOKEN`, `timestamp`, `nonce`); safe mode's `msg_signature` adds the
-//! `Encrypt` text. Checks compare in constant time so a forger learns nothing from timing.
+//! `signature` covers (the account's token, `timestamp`, `nonce`); safe mode's `msg_signature`
+//! adds the `Encrypt` text. Checks compare in constant time so a forger learns nothing from
+//! timing.
 
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;

@@ -28,10 +28,27 @@ const SHARE_LOCK_TTL: Duration = Duration::from_secs(10);
 /// How often an instance waiting on another's refresh looks for the shared token.
 const SHARE_POLL: Duration = Duration::from_millis(50);
 
-/// Why the shared token could not be read or written.
+/// Why the shared token could not be read or written. The cache treats either as the share
+/// being down: it fetches a token for itself.
 #[derive(Debug, thiserror::Error)]
-#[error("token share unavailable: {0}")]
-pub struct ShareError(pub String);
+pub enum ShareError {
+    /// The share could not be reached, or refused the command.
+    #[error("token share unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The share answered, but not with what was written to it.
+    #[error("token share unavailable: a stored {what} is unreadable")]
+    Corrupt {
+        /// What was read.
+        what: &'static str,
+    },
+}
+
+impl ShareError {
+    /// The share could not be reached, for this reason.
+    pub fn unavailable(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(cause))
+    }
+}
 
 /// A place several instances share the access token in, with a refresh lock.
 pub trait TokenShare: Send + Sync + 'static {
@@ -299,5 +316,21 @@ impl TokenCache {
         }
         forced.push_back(now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn an_unreachable_share_keeps_its_cause() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = ShareError::unavailable(cause);
+        assert_eq!(e.to_string(), "token share unavailable: refused");
+        let source = e.source().map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("refused"));
     }
 }

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-/// The fields of a callback that wxlogin reads. Absent fields are `None`. Each borrows from
+/// The fields of a callback that this crate reads. Absent fields are `None`. Each borrows from
 /// the body it was read from unless it had to be pieced together (character references);
 /// [`CallbackXml::into_owned`] detaches it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use wxlogin::wechat::ids::Scene;
+use wxlogin::login::policy::new_scene;
 
 use crate::net::{BenchError, SseOpen, open_sse, read_all, timed_out};
 use crate::stats::{
@@ -308,7 +308,7 @@ fn prebuilt_callbacks(ctx: &Ctx, n: u64) -> VecDeque<Request<Full<Bytes>>> {
     (0..n)
         .filter_map(|_| {
             let openid = ctx.next_openid();
-            ctx.callback(0, Scene::random().as_str(), &openid).ok()
+            ctx.callback(0, new_scene().as_str(), &openid).ok()
         })
         .collect()
 }
@@ -353,7 +353,7 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
                     (Hammer::Callback, Some(req)) => Ok(req),
                     (Hammer::Callback, None) => {
                         let openid = ctx.next_openid();
-                        ctx.callback(0, Scene::random().as_str(), &openid)
+                        ctx.callback(0, new_scene().as_str(), &openid)
                     }
                     (Hammer::Healthz, _) => net.get("/healthz"),
                 };

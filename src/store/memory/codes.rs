@@ -135,13 +135,14 @@ impl Attempts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::login::policy::new_scene;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
     #[test]
     fn a_lapsed_code_is_not_found_and_is_purged() {
         let mut codes = Codes::default();
-        let (a, b) = (Scene::random(), Scene::random());
+        let (a, b) = (new_scene(), new_scene());
         let t0 = Instant::now();
         assert!(codes.reserve("123456", &a, t0, t0 + MINUTE));
         assert!(codes.reserve("654321", &b, t0, t0 + 2 * MINUTE));
@@ -159,7 +160,7 @@ mod tests {
     #[test]
     fn releasing_a_lapsed_code_of_its_scene_removes_it_but_reports_it_was_not_live() {
         let mut codes = Codes::default();
-        let a = Scene::random();
+        let a = new_scene();
         let t0 = Instant::now();
         assert!(codes.reserve("123456", &a, t0, t0 + MINUTE));
         assert!(!codes.release("123456", &a, t0 + MINUTE));

@@ -1,4 +1,4 @@
-//! A parsed callback, classified into what wxlogin acts on.
+//! A parsed callback, classified into what a QR-code login acts on.
 
 use std::fmt;
 
@@ -116,7 +116,7 @@ impl fmt::Display for DedupeKey<'_> {
     }
 }
 
-/// What a callback is, for wxlogin.
+/// What a callback is, for a QR-code login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Callback<'a> {
     /// A scan of a QR code with a scene: possibly a login.

@@ -16,7 +16,7 @@
 //! with another body it is a replay.
 //!
 //! - `query`: the query string, read without copies.
-//! - `event`: a parsed callback classified into what wxlogin acts on.
+//! - `event`: a parsed callback classified into what a QR-code login acts on.
 
 mod event;
 mod query;

@@ -17,7 +17,7 @@ pub struct Query<'a> {
 }
 
 impl<'a> Query<'a> {
-    /// Reads the fields wxlogin uses; the first of repeated names wins, others are ignored.
+    /// Reads the fields a callback's checks use; the first of repeated names wins, others are ignored.
     /// Parsed as `application/x-www-form-urlencoded`, by hand: names and values are decoded
     /// only when the query holds `%` or `+`, which WeChat's never do: one SIMD search of the
     /// whole query instead of a byte loop over each part.
@@ -68,7 +68,7 @@ mod tests {
 
     proptest::proptest! {
         /// The hand-written reader gives what a form parser gives, for any mix of the names
-        /// wxlogin reads (plain or encoded), other names, and odd values.
+        /// the parser reads (plain or encoded), other names, and odd values.
         #[test]
         fn the_query_reads_as_a_form_parser_reads_it(
             pairs in proptest::collection::vec(

@@ -1,0 +1,298 @@
+//! The HTTP client under [`crate::api`]: hyper's client with rustls (ring) and the Mozilla
+//! roots of `webpki-roots`, HTTP/1.1 or HTTP/2 by ALPN; plain `http://` too, for a local fake
+//! of the WeChat API. One call is one JSON request and its reply, bounded in time (connect,
+//! send and read together) and in size. Redirects are not followed: the API does not redirect,
+//! and the query carries the access token.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The longest a connection may take to open, whatever the call's timeout.
+const CONNECT_TIMEOUT_MAX: Duration = Duration::from_secs(3);
+/// How long an idle connection is kept for the next call.
+const POOL_IDLE: Duration = Duration::from_secs(50);
+
+/// Why an HTTP exchange failed. It never carries the URL: the query holds the access token.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No complete answer within the call's timeout.
+    #[error("no complete answer within {0:?}")]
+    TimedOut(Duration),
+    /// No connection could be opened (DNS, TCP, TLS).
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or the answer read.
+    #[error("the connection failed")]
+    Exchange(#[source] BoxError),
+    /// The server answered with a status other than 2xx.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The request could not be built (a malformed URL).
+    #[error("invalid request")]
+    Build(#[source] BoxError),
+    /// The TLS configuration could not be set up.
+    #[error("cannot set up TLS")]
+    Tls(#[source] BoxError),
+}
+
+impl RequestError {
+    /// Whether the call ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut(_))
+    }
+}
+
+/// A pooled client. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Bounds a whole call: connect, send, and read the answer.
+    timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+impl HttpClient {
+    /// A client whose calls each take at most `timeout`, sending `user_agent`.
+    pub(crate) fn new(timeout: Duration, user_agent: HeaderValue) -> Result<Self, RequestError> {
+        let mut http = HttpConnector::new();
+        // The TLS layer above takes `https://`; the fake WeChat is plain `http://`.
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout.min(CONNECT_TIMEOUT_MAX)));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|e| RequestError::Tls(Box::new(e)))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        Ok(Self {
+            client,
+            timeout,
+            user_agent,
+        })
+    }
+
+    /// Replaces the `User-Agent` sent with every call.
+    pub(crate) fn set_user_agent(&mut self, user_agent: HeaderValue) {
+        self.user_agent = user_agent;
+    }
+
+    /// POSTs `json` to `url`: the body of a 2xx answer if it is at most `limit` bytes, `None`
+    /// if it is longer.
+    pub(crate) async fn post_json(
+        &self,
+        url: &str,
+        json: Vec<u8>,
+        limit: usize,
+    ) -> Result<Option<Bytes>, RequestError> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(header::USER_AGENT, self.user_agent.clone())
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(header::ACCEPT, HeaderValue::from_static("application/json"))
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| RequestError::Build(Box::new(e)))?;
+        tokio::time::timeout(self.timeout, self.exchange(request, limit))
+            .await
+            .unwrap_or(Err(RequestError::TimedOut(self.timeout)))
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Option<Bytes>, RequestError> {
+        let response = self.client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                RequestError::Connect(Box::new(e))
+            } else {
+                RequestError::Exchange(Box::new(e))
+            }
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(RequestError::Status(status.as_u16()));
+        }
+        read_capped(response.into_body(), limit).await
+    }
+}
+
+/// The body if it is at most `limit` bytes, `None` if it is longer. Reads frame by frame and
+/// stops past the limit, so a long body is never held in memory.
+async fn read_capped<B>(mut body: B, limit: usize) -> Result<Option<Bytes>, RequestError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    // An announced length (`Content-Length`) past the limit is refused before reading.
+    if body.size_hint().lower() > u64::try_from(limit).unwrap_or(u64::MAX) {
+        return Ok(None);
+    }
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| RequestError::Exchange(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Ok(None);
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(Bytes::from(read)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const LIMIT: usize = 64;
+
+    fn client(timeout: Duration) -> HttpClient {
+        HttpClient::new(timeout, HeaderValue::from_static("test-agent/1")).unwrap()
+    }
+
+    /// A server for one exchange: it answers `answer` (unless `None`: it then keeps the
+    /// connection open and silent), and hands back what it read.
+    async fn one_shot(answer: Option<&'static str>) -> (String, oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/cgi-bin/x?access_token=T",
+            listener.local_addr().unwrap()
+        );
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = tx.send(read_request(&mut socket).await);
+            match answer {
+                Some(answer) => socket.write_all(answer.as_bytes()).await.unwrap(),
+                None => tokio::time::sleep(Duration::from_secs(30)).await,
+            }
+        });
+        (url, rx)
+    }
+
+    /// The request's head and body (by its `content-length`), as text.
+    async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&read).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return text;
+                }
+            }
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return text;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_json_post_sends_its_user_agent_and_reads_the_reply() {
+        let (url, request) = one_shot(Some(
+            "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        ))
+        .await;
+        let body = client(Duration::from_secs(5))
+            .post_json(&url, br#"{"a":1}"#.to_vec(), LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(body.as_deref(), Some(&b"{\"ok\":true}"[..]));
+        let request = request.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("post /cgi-bin/x?access_token=t http/1.1"));
+        assert!(request.contains("user-agent: test-agent/1"));
+        assert!(request.contains("content-type: application/json"));
+        assert!(request.ends_with("{\"a\":1}"));
+    }
+
+    #[tokio::test]
+    async fn a_reply_past_the_limit_is_not_read() {
+        let announced = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n";
+        let (url, _) = one_shot(Some(announced)).await;
+        let body = client(Duration::from_secs(5))
+            .post_json(&url, Vec::new(), LIMIT)
+            .await;
+        assert!(matches!(body, Ok(None)), "{body:?}");
+
+        let chunked = concat!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "28\r\n0123456789012345678901234567890123456789\r\n",
+            "28\r\n0123456789012345678901234567890123456789\r\n0\r\n\r\n"
+        );
+        let (url, _) = one_shot(Some(chunked)).await;
+        let body = client(Duration::from_secs(5))
+            .post_json(&url, Vec::new(), LIMIT)
+            .await;
+        assert!(matches!(body, Ok(None)), "{body:?}");
+    }
+
+    #[tokio::test]
+    async fn a_status_other_than_2xx_is_an_error() {
+        let (url, _) = one_shot(Some(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n",
+        ))
+        .await;
+        let e = client(Duration::from_secs(5))
+            .post_json(&url, Vec::new(), LIMIT)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Status(502)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_and_the_error_withholds_the_url() {
+        let (url, _) = one_shot(None).await;
+        let e = client(Duration::from_millis(200))
+            .post_json(&url, Vec::new(), LIMIT)
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("access_token"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let e = client(Duration::from_secs(5))
+            .post_json(&url, Vec::new(), LIMIT)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Connect(_)), "{e:?}");
+        assert!(!e.is_timeout());
+    }
+}
