@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use wxlogin::wechat::ids::Scene;
+use wxlogin_wechat::ids::Scene;
 
 use crate::net::{BenchError, SseOpen, open_sse, read_all, timed_out};
 use crate::stats::{
