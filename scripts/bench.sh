@@ -94,8 +94,8 @@ ulimit -n "$(ulimit -Hn)"
 log "open files: $(ulimit -n); $(nproc) cores; $(uname -r)"
 
 if [ -z "${SKIP_BUILD:-}" ] && [ -z "${BIN_DIR:-}" ]; then
-  log "cargo build --release --bins"
-  cargo build --release --bins
+  log "cargo build --release -p wxlogin -p wxlogin-bench"
+  cargo build --release -p wxlogin -p wxlogin-bench
 fi
 BIN="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 [ -x "$BIN/wxlogin" ] && [ -x "$BIN/wxlogin-bench" ] || { echo "no release binaries in $BIN" >&2; exit 1; }

@@ -2,13 +2,18 @@
 //! test starts on free loopback ports, so the load tool keeps working; and of `scan-to-push`
 //! over two instances sharing a private `redis-server`. The full benchmark is
 //! `scripts/bench.sh`; see BENCHMARKS.md.
+//!
+//! The tool is a package of its own (`tools/bench`): this test builds it with the cargo that
+//! runs the test, or runs `$WXLOGIN_BENCH` when that is set.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,6 +31,36 @@ const ACCOUNT: [(&str, &str); 3] = [
     ("SECRET_KEY", "smoke-secret-0123"),
     ("MP_TOKEN", MP_TOKEN),
 ];
+
+/// The `wxlogin-bench` binary: `$WXLOGIN_BENCH`, or built (once per test binary) by the cargo
+/// that runs the tests, which names the executable it made.
+fn bench_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("WXLOGIN_BENCH") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let output = Command::new(cargo)
+            .args(["build", "--quiet", "--manifest-path", manifest])
+            .args(["-p", "wxlogin-bench", "--bin", "wxlogin-bench"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "cargo build -p wxlogin-bench failed"
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|m| m["target"]["name"] == "wxlogin-bench")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo named the wxlogin-bench executable")
+    })
+}
 
 /// A child process, killed when dropped (also when the test panics).
 struct Running(Child);
@@ -68,7 +103,7 @@ fn bench(ports: &[u16], server_pids: &[u32], args: &[&str]) -> Value {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     let pids: Vec<String> = server_pids.iter().map(u32::to_string).collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_wxlogin-bench"))
+    let output = Command::new(bench_bin())
         .args([
             "--target",
             &targets.join(","),
@@ -290,7 +325,7 @@ fn scans_sent_to_another_instance_reach_the_stream_over_redis() {
 
 #[test]
 fn the_load_tool_refuses_targets_off_this_machine() {
-    let output = Command::new(env!("CARGO_BIN_EXE_wxlogin-bench"))
+    let output = Command::new(bench_bin())
         .args(["--target", "http://192.0.2.1:8000", "waiters", "--n", "1"])
         .env("API_TOKEN", API_TOKEN)
         .output()

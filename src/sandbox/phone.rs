@@ -20,8 +20,10 @@ use serde_json::json;
 use super::fake::{FakeWechat, TicketInfo};
 use crate::wechat::crypto::{AesKey, msg_signature};
 use crate::wechat::ids::Scene;
-use crate::wechat::signature::signature;
 use crate::wechat::xml::push_cdata;
+
+/// What the phone sends: a scan event and its signed query, written by the protocol's builders.
+pub use crate::wechat::test_util::{scan_xml, signed_query};
 
 /// WeChat's wait for an answer, and its attempts per event.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,40 +36,6 @@ pub fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or_default()
-}
-
-/// The XML of a scan event, as WeChat writes it. `subscribe` events carry `qrscene_` + scene.
-pub fn scan_xml(
-    gh_id: &str,
-    openid: &str,
-    create_time: i64,
-    new_follower: bool,
-    scene: &str,
-    ticket: &str,
-) -> String {
-    let (event, key) = if new_follower {
-        ("subscribe", format!("qrscene_{scene}"))
-    } else {
-        ("SCAN", scene.to_owned())
-    };
-    format!(
-        "<xml><ToUserName><![CDATA[{gh_id}]]></ToUserName>\n\
-         <FromUserName><![CDATA[{openid}]]></FromUserName>\n\
-         <CreateTime>{create_time}</CreateTime>\n\
-         <MsgType><![CDATA[event]]></MsgType>\n\
-         <Event><![CDATA[{event}]]></Event>\n\
-         <EventKey><![CDATA[{key}]]></EventKey>\n\
-         <Ticket><![CDATA[{ticket}]]></Ticket>\n\
-         </xml>"
-    )
-}
-
-/// The query string of a plaintext-mode push: `signature`, `timestamp`, `nonce`, `openid`.
-pub fn signed_query(mp_token: &str, timestamp: i64, nonce: &str, openid: &str) -> String {
-    let ts = timestamp.to_string();
-    let sig = signature(mp_token, &ts, nonce);
-    let openid = percent_encoding::utf8_percent_encode(openid, percent_encoding::NON_ALPHANUMERIC);
-    format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid={openid}")
 }
 
 /// A random nonce as WeChat sends them (digits).

@@ -15,6 +15,8 @@
 //! - [`reply`]: passive replies (the text the user sees after scanning).
 //! - [`error`]: the API client's error type.
 //! - [`ids`]: scene, openid and ticket newtypes; [`secret`]: values that never print.
+//! - `test_util` (feature `test-util`): what only WeChat writes (a scan event, a signed
+//!   callback query), for fakes, tests and load tools.
 
 pub mod api;
 pub mod callback;
@@ -25,5 +27,7 @@ pub mod ids;
 pub mod reply;
 pub mod secret;
 pub mod signature;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 pub mod token;
 pub mod xml;

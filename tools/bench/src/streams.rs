@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
 use hyper::Request;
@@ -15,10 +15,18 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxlogin::sandbox::phone::{now_secs, scan_xml, signed_query};
+use wxlogin_wechat::test_util::{scan_xml, signed_query};
 
 use crate::net::{BenchError, Net, Pool, SseOpen, SseStream, open_sse, read_all, timed_out};
 use crate::stats::{Tally, micros};
+
+/// Seconds since the epoch: a callback's `timestamp` and `CreateTime`.
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
 
 /// The bound on opening one stream (connect, request, first event).
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,6 +20,27 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
+
+/// The largest file table [`grow_fd_table`] makes: 512 KiB of kernel memory (the server's
+/// bound too).
+const FD_TABLE_MAX: usize = 65_536;
+
+/// Grows this process's table of open files to the open-files limit (at most
+/// [`FD_TABLE_MAX`] slots) now, rather than while sockets open.
+///
+/// Linux doubles the table as descriptors are opened, and in a process with several threads
+/// each growth waits for an RCU grace period during which no thread of the process runs a
+/// system call on a file: opens would stall at 1,024, 2,048, 4,096, ... sockets. A descriptor
+/// duplicated to the table's last slot, then closed, leaves the table at that size.
+pub fn grow_fd_table() -> std::io::Result<()> {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let slots = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .min(FD_TABLE_MAX);
+    let last = RawFd::try_from(slots.saturating_sub(1)).unwrap_or(RawFd::MAX);
+    rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), last)?;
+    Ok(())
+}
 
 /// The most source addresses a run spreads its sockets over.
 pub const MAX_SOURCES: usize = 64;

@@ -12,7 +12,7 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use wxlogin::login::policy::new_scene;
+use wxlogin_wechat::ids::{Scene, ScenePrefix};
 
 use crate::net::{BenchError, SseOpen, open_sse, read_all, timed_out};
 use crate::stats::{
@@ -21,6 +21,10 @@ use crate::stats::{
 };
 use crate::streams::{CALLBACK_TIMEOUT, Common, Ctx, result_of, scene_of, send_callback};
 use crate::workers::{Job, finish_split, open_split};
+
+/// The shape of wxlogin's login scenes (its `SCENE_PREFIX`): callbacks for such scenes that
+/// nobody waits on take the whole login path up to the store.
+const LOGIN_SCENES: ScenePrefix = ScenePrefix::new("wxl_");
 
 /// What every scenario runs with.
 pub struct Run {
@@ -308,7 +312,8 @@ fn prebuilt_callbacks(ctx: &Ctx, n: u64) -> VecDeque<Request<Full<Bytes>>> {
     (0..n)
         .filter_map(|_| {
             let openid = ctx.next_openid();
-            ctx.callback(0, new_scene().as_str(), &openid).ok()
+            ctx.callback(0, Scene::random(LOGIN_SCENES).as_str(), &openid)
+                .ok()
         })
         .collect()
 }
@@ -353,7 +358,7 @@ async fn hammer(run: &Run, kind: Hammer, concurrency: usize, duration: Duration)
                     (Hammer::Callback, Some(req)) => Ok(req),
                     (Hammer::Callback, None) => {
                         let openid = ctx.next_openid();
-                        ctx.callback(0, new_scene().as_str(), &openid)
+                        ctx.callback(0, Scene::random(LOGIN_SCENES).as_str(), &openid)
                     }
                     (Hammer::Healthz, _) => net.get("/healthz"),
                 };

@@ -20,15 +20,10 @@
 //! Layout: `net.rs` (sockets, hyper connections, SSE), `streams.rs` (held streams and their
 //! scans), `workers.rs` (the processes), `scenarios.rs` (the four reports), `stats.rs`.
 
-#[path = "wxlogin-bench/net.rs"]
 mod net;
-#[path = "wxlogin-bench/scenarios.rs"]
 mod scenarios;
-#[path = "wxlogin-bench/stats.rs"]
 mod stats;
-#[path = "wxlogin-bench/streams.rs"]
 mod streams;
-#[path = "wxlogin-bench/workers.rs"]
 mod workers;
 
 use std::process::ExitCode;
@@ -355,7 +350,7 @@ fn main() -> ExitCode {
     // Sized while this process has one thread: growing it later, as sockets open, stalls
     // every thread for an RCU grace period, which would show as slow opens of the tool's
     // own making. Up to the open-files limit (`scripts/bench.sh` raises it).
-    if let Err(e) = wxlogin::http::limits::reserve_fd_table(std::io::stderr(), usize::MAX) {
+    if let Err(e) = net::grow_fd_table() {
         eprintln!("wxlogin-bench: cannot size the file table: {e}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
