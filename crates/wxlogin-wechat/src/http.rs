@@ -19,7 +19,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
@@ -92,23 +92,30 @@ impl HttpClient {
     /// A client whose calls each take at most `timeout`, sending `user_agent`, through the
     /// proxies the environment names.
     pub(crate) fn new(timeout: Duration, user_agent: HeaderValue) -> Result<Self, RequestError> {
-        Self::with_proxies(timeout, user_agent, Matcher::from_env())
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RequestError::Tls(Box::new(e)))?
+            .with_webpki_roots()
+            .with_no_client_auth();
+        Ok(Self::with(timeout, user_agent, Matcher::from_env(), tls))
     }
 
-    /// [`HttpClient::new`] with the proxies of `proxies`.
-    fn with_proxies(
+    /// [`HttpClient::new`] with the proxies of `proxies` and the TLS configuration `tls`.
+    fn with(
         timeout: Duration,
         user_agent: HeaderValue,
         proxies: Matcher,
-    ) -> Result<Self, RequestError> {
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut http = HttpConnector::new();
         // The TLS layer above takes `https://`; the fake WeChat is plain `http://`.
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout.min(CONNECT_TIMEOUT_MAX)));
         http.set_nodelay(true);
+        // ALPN offers h2 and http/1.1 (set on `tls` by the builder).
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| RequestError::Tls(Box::new(e)))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -120,11 +127,11 @@ impl HttpClient {
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
             .build(https);
-        Ok(Self {
+        Self {
             client,
             timeout,
             user_agent,
-        })
+        }
     }
 
     /// Replaces the `User-Agent` sent with every call.
@@ -369,12 +376,12 @@ mod tests {
             one_shot(Some("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")).await;
         let proxy = proxy.split("/cgi-bin").next().unwrap().to_owned();
         let proxies = Matcher::builder().https(proxy).no("localhost").build();
-        let client = HttpClient::with_proxies(
+        let client = HttpClient::with(
             Duration::from_secs(5),
             HeaderValue::from_static("test-agent/1"),
             proxies,
-        )
-        .unwrap();
+            tls_trusting(&[]),
+        );
         let e = client
             .post_json(
                 "https://api.example.test/cgi-bin/x?access_token=T",
@@ -390,6 +397,91 @@ mod tests {
             "{request}"
         );
         assert!(!request.contains("access_token"));
+    }
+
+    /// A TLS client configuration that trusts `roots` (PEM) only.
+    fn tls_trusting(roots: &[&[u8]]) -> rustls::ClientConfig {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut store = rustls::RootCertStore::empty();
+        for pem in roots {
+            store
+                .add(CertificateDer::from_pem_slice(pem).unwrap())
+                .unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth()
+    }
+
+    /// A TLS server on localhost (a test CA's certificate, `testdata/tls`), offering `alpn`,
+    /// answering every request with its HTTP version.
+    async fn tls_server(alpn: &[u8]) -> String {
+        use hyper::service::service_fn;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let cert = CertificateDer::from_pem_slice(include_bytes!("../testdata/tls/localhost.pem"))
+            .unwrap();
+        let key =
+            PrivateKeyDer::from_pem_slice(include_bytes!("../testdata/tls/localhost.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let tls = TokioIo::new(acceptor.accept(socket).await.unwrap());
+            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let version = format!("{:?}", request.version());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    version,
+                ))))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(tls, service)
+                .await;
+        });
+        format!("https://localhost:{port}/cgi-bin/x?access_token=T")
+    }
+
+    #[tokio::test]
+    async fn https_is_spoken_over_http2_and_http1_with_a_verified_certificate() {
+        let trusting = || tls_trusting(&[include_bytes!("../testdata/tls/ca.pem")]);
+        for (alpn, version) in [(&b"h2"[..], "HTTP/2.0"), (b"http/1.1", "HTTP/1.1")] {
+            let url = tls_server(alpn).await;
+            let client = HttpClient::with(
+                Duration::from_secs(5),
+                HeaderValue::from_static("test-agent/1"),
+                Matcher::builder().build(),
+                trusting(),
+            );
+            let body = client.post_json(&url, b"{}".to_vec(), LIMIT).await;
+            assert_eq!(body.unwrap().as_deref(), Some(version.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn https_to_a_server_of_an_unknown_authority_fails_to_connect() {
+        let url = tls_server(b"h2").await;
+        let client = HttpClient::with(
+            Duration::from_secs(5),
+            HeaderValue::from_static("test-agent/1"),
+            Matcher::builder().build(),
+            tls_trusting(&[]),
+        );
+        let e = client.post_json(&url, Vec::new(), LIMIT).await.unwrap_err();
+        assert!(matches!(e, RequestError::Connect(_)), "{e:?}");
     }
 
     #[test]
