@@ -3,18 +3,30 @@
 //! of the WeChat API. One call is one JSON request and its reply, bounded in time (connect,
 //! send and read together) and in size. Redirects are not followed: the API does not redirect,
 //! and the query carries the access token.
+//!
+//! `https://` calls go through the proxy the environment names (`HTTPS_PROXY`, `ALL_PROXY`,
+//! `NO_PROXY`, as curl reads them) when there is one: a CONNECT tunnel through an `http://`
+//! proxy, TLS inside it. `http://` calls (a local fake) always go direct.
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request};
-use hyper_rustls::HttpsConnector;
+use hyper::{Method, Request, Uri};
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower_service::Service;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -47,45 +59,79 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// Whether the call ran out of time.
+    /// Whether the call ran out of time, or its connection did.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::TimedOut(_))
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Connect(e) => {
+                let mut cause: Option<&(dyn StdError + 'static)> = Some(&**e);
+                while let Some(e) = cause {
+                    let io = e.downcast_ref::<std::io::Error>();
+                    if io.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+                        return true;
+                    }
+                    cause = e.source();
+                }
+                false
+            }
+            _ => false,
+        }
     }
 }
 
 /// A pooled client. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<Connector>, Full<Bytes>>,
     /// Bounds a whole call: connect, send, and read the answer.
     timeout: Duration,
     user_agent: HeaderValue,
 }
 
 impl HttpClient {
-    /// A client whose calls each take at most `timeout`, sending `user_agent`.
+    /// A client whose calls each take at most `timeout`, sending `user_agent`, through the
+    /// proxies the environment names.
     pub(crate) fn new(timeout: Duration, user_agent: HeaderValue) -> Result<Self, RequestError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| RequestError::Tls(Box::new(e)))?
+            .with_webpki_roots()
+            .with_no_client_auth();
+        Ok(Self::with(timeout, user_agent, Matcher::from_env(), tls))
+    }
+
+    /// [`HttpClient::new`] with the proxies of `proxies` and the TLS configuration `tls`.
+    fn with(
+        timeout: Duration,
+        user_agent: HeaderValue,
+        proxies: Matcher,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut http = HttpConnector::new();
         // The TLS layer above takes `https://`; the fake WeChat is plain `http://`.
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout.min(CONNECT_TIMEOUT_MAX)));
         http.set_nodelay(true);
+        // ALPN offers h2 and http/1.1 (set on `tls` by the builder).
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| RequestError::Tls(Box::new(e)))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(Connector {
+                direct: http,
+                proxies: Arc::new(proxies),
+            });
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
             .build(https);
-        Ok(Self {
+        Self {
             client,
             timeout,
             user_agent,
-        })
+        }
     }
 
     /// Replaces the `User-Agent` sent with every call.
@@ -134,6 +180,47 @@ impl HttpClient {
             return Err(RequestError::Status(status.as_u16()));
         }
         read_capped(response.into_body(), limit).await
+    }
+}
+
+/// Opens the TCP stream a call runs on: to the API directly, or through a CONNECT tunnel when
+/// a proxy takes `https://` calls to its host. TLS runs on top either way, to the API's host.
+#[derive(Clone)]
+struct Connector {
+    direct: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>;
+
+impl Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.direct.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        let proxy = match dst.scheme_str() {
+            Some("https") => self.proxies.intercept(&dst),
+            _ => None,
+        };
+        let Some(proxy) = proxy else {
+            let connecting = self.direct.call(dst);
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
+        if proxy.uri().scheme_str() != Some("http") {
+            return Box::pin(std::future::ready(Err(
+                "only an http:// proxy is supported (a CONNECT tunnel)".into(),
+            )));
+        }
+        let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
+        if let Some(auth) = proxy.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        Box::pin(async move { tunnel.call(dst).await.map_err(Into::into) })
     }
 }
 
@@ -281,6 +368,128 @@ mod tests {
             .unwrap_err();
         assert!(e.is_timeout(), "{e:?}");
         assert!(!format!("{e} {e:?}").contains("access_token"));
+    }
+
+    #[tokio::test]
+    async fn an_https_call_goes_through_the_proxy_as_a_connect_tunnel() {
+        let (proxy, request) =
+            one_shot(Some("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")).await;
+        let proxy = proxy.split("/cgi-bin").next().unwrap().to_owned();
+        let proxies = Matcher::builder().https(proxy).no("localhost").build();
+        let client = HttpClient::with(
+            Duration::from_secs(5),
+            HeaderValue::from_static("test-agent/1"),
+            proxies,
+            tls_trusting(&[]),
+        );
+        let e = client
+            .post_json(
+                "https://api.example.test/cgi-bin/x?access_token=T",
+                Vec::new(),
+                LIMIT,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Connect(_)), "{e:?}");
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("CONNECT api.example.test:443 HTTP/1.1"),
+            "{request}"
+        );
+        assert!(!request.contains("access_token"));
+    }
+
+    /// A TLS client configuration that trusts `roots` (PEM) only.
+    fn tls_trusting(roots: &[&[u8]]) -> rustls::ClientConfig {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let mut store = rustls::RootCertStore::empty();
+        for pem in roots {
+            store
+                .add(CertificateDer::from_pem_slice(pem).unwrap())
+                .unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth()
+    }
+
+    /// A TLS server on localhost (a test CA's certificate, `testdata/tls`), offering `alpn`,
+    /// answering every request with its HTTP version.
+    async fn tls_server(alpn: &[u8]) -> String {
+        use hyper::service::service_fn;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let cert = CertificateDer::from_pem_slice(include_bytes!("../testdata/tls/localhost.pem"))
+            .unwrap();
+        let key =
+            PrivateKeyDer::from_pem_slice(include_bytes!("../testdata/tls/localhost.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let tls = TokioIo::new(acceptor.accept(socket).await.unwrap());
+            let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let version = format!("{:?}", request.version());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    version,
+                ))))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(tls, service)
+                .await;
+        });
+        format!("https://localhost:{port}/cgi-bin/x?access_token=T")
+    }
+
+    #[tokio::test]
+    async fn https_is_spoken_over_http2_and_http1_with_a_verified_certificate() {
+        let trusting = || tls_trusting(&[include_bytes!("../testdata/tls/ca.pem")]);
+        for (alpn, version) in [(&b"h2"[..], "HTTP/2.0"), (b"http/1.1", "HTTP/1.1")] {
+            let url = tls_server(alpn).await;
+            let client = HttpClient::with(
+                Duration::from_secs(5),
+                HeaderValue::from_static("test-agent/1"),
+                Matcher::builder().build(),
+                trusting(),
+            );
+            let body = client.post_json(&url, b"{}".to_vec(), LIMIT).await;
+            assert_eq!(body.unwrap().as_deref(), Some(version.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn https_to_a_server_of_an_unknown_authority_fails_to_connect() {
+        let url = tls_server(b"h2").await;
+        let client = HttpClient::with(
+            Duration::from_secs(5),
+            HeaderValue::from_static("test-agent/1"),
+            Matcher::builder().build(),
+            tls_trusting(&[]),
+        );
+        let e = client.post_json(&url, Vec::new(), LIMIT).await.unwrap_err();
+        assert!(matches!(e, RequestError::Connect(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_connection_that_timed_out_is_a_timeout() {
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        assert!(RequestError::Connect(Box::new(timed_out)).is_timeout());
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(!RequestError::Connect(Box::new(refused)).is_timeout());
     }
 
     #[tokio::test]
