@@ -37,6 +37,11 @@ impl CodeLength {
     pub const fn get(self) -> usize {
         self.0 as usize
     }
+
+    /// The number of digits, as `CODE_DIGITS` is written.
+    pub const fn digits(self) -> u8 {
+        self.0
+    }
 }
 
 /// A login code: ASCII digits, of a [`CodeLength`]. Not a secret once shown (it is on the
