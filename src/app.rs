@@ -18,8 +18,8 @@ use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
-use crate::login::LoginService;
 use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
+use crate::login::{CodePolicy, LoginService};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -248,6 +248,10 @@ impl App {
             store,
             Arc::new(login_tokens(config)?),
             (config.sse_timeout, config.result_keep),
+            config.login_modes.code.then_some(CodePolicy {
+                length: config.code_digits,
+                attempts_per_min: config.code_attempts_per_min,
+            }),
             Arc::clone(&metrics),
         );
         let max_streams = config.max_streams.unwrap_or_else(default_max_streams);

@@ -28,6 +28,7 @@ use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
 use super::limits::{HoldError, StreamSlot};
+use crate::login::code::LoginCode;
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
@@ -144,24 +145,36 @@ pub async fn sse(
                     message: "too many new streams from this address; try again later",
                 });
             }
-            let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
-                TakeError::Unavailable(e) => {
-                    metrics.refuse_stream("no_qr");
-                    tracing::warn!(reason = %e.reason, "no QR code for a new stream");
-                    HttpError::Unavailable {
-                        retry_after: e.retry_after,
-                        message: "no QR code can be had from WeChat right now",
-                    }
-                }
-                TakeError::BudgetSpent(e) => {
-                    metrics.refuse_stream("budget_spent");
-                    HttpError::Unavailable {
-                        retry_after: e.retry_after,
-                        message: "the daily QR code budget is used up; try again tomorrow",
-                    }
-                }
-                TakeError::Store(e) => e.into(),
-            })?;
+            let (view, attachment) =
+                state
+                    .login
+                    .start(audience, lang)
+                    .await
+                    .map_err(|e| match e {
+                        TakeError::Unavailable(e) => {
+                            metrics.refuse_stream("no_qr");
+                            tracing::warn!(reason = %e.reason, "no QR code for a new stream");
+                            HttpError::Unavailable {
+                                retry_after: e.retry_after,
+                                message: "no QR code can be had from WeChat right now",
+                            }
+                        }
+                        TakeError::BudgetSpent(e) => {
+                            metrics.refuse_stream("budget_spent");
+                            HttpError::Unavailable {
+                                retry_after: e.retry_after,
+                                message: "the daily QR code budget is used up; try again tomorrow",
+                            }
+                        }
+                        TakeError::NoFreeCode => {
+                            metrics.refuse_stream("no_code");
+                            HttpError::Unavailable {
+                                retry_after: HOLD_RETRY,
+                                message: "no free login code right now; try again shortly",
+                            }
+                        }
+                        TakeError::Store(e) => e.into(),
+                    })?;
             tracing::debug!(scene = %view.qr.scene.short(), "stream opened");
             (view, Tail::Wait(attachment))
         }
@@ -179,6 +192,7 @@ fn qr_event(view: &SceneView) -> Event {
             expire_seconds: view.qr.remaining().as_secs(),
             timeout_seconds: ceil_secs(view.deadline.saturating_duration_since(Instant::now())),
             qrcode_svg: format!("/qrcode/{scene}.svg"),
+            login_code: view.code.as_ref().map(LoginCode::as_str),
         },
     )
 }

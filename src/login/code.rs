@@ -60,6 +60,13 @@ impl LoginCode {
         )
     }
 
+    /// A code as the store gives it back: ASCII digits of an allowed length, or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let shaped = CodeLength::new(u8::try_from(s.len()).ok()?).is_some()
+            && s.bytes().all(|b| b.is_ascii_digit());
+        shaped.then(|| Self(s.to_owned()))
+    }
+
     /// The digits, as the first event and the store carry them.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -147,6 +147,10 @@ pub enum TakeError {
     /// The store cannot be reached.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every login code drawn for the stream was live on another one already (the space of
+    /// codes is nearly full: too many streams for `CODE_DIGITS`).
+    #[error("no free login code")]
+    NoFreeCode,
 }
 
 /// No QR code can be had now.
