@@ -182,17 +182,23 @@ pub async fn sse(
     Ok(respond(&state, &view, tail, lang, slot))
 }
 
-fn qr_event(view: &SceneView) -> Event {
+fn qr_event(state: &AppState, view: &SceneView) -> Event {
     let scene = &view.qr.scene;
+    let qr = view.qr.is_some();
     data_event(
         EventId::format(scene, &view.key, false),
         &QrIssued {
             scene_id: scene.as_str(),
-            qrcode_url: view.qr.ticket.showqrcode_url(),
+            qrcode_url: qr.then(|| view.qr.ticket.showqrcode_url()),
             expire_seconds: view.qr.remaining().as_secs(),
             timeout_seconds: ceil_secs(view.deadline.saturating_duration_since(Instant::now())),
-            qrcode_svg: format!("/qrcode/{scene}.svg"),
+            qrcode_svg: qr.then(|| format!("/qrcode/{scene}.svg")),
             login_code: view.code.as_ref().map(LoginCode::as_str),
+            account_qrcode_url: if qr {
+                None
+            } else {
+                state.account_qrcode_url.as_deref()
+            },
         },
     )
 }
@@ -216,7 +222,7 @@ fn respond(
     lang: Lang,
     slot: StreamSlot,
 ) -> Response {
-    let first = stream::once(ready(qr_event(view)));
+    let first = stream::once(ready(qr_event(state, view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
             .chain(stream::once(ready(result_event(view, &result))))

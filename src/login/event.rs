@@ -92,17 +92,25 @@ impl EventId {
 pub struct QrIssued<'a> {
     /// The QR code's scene (opaque to the page).
     pub scene_id: &'a str,
-    /// WeChat's image of the code (`showqrcode?ticket=`), for drop-in pages.
-    pub qrcode_url: String,
+    /// WeChat's image of the code (`showqrcode?ticket=`), for drop-in pages; absent in
+    /// code-only mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qrcode_url: Option<String>,
     /// Seconds of life the QR code has left.
     pub expire_seconds: u64,
     /// Seconds this stream waits for a scan before it ends with a timeout event.
     pub timeout_seconds: u64,
-    /// The same code rendered by wxlogin as SVG (no hotlinking of mp.weixin.qq.com).
-    pub qrcode_svg: String,
+    /// The same code rendered by wxlogin as SVG (no hotlinking of mp.weixin.qq.com); absent
+    /// in code-only mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qrcode_svg: Option<String>,
     /// The login code to send to the account as a message, when codes are on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_code: Option<&'a str>,
+    /// The account's own follow QR image (`ACCOUNT_QRCODE_URL`), in code-only mode: a visitor
+    /// who does not follow the account yet can, and then send the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_qrcode_url: Option<&'a str>,
 }
 
 /// How a visitor logged in: a scan (as WeChat names its kinds) or a login code.

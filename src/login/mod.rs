@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::code::{CodeLength, LoginCode};
 use self::event::{Lang, LoginKind, LoginResult, StreamKey};
-use self::pool::{QrPool, TakeError};
+use self::pool::{QrCode, QrPool, TakeError};
 use self::scenes::{Attachment, Face, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
+use crate::config::QR_LIFE_MARGIN;
 use crate::metrics::{self, Metrics};
 pub use crate::store::Outcome;
 use crate::store::{Bound, Inbox, Store, StoreError};
@@ -86,6 +87,8 @@ struct Inner {
     tokens: Arc<LoginTokens>,
     /// How long a stream waits for a scan.
     wait: Duration,
+    /// Whether streams get QR codes (`LOGIN_MODES` with `qr`); without, the pool is idle.
+    qr: bool,
     /// Login codes, when on.
     codes: Option<CodePolicy>,
     metrics: Arc<Metrics>,
@@ -99,6 +102,7 @@ impl LoginService {
         store: Arc<dyn Store>,
         tokens: Arc<LoginTokens>,
         (wait, result_keep): (Duration, Duration),
+        qr: bool,
         codes: Option<CodePolicy>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -109,6 +113,7 @@ impl LoginService {
                 store,
                 tokens,
                 wait,
+                qr,
                 codes,
                 metrics,
             }),
@@ -128,8 +133,13 @@ impl LoginService {
         audience: Option<Arc<str>>,
         lang: Lang,
     ) -> Result<(SceneView, Attachment), TakeError> {
-        let qr = self.inner.pool.take().await?;
         let deadline = Instant::now() + self.inner.wait;
+        let qr = if self.inner.qr {
+            self.inner.pool.take().await?
+        } else {
+            // Code-only: the session's scene is made here and no QR code shows it.
+            QrCode::none(policy::new_scene(), deadline + QR_LIFE_MARGIN)
+        };
         let code = match self.inner.codes {
             Some(policy) => Some(self.reserve_code(policy.length, &qr.scene).await?),
             None => None,
@@ -369,7 +379,9 @@ impl LoginService {
 
     /// The content of the QR code of a session that still waits (for rendering its image).
     pub async fn qr_content(&self, scene: &Scene) -> Result<Option<Arc<str>>, StoreError> {
-        self.inner.scenes.content(scene).await
+        let content = self.inner.scenes.content(scene).await?;
+        // A code-only session has no QR code to render.
+        Ok(content.filter(|c| !c.is_empty()))
     }
 
     /// Streams attached to this instance now.
@@ -413,6 +425,11 @@ impl LoginService {
     /// How long a stream waits for a scan.
     pub fn wait(&self) -> Duration {
         self.inner.wait
+    }
+
+    /// Whether streams get QR codes (`LOGIN_MODES` with `qr`).
+    pub fn shows_qr(&self) -> bool {
+        self.inner.qr
     }
 
     /// Login codes, when on.

@@ -78,6 +78,22 @@ struct Stored<'a> {
 }
 
 impl QrCode {
+    /// No QR code: what a code-only session (`LOGIN_MODES=code`) holds in its place, its
+    /// scene made by wxlogin, no ticket, no content, living until `expires_at`.
+    pub fn none(scene: Scene, expires_at: Instant) -> Self {
+        Self {
+            scene,
+            ticket: Ticket::new(""),
+            content: "".into(),
+            expires_at,
+        }
+    }
+
+    /// Whether this is a real QR code (not [`QrCode::none`]).
+    pub fn is_some(&self) -> bool {
+        !self.content.is_empty()
+    }
+
     /// Life left.
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())

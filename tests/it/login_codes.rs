@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use wxlogin::sandbox::phone::{self, Delivery, now_secs, reply_content};
 
 use crate::helpers::{
-    Stream, TestApp, assert_login, on_every_backend, spawn_app, spawn_app_with, spawn_safe_app,
+    Stream, TestApp, assert_login, count, on_every_backend, spawn_app, spawn_app_for,
+    spawn_app_with, spawn_safe_app,
 };
 
 on_every_backend!(
@@ -19,6 +20,7 @@ on_every_backend!(
     the_sixth_attempt_in_a_minute_is_not_matched_even_if_right,
     a_retried_text_message_delivers_once_and_its_query_with_another_body_is_refused,
     a_resumed_stream_keeps_its_code,
+    code_only_mode_starts_without_an_appsecret_and_calls_no_wechat_api,
 );
 
 /// The text of the passive reply, if wxlogin sent one.
@@ -253,6 +255,47 @@ async fn a_resumed_stream_keeps_its_code() {
     assert_eq!(again["login_code"], first["login_code"]);
     send(&app, "oResumer", first["login_code"].as_str().unwrap()).await;
     assert_login(&resumed.next_json().await, "oResumer", "code");
+}
+
+async fn code_only_mode_starts_without_an_appsecret_and_calls_no_wechat_api() {
+    let account = wxlogin::sandbox::fake::FakeAccount::random();
+    let app = spawn_app_for(
+        account,
+        &[
+            ("LOGIN_MODES", "code"),
+            ("SECRET_KEY", ""),
+            ("ACCOUNT_QRCODE_URL", "https://example.com/follow.jpg"),
+        ],
+    )
+    .await;
+    app.wait_ready().await;
+    let (mut stream, first, code) = open_with_code(&app).await;
+    assert!(first.get("qrcode_url").is_none(), "{first}");
+    assert!(first.get("qrcode_svg").is_none(), "{first}");
+    assert_eq!(
+        first["account_qrcode_url"],
+        "https://example.com/follow.jpg"
+    );
+    let scene = first["scene_id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/qrcode/{scene}.svg")).await.status(), 404);
+    send(&app, "oNoQr", &code).await;
+    assert_login(&stream.next_json().await, "oNoQr", "code");
+    // A text that is not a code is not answered; the fake WeChat saw no call at all.
+    assert_eq!(send(&app, "oNoQr", "hello").await.body, "success");
+    let calls = app.fake.counters();
+    assert_eq!(count(&calls.token_requests) + count(&calls.qr_requests), 0);
+}
+
+#[tokio::test]
+async fn the_qr_and_code_stream_does_not_show_the_accounts_follow_qr() {
+    let app = spawn_app_with(&[("ACCOUNT_QRCODE_URL", "https://example.com/follow.jpg")]).await;
+    let (_stream, first, _) = open_with_code(&app).await;
+    assert!(first.get("account_qrcode_url").is_none(), "{first}");
+    // QR codes only: no login code, and a code-shaped text is the account's business.
+    let app = spawn_app_with(&[("LOGIN_MODES", "qr")]).await;
+    let (_stream, _, first) = app.open_with_qr().await;
+    assert!(first.get("login_code").is_none(), "{first}");
+    assert_eq!(send(&app, "oPlain", "123456").await.body, "success");
 }
 
 #[tokio::test]
