@@ -20,6 +20,7 @@ on_every_backend!(
     the_sixth_attempt_in_a_minute_is_not_matched_even_if_right,
     a_retried_text_message_delivers_once_and_its_query_with_another_body_is_refused,
     a_resumed_stream_keeps_its_code,
+    an_expired_code_is_answered_and_delivers_nothing,
     code_only_mode_starts_without_an_appsecret_and_calls_no_wechat_api,
 );
 
@@ -296,6 +297,42 @@ async fn the_qr_and_code_stream_does_not_show_the_accounts_follow_qr() {
     let (_stream, _, first) = app.open_with_qr().await;
     assert!(first.get("login_code").is_none(), "{first}");
     assert_eq!(send(&app, "oPlain", "123456").await.body, "success");
+}
+
+async fn an_expired_code_is_answered_and_delivers_nothing() {
+    let app = spawn_app_with(&[("SSE_TIMEOUT_SECS", "1")]).await;
+    let (mut stream, _, code) = open_with_code(&app).await;
+    assert_eq!(stream.next_json().await["event"], "timeout");
+    let delivery = send(&app, "oLate", &code).await;
+    assert!(said(&delivery).unwrap().contains("无效"), "{delivery:?}");
+    assert_eq!(app.scans("code").await, 0);
+}
+
+#[tokio::test]
+async fn a_code_sent_to_another_instance_reaches_the_stream() {
+    let apps = crate::helpers::spawn_instances(2, &[]).await;
+    let (mut stream, _, code) = open_with_code(&apps[0]).await;
+    apps[0]
+        .phone
+        .set_callback(format!("{}/wechat_event", apps[1].base));
+    let delivery = send(&apps[1], "oElsewhere", &code).await;
+    assert!(
+        said(&delivery).unwrap().contains("登录成功"),
+        "{delivery:?}"
+    );
+    assert_login(&stream.next_json().await, "oElsewhere", "code");
+}
+
+#[tokio::test]
+async fn codes_live_at_once_on_two_instances_are_all_distinct() {
+    let apps = crate::helpers::spawn_instances(2, &[("POOL_SIZE", "0")]).await;
+    let mut streams = Vec::new();
+    let mut codes = std::collections::HashSet::new();
+    for n in 0..200 {
+        let (stream, _, code) = open_with_code(&apps[n % 2]).await;
+        assert!(codes.insert(code), "a code live on two streams");
+        streams.push(stream);
+    }
 }
 
 #[tokio::test]
