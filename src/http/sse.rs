@@ -84,7 +84,7 @@ enum Tail {
 #[utoipa::path(get, path = "/sse", tag = "login",
     params(SseQuery, ("Last-Event-ID" = Option<String>, Header, description = "Set by EventSource on reconnect (an event id, `<scene>.<key>.<n>`): resumes that stream")),
     responses(
-        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, plus `login_code` when LOGIN_MODES has `code` (and, with `code` alone, no `qrcode_url` nor `qrcode_svg` but `account_qrcode_url` when set), then `{userId, event, login_token}` on a scan or a login code (`event` `SCAN`, `subscribe` or `code`) or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
         (status = 401, description = "Wrong, expired or other-origin token", body = serde_json::Value),
         (status = 429, description = "Too many new streams from this client in the last minute (`SSE_PER_IP_PER_MIN`), or too many open at once (`SSE_PER_IP_OPEN`); see Retry-After", body = serde_json::Value),
         (status = 503, description = "No QR code can be had (WeChat fails, or today's `QR_DAILY_BUDGET` is used up: the message says which), or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
@@ -303,7 +303,11 @@ async fn wait_for_result(
                 tracing::debug!(scene = %view.qr.scene.short(), "stream timed out");
                 Some(data_event(
                     EventId::format(&view.qr.scene, &view.key, true),
-                    &TimeoutEvent::new(lang),
+                    &if view.qr.is_some() {
+                        TimeoutEvent::new(lang)
+                    } else {
+                        TimeoutEvent::code_only(lang)
+                    },
                 ))
             }
         },

@@ -166,6 +166,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_code_parses_back_only_when_it_has_a_codes_shape() {
+        let code = LoginCode::random(SIX);
+        assert_eq!(LoginCode::parse(code.as_str()), Some(code));
+        for bad in [
+            "",
+            "12345",
+            "12345678901",
+            "12345a",
+            "１２３４５６",
+            " 123456",
+        ] {
+            assert_eq!(LoginCode::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn the_ways_people_type_a_code_read_as_that_code() {
         for text in [
             "483920",

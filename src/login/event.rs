@@ -228,6 +228,17 @@ impl TimeoutEvent {
             },
         }
     }
+
+    /// The timeout event of a stream that showed a login code and no QR code.
+    pub fn code_only(lang: Lang) -> Self {
+        Self {
+            event: "timeout",
+            message: match lang {
+                Lang::Zh => "验证码已过期，请刷新后重试",
+                Lang::En => "The login code has expired. Refresh to get a new one.",
+            },
+        }
+    }
 }
 
 #[cfg(test)]

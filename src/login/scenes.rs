@@ -654,6 +654,23 @@ mod tests {
         Instant::now() + Duration::from_secs(secs)
     }
 
+    #[test]
+    fn a_face_keeps_its_code_and_language_and_a_plain_qr_code_reads_as_a_face_without() {
+        let face = Face {
+            qr: qr(),
+            code: LoginCode::parse("048392"),
+            lang: Lang::En,
+        };
+        let back = Face::decode(&face.encode(), 0).unwrap();
+        assert_eq!(back.qr.scene, face.qr.scene);
+        assert_eq!(back.code, face.code);
+        assert_eq!(back.lang, Lang::En);
+        // A session opened without a code (or by an older version) keeps the QR code alone.
+        let plain = Face::decode(&face.qr.encode(), 0).unwrap();
+        assert_eq!((plain.code, plain.lang), (None, Lang::Zh));
+        assert!(Face::decode("{\"qr\":\"x\",\"login_code\":\"12\"}", 0).is_err());
+    }
+
     #[tokio::test]
     async fn a_retried_event_is_a_duplicate() {
         let scenes = scenes();

@@ -281,6 +281,15 @@ async fn code_only_mode_starts_without_an_appsecret_and_calls_no_wechat_api() {
     assert_eq!(app.get(&format!("/qrcode/{scene}.svg")).await.status(), 404);
     send(&app, "oNoQr", &code).await;
     assert_login(&stream.next_json().await, "oNoQr", "code");
+    // A stream that waits in vain is told its code expired.
+    let app_short = spawn_app_with(&[("LOGIN_MODES", "code"), ("SSE_TIMEOUT_SECS", "1")]).await;
+    let (mut short, _, _) = open_with_code(&app_short).await;
+    let timeout = short.next_json().await;
+    assert_eq!(timeout["event"], "timeout");
+    assert!(
+        timeout["message"].as_str().unwrap().contains("验证码"),
+        "{timeout}"
+    );
     // A text that is not a code is not answered; the fake WeChat saw no call at all.
     assert_eq!(send(&app, "oNoQr", "hello").await.body, "success");
     let calls = app.fake.counters();
