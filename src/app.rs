@@ -18,8 +18,8 @@ use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
-use crate::login::LoginService;
 use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
+use crate::login::{CodePolicy, LoginService};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
@@ -248,6 +248,11 @@ impl App {
             store,
             Arc::new(login_tokens(config)?),
             (config.sse_timeout, config.result_keep),
+            config.login_modes.qr,
+            config.login_modes.code.then_some(CodePolicy {
+                length: config.code_digits,
+                attempts_per_min: config.code_attempts_per_min,
+            }),
             Arc::clone(&metrics),
         );
         let max_streams = config.max_streams.unwrap_or_else(default_max_streams);
@@ -271,6 +276,7 @@ impl App {
             api_token: config.api_token.clone(),
             callbacks: checker(config),
             reply_text: config.reply_text.clone(),
+            account_qrcode_url: config.account_qrcode_url.clone(),
             page_keys: Arc::clone(&page_keys),
             metrics,
             metrics_token: config.metrics_token.clone(),
@@ -321,7 +327,15 @@ impl App {
             grace,
         } = self;
         let keys = tokio::spawn(page_keys.keep_loaded(cancel.child_token()));
-        let refill = tokio::spawn(login.pool().clone().run_refill(cancel.child_token()));
+        // Without QR codes (LOGIN_MODES=code) the pool never starts: no access token, no
+        // WeChat API call at all.
+        let refill_pool = login.shows_qr().then(|| login.pool().clone());
+        let refill_cancel = cancel.child_token();
+        let refill = tokio::spawn(async move {
+            if let Some(pool) = refill_pool {
+                pool.run_refill(refill_cancel).await;
+            }
+        });
         let inbox = tokio::spawn(login.clone().run_inbox(cancel.child_token()));
         let purge_cancel = cancel.child_token();
         let purge_login = login.clone();

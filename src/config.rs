@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::login::code::CodeLength;
 use crate::wechat::api::DEFAULT_BASE;
 use crate::wechat::crypto::KeyRing;
 use crate::wechat::secret::Secret;
@@ -98,6 +99,49 @@ pub struct Config {
     pub forward_url: Option<String>,
     /// `DEMO_PAGE`: serve the demo page at `/` in serve mode.
     pub demo_page: bool,
+    /// `LOGIN_MODES`: how visitors log in (QR code, login code, or both).
+    pub login_modes: LoginModes,
+    /// `CODE_DIGITS`: the length of login codes.
+    pub code_digits: CodeLength,
+    /// `CODE_ATTEMPTS_PER_MIN`: code attempts one sender may make per minute; past it their
+    /// messages are not matched.
+    pub code_attempts_per_min: u32,
+    /// `ACCOUNT_QRCODE_URL`: the account's own follow QR image, shown to visitors in code-only
+    /// mode so that one who does not follow yet can.
+    pub account_qrcode_url: Option<String>,
+}
+
+/// `LOGIN_MODES`: which ways of logging in a stream offers. At least one is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginModes {
+    /// A QR code to scan (needs the QR API, hence `SECRET_KEY` and an access token).
+    pub qr: bool,
+    /// A login code to send to the account as a message.
+    pub code: bool,
+}
+
+impl LoginModes {
+    /// Both: the default.
+    pub const BOTH: Self = Self {
+        qr: true,
+        code: true,
+    };
+
+    /// `qr`, `code` or `qr,code` (either order, spaces allowed); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut modes = Self {
+            qr: false,
+            code: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part.to_ascii_lowercase().as_str() {
+                "qr" if !modes.qr => modes.qr = true,
+                "code" if !modes.code => modes.code = true,
+                _ => return None,
+            }
+        }
+        (modes.qr || modes.code).then_some(modes)
+    }
 }
 
 /// A setting that is missing or invalid: start-up stops with this one line.
@@ -417,6 +461,48 @@ impl Config {
             Some("true" | "1" | "yes") => true,
             Some(_) => return Err(problem("DEMO_PAGE", "must be true or false")),
         };
+        let login_modes = match get("LOGIN_MODES") {
+            None => LoginModes::BOTH,
+            Some(v) => LoginModes::parse(&v).ok_or_else(|| {
+                problem(
+                    "LOGIN_MODES",
+                    format!("must be qr, code or qr,code, not {v:?}"),
+                )
+            })?,
+        };
+        let code_digits: u8 = parse_or(&get, "CODE_DIGITS", CodeLength::DEFAULT.digits())?;
+        let code_digits = CodeLength::new(code_digits).ok_or_else(|| {
+            problem(
+                "CODE_DIGITS",
+                format!(
+                    "must be between {} and {}",
+                    CodeLength::MIN,
+                    CodeLength::MAX
+                ),
+            )
+        })?;
+        let code_attempts_per_min: u32 = parse_or(&get, "CODE_ATTEMPTS_PER_MIN", 5)?;
+        if !(1..=1000).contains(&code_attempts_per_min) {
+            return Err(problem(
+                "CODE_ATTEMPTS_PER_MIN",
+                "must be between 1 and 1000",
+            ));
+        }
+        let account_qrcode_url = get("ACCOUNT_QRCODE_URL");
+        if account_qrcode_url.as_ref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with('/'))
+        }) {
+            return Err(problem(
+                "ACCOUNT_QRCODE_URL",
+                "must be an http(s) URL or a path",
+            ));
+        }
+        // Without QR codes no access token is needed, hence no appsecret.
+        let secret_key = if login_modes.qr {
+            required("SECRET_KEY")?
+        } else {
+            get("SECRET_KEY").unwrap_or_default()
+        };
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
@@ -424,7 +510,7 @@ impl Config {
         Ok(Self {
             api_token: Secret::new(api_token),
             appid: required("APPID")?,
-            secret_key: Secret::new(required("SECRET_KEY")?),
+            secret_key: Secret::new(secret_key),
             mp_token: Secret::new(required("MP_TOKEN")?),
             bind: parse_or(&get, "BIND", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             wechat_api_base: base,
@@ -453,6 +539,10 @@ impl Config {
             result_keep: Duration::from_secs(result_keep),
             forward_url,
             demo_page,
+            login_modes,
+            code_digits,
+            code_attempts_per_min,
+            account_qrcode_url,
         })
     }
 }
@@ -565,12 +655,46 @@ mod tests {
             ("RESULT_KEEP_SECS", "0"),
             ("FORWARD_URL", "ftp://x"),
             ("DEMO_PAGE", "maybe"),
+            ("LOGIN_MODES", "sms"),
+            ("LOGIN_MODES", "qr,qr"),
+            ("LOGIN_MODES", "qr,code,"),
+            ("CODE_DIGITS", "5"),
+            ("CODE_DIGITS", "11"),
+            ("CODE_DIGITS", "six"),
+            ("CODE_ATTEMPTS_PER_MIN", "0"),
+            ("CODE_ATTEMPTS_PER_MIN", "-1"),
+            ("ACCOUNT_QRCODE_URL", "ftp://x"),
         ] {
             let mut vars = base();
             vars.insert(k.into(), v.into());
             let e = load(&vars).unwrap_err();
             assert_eq!(e.setting, k, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn login_modes_default_to_both_and_code_alone_needs_no_appsecret() {
+        let c = load(&base()).unwrap();
+        assert_eq!(c.login_modes, LoginModes::BOTH);
+        assert_eq!(c.code_digits, CodeLength::DEFAULT);
+        assert_eq!(c.code_attempts_per_min, 5);
+        assert_eq!(c.account_qrcode_url, None);
+        for (v, qr, code) in [
+            ("qr", true, false),
+            ("code", false, true),
+            ("qr,code", true, true),
+            (" code , qr ", true, true),
+        ] {
+            let c = accepted("LOGIN_MODES", v);
+            assert_eq!((c.login_modes.qr, c.login_modes.code), (qr, code), "{v}");
+        }
+        assert!(refusal("LOGIN_MODES", "sms").contains("qr, code or qr,code"));
+        assert_eq!(accepted("CODE_DIGITS", "10").code_digits.get(), 10);
+        let mut vars = base();
+        vars.remove("SECRET_KEY");
+        assert_eq!(load(&vars).unwrap_err().setting, "SECRET_KEY");
+        vars.insert("LOGIN_MODES".into(), "code".into());
+        assert!(!load(&vars).unwrap().login_modes.qr);
     }
 
     /// Loads `base()` with `setting=value` and returns the refusal, naming `setting`.

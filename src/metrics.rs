@@ -59,7 +59,9 @@ pub struct Metrics {
     /// Streams refused, by reason (`unauthorized`, `rate_limited`, `client_open`,
     /// `max_streams`, `no_qr`, `budget_spent`).
     pub streams_refused: Family<Rejection, Counter>,
-    /// Scans, by outcome (`delivered`, `parked`, `undeliverable`, `duplicate`).
+    /// Scans, by outcome (`delivered`, `parked`, `undeliverable`, `duplicate`), and login
+    /// codes received (`code`: a login, `code_unmatched`: no live code, `code_limited`: the
+    /// sender was over `CODE_ATTEMPTS_PER_MIN`; a retry counts as `duplicate`).
     pub scans: Family<Outcome, Counter>,
     /// Handles on `scans`' series, made once: a callback bumps one without allocating a label.
     scan_series: Vec<(&'static str, Counter)>,
@@ -137,7 +139,7 @@ impl Metrics {
         );
         let scans: Family<Outcome, Counter> = register!(
             "scans",
-            "Scans of login QR codes, by outcome",
+            "Scans of login QR codes and login codes received, by outcome",
             Family::default()
         );
         let callbacks_rejected = register!(
@@ -165,17 +167,25 @@ impl Metrics {
             "Time from a callback's arrival to the result on the stream",
             Histogram::new(latency_buckets())
         );
-        let scan_series = ["delivered", "parked", "undeliverable", "duplicate"]
-            .into_iter()
-            .map(|name| {
-                let counter = scans
-                    .get_or_create(&Outcome {
-                        outcome: name.into(),
-                    })
-                    .clone();
-                (name, counter)
-            })
-            .collect();
+        let scan_series = [
+            "delivered",
+            "parked",
+            "undeliverable",
+            "duplicate",
+            "code",
+            "code_unmatched",
+            "code_limited",
+        ]
+        .into_iter()
+        .map(|name| {
+            let counter = scans
+                .get_or_create(&Outcome {
+                    outcome: name.into(),
+                })
+                .clone();
+            (name, counter)
+        })
+        .collect();
         Arc::new(Self {
             registry,
             scan_series,

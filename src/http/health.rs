@@ -45,7 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // A spent budget leaves the instance ready: it still serves resumed streams and WeChat's
     // callbacks for the codes already out, and every instance refuses new streams alike, so
     // a load balancer taking them all out of rotation would only cut those off.
-    let ready = pool.healthy && store.is_ok();
+    let ready = (pool.healthy || !state.login.shows_qr()) && store.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {

@@ -78,6 +78,8 @@ pub struct Shared {
     pub callbacks: Checker,
     /// `REPLY_TEXT`, the reply to a login scan.
     pub reply_text: Option<String>,
+    /// `ACCOUNT_QRCODE_URL`: the account's follow QR image, shown in code-only mode.
+    pub account_qrcode_url: Option<String>,
     /// Page tokens, once their key is read from the store.
     pub page_keys: Arc<PageKeys>,
     /// Metrics.

@@ -28,6 +28,7 @@ use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
 use super::limits::{HoldError, StreamSlot};
+use crate::login::code::LoginCode;
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
@@ -83,7 +84,7 @@ enum Tail {
 #[utoipa::path(get, path = "/sse", tag = "login",
     params(SseQuery, ("Last-Event-ID" = Option<String>, Header, description = "Set by EventSource on reconnect (an event id, `<scene>.<key>.<n>`): resumes that stream")),
     responses(
-        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, then `{userId, event, login_token}` on a scan or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream. Data events (default type): first `{scene_id, qrcode_url, expire_seconds, timeout_seconds, qrcode_svg}`, plus `login_code` when LOGIN_MODES has `code` (and, with `code` alone, no `qrcode_url` nor `qrcode_svg` but `account_qrcode_url` when set), then `{userId, event, login_token}` on a scan or a login code (`event` `SCAN`, `subscribe` or `code`) or `{event: \"timeout\", message}`; ids `<scene>.<key>.0` and `<scene>.<key>.1`, the key being the stream's secret; at shutdown an `event: shutdown` with a `retry:` hint", content_type = "text/event-stream", body = String),
         (status = 401, description = "Wrong, expired or other-origin token", body = serde_json::Value),
         (status = 429, description = "Too many new streams from this client in the last minute (`SSE_PER_IP_PER_MIN`), or too many open at once (`SSE_PER_IP_OPEN`); see Retry-After", body = serde_json::Value),
         (status = 503, description = "No QR code can be had (WeChat fails, or today's `QR_DAILY_BUDGET` is used up: the message says which), or the stream cap is reached (see Retry-After)", body = serde_json::Value)))]
@@ -144,24 +145,36 @@ pub async fn sse(
                     message: "too many new streams from this address; try again later",
                 });
             }
-            let (view, attachment) = state.login.start(audience).await.map_err(|e| match e {
-                TakeError::Unavailable(e) => {
-                    metrics.refuse_stream("no_qr");
-                    tracing::warn!(reason = %e.reason, "no QR code for a new stream");
-                    HttpError::Unavailable {
-                        retry_after: e.retry_after,
-                        message: "no QR code can be had from WeChat right now",
-                    }
-                }
-                TakeError::BudgetSpent(e) => {
-                    metrics.refuse_stream("budget_spent");
-                    HttpError::Unavailable {
-                        retry_after: e.retry_after,
-                        message: "the daily QR code budget is used up; try again tomorrow",
-                    }
-                }
-                TakeError::Store(e) => e.into(),
-            })?;
+            let (view, attachment) =
+                state
+                    .login
+                    .start(audience, lang)
+                    .await
+                    .map_err(|e| match e {
+                        TakeError::Unavailable(e) => {
+                            metrics.refuse_stream("no_qr");
+                            tracing::warn!(reason = %e.reason, "no QR code for a new stream");
+                            HttpError::Unavailable {
+                                retry_after: e.retry_after,
+                                message: "no QR code can be had from WeChat right now",
+                            }
+                        }
+                        TakeError::BudgetSpent(e) => {
+                            metrics.refuse_stream("budget_spent");
+                            HttpError::Unavailable {
+                                retry_after: e.retry_after,
+                                message: "the daily QR code budget is used up; try again tomorrow",
+                            }
+                        }
+                        TakeError::NoFreeCode => {
+                            metrics.refuse_stream("no_code");
+                            HttpError::Unavailable {
+                                retry_after: HOLD_RETRY,
+                                message: "no free login code right now; try again shortly",
+                            }
+                        }
+                        TakeError::Store(e) => e.into(),
+                    })?;
             tracing::debug!(scene = %view.qr.scene.short(), "stream opened");
             (view, Tail::Wait(attachment))
         }
@@ -169,16 +182,23 @@ pub async fn sse(
     Ok(respond(&state, &view, tail, lang, slot))
 }
 
-fn qr_event(view: &SceneView) -> Event {
+fn qr_event(state: &AppState, view: &SceneView) -> Event {
     let scene = &view.qr.scene;
+    let qr = view.qr.is_some();
     data_event(
         EventId::format(scene, &view.key, false),
         &QrIssued {
             scene_id: scene.as_str(),
-            qrcode_url: view.qr.ticket.showqrcode_url(),
+            qrcode_url: qr.then(|| view.qr.ticket.showqrcode_url()),
             expire_seconds: view.qr.remaining().as_secs(),
             timeout_seconds: ceil_secs(view.deadline.saturating_duration_since(Instant::now())),
-            qrcode_svg: format!("/qrcode/{scene}.svg"),
+            qrcode_svg: qr.then(|| format!("/qrcode/{scene}.svg")),
+            login_code: view.code.as_ref().map(LoginCode::as_str),
+            account_qrcode_url: if qr {
+                None
+            } else {
+                state.account_qrcode_url.as_deref()
+            },
         },
     )
 }
@@ -202,7 +222,7 @@ fn respond(
     lang: Lang,
     slot: StreamSlot,
 ) -> Response {
-    let first = stream::once(ready(qr_event(view)));
+    let first = stream::once(ready(qr_event(state, view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
             .chain(stream::once(ready(result_event(view, &result))))
@@ -283,7 +303,11 @@ async fn wait_for_result(
                 tracing::debug!(scene = %view.qr.scene.short(), "stream timed out");
                 Some(data_event(
                     EventId::format(&view.qr.scene, &view.key, true),
-                    &TimeoutEvent::new(lang),
+                    &if view.qr.is_some() {
+                        TimeoutEvent::new(lang)
+                    } else {
+                        TimeoutEvent::code_only(lang)
+                    },
                 ))
             }
         },

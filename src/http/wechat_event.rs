@@ -5,7 +5,9 @@
 //! every instance: the same query and body again is WeChat retrying and is answered as the
 //! first one was; the same query with another body is a replay, refused with 401. A login scan
 //! may be answered with a text reply (`REPLY_TEXT`, encrypted with the key that opened the
-//! request); other callbacks go to `FORWARD_URL` or get `success`. Answers come well inside
+//! request). A text message that reads as a login code (`LOGIN_MODES` with `code`) is resolved
+//! like a scan and always answered in the chat: logged in, no such code, or too many tries.
+//! Other callbacks go to `FORWARD_URL` or get `success`. Answers come well inside
 //! WeChat's 5 s: nothing here waits on WeChat.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -19,11 +21,13 @@ use serde::Deserialize;
 use super::error::HttpError;
 use super::forward::Forwarded;
 use super::{AppState, MAX_CALLBACK_BODY};
-use crate::login::Outcome;
+use crate::login::code::{self, LoginCode, Reading};
+use crate::login::event::Lang;
+use crate::login::{CodeOutcome, Outcome};
 use crate::metrics::{Metrics, Outcome as Label};
 use crate::store::{Bound, StoreError};
 use crate::wechat::callback::{
-    self, Binding, Callback, CallbackError, Opened, ScanEvent, classify,
+    self, Binding, Callback, CallbackError, Opened, TextMessage, classify,
 };
 use crate::wechat::crypto::{KeySlot, seal_reply};
 use crate::wechat::ids::short_openid;
@@ -226,6 +230,20 @@ async fn handle(
     } = callback::open(&state.callbacks, &query, body, now_secs())?;
     let scan = match classify(&message) {
         Callback::Scan(scan) if crate::login::policy::is_login_scene(&scan.scene) => scan,
+        Callback::Text(text) => {
+            let attempt = state
+                .login
+                .codes()
+                .map(|policy| code::read(text.content, policy.length));
+            if let Some(Reading::Attempt(code)) = attempt {
+                return Box::pin(login_code(
+                    state, &text, &code, &binding, slot, raw_query, headers, body,
+                ))
+                .await;
+            }
+            // Not a code attempt: the account's own business, as any other message.
+            return Box::pin(other(state, &binding, raw_query, headers, body)).await;
+        }
         // Not a login scan of ours: the account's own backend may want it.
         // Boxed: its future is larger than the rest of this handler, which every callback
         // would otherwise carry (and copy) for the few that are forwarded.
@@ -252,9 +270,74 @@ async fn handle(
         ),
     }
     match (&state.reply_text, outcome.is_login()) {
-        (Some(template), true) => Ok(reply(state, &scan, template, slot)),
+        (Some(template), true) => Ok(reply(
+            state,
+            scan.openid,
+            scan.account,
+            &fill_reply(template),
+            slot,
+        )),
         _ => Ok(success()),
     }
+}
+
+/// What a login code's sender reads in the chat.
+mod code_replies {
+    use crate::login::event::Lang;
+
+    /// The code logged the page in (`REPLY_TEXT` wins when set).
+    pub fn logged_in(lang: Lang) -> &'static str {
+        match lang {
+            Lang::Zh => "登录成功，请回到网页继续。",
+            Lang::En => "You are logged in. Go back to the web page to continue.",
+        }
+    }
+
+    /// No stream waits on the code. The stream's language is unknown: Chinese.
+    pub const UNKNOWN: &str = "验证码无效或已过期，请刷新网页获取新的验证码。";
+
+    /// Over `CODE_ATTEMPTS_PER_MIN`.
+    pub const TOO_MANY: &str = "尝试次数过多，请一分钟后再试。";
+}
+
+/// A text message that reads as a login code: resolved like a scan, and answered in the chat
+/// (a login, a code no stream waits on, or too many attempts). With `FORWARD_URL` set, a code
+/// that matches nothing goes downstream instead: it may be the account's own business (an
+/// order number).
+#[allow(clippy::too_many_arguments)]
+async fn login_code(
+    state: &AppState,
+    text: &TextMessage<'_>,
+    code: &LoginCode,
+    binding: &Binding,
+    slot: Option<KeySlot>,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Rejected> {
+    let outcome = state.login.complete_code(text, code, binding).await?;
+    let answer = |message: &str| reply(state, text.openid, text.account, message, slot);
+    let logged_in = |lang| match &state.reply_text {
+        Some(template) => answer(&fill_reply(template)),
+        None => answer(code_replies::logged_in(lang)),
+    };
+    Ok(match outcome {
+        CodeOutcome::LoggedIn(lang) => {
+            tracing::info!(openid = %short_openid(text.openid), "login by code");
+            logged_in(lang)
+        }
+        CodeOutcome::Duplicate { login: true } => logged_in(Lang::Zh),
+        CodeOutcome::Duplicate { login: false } => success(),
+        CodeOutcome::Replayed => return Err(replayed()),
+        CodeOutcome::TooManyAttempts => {
+            tracing::debug!(openid = %short_openid(text.openid), "code attempts over the limit: not matched");
+            answer(code_replies::TOO_MANY)
+        }
+        CodeOutcome::NoSuchCode if state.forwarder.is_some() => {
+            return Box::pin(other(state, binding, raw_query, headers, body)).await;
+        }
+        CodeOutcome::NoSuchCode => answer(code_replies::UNKNOWN),
+    })
 }
 
 fn success() -> Response {
@@ -315,14 +398,16 @@ pub fn fill_reply(template: &str) -> String {
     }
 }
 
-/// The passive text reply to a login scan, encrypted when the request was.
+/// The passive text reply `message` to `openid` from `account`, encrypted when the request
+/// was.
 fn reply(
     state: &AppState,
-    scan: &ScanEvent<'_>,
-    template: &str,
+    openid: &str,
+    account: &str,
+    message: &str,
     slot: Option<KeySlot>,
 ) -> Response {
-    let xml = text_reply(scan.openid, scan.account, now_secs(), &fill_reply(template));
+    let xml = text_reply(openid, account, now_secs(), message);
     let body = match (slot, state.callbacks.keys()) {
         (Some(slot), Some(keys)) => {
             let timestamp = now_secs().to_string();

@@ -37,6 +37,11 @@ impl CodeLength {
     pub const fn get(self) -> usize {
         self.0 as usize
     }
+
+    /// The number of digits, as `CODE_DIGITS` is written.
+    pub const fn digits(self) -> u8 {
+        self.0
+    }
 }
 
 /// A login code: ASCII digits, of a [`CodeLength`]. Not a secret once shown (it is on the
@@ -53,6 +58,13 @@ impl LoginCode {
                 .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
                 .collect(),
         )
+    }
+
+    /// A code as the store gives it back: ASCII digits of an allowed length, or `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let shaped = CodeLength::new(u8::try_from(s.len()).ok()?).is_some()
+            && s.bytes().all(|b| b.is_ascii_digit());
+        shaped.then(|| Self(s.to_owned()))
     }
 
     /// The digits, as the first event and the store carry them.
@@ -150,6 +162,22 @@ mod tests {
         match read(text, SIX) {
             Reading::Attempt(code) => Some(code.as_str().to_owned()),
             Reading::NotAnAttempt => None,
+        }
+    }
+
+    #[test]
+    fn a_stored_code_parses_back_only_when_it_has_a_codes_shape() {
+        let code = LoginCode::random(SIX);
+        assert_eq!(LoginCode::parse(code.as_str()), Some(code));
+        for bad in [
+            "",
+            "12345",
+            "12345678901",
+            "12345a",
+            "１２３４５６",
+            " 123456",
+        ] {
+            assert_eq!(LoginCode::parse(bad), None, "{bad:?}");
         }
     }
 

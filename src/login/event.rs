@@ -87,19 +87,64 @@ impl EventId {
     }
 }
 
-/// The first event: the QR code to show.
+/// The first event: the QR code to show (and the login code, with `LOGIN_MODES` `code`).
 #[derive(Debug, Serialize)]
 pub struct QrIssued<'a> {
     /// The QR code's scene (opaque to the page).
     pub scene_id: &'a str,
-    /// WeChat's image of the code (`showqrcode?ticket=`), for drop-in pages.
-    pub qrcode_url: String,
+    /// WeChat's image of the code (`showqrcode?ticket=`), for drop-in pages; absent in
+    /// code-only mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qrcode_url: Option<String>,
     /// Seconds of life the QR code has left.
     pub expire_seconds: u64,
     /// Seconds this stream waits for a scan before it ends with a timeout event.
     pub timeout_seconds: u64,
-    /// The same code rendered by wxlogin as SVG (no hotlinking of mp.weixin.qq.com).
-    pub qrcode_svg: String,
+    /// The same code rendered by wxlogin as SVG (no hotlinking of mp.weixin.qq.com); absent
+    /// in code-only mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qrcode_svg: Option<String>,
+    /// The login code to send to the account as a message, when codes are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_code: Option<&'a str>,
+    /// The account's own follow QR image (`ACCOUNT_QRCODE_URL`), in code-only mode: a visitor
+    /// who does not follow the account yet can, and then send the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_qrcode_url: Option<&'a str>,
+}
+
+/// How a visitor logged in: a scan (as WeChat names its kinds) or a login code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginKind {
+    /// A scan by a follower (`SCAN`).
+    #[serde(rename = "SCAN")]
+    Scan,
+    /// A scan that made the user a follower (`subscribe`).
+    #[serde(rename = "subscribe")]
+    Subscribe,
+    /// A login code sent to the account as a text message.
+    #[serde(rename = "code")]
+    Code,
+}
+
+impl LoginKind {
+    /// The event name the browser receives (and the login token's `event`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scan => "SCAN",
+            Self::Subscribe => "subscribe",
+            Self::Code => "code",
+        }
+    }
+}
+
+impl From<ScanKind> for LoginKind {
+    fn from(kind: ScanKind) -> Self {
+        match kind {
+            ScanKind::Scan => Self::Scan,
+            ScanKind::Subscribe => Self::Subscribe,
+        }
+    }
 }
 
 /// The result of a scan, pushed to the stream that waits on the scene (and kept in the
@@ -108,8 +153,8 @@ pub struct QrIssued<'a> {
 pub struct LoginResult {
     /// Who scanned.
     pub openid: OpenId,
-    /// Follower (`SCAN`) or new follower (`subscribe`).
-    pub kind: ScanKind,
+    /// Follower (`SCAN`), new follower (`subscribe`), or a login code (`code`).
+    pub kind: LoginKind,
     /// The signed proof of this login for the site's backend (absent only if signing
     /// failed, which is logged).
     pub login_token: Option<String>,
@@ -126,7 +171,7 @@ pub struct LoginEvent<'a> {
     /// The openid.
     #[serde(rename = "userId")]
     pub user_id: &'a str,
-    /// `SCAN` or `subscribe`.
+    /// `SCAN`, `subscribe` or `code`.
     pub event: &'static str,
     /// The signed login token.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +228,17 @@ impl TimeoutEvent {
             },
         }
     }
+
+    /// The timeout event of a stream that showed a login code and no QR code.
+    pub fn code_only(lang: Lang) -> Self {
+        Self {
+            event: "timeout",
+            message: match lang {
+                Lang::Zh => "验证码已过期，请刷新后重试",
+                Lang::En => "The login code has expired. Refresh to get a new one.",
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +280,7 @@ mod tests {
     fn the_login_event_has_the_fastapi_shape() {
         let r = LoginResult {
             openid: OpenId::new("oAbc"),
-            kind: ScanKind::Subscribe,
+            kind: ScanKind::Subscribe.into(),
             login_token: Some("a.b.c".into()),
             resolved_at: std::time::Instant::now(),
         };

@@ -22,20 +22,57 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use self::event::{LoginResult, StreamKey};
-use self::pool::{QrPool, TakeError};
-use self::scenes::{Attachment, Resumed, SceneView, Scenes, Status};
+use self::code::{CodeLength, LoginCode};
+use self::event::{Lang, LoginKind, LoginResult, StreamKey};
+use self::pool::{QrCode, QrPool, TakeError};
+use self::scenes::{Attachment, Face, Resumed, SceneView, Scenes, Status};
 use crate::auth::login_token::LoginTokens;
+use crate::config::QR_LIFE_MARGIN;
 use crate::metrics::{self, Metrics};
 pub use crate::store::Outcome;
 use crate::store::{Bound, Inbox, Store, StoreError};
-use crate::wechat::callback::{Binding, ScanEvent};
+use crate::wechat::callback::{Binding, ScanEvent, TextMessage};
 use crate::wechat::ids::Scene;
 
 /// How long a callback's event key (openid and `CreateTime`) is kept: longer than WeChat's
 /// retries (3 × 5 s), which may come under new queries. Replays are the bindings' business:
 /// they live as long as a query's timestamp would pass.
 pub const EVENT_KEY_TTL: Duration = Duration::from_secs(30);
+
+/// How long a sender's code attempts are counted together (`CODE_ATTEMPTS_PER_MIN`).
+pub const CODE_ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Codes drawn for one stream before giving up: with a million codes and even 100,000 live
+/// ones, five draws all taken happens once in 100,000 streams.
+const CODE_DRAWS: usize = 5;
+
+/// Login codes (`LOGIN_MODES` with `code`).
+#[derive(Clone, Copy, Debug)]
+pub struct CodePolicy {
+    /// `CODE_DIGITS`.
+    pub length: CodeLength,
+    /// `CODE_ATTEMPTS_PER_MIN`.
+    pub attempts_per_min: u32,
+}
+
+/// What became of a text message read as a login code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeOutcome {
+    /// The code's stream is logged in (or its result kept for its return); the stream's
+    /// language, for the reply.
+    LoggedIn(Lang),
+    /// WeChat retrying a message handled before; `login` when that one logged in.
+    Duplicate {
+        /// Whether the first one was a login.
+        login: bool,
+    },
+    /// No stream waits on that code: unknown, used, expired, or its stream logged in by scan.
+    NoSuchCode,
+    /// The sender made too many attempts in the last minute: not matched.
+    TooManyAttempts,
+    /// A signed query sent again with another body.
+    Replayed,
+}
 
 /// The login flow. Cheap to clone.
 #[derive(Clone)]
@@ -50,6 +87,10 @@ struct Inner {
     tokens: Arc<LoginTokens>,
     /// How long a stream waits for a scan.
     wait: Duration,
+    /// Whether streams get QR codes (`LOGIN_MODES` with `qr`); without, the pool is idle.
+    qr: bool,
+    /// Login codes, when on.
+    codes: Option<CodePolicy>,
     metrics: Arc<Metrics>,
 }
 
@@ -61,6 +102,8 @@ impl LoginService {
         store: Arc<dyn Store>,
         tokens: Arc<LoginTokens>,
         (wait, result_keep): (Duration, Duration),
+        qr: bool,
+        codes: Option<CodePolicy>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -70,6 +113,8 @@ impl LoginService {
                 store,
                 tokens,
                 wait,
+                qr,
+                codes,
                 metrics,
             }),
         }
@@ -80,15 +125,40 @@ impl LoginService {
         &self.inner.metrics
     }
 
-    /// Starts a login: takes a fresh QR code and opens a session with the stream attached.
-    /// `audience` is who the login token will be for (a page token's origin).
+    /// Starts a login: takes a fresh QR code (and, with codes on, a login code reserved for
+    /// the session's wait) and opens a session with the stream attached. `audience` is who
+    /// the login token will be for (a page token's origin); `lang` the stream's language.
     pub async fn start(
         &self,
         audience: Option<Arc<str>>,
+        lang: Lang,
     ) -> Result<(SceneView, Attachment), TakeError> {
-        let qr = self.inner.pool.take().await?;
         let deadline = Instant::now() + self.inner.wait;
-        let opened = self.inner.scenes.open(qr, deadline, audience).await?;
+        let qr = if self.inner.qr {
+            self.inner.pool.take().await?
+        } else {
+            // Code-only: the session's scene is made here and no QR code shows it.
+            QrCode::none(policy::new_scene(), deadline + QR_LIFE_MARGIN)
+        };
+        let code = match self.inner.codes {
+            Some(policy) => Some(self.reserve_code(policy.length, &qr.scene).await?),
+            None => None,
+        };
+        let face = Face { qr, code, lang };
+        let opened = self
+            .inner
+            .scenes
+            .open_face(face.clone(), deadline, audience)
+            .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if let Some(code) = &face.code {
+                    self.release_code(code, &face.qr.scene).await;
+                }
+                return Err(e.into());
+            }
+        };
         self.inner
             .metrics
             .streams
@@ -97,6 +167,39 @@ impl LoginService {
             })
             .inc();
         Ok(opened)
+    }
+
+    /// Draws a code free among live streams (on every instance) and binds it to `scene` for
+    /// the wait; a few draws, then [`TakeError::NoFreeCode`].
+    async fn reserve_code(
+        &self,
+        length: CodeLength,
+        scene: &Scene,
+    ) -> Result<LoginCode, TakeError> {
+        for _ in 0..CODE_DRAWS {
+            let code = LoginCode::random(length);
+            if self
+                .inner
+                .store
+                .code_reserve(code.as_str(), scene, self.inner.wait)
+                .await?
+            {
+                return Ok(code);
+            }
+        }
+        tracing::warn!(
+            draws = CODE_DRAWS,
+            "every login code drawn is live on another stream: raise CODE_DIGITS"
+        );
+        Err(TakeError::NoFreeCode)
+    }
+
+    /// Ends the code of `scene`: its session is resolved or gone. A failure only leaves the
+    /// code to its expiry with the wait (it resolves nothing meanwhile: its session is over).
+    async fn release_code(&self, code: &LoginCode, scene: &Scene) {
+        if let Err(e) = self.inner.store.code_release(code.as_str(), scene).await {
+            tracing::warn!(error = %e, scene = %scene.short(), "cannot release a login code; it expires with its wait");
+        }
     }
 
     /// A reconnecting stream names its scene and key; see [`Scenes::resume`].
@@ -127,10 +230,10 @@ impl LoginService {
         scan: &ScanEvent<'_>,
         binding: &Binding,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self
+        let (outcome, face) = self
             .inner
             .scenes
-            .resolve(
+            .resolve_face(
                 &scan.scene,
                 binding,
                 scan.dedupe_key(),
@@ -149,7 +252,7 @@ impl LoginService {
                         .ok();
                     LoginResult {
                         openid: scan.openid(),
-                        kind: scan.kind,
+                        kind: scan.kind.into(),
                         login_token,
                         resolved_at: Instant::now(),
                     }
@@ -159,7 +262,107 @@ impl LoginService {
         if let Some(label) = outcome.label() {
             self.inner.metrics.scan(label);
         }
+        // The scan won: the session's code is gone with it.
+        if matches!(outcome, Outcome::Delivered(()) | Outcome::Parked)
+            && let Some(code) = face.as_ref().and_then(|f| f.code.as_ref())
+        {
+            self.release_code(code, &scan.scene).await;
+        }
         Ok(outcome)
+    }
+
+    /// Resolves a verified text message that reads as `code`: counts the attempt against
+    /// its sender's limit, then resolves the session the code names exactly as a scan would
+    /// (once per callback, once per message: WeChat's retries carry the same `MsgId`, once
+    /// per session), and the code is gone. A code no session waits on resolves nothing.
+    pub async fn complete_code(
+        &self,
+        text: &TextMessage<'_>,
+        code: &LoginCode,
+        binding: &Binding,
+    ) -> Result<CodeOutcome, StoreError> {
+        let outcome = self.resolve_code(text, code, binding).await?;
+        let label = match outcome {
+            CodeOutcome::LoggedIn(_) => Some("code"),
+            CodeOutcome::NoSuchCode => Some("code_unmatched"),
+            CodeOutcome::TooManyAttempts => Some("code_limited"),
+            CodeOutcome::Duplicate { .. } => Some("duplicate"),
+            CodeOutcome::Replayed => None,
+        };
+        if let Some(label) = label {
+            self.inner.metrics.scan(label);
+        }
+        Ok(outcome)
+    }
+
+    async fn resolve_code(
+        &self,
+        text: &TextMessage<'_>,
+        code: &LoginCode,
+        binding: &Binding,
+    ) -> Result<CodeOutcome, StoreError> {
+        let store = &self.inner.store;
+        let limit = self.inner.codes.map_or(0, |p| p.attempts_per_min);
+        let attempts = store.code_attempt(text.openid, CODE_ATTEMPT_WINDOW).await?;
+        let dedupe_key = text.dedupe_key().to_string();
+        let unmatched = |bound: Bound| match bound {
+            Bound::Conflict => CodeOutcome::Replayed,
+            Bound::Retry { login } => CodeOutcome::Duplicate { login },
+            Bound::First => CodeOutcome::NoSuchCode,
+        };
+        if attempts > limit {
+            return Ok(match unmatched(store.bind(binding).await?) {
+                CodeOutcome::NoSuchCode => CodeOutcome::TooManyAttempts,
+                other => other,
+            });
+        }
+        let Some(scene) = store.code_lookup(code.as_str()).await? else {
+            return Ok(match unmatched(store.bind(binding).await?) {
+                // A retry under a new query of a message that used its code already: the
+                // message's key says so (it was claimed when the code was).
+                CodeOutcome::NoSuchCode
+                    if !store.claim_once(&dedupe_key, EVENT_KEY_TTL).await? =>
+                {
+                    CodeOutcome::Duplicate { login: false }
+                }
+                other => other,
+            });
+        };
+        let openid = text.openid();
+        let (outcome, face) = self
+            .inner
+            .scenes
+            .resolve_face(&scene, binding, &dedupe_key, EVENT_KEY_TTL, |audience| {
+                let login_token = self
+                    .inner
+                    .tokens
+                    .issue(
+                        text.openid,
+                        scene.as_str(),
+                        LoginKind::Code.as_str(),
+                        audience,
+                    )
+                    .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
+                    .ok();
+                LoginResult {
+                    openid,
+                    kind: LoginKind::Code,
+                    login_token,
+                    resolved_at: Instant::now(),
+                }
+            })
+            .await?;
+        Ok(match outcome {
+            Outcome::Delivered(()) | Outcome::Parked => {
+                if let Some(code) = face.as_ref().and_then(|f| f.code.as_ref()) {
+                    self.release_code(code, &scene).await;
+                }
+                CodeOutcome::LoggedIn(face.map_or(Lang::Zh, |f| f.lang))
+            }
+            Outcome::Duplicate { login } => CodeOutcome::Duplicate { login },
+            Outcome::Replayed => CodeOutcome::Replayed,
+            Outcome::Nobody => CodeOutcome::NoSuchCode,
+        })
     }
 
     /// Records the binding of a verified callback that is not a login scan of ours, before
@@ -176,7 +379,9 @@ impl LoginService {
 
     /// The content of the QR code of a session that still waits (for rendering its image).
     pub async fn qr_content(&self, scene: &Scene) -> Result<Option<Arc<str>>, StoreError> {
-        self.inner.scenes.content(scene).await
+        let content = self.inner.scenes.content(scene).await?;
+        // A code-only session has no QR code to render.
+        Ok(content.filter(|c| !c.is_empty()))
     }
 
     /// Streams attached to this instance now.
@@ -220,5 +425,15 @@ impl LoginService {
     /// How long a stream waits for a scan.
     pub fn wait(&self) -> Duration {
         self.inner.wait
+    }
+
+    /// Whether streams get QR codes (`LOGIN_MODES` with `qr`).
+    pub fn shows_qr(&self) -> bool {
+        self.inner.qr
+    }
+
+    /// Login codes, when on.
+    pub fn codes(&self) -> Option<CodePolicy> {
+        self.inner.codes
     }
 }

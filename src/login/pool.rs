@@ -78,6 +78,22 @@ struct Stored<'a> {
 }
 
 impl QrCode {
+    /// No QR code: what a code-only session (`LOGIN_MODES=code`) holds in its place, its
+    /// scene made by wxlogin, no ticket, no content, living until `expires_at`.
+    pub fn none(scene: Scene, expires_at: Instant) -> Self {
+        Self {
+            scene,
+            ticket: Ticket::new(""),
+            content: "".into(),
+            expires_at,
+        }
+    }
+
+    /// Whether this is a real QR code (not [`QrCode::none`]).
+    pub fn is_some(&self) -> bool {
+        !self.content.is_empty()
+    }
+
     /// Life left.
     pub fn remaining(&self) -> Duration {
         self.expires_at.saturating_duration_since(Instant::now())
@@ -147,6 +163,10 @@ pub enum TakeError {
     /// The store cannot be reached.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every login code drawn for the stream was live on another one already (the space of
+    /// codes is nearly full: too many streams for `CODE_DIGITS`).
+    #[error("no free login code")]
+    NoFreeCode,
 }
 
 /// No QR code can be had now.

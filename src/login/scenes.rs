@@ -24,7 +24,10 @@ use tokio::sync::oneshot;
 
 use subtle::ConstantTimeEq as _;
 
-use super::event::{LoginResult, StreamKey};
+use serde::{Deserialize, Serialize};
+
+use super::code::LoginCode;
+use super::event::{Lang, LoginResult, StreamKey};
 use super::pool::QrCode;
 use super::registry::Registry;
 use crate::store::{
@@ -39,6 +42,8 @@ use crate::wechat::ids::Scene;
 pub struct SceneView {
     /// The QR code.
     pub qr: QrCode,
+    /// The login code the stream shows beside it (`LOGIN_MODES` with `code`).
+    pub code: Option<LoginCode>,
     /// When the wait ends.
     pub deadline: Instant,
     /// The stream's secret, for its event ids.
@@ -151,9 +156,69 @@ fn decode_result(json: &str) -> Result<LoginResult, StoreError> {
     serde_json::from_str(json).map_err(|_| StoreError::Corrupt { what: "result" })
 }
 
+/// What a session shows its stream, as the record's `qr` keeps it: the QR code, and with a
+/// login code the code and the language the stream asked for (a code's passive reply speaks
+/// it). A session without a code keeps the QR code's own encoding.
+#[derive(Debug, Clone)]
+pub struct Face {
+    /// The QR code.
+    pub qr: QrCode,
+    /// The login code, if the stream has one.
+    pub code: Option<LoginCode>,
+    /// The stream's language.
+    pub lang: Lang,
+}
+
+/// A [`Face`] with a code, as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredFace<'a> {
+    /// [`QrCode::encode`].
+    qr: std::borrow::Cow<'a, str>,
+    login_code: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    en: bool,
+}
+
+impl Face {
+    /// The record's `qr`.
+    pub fn encode(&self) -> String {
+        let qr = self.qr.encode();
+        match &self.code {
+            None => qr,
+            Some(code) => serde_json::to_string(&StoredFace {
+                qr: qr.into(),
+                login_code: code.as_str().into(),
+                en: self.lang == Lang::En,
+            })
+            .unwrap_or_default(),
+        }
+    }
+
+    /// A face from [`Face::encode`] and the QR code's expiry.
+    pub fn decode(s: &str, expires_ms: u64) -> Result<Self, StoreError> {
+        match serde_json::from_str::<StoredFace<'_>>(s) {
+            Ok(stored) => Ok(Self {
+                qr: QrCode::decode(&stored.qr, expires_ms)?,
+                code: Some(
+                    LoginCode::parse(&stored.login_code)
+                        .ok_or(StoreError::Corrupt { what: "login code" })?,
+                ),
+                lang: if stored.en { Lang::En } else { Lang::Zh },
+            }),
+            Err(_) => Ok(Self {
+                qr: QrCode::decode(s, expires_ms)?,
+                code: None,
+                lang: Lang::Zh,
+            }),
+        }
+    }
+}
+
 fn view_of(record: &SessionRecord, key: StreamKey) -> Result<SceneView, StoreError> {
+    let face = Face::decode(&record.qr, record.expires_ms)?;
     Ok(SceneView {
-        qr: QrCode::decode(&record.qr, record.expires_ms)?,
+        qr: face.qr,
+        code: face.code,
         deadline: ms_to_instant(record.deadline_ms),
         key,
     })
@@ -207,11 +272,28 @@ impl Scenes {
         deadline: Instant,
         audience: Option<Arc<str>>,
     ) -> Result<(SceneView, Attachment), StoreError> {
+        let face = Face {
+            qr,
+            code: None,
+            lang: Lang::Zh,
+        };
+        self.open_face(face, deadline, audience).await
+    }
+
+    /// Opens a session showing `face` (a QR code, and perhaps a login code reserved for its
+    /// scene), as [`Scenes::open`].
+    pub async fn open_face(
+        &self,
+        face: Face,
+        deadline: Instant,
+        audience: Option<Arc<str>>,
+    ) -> Result<(SceneView, Attachment), StoreError> {
+        let qr = face.qr.clone();
         let scene = qr.scene.clone();
         let key = StreamKey::random();
         let attachment = self.attachment(&scene);
         let record = SessionRecord {
-            qr: qr.encode(),
+            qr: face.encode(),
             audience: audience.map(|a| a.to_string()),
             deadline_ms: instant_to_ms(deadline),
             expires_ms: instant_to_ms(qr.expires_at),
@@ -222,7 +304,15 @@ impl Scenes {
         self.inner
             .registry
             .confirm(&scene, attachment.generation, record);
-        Ok((SceneView { qr, deadline, key }, attachment))
+        Ok((
+            SceneView {
+                qr,
+                code: face.code,
+                deadline,
+                key,
+            },
+            attachment,
+        ))
     }
 
     /// A reconnecting stream names `scene` and its `key`: attach it if the scene still waits
@@ -288,16 +378,37 @@ impl Scenes {
         event_ttl: std::time::Duration,
         make: impl FnOnce(Option<&str>) -> LoginResult,
     ) -> Result<Outcome, StoreError> {
+        self.resolve_face(scene, binding, event_key, event_ttl, make)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Scenes::resolve`], with what the session showed its stream (its login code, its
+    /// language) when there was a session.
+    pub async fn resolve_face(
+        &self,
+        scene: &Scene,
+        binding: &Binding,
+        event_key: impl std::fmt::Display,
+        event_ttl: std::time::Duration,
+        make: impl FnOnce(Option<&str>) -> LoginResult,
+    ) -> Result<(Outcome, Option<Face>), StoreError> {
         // No session for the scene: it resolves nothing. Only the callback's binding is
         // recorded (a signed callback is WeChat's, or a replay the binding refuses); the
         // event's key would only let floods of unknown scenes grow memory.
         let Some(session) = self.inner.store.session(scene).await? else {
-            return Ok(match self.inner.store.bind(binding).await? {
+            let outcome = match self.inner.store.bind(binding).await? {
                 Bound::First => Outcome::Nobody,
                 Bound::Retry { login } => Outcome::Duplicate { login },
                 Bound::Conflict => Outcome::Replayed,
-            });
+            };
+            return Ok((outcome, None));
         };
+        let face = Face::decode(&session.record.qr, session.record.expires_ms)
+            .map_err(
+                |e| tracing::warn!(error = %e, scene = %scene.short(), "unreadable session face"),
+            )
+            .ok();
         let now_ms = unix_now_ms();
         let result = (matches!(session.state, SessionState::Waiting { .. })
             && now_ms < session.record.deadline_ms)
@@ -325,7 +436,7 @@ impl Scenes {
                 now_ms,
             )
             .await?;
-        Ok(match (resolved, result) {
+        let outcome = match (resolved, result) {
             (o @ (Outcome::Replayed | Outcome::Duplicate { .. }), _) => o.forget_holder(),
             (_, None) => Outcome::Nobody,
             (Outcome::Delivered(h), Some(result)) if &h.instance == self.inner.store.instance() => {
@@ -339,7 +450,8 @@ impl Scenes {
                 }
             }
             (other, Some(_)) => other.forget_holder(),
-        })
+        };
+        Ok((outcome, face))
     }
 
     /// Keeps the result of `scene` until its QR code expires (its stream was gone).
@@ -380,7 +492,7 @@ impl Scenes {
                     && now_ms < s.record.deadline_ms =>
             {
                 Ok(Some(
-                    QrCode::decode(&s.record.qr, s.record.expires_ms)?.content,
+                    Face::decode(&s.record.qr, s.record.expires_ms)?.qr.content,
                 ))
             }
             _ => Ok(None),
@@ -526,7 +638,7 @@ mod tests {
     fn result(openid: &str) -> LoginResult {
         LoginResult {
             openid: OpenId::new(openid),
-            kind: ScanKind::Scan,
+            kind: ScanKind::Scan.into(),
             login_token: None,
             resolved_at: Instant::now(),
         }
@@ -540,6 +652,23 @@ mod tests {
 
     fn later(secs: u64) -> Instant {
         Instant::now() + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_face_keeps_its_code_and_language_and_a_plain_qr_code_reads_as_a_face_without() {
+        let face = Face {
+            qr: qr(),
+            code: LoginCode::parse("048392"),
+            lang: Lang::En,
+        };
+        let back = Face::decode(&face.encode(), 0).unwrap();
+        assert_eq!(back.qr.scene, face.qr.scene);
+        assert_eq!(back.code, face.code);
+        assert_eq!(back.lang, Lang::En);
+        // A session opened without a code (or by an older version) keeps the QR code alone.
+        let plain = Face::decode(&face.qr.encode(), 0).unwrap();
+        assert_eq!((plain.code, plain.lang), (None, Lang::Zh));
+        assert!(Face::decode("{\"qr\":\"x\",\"login_code\":\"12\"}", 0).is_err());
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! per attempt, three attempts, the same event each time).
 //!
 //! It reads codes from the fake WeChat as a camera would, through the fake's public view of
-//! the codes it made, and serves nothing of the fake's: its own route is `/sandbox/scan`.
+//! the codes it made, and serves nothing of the fake's: its own routes are `/sandbox/scan`
+//! and `/sandbox/text` (a text message typed on the phone, a login code say).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -134,10 +135,11 @@ impl Phone {
             .unwrap_or_else(|p| p.into_inner()) = Some(url.into());
     }
 
-    /// `POST /sandbox/scan`: the phone over HTTP.
+    /// `POST /sandbox/scan` and `POST /sandbox/text`: the phone over HTTP.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/sandbox/scan", post(scan_handler))
+            .route("/sandbox/text", post(text_handler))
             .with_state(self.clone())
     }
 
@@ -168,6 +170,21 @@ impl Phone {
             new_follower,
             &info.scene,
             &info.ticket,
+        );
+        self.push(openid, xml).await
+    }
+
+    /// Sends the text message `content` to the account as `openid`, with a fresh `MsgId`,
+    /// and delivers the callback to wxlogin, retrying like WeChat (the same message each
+    /// time). The delivery holds the passive reply, decrypted in safe mode.
+    pub async fn send_text(&self, openid: &str, content: &str) -> Result<Delivery, ScanError> {
+        let msg_id = rand::rng().random_range(10_000_000_000_000_000u64..u64::MAX);
+        let xml = text_xml(
+            &self.inner.wechat.account().gh_id,
+            openid,
+            now_secs(),
+            content,
+            msg_id,
         );
         self.push(openid, xml).await
     }
@@ -241,6 +258,65 @@ impl Phone {
         }
         Err(ScanError::Unreachable(last_error))
     }
+}
+
+/// The XML of a text message to the account (`gh_id`) from `openid`, as WeChat writes it.
+pub fn text_xml(gh_id: &str, openid: &str, create_time: i64, content: &str, msg_id: u64) -> String {
+    let mut xml = String::from("<xml><ToUserName>");
+    push_cdata(&mut xml, gh_id);
+    xml.push_str("</ToUserName>\n<FromUserName>");
+    push_cdata(&mut xml, openid);
+    xml.push_str(&format!(
+        "</FromUserName>\n<CreateTime>{create_time}</CreateTime>\n\
+         <MsgType><![CDATA[text]]></MsgType>\n<Content>"
+    ));
+    push_cdata(&mut xml, content);
+    xml.push_str(&format!("</Content>\n<MsgId>{msg_id}</MsgId>\n</xml>"));
+    xml
+}
+
+/// The body of `POST /sandbox/text`.
+#[derive(Debug, Deserialize)]
+pub struct TextRequest {
+    /// Who sends it; random when absent.
+    pub openid: Option<String>,
+    /// What the message says.
+    pub content: String,
+}
+
+/// `POST /sandbox/text`: sends a text message from the phone; answers the openid and the
+/// passive reply's text (`reply`, null when wxlogin answered `success`).
+async fn text_handler(
+    State(phone): State<Phone>,
+    body: Result<Json<TextRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    if req.content.chars().count() > MAX_TEXT_CHARS {
+        return (StatusCode::BAD_REQUEST, "content is too long").into_response();
+    }
+    let openid = req
+        .openid
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(random_openid);
+    match phone.send_text(&openid, &req.content).await {
+        Ok(delivery) => {
+            let reply = delivery.reply.as_deref().and_then(reply_content);
+            Json(json!({"openid": openid, "reply": reply, "delivery": delivery})).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+/// WeChat's limit on a text message's length.
+const MAX_TEXT_CHARS: usize = 2048;
+
+/// The `Content` of a passive text reply's XML.
+pub fn reply_content(xml: &str) -> Option<String> {
+    let parsed = crate::wechat::xml::parse(xml).ok()?;
+    parsed.content.as_deref().map(str::to_owned)
 }
 
 /// The body of `POST /sandbox/scan`.

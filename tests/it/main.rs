@@ -11,6 +11,7 @@ mod common;
 mod helpers;
 mod instances;
 mod limits;
+mod login_codes;
 mod login_tokens;
 mod ops;
 mod page_tokens;

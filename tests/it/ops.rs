@@ -396,6 +396,17 @@ async fn check_passes_against_the_fake_and_names_a_wrong_secret() {
         "{text}"
     );
 
+    // Login codes only: no appsecret, and WeChat's API is not called.
+    let mut code_only = vars.clone();
+    code_only.remove("SECRET_KEY");
+    code_only.insert("LOGIN_MODES", "code".to_owned());
+    code_only.insert("WECHAT_API_BASE", "http://127.0.0.1:1".to_owned());
+    let (ok, text) = tokio::task::spawn_blocking(move || check(&code_only))
+        .await
+        .unwrap();
+    assert!(ok, "{text}");
+    assert!(text.contains("LOGIN_MODES=code"), "{text}");
+
     // Redis configured but unreachable (nothing listens on port 1): a clear line, no password.
     let mut with_redis = vars.clone();
     with_redis.insert("REDIS_URL", "redis://:hunter2pass@127.0.0.1:1/0".into());

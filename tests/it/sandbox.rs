@@ -180,4 +180,42 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .await
         .unwrap();
     assert_eq!(malformed.status(), 400);
+
+    // The phone sends the login code of another stream as a text message.
+    let response = client
+        .get(format!("{base}/sse?token={token}&lang=en"))
+        .send()
+        .await
+        .unwrap();
+    let mut events = response.bytes_stream().eventsource();
+    let first = events.next().await.unwrap().unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let code = first["login_code"].as_str().expect("a login code");
+    let text = client
+        .post(format!("{base}/sandbox/text"))
+        .json(&serde_json::json!({"openid": "oSandboxTexter", "content": format!("login {code}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 200);
+    let text: serde_json::Value = text.json().await.unwrap();
+    assert!(
+        text["reply"].as_str().unwrap().contains("logged in"),
+        "{text}"
+    );
+    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    assert_eq!(result["userId"], "oSandboxTexter");
+    assert_eq!(result["event"], "code");
+    let malformed = client
+        .post(format!("{base}/sandbox/text"))
+        .json(&serde_json::json!({"openid": "oX"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
 }

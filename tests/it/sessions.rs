@@ -77,7 +77,7 @@ fn qr() -> QrCode {
 fn result(openid: &str) -> LoginResult {
     LoginResult {
         openid: OpenId::new(openid),
-        kind: ScanKind::Scan,
+        kind: ScanKind::Scan.into(),
         login_token: None,
         resolved_at: Instant::now(),
     }

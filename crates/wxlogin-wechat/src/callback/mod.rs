@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
-pub use self::event::{Callback, DedupeKey, ScanEvent, ScanKind, classify};
+pub use self::event::{Callback, DedupeKey, ScanEvent, ScanKind, TextMessage, classify};
 pub use self::query::Query;
 use super::crypto::{CryptoError, KeyRing, KeySlot, verify_msg_signature};
 use super::secret::Secret;
