@@ -616,48 +616,17 @@ mod tests {
 
     use super::*;
     use crate::login::policy::new_scene;
-    use crate::store::memory::MemoryStore;
-    use crate::wechat::callback::{Binding, ScanKind};
-    use crate::wechat::ids::{OpenId, Ticket};
-
-    const TTL: Duration = Duration::from_secs(600);
-
-    fn scenes() -> Scenes {
-        Scenes::new(Arc::new(MemoryStore::new()), Duration::from_secs(60))
-    }
-
-    fn qr() -> QrCode {
-        QrCode {
-            scene: new_scene(),
-            ticket: Ticket::new("t"),
-            content: "http://weixin.qq.com/q/x".into(),
-            expires_at: Instant::now() + Duration::from_secs(600),
-        }
-    }
-
-    fn result(openid: &str) -> LoginResult {
-        LoginResult {
-            openid: OpenId::new(openid),
-            kind: ScanKind::Scan.into(),
-            login_token: None,
-            resolved_at: Instant::now(),
-        }
-    }
-
-    /// The binding of a callback signed now, its signature all `sig` bytes, with `body`.
-    fn bound(sig: u8, body: &str) -> Binding {
-        let now = i64::try_from(unix_now_ms() / 1000).unwrap();
-        Binding::new([sig; 20], body.as_bytes(), now, now)
-    }
-
-    fn later(secs: u64) -> Instant {
-        Instant::now() + Duration::from_secs(secs)
-    }
+    use crate::wechat::ids::Ticket;
 
     #[test]
     fn a_face_keeps_its_code_and_language_and_a_plain_qr_code_reads_as_a_face_without() {
         let face = Face {
-            qr: qr(),
+            qr: QrCode {
+                scene: new_scene(),
+                ticket: Ticket::new("t"),
+                content: "http://weixin.qq.com/q/x".into(),
+                expires_at: Instant::now() + Duration::from_secs(600),
+            },
             code: LoginCode::parse("048392"),
             lang: Lang::En,
         };
@@ -669,57 +638,5 @@ mod tests {
         let plain = Face::decode(&face.qr.encode(), 0).unwrap();
         assert_eq!((plain.code, plain.lang), (None, Lang::Zh));
         assert!(Face::decode("{\"qr\":\"x\",\"login_code\":\"12\"}", 0).is_err());
-    }
-
-    #[tokio::test]
-    async fn a_retried_event_is_a_duplicate() {
-        let scenes = scenes();
-        let (view, _attachment) = scenes.open(qr(), later(60), None).await.unwrap();
-        let scene = view.qr.scene.clone();
-        let first = scenes
-            .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
-            .await;
-        // WeChat's retry: the same event under a new query, or the same query and body.
-        let again = scenes
-            .resolve(&scene, &bound(0xbb, "x"), "o1:1", TTL, |_| result("o1"))
-            .await;
-        let same = scenes
-            .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
-            .await;
-        // A replay: the first query with another body.
-        let replay = scenes
-            .resolve(&scene, &bound(0xaa, "y"), "o2:1", TTL, |_| result("o2"))
-            .await;
-        assert_eq!(first.unwrap(), Outcome::Delivered(()));
-        assert_eq!(again.unwrap(), Outcome::Duplicate { login: true });
-        assert_eq!(same.unwrap(), Outcome::Duplicate { login: true });
-        assert_eq!(replay.unwrap(), Outcome::Replayed);
-    }
-
-    #[tokio::test]
-    async fn the_result_is_built_with_the_sessions_audience_only_when_resolving() {
-        let scenes = scenes();
-        let (view, _a) = scenes
-            .open(qr(), later(60), Some("https://a.example".into()))
-            .await
-            .unwrap();
-        let mut seen = None;
-        scenes
-            .resolve(&view.qr.scene, &bound(0xaa, "x"), "o1:1", TTL, |aud| {
-                seen = aud.map(str::to_owned);
-                result("o1")
-            })
-            .await
-            .unwrap();
-        assert_eq!(seen.as_deref(), Some("https://a.example"));
-        let mut called = false;
-        scenes
-            .resolve(&new_scene(), &bound(0xbb, "x"), "o2:1", TTL, |_| {
-                called = true;
-                result("o2")
-            })
-            .await
-            .unwrap();
-        assert!(!called);
     }
 }

@@ -93,6 +93,12 @@ fn fresh() -> Binding {
     Binding::new(rand::random(), b"<xml/>", now, now)
 }
 
+/// The binding of a callback signed now, its signature all `sig` bytes, with `body`.
+fn bound(sig: u8, body: &str) -> Binding {
+    let now = i64::try_from(unix_now_ms() / 1000).unwrap();
+    Binding::new([sig; 20], body.as_bytes(), now, now)
+}
+
 async fn resolve(scenes: &Scenes, scene: &Scene, openid: &str) -> Outcome {
     scenes
         .resolve(
@@ -127,6 +133,58 @@ async fn a_scan_reaches_the_attached_stream_once() {
         .await;
     assert_eq!(again.unwrap(), Outcome::Nobody);
     assert_eq!(retry.unwrap(), Outcome::Duplicate { login: false });
+}
+
+async fn a_retried_login_is_a_duplicate_and_its_query_with_another_body_a_replay() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, _attachment) = scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    let first = scenes
+        .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
+        .await;
+    // WeChat's retry: the same event under a new query, or the same query and body.
+    let again = scenes
+        .resolve(&scene, &bound(0xbb, "x"), "o1:1", TTL, |_| result("o1"))
+        .await;
+    let same = scenes
+        .resolve(&scene, &bound(0xaa, "x"), "o1:1", TTL, |_| result("o1"))
+        .await;
+    // A replay: the first query with another body.
+    let replay = scenes
+        .resolve(&scene, &bound(0xaa, "y"), "o2:1", TTL, |_| result("o2"))
+        .await;
+    assert_eq!(first.unwrap(), Outcome::Delivered(()));
+    assert_eq!(again.unwrap(), Outcome::Duplicate { login: true });
+    assert_eq!(same.unwrap(), Outcome::Duplicate { login: true });
+    assert_eq!(replay.unwrap(), Outcome::Replayed);
+}
+
+async fn the_result_is_built_with_the_sessions_audience_only_when_resolving() {
+    let (one, _redis) = on_backend().await;
+    let scenes = &one.scenes;
+    let (view, _attachment) = scenes
+        .open(qr(), later(60), Some("https://a.example".into()))
+        .await
+        .unwrap();
+    let mut seen = None;
+    scenes
+        .resolve(&view.qr.scene, &bound(0xaa, "x"), "o1:1", TTL, |aud| {
+            seen = aud.map(str::to_owned);
+            result("o1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.as_deref(), Some("https://a.example"));
+    let mut called = false;
+    scenes
+        .resolve(&new_scene(), &bound(0xbb, "x"), "o2:1", TTL, |_| {
+            called = true;
+            result("o2")
+        })
+        .await
+        .unwrap();
+    assert!(!called);
 }
 
 async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
@@ -363,6 +421,8 @@ async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
 
 crate::helpers::on_every_backend!(
     a_scan_reaches_the_attached_stream_once,
+    a_retried_login_is_a_duplicate_and_its_query_with_another_body_a_replay,
+    the_result_is_built_with_the_sessions_audience_only_when_resolving,
     a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume,
     a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer,
     a_resumed_stream_replaces_the_old_one_and_receives_the_scan,
