@@ -1,12 +1,9 @@
 //! `wxlogin sandbox`, as a user runs it: the binary, the page, a click on "scan".
 
-use std::time::Duration;
-
 use base64::Engine as _;
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 
 use crate::common::sandbox::Sandbox;
+use crate::common::sse::Stream;
 
 #[tokio::test]
 async fn the_sandbox_binary_serves_the_page_and_a_scan_logs_it_in() {
@@ -33,9 +30,8 @@ async fn sandbox_login_token(base: &str, token: &str, openid: &str) -> String {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut events = response.bytes_stream().eventsource();
-    let first = events.next().await.unwrap().unwrap();
-    let qr: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let mut events = Stream::from_response(response);
+    let qr = events.next_json().await;
     let scan = client
         .post(format!("{base}/sandbox/scan"))
         .json(&serde_json::json!({"scene": qr["scene_id"], "openid": openid}))
@@ -43,12 +39,7 @@ async fn sandbox_login_token(base: &str, token: &str, openid: &str) -> String {
         .await
         .unwrap();
     assert_eq!(scan.status(), 200);
-    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    let result = events.next_json().await;
     result["login_token"].as_str().unwrap().to_owned()
 }
 
@@ -137,9 +128,8 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut events = response.bytes_stream().eventsource();
-    let first = events.next().await.unwrap().unwrap();
-    let qr: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let mut events = Stream::from_response(response);
+    let qr = events.next_json().await;
     let scene = qr["scene_id"].as_str().unwrap();
     let svg = client
         .get(format!("{base}{}", qr["qrcode_svg"].as_str().unwrap()))
@@ -155,12 +145,7 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .await
         .unwrap();
     assert_eq!(scan.status(), 200);
-    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    let result = events.next_json().await;
     assert_eq!(result["userId"], "oSandboxUser");
     assert_eq!(result["event"], "SCAN");
 
@@ -187,9 +172,8 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .send()
         .await
         .unwrap();
-    let mut events = response.bytes_stream().eventsource();
-    let first = events.next().await.unwrap().unwrap();
-    let first: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    let mut events = Stream::from_response(response);
+    let first = events.next_json().await;
     let code = first["login_code"].as_str().expect("a login code");
     let text = client
         .post(format!("{base}/sandbox/text"))
@@ -203,12 +187,7 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         text["reply"].as_str().unwrap().contains("logged in"),
         "{text}"
     );
-    let result = tokio::time::timeout(Duration::from_secs(5), events.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_str(&result.data).unwrap();
+    let result = events.next_json().await;
     assert_eq!(result["userId"], "oSandboxTexter");
     assert_eq!(result["event"], "code");
     let malformed = client
