@@ -42,6 +42,15 @@ async fn open(name: &str, url: &str, screen: Screen) -> Browser {
     browser
 }
 
+/// The scripted stand-in in `mode`, and its page opened on a desktop screen with the good page
+/// token and `query` (`&name=value…`).
+async fn open_stub(mode: Mode, name: &str, query: &str) -> (StubServer, Browser) {
+    let stub = StubServer::start(mode).await;
+    let url = format!("{}/?token={}{query}", stub.base, stub::GOOD_TOKEN);
+    let browser = open(name, &url, DESKTOP).await;
+    (stub, browser)
+}
+
 async fn click(browser: &Browser, css: &str) {
     browser
         .client
@@ -372,13 +381,7 @@ async fn a_busy_server_is_retried_after_retry_after_with_a_countdown() {
 
 #[tokio::test]
 async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
-    let stub = StubServer::start(Mode::DiesThenPolls).await;
-    let browser = open(
-        "polling",
-        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
-        DESKTOP,
-    )
-    .await;
+    let (stub, browser) = open_stub(Mode::DiesThenPolls, "polling", "&showOpenid=1").await;
     browser.wait_state("qr").await;
     // The stub answers 400 to a status request without the stream's event id: a login proves
     // the widget sent it, and no URL carried it.
@@ -514,13 +517,7 @@ async fn a_page_reload_resumes_the_same_code_and_a_scan_meanwhile_logs_the_page_
 
 #[tokio::test]
 async fn a_promise_from_on_login_shows_verifying_then_logged_in_and_the_openid_stays_hidden() {
-    let stub = StubServer::start(Mode::LogsIn).await;
-    let browser = open(
-        "verifying",
-        &format!("{}/?token={}&onLogin=promise", stub.base, stub::GOOD_TOKEN),
-        DESKTOP,
-    )
-    .await;
+    let (_stub, browser) = open_stub(Mode::LogsIn, "verifying", "&onLogin=promise").await;
     browser.wait_state("verifying").await;
     assert_eq!(text_of(&browser, ".wxlogin-status").await, "正在验证登录…");
     // Still verifying while the site's backend has not answered.
@@ -550,13 +547,7 @@ async fn a_promise_from_on_login_shows_verifying_then_logged_in_and_the_openid_s
     browser.close().await;
 
     // Asked for, it is shown.
-    let stub = StubServer::start(Mode::LogsIn).await;
-    let browser = open(
-        "show-openid",
-        &format!("{}/?token={}&showOpenid=1", stub.base, stub::GOOD_TOKEN),
-        DESKTOP,
-    )
-    .await;
+    let (_stub, browser) = open_stub(Mode::LogsIn, "show-openid", "&showOpenid=1").await;
     browser.wait_state("done").await;
     assert!(
         text_of(&browser, ".wxlogin-user")
@@ -568,17 +559,8 @@ async fn a_promise_from_on_login_shows_verifying_then_logged_in_and_the_openid_s
 
 #[tokio::test]
 async fn a_rejected_on_login_promise_shows_an_error_with_a_new_code_to_scan() {
-    let stub = StubServer::start(Mode::LogsIn).await;
-    let browser = open(
-        "login-rejected",
-        &format!(
-            "{}/?token={}&onLogin=promise&lang=en",
-            stub.base,
-            stub::GOOD_TOKEN
-        ),
-        DESKTOP,
-    )
-    .await;
+    let (_stub, browser) =
+        open_stub(Mode::LogsIn, "login-rejected", "&onLogin=promise&lang=en").await;
     browser.wait_state("verifying").await;
     assert_eq!(
         text_of(&browser, ".wxlogin-status").await,
@@ -602,17 +584,7 @@ async fn a_rejected_on_login_promise_shows_an_error_with_a_new_code_to_scan() {
 
 #[tokio::test]
 async fn a_stream_whose_first_event_never_comes_shows_an_error_not_an_endless_spinner() {
-    let stub = StubServer::start(Mode::Silent).await;
-    let browser = open(
-        "silent",
-        &format!(
-            "{}/?token={}&firstEventTimeout=1000",
-            stub.base,
-            stub::GOOD_TOKEN
-        ),
-        DESKTOP,
-    )
-    .await;
+    let (_stub, browser) = open_stub(Mode::Silent, "silent", "&firstEventTimeout=1000").await;
     browser.wait_state("error").await;
     assert_eq!(
         text_of(&browser, ".wxlogin-status").await,
