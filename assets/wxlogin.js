@@ -16,12 +16,23 @@
  * "logged in", or an error if it rejects), onError(error: Error with .code and .status),
  * firstEventTimeout (ms to wait for the stream's first event before showing an error, e.g. when
  * a proxy buffers the stream; default 15000, 0: wait forever), showOpenid (show the visitor's
- * openid when logged in; default false).
+ * openid when logged in; default false), layout ('auto' default: a touch device with a screen up
+ * to 1024 px wide is a phone; 'phone' or 'desktop' to decide), inWeChat (true / false; default:
+ * the user agent names MicroMessenger, WeChat's own browser).
+ *
+ * Login codes (LOGIN_MODES with code): a desktop shows the code under the QR code; a phone shows
+ * the code first, large, with a copy button, the steps and the account's follow QR if the server
+ * sends one, then the QR with a PNG to save and scan from WeChat's album; WeChat's browser shows
+ * the QR with a long-press hint and the code as the fallback. A code-only stream shows the code
+ * (and the account's follow QR) without a QR code.
  *
  * Stable hooks: the element's data-wxlogin-state is loading | qr | verifying | done | expired |
  * error; the image is img.wxlogin-qr, the refresh / retry button button.wxlogin-refresh, the
  * status line .wxlogin-status, the hint .wxlogin-hint, the countdown .wxlogin-timer, the user
- * line .wxlogin-user. Each change dispatches a bubbling 'wxlogin:state' event, detail {state,
+ * line .wxlogin-user; the code .wxlogin-code (in .wxlogin-codebox, with .wxlogin-code-label,
+ * the copy button button.wxlogin-copy, data-copied once copied, the steps ol.wxlogin-steps, the
+ * follow QR .wxlogin-account), the PNG link a.wxlogin-download, the album note .wxlogin-qrnote,
+ * the long-press hint .wxlogin-longpress; data-wxlogin-layout is desktop | phone | wechat. Each change dispatches a bubbling 'wxlogin:state' event, detail {state,
  * scene}. Colours come from the CSS variables --wxlogin-accent (brand green: spinner, progress,
  * success icon), --wxlogin-accent-text (button, success text), --wxlogin-error (error icon and
  * text), set on the element or any ancestor; the size option sets --wxlogin-size. Styles are adopted with zero specificity (:where), so any rule of the page wins
@@ -57,6 +68,23 @@ const LABELS = {
     retry: '重试',
     loginFailed: '登录未完成，请重新扫码',
     silent: '登录服务没有响应，请点击重试',
+    orCode: '或在公众号内发送验证码',
+    codeOnly: '请在微信中向公众号发送验证码',
+    codeTitle: '验证码',
+    codeSr: '验证码 {digits}',
+    copy: '复制验证码',
+    copied: '已复制',
+    copyFail: '复制失败，请长按验证码手动复制',
+    step1: '复制验证码',
+    step2: '打开微信，进入公众号',
+    step3: '把验证码发送给公众号，本页会自动登录',
+    account: '还没关注？先扫码关注公众号',
+    accountAlt: '公众号二维码',
+    orQr: '或扫描二维码登录',
+    save: '保存图片后在微信里扫一扫（从相册选择）',
+    download: '保存二维码图片',
+    longPress: '长按二维码，识别后关注公众号即可登录',
+    wechatFallback: '识别不了？在公众号内发送验证码',
   },
   en: {
     loading: 'Generating QR code…',
@@ -79,6 +107,23 @@ const LABELS = {
     retry: 'Retry',
     loginFailed: 'Login was not completed, please scan again',
     silent: 'The login service is not responding, click to retry',
+    orCode: 'Or send this code to the account in WeChat:',
+    codeOnly: 'Send this code to the account in WeChat',
+    codeTitle: 'Login code',
+    codeSr: 'Login code {digits}',
+    copy: 'Copy code',
+    copied: 'Copied',
+    copyFail: 'Copy failed, long-press the code to copy it',
+    step1: 'Copy the code',
+    step2: 'Open WeChat and go to the account',
+    step3: 'Send the code to the account; this page logs in by itself',
+    account: 'Not following yet? Scan to follow the account first',
+    accountAlt: 'The account\'s QR code',
+    orQr: 'Or scan the QR code',
+    save: 'Save the image, then in WeChat scan it from the album',
+    download: 'Save QR code image',
+    longPress: 'Long-press the QR code and follow the account to log in',
+    wechatFallback: 'Does not work? Send the code to the account',
   },
 };
 
@@ -109,6 +154,20 @@ const CSS = `
 :where(.wxlogin-bar>span){display:block;height:100%;background:var(--wxlogin-accent,#07c160);transition:width .5s linear}
 :where(.wxlogin-user){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 :where(.wxlogin-sr){position:absolute;width:1px;height:1px;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+:where(.wxlogin-codebox){display:flex;flex-direction:column;align-items:center;gap:6px;margin:12px 0 0;width:100%}
+:where(.wxlogin[data-wxlogin-layout=phone] .wxlogin-codebox){order:-1;margin:0 0 16px}
+:where(.wxlogin-code-label){margin:0;font-size:13px;opacity:.8}
+:where(.wxlogin-code){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:22px;font-weight:700;letter-spacing:.18em;font-variant-numeric:tabular-nums;user-select:all;-webkit-user-select:all}
+:where(.wxlogin-codebox.wxlogin-large .wxlogin-code){font-size:34px;letter-spacing:.22em}
+:where(.wxlogin-copy,.wxlogin-download){font:inherit;font-size:14px;font-weight:600;color:var(--wxlogin-accent-text,#06803f);background:transparent;border:1px solid currentColor;border-radius:10px;padding:8px 14px;min-height:44px;cursor:pointer;text-decoration:none;display:inline-flex;align-items:center;justify-content:center;box-sizing:border-box}
+:where(.wxlogin-copy:focus-visible,.wxlogin-download:focus-visible){outline:3px solid #1a73e8;outline-offset:2px}
+:where(.wxlogin-copy[data-copied]){color:#fff;background:var(--wxlogin-accent-text,#06803f)}
+:where(.wxlogin-steps){margin:4px 0 0;padding:0 0 0 1.4em;text-align:left;font-size:13px}
+:where(.wxlogin-account){display:flex;flex-direction:column;align-items:center;gap:4px;margin:8px 0 0;font-size:13px}
+:where(.wxlogin-account>img){width:140px;height:140px}
+:where(.wxlogin-qrnote,.wxlogin-longpress){margin:8px 0 0;font-size:13px}
+:where(.wxlogin-longpress){font-weight:600}
+:where(.wxlogin-qrbox){display:flex;flex-direction:column;align-items:center;width:100%}
 .wxlogin [hidden]{display:none!important}
 `;
 
@@ -197,21 +256,55 @@ export function mount(element, options = {}) {
   const fill = el(doc, 'span');
   const countdown = el(doc, 'span', 'wxlogin-countdown');
   const user = el(doc, 'p', 'wxlogin-user');
+  // The QR's notes: save-and-scan-from-the-album on a phone, long-press inside WeChat.
+  const qrbox = el(doc, 'div', 'wxlogin-qrbox');
+  const qrnote = el(doc, 'p', 'wxlogin-qrnote');
+  const longpress = el(doc, 'p', 'wxlogin-longpress');
+  const download = el(doc, 'a', 'wxlogin-download', { download: 'wechat-login-qr.png' });
+  // The login code: read digit by digit by screen readers (the label spaces the digits).
+  const codebox = el(doc, 'div', 'wxlogin-codebox');
+  const codeLabel = el(doc, 'p', 'wxlogin-code-label');
+  const code = el(doc, 'span', 'wxlogin-code', { role: 'img' });
+  const copy = el(doc, 'button', 'wxlogin-copy', { type: 'button' });
+  const copyStatus = el(doc, 'span', 'wxlogin-sr', { role: 'status', 'aria-live': 'polite' });
+  const steps = el(doc, 'ol', 'wxlogin-steps');
+  const stepItems = ['step1', 'step2', 'step3'].map((k) => ({ k, li: el(doc, 'li') }));
+  const account = el(doc, 'figure', 'wxlogin-account');
+  const accountImg = el(doc, 'img', 'wxlogin-account-qr', { decoding: 'async', referrerpolicy: 'no-referrer' });
+  const accountCap = el(doc, 'figcaption');
   const doneIcon = svgIcon(doc, ICONS.done);
   const errorIcon = svgIcon(doc, ICONS.error);
   bar.append(fill);
   timer.append(bar, countdown);
   center.append(icon, button);
   frame.append(img, spin, center);
-  box.append(frame, status, hint, timer, user);
+  for (const { li } of stepItems) steps.append(li);
+  account.append(accountImg, accountCap);
+  codebox.append(codeLabel, code, copy, copyStatus, steps, account);
+  qrbox.append(frame, longpress, qrnote, download);
+  box.append(qrbox, status, hint, timer, codebox, user);
   element.classList.add('wxlogin');
   element.replaceChildren(box);
 
   // Everything the widget knows; `gen` changes whenever a flow is abandoned, so late callbacks
   // of an old stream, probe or poll recognise themselves and do nothing.
   const S = { state: 'loading', scene: null, id: '', gen: 0, es: null, tok: '', total: 0,
-    deadline: 0, retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false };
-  const timers = { tick: 0, poll: 0, retry: 0, first: 0 };
+    deadline: 0, retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false,
+    code: '', account: '', copied: '', png: '' };
+  const timers = { tick: 0, poll: 0, retry: 0, first: 0, copied: 0 };
+
+  // Where the visitor is. A phone or tablet (touch and a narrow screen) cannot scan its own
+  // screen: it gets the code first. Inside WeChat's browser a long-press on the QR opens the
+  // account. Both are options, for pages that know better (and for tests).
+  const inWeChat = typeof o.inWeChat === 'boolean' ? o.inWeChat
+    : /MicroMessenger/i.test(String(o.userAgent ?? globalThis.navigator?.userAgent ?? ''));
+  function layout() {
+    if (inWeChat) return 'wechat';
+    if (o.layout === 'phone' || o.layout === 'desktop') return o.layout;
+    const mq = (q) => { try { return globalThis.matchMedia(q).matches; } catch { return false; } };
+    const touch = (globalThis.navigator?.maxTouchPoints || 0) > 0 || mq('(pointer: coarse)');
+    return touch && mq('(max-width: 1024px)') ? 'phone' : 'desktop';
+  }
   const firstEventMs = o.firstEventTimeout === undefined ? 15000 : Math.max(0, Number(o.firstEventTimeout) || 0);
 
   // The code shown, kept across reloads of the page. Storage may be refused (privacy modes, a
@@ -252,7 +345,37 @@ export function mount(element, options = {}) {
     element.style.setProperty('--wxlogin-size', `${Number(o.size) > 0 ? Number(o.size) : 200}px`);
     box.lang = lang === 'en' ? 'en' : 'zh-CN';
     img.alt = t('alt');
-    img.hidden = !img.getAttribute('src') || !['qr', 'expired'].includes(st);
+    const hasQr = !!img.getAttribute('src');
+    img.hidden = !hasQr || !['qr', 'expired'].includes(st);
+    const lay = layout();
+    element.dataset.wxloginLayout = lay;
+    // A code-only stream has no QR to frame while it waits.
+    frame.hidden = st === 'qr' && !hasQr;
+    const showQr = st === 'qr' && hasQr;
+    longpress.hidden = !(showQr && lay === 'wechat');
+    text(longpress, t('longPress'));
+    qrnote.hidden = !(showQr && lay === 'phone');
+    text(qrnote, t('save'));
+    download.hidden = !(showQr && lay === 'phone' && S.png);
+    if (S.png && download.getAttribute('href') !== S.png) download.setAttribute('href', S.png);
+    if (!S.png) download.removeAttribute('href');
+    text(download, t('download'));
+    const showCode = st === 'qr' && !!S.code;
+    codebox.hidden = !showCode;
+    codebox.classList.toggle('wxlogin-large', lay !== 'desktop' || !hasQr);
+    text(codeLabel, !hasQr ? t('codeOnly') : lay === 'wechat' ? t('wechatFallback') : t('orCode'));
+    text(code, S.code);
+    code.setAttribute('aria-label', t('codeSr', { digits: S.code.split('').join(' ') }));
+    copy.hidden = !showCode || lay === 'desktop';
+    if (S.copied) copy.dataset.copied = ''; else delete copy.dataset.copied;
+    text(copy, S.copied === 'copied' ? t('copied') : t('copy'));
+    text(copyStatus, S.copied ? t(S.copied) : '');
+    steps.hidden = lay !== 'phone';
+    for (const { k, li } of stepItems) text(li, t(k));
+    account.hidden = !S.account || (lay === 'desktop' && hasQr);
+    if (S.account && accountImg.getAttribute('src') !== S.account) accountImg.src = S.account;
+    accountImg.alt = t('accountAlt');
+    text(accountCap, t('account'));
     spin.hidden = st !== 'loading' && st !== 'verifying';
     icon.hidden = st !== 'done' && st !== 'error';
     if (!icon.hidden) icon.replaceChildren(st === 'done' ? doneIcon : errorIcon);
@@ -264,7 +387,7 @@ export function mount(element, options = {}) {
 
     let line = '';
     if (st === 'loading') line = t('loading');
-    else if (st === 'qr') line = S.note ? t(S.note) : t('scan');
+    else if (st === 'qr') line = S.note ? t(S.note) : img.getAttribute('src') ? t('scan') : t('codeOnly');
     else if (st === 'verifying') line = t('verifying');
     else if (st === 'done') line = t(S.isNew ? 'doneNew' : 'done');
     else if (st === 'expired') line = t('expired');
@@ -272,14 +395,18 @@ export function mount(element, options = {}) {
     text(status, line);
     // The expired message is the button itself; the live region still announces it.
     status.classList.toggle('wxlogin-sr', st === 'expired' || (st === 'error' && S.msg?.key === 'imgFail'));
-    text(hint, st === 'qr' ? t('hint') : '');
-    hint.hidden = st !== 'qr';
+    const showHint = st === 'qr' && !!img.getAttribute('src') && layout() !== 'wechat';
+    text(hint, showHint ? t('hint') : '');
+    hint.hidden = !showHint;
     // The openid means nothing to a visitor, and a shoulder-surfer should not learn it.
     const showUser = st === 'done' && o.showOpenid === true;
     user.hidden = !showUser;
     text(user, showUser ? t('user', { user: S.user }) : '');
     renderTimer();
-    if (focused) (button.hidden ? box : button).focus();
+    // Keyboard users keep their place: on the copy button or the download link while shown.
+    const active = doc.activeElement;
+    const stays = (active === copy && !copy.hidden) || (active === download && !download.hidden);
+    if (focused && !stays) (button.hidden ? box : button).focus();
   }
 
   function renderTimer() {
@@ -361,6 +488,10 @@ export function mount(element, options = {}) {
     const g = S.gen;
     S.scene = null;
     S.id = '';
+    S.code = '';
+    S.account = '';
+    S.png = '';
+    S.copied = '';
     img.removeAttribute('src');
     set('loading');
     let tok;
@@ -458,14 +589,76 @@ export function mount(element, options = {}) {
       const secs = Number(m.timeout_seconds) > 0 ? Number(m.timeout_seconds) : 120;
       S.total = resumed ? Math.max(S.total, secs) : secs;
       S.deadline = Date.now() + secs * 1000;
-      const src = abs(m.qrcode_svg || `/qrcode/${encodeURIComponent(S.scene)}.svg`);
-      if (img.getAttribute('src') !== src) img.src = src;
+      S.code = typeof m.login_code === 'string' && /^\d+$/.test(m.login_code) ? m.login_code : '';
+      S.account = typeof m.account_qrcode_url === 'string' && /^https?:\/\//.test(m.account_qrcode_url) ? m.account_qrcode_url : '';
+      // A code-only stream (LOGIN_MODES=code) has no QR code: no qrcode_url, no qrcode_svg.
+      if (m.qrcode_svg || m.qrcode_url) {
+        const src = abs(m.qrcode_svg || `/qrcode/${encodeURIComponent(S.scene)}.svg`);
+        if (img.getAttribute('src') !== src) {
+          img.src = src;
+          S.png = '';
+          if (layout() === 'phone') toPng(src, g);
+        }
+      } else {
+        img.removeAttribute('src');
+      }
       S.note = '';
       clearInterval(timers.tick);
       timers.tick = setInterval(() => { if (g === S.gen) tick(); }, 1000);
       keep();
       set('qr');
     }
+  }
+
+  /**
+   * WeChat's album scanner does not read SVG: draw the QR into a canvas and offer it as a PNG.
+   * The image is loaded with CORS (wxlogin answers any origin) so that the canvas can be read.
+   */
+  function toPng(src, g) {
+    const pic = new Image();
+    pic.crossOrigin = 'anonymous';
+    pic.onload = () => {
+      if (g !== S.gen || img.getAttribute('src') !== src) return;
+      try {
+        const side = 480;
+        const margin = 32;
+        const canvas = el(doc, 'canvas');
+        canvas.width = canvas.height = side;
+        const ctx = canvas.getContext('2d');
+        ctx.fillStyle = '#fff';
+        ctx.fillRect(0, 0, side, side);
+        ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(pic, margin, margin, side - 2 * margin, side - 2 * margin);
+        S.png = canvas.toDataURL('image/png');
+        render();
+      } catch { /* a tainted canvas: no download, the QR is still shown */ }
+    };
+    pic.src = src;
+  }
+
+  async function copyCode() {
+    const value = S.code;
+    if (!value) return;
+    let ok = false;
+    try {
+      await navigator.clipboard.writeText(value);
+      ok = true;
+    } catch {
+      // No Clipboard API (plain http, an old WebView, a refused permission): the old way.
+      const ta = Object.assign(doc.createElement('textarea'), { value, readOnly: true });
+      ta.setAttribute('aria-hidden', 'true');
+      ta.style.cssText = 'position:fixed;top:0;left:0;opacity:0';
+      doc.body.append(ta);
+      ta.select();
+      try { ok = doc.execCommand('copy'); } catch { ok = false; }
+      ta.remove();
+      copy.focus();
+    }
+    if (S.code !== value) return;
+    S.copied = ok ? 'copied' : 'copyFail';
+    render();
+    clearTimeout(timers.copied);
+    timers.copied = setTimeout(() => { S.copied = ''; render(); }, 2500);
   }
 
   /** A result came: "verifying" while onLogin's promise runs, then "done", or an error. */
@@ -551,6 +744,7 @@ export function mount(element, options = {}) {
     if (S.state === 'qr' && img.getAttribute('src')) fail('imgFail', wxError('image', 'the QR image failed to load'));
   });
   button.addEventListener('click', () => start());
+  copy.addEventListener('click', () => { copyCode(); });
 
   start();
 
@@ -570,6 +764,8 @@ export function mount(element, options = {}) {
       element.replaceChildren();
       element.classList.remove('wxlogin');
       delete element.dataset.wxloginState;
+      delete element.dataset.wxloginLayout;
+      clearTimeout(timers.copied);
       element.style.removeProperty('--wxlogin-size');
     },
     /** Switches the texts between 'zh' and 'en' without a new code. */

@@ -644,3 +644,312 @@ async fn a_visitor_logs_in_to_the_example_site_in_a_browser_and_stays_logged_in(
     assert_eq!(widget, true);
     browser.close().await;
 }
+
+/// The top of the first element matching `css`, in CSS pixels (null if none or hidden).
+async fn top_of(browser: &Browser, css: &str) -> f64 {
+    browser
+        .js(
+            "const e = document.querySelector(arguments[0]);
+             return e && e.offsetParent !== null ? e.getBoundingClientRect().top : null;",
+            vec![json!(css)],
+        )
+        .await
+        .as_f64()
+        .unwrap_or_else(|| panic!("{css} is not shown"))
+}
+
+async fn is_shown(browser: &Browser, css: &str) -> bool {
+    browser
+        .js(
+            "const e = document.querySelector(arguments[0]);
+             return !!e && e.offsetParent !== null;",
+            vec![json!(css)],
+        )
+        .await
+        == true
+}
+
+/// The login code the widget shows, checked to be `CODE_DIGITS` (6) digits.
+async fn shown_code(browser: &Browser) -> String {
+    let code = text_of(browser, ".wxlogin-code").await;
+    assert!(
+        code.len() == 6 && code.chars().all(|c| c.is_ascii_digit()),
+        "a six-digit code, not {code:?}"
+    );
+    code
+}
+
+#[tokio::test]
+async fn a_desktop_shows_the_qr_code_with_the_login_code_under_it_and_sending_the_code_logs_in() {
+    let sandbox = Sandbox::start(&[]).await;
+    let browser = open("desktop-code", &sandbox.base, DESKTOP).await;
+    browser.wait_state("qr").await;
+    assert!(
+        browser
+            .decode_qr()
+            .await
+            .starts_with("http://weixin.qq.com/q/")
+    );
+    let code = shown_code(&browser).await;
+    assert_eq!(
+        browser
+            .js(
+                "return document.getElementById('wxlogin').dataset.wxloginLayout",
+                vec![]
+            )
+            .await,
+        "desktop"
+    );
+    assert_eq!(
+        text_of(&browser, ".wxlogin-code-label").await,
+        "或在公众号内发送验证码"
+    );
+    assert!(top_of(&browser, ".wxlogin-code").await > top_of(&browser, "img.wxlogin-qr").await);
+    // A screen reader reads it digit by digit.
+    let spaced: Vec<String> = code.chars().map(String::from).collect();
+    assert_eq!(
+        browser
+            .js(
+                "return document.querySelector('.wxlogin-code').getAttribute('aria-label')",
+                vec![]
+            )
+            .await,
+        format!("验证码 {}", spaced.join(" "))
+    );
+    // A desktop scans: no copy button, no album note, no PNG link.
+    for css in [
+        ".wxlogin-copy",
+        ".wxlogin-qrnote",
+        ".wxlogin-download",
+        ".wxlogin-longpress",
+    ] {
+        assert!(
+            !is_shown(&browser, css).await,
+            "{css} is hidden on a desktop"
+        );
+    }
+    browser.save_screenshot("qr-and-code").await;
+
+    let reply = reqwest::Client::new()
+        .post(format!("{}/sandbox/text", sandbox.base))
+        .json(&json!({ "openid": "oCodeSender", "content": format!("登录 {code}") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, "oCodeSender");
+    assert_eq!(text_of(&browser, "#event").await, "code");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_phone_shows_the_code_first_with_a_working_copy_button_and_a_png_of_the_qr_to_save() {
+    let sandbox = Sandbox::start(&[]).await;
+    // No layout option: a phone is recognised by touch and a narrow screen.
+    let browser = open("phone-code", &sandbox.base, PHONE).await;
+    browser.wait_state("qr").await;
+    let code = shown_code(&browser).await;
+    assert_eq!(
+        browser
+            .js(
+                "return document.getElementById('wxlogin').dataset.wxloginLayout",
+                vec![]
+            )
+            .await,
+        "phone"
+    );
+    assert!(
+        top_of(&browser, ".wxlogin-code").await < top_of(&browser, "img.wxlogin-qr").await,
+        "the code comes first on a phone"
+    );
+    assert!(top_of(&browser, ".wxlogin-copy").await < top_of(&browser, "img.wxlogin-qr").await);
+    let steps = text_of(&browser, ".wxlogin-steps").await;
+    assert!(
+        steps.contains("复制验证码") && steps.contains("打开微信"),
+        "{steps}"
+    );
+    assert_eq!(
+        text_of(&browser, ".wxlogin-qrnote").await,
+        "保存图片后在微信里扫一扫（从相册选择）"
+    );
+
+    // By keyboard: Tab to the copy button, press Enter. The clipboard then holds the code.
+    let copy = browser
+        .client
+        .find(Locator::Css(".wxlogin-copy"))
+        .await
+        .unwrap();
+    assert_eq!(copy.text().await.unwrap(), "复制验证码");
+    browser
+        .js("document.querySelector('.wxlogin-copy').focus()", vec![])
+        .await;
+    copy.send_keys("\u{E007}").await.unwrap();
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    while text_of(&browser, ".wxlogin-copy").await != "已复制" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy button never said copied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.grant("clipboard-read").await;
+    let copied = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             navigator.clipboard.readText().then(done, (e) => done('refused: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(copied, json!(code), "the clipboard holds the code");
+    assert_eq!(
+        browser
+            .js("return document.activeElement.className", vec![])
+            .await,
+        "wxlogin-copy",
+        "focus stays on the copy button"
+    );
+
+    // The QR to save: a PNG (WeChat's album scanner reads no SVG) of the same ticket URL.
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    let href = loop {
+        let href = browser
+            .js(
+                "const a = document.querySelector('a.wxlogin-download');
+                 return a && a.offsetParent !== null ? a.getAttribute('href') : null;",
+                vec![],
+            )
+            .await;
+        if let Some(h) = href.as_str() {
+            break h.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no PNG to download");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let png = STANDARD
+        .decode(
+            href.strip_prefix("data:image/png;base64,")
+                .unwrap_or_else(|| panic!("a PNG data URL, not {}", &href[..40.min(href.len())])),
+        )
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let content = harness::decode_png_qr(&png);
+    assert_eq!(
+        content,
+        browser.decode_qr().await,
+        "the PNG holds the ticket URL"
+    );
+    assert!(content.starts_with("http://weixin.qq.com/q/"));
+    assert_eq!(
+        browser
+            .js(
+                "return document.querySelector('a.wxlogin-download').download",
+                vec![]
+            )
+            .await,
+        "wechat-login-qr.png"
+    );
+    browser.save_screenshot("code-first").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn inside_wechat_the_qr_says_to_long_press_it_and_the_code_is_the_fallback_in_english() {
+    let sandbox = Sandbox::start(&[]).await;
+    let url = format!("{}/?wechat=1&lang=en", sandbox.base);
+    let browser = open("wechat", &url, PHONE).await;
+    browser.wait_state("qr").await;
+    shown_code(&browser).await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-longpress").await,
+        "Long-press the QR code and follow the account to log in"
+    );
+    assert!(is_shown(&browser, ".wxlogin-longpress").await);
+    assert_eq!(
+        text_of(&browser, ".wxlogin-code-label").await,
+        "Does not work? Send the code to the account"
+    );
+    assert!(
+        top_of(&browser, "img.wxlogin-qr").await < top_of(&browser, ".wxlogin-code").await,
+        "inside WeChat the QR (long-press) comes first"
+    );
+    assert!(is_shown(&browser, ".wxlogin-copy").await);
+    // WeChat's browser does not download files: no PNG link, no album note.
+    assert!(!is_shown(&browser, ".wxlogin-download").await);
+    assert!(!is_shown(&browser, ".wxlogin-qrnote").await);
+    browser.save_screenshot("long-press").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_code_only_sandbox_shows_the_code_and_the_accounts_follow_qr_and_its_fake_phone_logs_in()
+{
+    let sandbox = Sandbox::start(&[
+        ("LOGIN_MODES", "code"),
+        ("ACCOUNT_QRCODE_URL", "https://mp.example.com/follow.png"),
+    ])
+    .await;
+    let browser = open("code-only", &sandbox.base, DESKTOP).await;
+    let shown = browser.wait_state("qr").await;
+    assert!(
+        shown["src"].is_null(),
+        "no QR code in code-only mode: {shown}"
+    );
+    let code = shown_code(&browser).await;
+    assert_eq!(
+        text_of(&browser, ".wxlogin-status").await,
+        "请在微信中向公众号发送验证码"
+    );
+    assert_eq!(
+        browser
+            .js(
+                "return document.querySelector('.wxlogin-account-qr').getAttribute('src')",
+                vec![]
+            )
+            .await,
+        "https://mp.example.com/follow.png"
+    );
+    assert!(is_shown(&browser, ".wxlogin-account").await);
+    assert!(!is_shown(&browser, ".wxlogin-frame").await);
+    assert_eq!(
+        browser
+            .js("return document.getElementById('scan').disabled", vec![])
+            .await,
+        true,
+        "nothing to scan"
+    );
+
+    // The fake phone: type the code on its keyboard, send, see the reply, and the page logs in.
+    for digit in code.chars() {
+        click(&browser, &format!("#keys [data-key='{digit}']")).await;
+    }
+    assert_eq!(
+        browser
+            .js("return document.getElementById('phone-text').value", vec![])
+            .await,
+        code
+    );
+    click(&browser, "#phone-send").await;
+    browser.wait_state("done").await;
+    let openid = browser
+        .js("return document.getElementById('openid').value", vec![])
+        .await;
+    assert_eq!(json!(text_of(&browser, "#user").await), openid);
+    assert_eq!(text_of(&browser, "#event").await, "code");
+    let chat = browser
+        .js(
+            "return [...document.querySelectorAll('#chat .bubble')].map((b) => [b.className, b.textContent])",
+            vec![],
+        )
+        .await;
+    assert_eq!(chat[0], json!(["bubble me", code]), "{chat}");
+    assert_eq!(
+        chat[1][0], "bubble them",
+        "the passive reply as a bubble: {chat}"
+    );
+    assert!(!chat[1][1].as_str().unwrap().is_empty());
+    browser.save_screenshot("fake-phone-logged-in").await;
+    browser.close().await;
+}

@@ -46,6 +46,8 @@ pub struct Browser {
     pub client: Client,
     /// The test's name: screenshot files start with it.
     name: String,
+    /// chromedriver's port, for the commands fantoccini does not have.
+    port: u16,
     _profile: tempfile::TempDir,
     _driver: Guard,
 }
@@ -114,9 +116,35 @@ impl Browser {
         Self {
             client,
             name: name.to_owned(),
+            port,
             _profile: profile,
             _driver: driver,
         }
+    }
+
+    /// Grants the page `permission` (e.g. `clipboard-read`), through chromedriver's Permissions
+    /// extension (`POST /session/{id}/permissions`).
+    pub async fn grant(&self, permission: &str) {
+        let session = self
+            .client
+            .session_id()
+            .await
+            .expect("session id")
+            .expect("a session");
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/session/{session}/permissions",
+                self.port
+            ))
+            .json(&json!({ "descriptor": { "name": permission }, "state": "granted" }))
+            .send()
+            .await
+            .expect("chromedriver answers");
+        assert!(
+            response.status().is_success(),
+            "granting {permission}: {}",
+            response.text().await.unwrap_or_default()
+        );
     }
 
     /// Runs `script` (a function body; `arguments[i]` are `args`) and returns its value.
