@@ -669,6 +669,22 @@ async fn is_shown(browser: &Browser, css: &str) -> bool {
         == true
 }
 
+/// Waits until the text of `css` is `want`.
+async fn wait_text(browser: &Browser, css: &str, want: &str) {
+    let deadline = std::time::Instant::now() + harness::PATIENCE;
+    loop {
+        let now = text_of(browser, css).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css} shows {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The login code the widget shows, checked to be `CODE_DIGITS` (6) digits.
 async fn shown_code(browser: &Browser) -> String {
     let code = text_of(browser, ".wxlogin-code").await;
@@ -785,14 +801,7 @@ async fn a_phone_shows_the_code_first_with_a_working_copy_button_and_a_png_of_th
         .js("document.querySelector('.wxlogin-copy').focus()", vec![])
         .await;
     copy.send_keys("\u{E007}").await.unwrap();
-    let deadline = std::time::Instant::now() + harness::PATIENCE;
-    while text_of(&browser, ".wxlogin-copy").await != "已复制" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copy button never said copied"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_text(&browser, ".wxlogin-copy", "已复制").await;
     browser.grant("clipboard-read").await;
     let copied = browser
         .client
@@ -810,6 +819,40 @@ async fn a_phone_shows_the_code_first_with_a_working_copy_button_and_a_png_of_th
             .await,
         "wxlogin-copy",
         "focus stays on the copy button"
+    );
+
+    // Without the Clipboard API (plain http, old WebViews) the button copies the old way.
+    browser
+        .js(
+            "window.realClipboard = navigator.clipboard;
+             Object.defineProperty(navigator, 'clipboard', { value: undefined, configurable: true });
+             return window.realClipboard.writeText('something else');",
+            vec![],
+        )
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while text_of(&browser, ".wxlogin-copy").await == "已复制" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copied state never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    click(&browser, ".wxlogin-copy").await;
+    wait_text(&browser, ".wxlogin-copy", "已复制").await;
+    let copied = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             window.realClipboard.readText().then(done, (e) => done('refused: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        copied,
+        json!(code),
+        "the fallback put the code on the clipboard"
     );
 
     // The QR to save: a PNG (WeChat's album scanner reads no SVG) of the same ticket URL.
@@ -858,9 +901,19 @@ async fn a_phone_shows_the_code_first_with_a_working_copy_button_and_a_png_of_th
 #[tokio::test]
 async fn inside_wechat_the_qr_says_to_long_press_it_and_the_code_is_the_fallback_in_english() {
     let sandbox = Sandbox::start(&[]).await;
-    let url = format!("{}/?wechat=1&lang=en", sandbox.base);
-    let browser = open("wechat", &url, PHONE).await;
+    // No option: the widget reads WeChat's user agent.
+    let url = format!("{}/?lang=en", sandbox.base);
+    let browser = open("wechat", &url, Screen::WeChat).await;
     browser.wait_state("qr").await;
+    assert_eq!(
+        browser
+            .js(
+                "return document.getElementById('wxlogin').dataset.wxloginLayout",
+                vec![]
+            )
+            .await,
+        "wechat"
+    );
     shown_code(&browser).await;
     assert_eq!(
         text_of(&browser, ".wxlogin-longpress").await,

@@ -39,7 +39,15 @@ pub enum Screen {
     /// 390×844 CSS pixels, as a phone (Chromium's device emulation: a headless window cannot
     /// be narrower than 500 px).
     Phone,
+    /// The phone, with WeChat's own browser's user agent (it names `MicroMessenger`).
+    WeChat,
 }
+
+/// The user agent of WeChat's browser on Android, as sent by WeChat 8.0.
+pub const WECHAT_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 7 Build/UQ1A.240205.004; wv) \
+    AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/130.0.6723.103 Mobile Safari/537.36 \
+    XWEB/1300259 MMWEBSDK/20241103 MMWEBID/2345 MicroMessenger/8.0.55.2780(0x28003737) WeChat/arm64 \
+    Weixin NetType/WIFI Language/zh_CN ABI/arm64";
 
 /// Headless Chromium behind chromedriver, both killed on drop.
 pub struct Browser {
@@ -95,9 +103,14 @@ impl Browser {
             &format!("--user-data-dir={}", profile.path().display()),
         ];
         let mut options = json!({ "binary": CHROMIUM, "args": args });
-        if let Screen::Phone = screen {
-            options["mobileEmulation"] =
-                json!({ "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2 } });
+        let phone = json!({ "width": 390, "height": 844, "pixelRatio": 2 });
+        match screen {
+            Screen::Desktop => {}
+            Screen::Phone => options["mobileEmulation"] = json!({ "deviceMetrics": phone }),
+            Screen::WeChat => {
+                options["mobileEmulation"] =
+                    json!({ "deviceMetrics": phone, "userAgent": WECHAT_UA });
+            }
         }
         let caps = json!({ "browserName": "chrome", "goog:chromeOptions": options });
         let Value::Object(caps) = caps else {
