@@ -155,7 +155,7 @@ const CSS = `
 :where(.wxlogin-user){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 :where(.wxlogin-sr){position:absolute;width:1px;height:1px;margin:-1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 :where(.wxlogin-codebox){display:flex;flex-direction:column;align-items:center;gap:6px;margin:12px 0 0;width:100%}
-:where(.wxlogin[data-wxlogin-layout=phone] .wxlogin-codebox){order:-1;margin:0 0 16px}
+:where(.wxlogin[data-wxlogin-layout=phone] .wxlogin-codebox,.wxlogin-codebox.wxlogin-only){order:-1;margin:0 0 16px}
 :where(.wxlogin-code-label){margin:0;font-size:13px;opacity:.8}
 :where(.wxlogin-code){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:22px;font-weight:700;letter-spacing:.18em;font-variant-numeric:tabular-nums;user-select:all;-webkit-user-select:all}
 :where(.wxlogin-codebox.wxlogin-large .wxlogin-code){font-size:34px;letter-spacing:.22em}
@@ -363,6 +363,7 @@ export function mount(element, options = {}) {
     const showCode = st === 'qr' && !!S.code;
     codebox.hidden = !showCode;
     codebox.classList.toggle('wxlogin-large', lay !== 'desktop' || !hasQr);
+    codebox.classList.toggle('wxlogin-only', !hasQr);
     text(codeLabel, !hasQr ? t('codeOnly') : lay === 'wechat' ? t('wechatFallback') : t('orCode'));
     text(code, S.code);
     code.setAttribute('aria-label', t('codeSr', { digits: S.code.split('').join(' ') }));
@@ -394,7 +395,9 @@ export function mount(element, options = {}) {
     else if (st === 'error') line = t(S.msg?.key || 'failed', S.msg?.vars);
     text(status, line);
     // The expired message is the button itself; the live region still announces it.
-    status.classList.toggle('wxlogin-sr', st === 'expired' || (st === 'error' && S.msg?.key === 'imgFail'));
+    // Without a QR the code's own label says what to do; the live region still announces it.
+    const codeOnly = st === 'qr' && !img.getAttribute('src') && !S.note;
+    status.classList.toggle('wxlogin-sr', codeOnly || st === 'expired' || (st === 'error' && S.msg?.key === 'imgFail'));
     const showHint = st === 'qr' && !!img.getAttribute('src') && layout() !== 'wechat';
     text(hint, showHint ? t('hint') : '');
     hint.hidden = !showHint;

@@ -974,6 +974,8 @@ async fn a_code_only_sandbox_shows_the_code_and_the_accounts_follow_qr_and_its_f
         "nothing to scan"
     );
 
+    browser.save_screenshot("code-only").await;
+
     // The fake phone: type the code on its keyboard, send, see the reply, and the page logs in.
     for digit in code.chars() {
         click(&browser, &format!("#keys [data-key='{digit}']")).await;
