@@ -70,7 +70,7 @@ const LABELS = {
     silent: '登录服务没有响应，请点击重试',
     orCode: '或在公众号内发送验证码',
     codeOnly: '请在微信中向公众号发送验证码',
-    codeTitle: '验证码',
+    sendCode: '把验证码发送到公众号即可登录',
     codeSr: '验证码 {digits}',
     copy: '复制验证码',
     copied: '已复制',
@@ -80,7 +80,6 @@ const LABELS = {
     step3: '把验证码发送给公众号，本页会自动登录',
     account: '还没关注？先扫码关注公众号',
     accountAlt: '公众号二维码',
-    orQr: '或扫描二维码登录',
     save: '保存图片后在微信里扫一扫（从相册选择）',
     download: '保存二维码图片',
     longPress: '长按二维码，识别后关注公众号即可登录',
@@ -109,7 +108,7 @@ const LABELS = {
     silent: 'The login service is not responding, click to retry',
     orCode: 'Or send this code to the account in WeChat:',
     codeOnly: 'Send this code to the account in WeChat',
-    codeTitle: 'Login code',
+    sendCode: 'Send this code to the account in WeChat to log in',
     codeSr: 'Login code {digits}',
     copy: 'Copy code',
     copied: 'Copied',
@@ -119,7 +118,6 @@ const LABELS = {
     step3: 'Send the code to the account; this page logs in by itself',
     account: 'Not following yet? Scan to follow the account first',
     accountAlt: 'The account\'s QR code',
-    orQr: 'Or scan the QR code',
     save: 'Save the image, then in WeChat scan it from the album',
     download: 'Save QR code image',
     longPress: 'Long-press the QR code and follow the account to log in',
@@ -364,7 +362,8 @@ export function mount(element, options = {}) {
     codebox.hidden = !showCode;
     codebox.classList.toggle('wxlogin-large', lay !== 'desktop' || !hasQr);
     codebox.classList.toggle('wxlogin-only', !hasQr);
-    text(codeLabel, !hasQr ? t('codeOnly') : lay === 'wechat' ? t('wechatFallback') : t('orCode'));
+    const label = { wechat: 'wechatFallback', phone: 'sendCode', desktop: 'orCode' }[lay];
+    text(codeLabel, !hasQr ? t('codeOnly') : t(label));
     text(code, S.code);
     code.setAttribute('aria-label', t('codeSr', { digits: S.code.split('').join(' ') }));
     copy.hidden = !showCode || lay === 'desktop';

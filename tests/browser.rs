@@ -780,6 +780,10 @@ async fn a_phone_shows_the_code_first_with_a_working_copy_button_and_a_png_of_th
         "the code comes first on a phone"
     );
     assert!(top_of(&browser, ".wxlogin-copy").await < top_of(&browser, "img.wxlogin-qr").await);
+    assert_eq!(
+        text_of(&browser, ".wxlogin-code-label").await,
+        "把验证码发送到公众号即可登录"
+    );
     let steps = text_of(&browser, ".wxlogin-steps").await;
     assert!(
         steps.contains("复制验证码") && steps.contains("打开微信"),
