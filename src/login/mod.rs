@@ -272,7 +272,7 @@ impl LoginService {
     }
 
     /// Resolves a verified text message that reads as `code`: counts the attempt against
-    /// its sender's limit, then resolves the session the code names exactly as a scan would
+    /// its sender's limit (once per message: a retry is not another attempt), then resolves the session the code names exactly as a scan would
     /// (once per callback, once per message: WeChat's retries carry the same `MsgId`, once
     /// per session), and the code is gone. A code no session waits on resolves nothing.
     pub async fn complete_code(
@@ -303,7 +303,10 @@ impl LoginService {
     ) -> Result<CodeOutcome, StoreError> {
         let store = &self.inner.store;
         let limit = self.inner.codes.map_or(0, |p| p.attempts_per_min);
-        let attempts = store.code_attempt(text.openid, CODE_ATTEMPT_WINDOW).await?;
+        // Counted per message: WeChat's retries of this one use up nothing.
+        let attempts = store
+            .code_attempt(text.openid, text.msg_id, CODE_ATTEMPT_WINDOW)
+            .await?;
         let dedupe_key = text.dedupe_key().to_string();
         let unmatched = |bound: Bound| match bound {
             Bound::Conflict => CodeOutcome::Replayed,

@@ -18,6 +18,7 @@ on_every_backend!(
     a_code_typed_with_spaces_dashes_full_width_digits_or_a_word_before_matches,
     a_wrong_code_is_answered_and_delivers_nothing,
     the_sixth_attempt_in_a_minute_is_not_matched_even_if_right,
+    wechat_retrying_an_attempt_does_not_use_up_the_senders_allowance,
     a_retried_text_message_delivers_once_and_its_query_with_another_body_is_refused,
     a_resumed_stream_keeps_its_code,
     an_expired_code_is_answered_and_delivers_nothing,
@@ -208,6 +209,41 @@ async fn the_sixth_attempt_in_a_minute_is_not_matched_even_if_right() {
     // Another sender is not held back, and the code is still live.
     send(&app, "oHonest", &code).await;
     assert_login(&stream.next_json().await, "oHonest", "code");
+}
+
+async fn wechat_retrying_an_attempt_does_not_use_up_the_senders_allowance() {
+    let app = spawn_app().await;
+    let (mut stream, _, code) = open_with_code(&app).await;
+    let gh = app.fake.account().gh_id.clone();
+    let base = code.parse::<u32>().unwrap();
+    for n in 0..5u32 {
+        let guess = format!("{:06}", (base + 1 + n) % 1_000_000);
+        let xml = phone::text_xml(&gh, "oRetried", now_secs(), &guess, 100 + u64::from(n));
+        let query = app.signed_query("oRetried");
+        let first = app.post_callback(&query, xml.clone()).await;
+        assert_eq!(first.status(), 200);
+        assert!(first.text().await.unwrap().contains("无效"), "guess {n}");
+        // WeChat retries each: under the same query, then under a new one.
+        for query in [query, app.signed_query("oRetried")] {
+            let retry = app.post_callback(&query, xml.clone()).await;
+            assert_eq!(retry.status(), 200);
+            assert!(
+                !retry.text().await.unwrap().contains("次数过多"),
+                "retry of {n}"
+            );
+        }
+    }
+    assert!(quiet(&mut stream).await);
+    assert_eq!(app.scans("code_limited").await, 0);
+
+    // The sixth distinct attempt is over the allowance, right or not.
+    let delivery = send(&app, "oRetried", &code).await;
+    assert!(
+        said(&delivery).unwrap().contains("次数过多"),
+        "{delivery:?}"
+    );
+    assert!(quiet(&mut stream).await);
+    assert_eq!(app.scans("code_limited").await, 1);
 }
 
 async fn a_retried_text_message_delivers_once_and_its_query_with_another_body_is_refused() {
