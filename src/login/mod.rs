@@ -221,8 +221,10 @@ impl LoginService {
         Err(TakeError::NoFreeCode)
     }
 
-    /// Ends the code of `scene`: its session is resolved or gone. A failure only leaves the
-    /// code to its expiry with the wait (it resolves nothing meanwhile: its session is over).
+    /// Ends the code of `scene`, whose session could not be opened. (A resolved session keeps
+    /// its code until the wait ends, so that a late sender is told the login is over.) A
+    /// failure only leaves the code to its expiry with the wait (it resolves nothing
+    /// meanwhile: it names no session).
     async fn release_code(&self, code: &LoginCode, scene: &Scene) {
         if let Err(e) = self.inner.store.code_release(code.as_str(), scene).await {
             tracing::warn!(error = %e, scene = %scene.short(), "cannot release a login code; it expires with its wait");
