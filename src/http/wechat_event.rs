@@ -6,7 +6,9 @@
 //! first one was; the same query with another body is a replay, refused with 401. A login scan
 //! may be answered with a text reply (`REPLY_TEXT`, encrypted with the key that opened the
 //! request). A text message that reads as a login code (`LOGIN_MODES` with `code`) is resolved
-//! like a scan and always answered in the chat: logged in, no such code, or too many tries.
+//! like a scan and always answered in the chat: logged in, no such code, or too many tries. A
+//! scan or a code that comes for a session already over (the other way won, or its wait ended)
+//! delivers nothing and its sender is told so.
 //! Other callbacks go to `FORWARD_URL` or get `success`. Answers come well inside
 //! WeChat's 5 s: nothing here waits on WeChat.
 
@@ -22,8 +24,7 @@ use super::error::HttpError;
 use super::forward::Forwarded;
 use super::{AppState, MAX_CALLBACK_BODY};
 use crate::login::code::{self, LoginCode, Reading};
-use crate::login::event::Lang;
-use crate::login::{CodeOutcome, Outcome};
+use crate::login::{CodeOutcome, Outcome, Scanned};
 use crate::metrics::{Metrics, Outcome as Label};
 use crate::store::{Bound, StoreError};
 use crate::wechat::callback::{
@@ -249,7 +250,7 @@ async fn handle(
         // would otherwise carry (and copy) for the few that are forwarded.
         _ => return Box::pin(other(state, &binding, raw_query, headers, body)).await,
     };
-    let outcome = state.login.complete(&scan, &binding).await?;
+    let Scanned { outcome, late } = state.login.complete(&scan, &binding).await?;
     match outcome {
         Outcome::Delivered(()) => {}
         Outcome::Replayed => return Err(replayed()),
@@ -269,6 +270,16 @@ async fn handle(
             "scan for a QR code no stream waits on: delivered to nobody"
         ),
     }
+    if let Some(lang) = late {
+        // Its session is over (a code or another scan won, or its wait ended): told so.
+        return Ok(reply(
+            state,
+            scan.openid,
+            scan.account,
+            chat_replies::late(lang),
+            slot,
+        ));
+    }
     match (&state.reply_text, outcome.is_login()) {
         (Some(template), true) => Ok(reply(
             state,
@@ -281,8 +292,8 @@ async fn handle(
     }
 }
 
-/// What a login code's sender reads in the chat.
-mod code_replies {
+/// What a login code's sender, or the sender of a scan that came too late, reads in the chat.
+mod chat_replies {
     use crate::login::event::Lang;
 
     /// The code logged the page in (`REPLY_TEXT` wins when set).
@@ -290,6 +301,16 @@ mod code_replies {
         match lang {
             Lang::Zh => "登录成功，请回到网页继续。",
             Lang::En => "You are logged in. Go back to the web page to continue.",
+        }
+    }
+
+    /// The session is over: logged in already (by a scan or a code) or its wait ended.
+    pub fn late(lang: Lang) -> &'static str {
+        match lang {
+            Lang::Zh => "这次登录已在别处完成或已过期，无需再操作。如需登录，请刷新网页。",
+            Lang::En => {
+                "This login was already completed elsewhere or has expired. To log in, refresh the web page."
+            }
         }
     }
 
@@ -319,24 +340,28 @@ async fn login_code(
     let answer = |message: &str| reply(state, text.openid, text.account, message, slot);
     let logged_in = |lang| match &state.reply_text {
         Some(template) => answer(&fill_reply(template)),
-        None => answer(code_replies::logged_in(lang)),
+        None => answer(chat_replies::logged_in(lang)),
     };
     Ok(match outcome {
         CodeOutcome::LoggedIn(lang) => {
             tracing::info!(openid = %short_openid(text.openid), "login by code");
             logged_in(lang)
         }
-        CodeOutcome::Duplicate { login: true } => logged_in(Lang::Zh),
-        CodeOutcome::Duplicate { login: false } => success(),
+        CodeOutcome::Duplicate { login: true, lang } => logged_in(lang),
+        CodeOutcome::Duplicate { login: false, .. } => success(),
+        CodeOutcome::Late(lang) => {
+            tracing::debug!(openid = %short_openid(text.openid), "code of a session that is over: told so");
+            answer(chat_replies::late(lang))
+        }
         CodeOutcome::Replayed => return Err(replayed()),
         CodeOutcome::TooManyAttempts => {
             tracing::debug!(openid = %short_openid(text.openid), "code attempts over the limit: not matched");
-            answer(code_replies::TOO_MANY)
+            answer(chat_replies::TOO_MANY)
         }
         CodeOutcome::NoSuchCode if state.forwarder.is_some() => {
             return Box::pin(other(state, binding, raw_query, headers, body)).await;
         }
-        CodeOutcome::NoSuchCode => answer(code_replies::UNKNOWN),
+        CodeOutcome::NoSuchCode => answer(chat_replies::UNKNOWN),
     })
 }
 

@@ -65,13 +65,40 @@ pub enum CodeOutcome {
     Duplicate {
         /// Whether the first one was a login.
         login: bool,
+        /// The language of the code's stream, for the reply (Chinese when unknown).
+        lang: Lang,
     },
-    /// No stream waits on that code: unknown, used, expired, or its stream logged in by scan.
+    /// The code's session is over: logged in already (by a scan or by this code) or its wait
+    /// is over. Nothing is delivered; the sender is told, in the stream's language.
+    Late(Lang),
+    /// No stream waits on that code: unknown, or expired with its stream's wait.
     NoSuchCode,
     /// The sender made too many attempts in the last minute: not matched.
     TooManyAttempts,
     /// A signed query sent again with another body.
     Replayed,
+}
+
+/// What became of a verified scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scanned {
+    /// What the sessions made of it.
+    pub outcome: Outcome,
+    /// The scan came for a session that is over (logged in already, by another scan or by a
+    /// code, or its wait ended): nothing is delivered, and its sender is told so, in the
+    /// stream's language. `None` for a login, a retry of one, or an unknown scene.
+    pub late: Option<Lang>,
+}
+
+/// The stream's language when a scan or a code came for a session that is over: the session
+/// is still known (its `face`) and the callback resolved nothing, now or when WeChat first
+/// sent it. A retry of the callback that won ([`Outcome::Duplicate`] with `login`) is not late:
+/// it is answered as the login was.
+fn late(outcome: &Outcome, face: Option<&Face>) -> Option<Lang> {
+    match outcome {
+        Outcome::Nobody | Outcome::Duplicate { login: false } => face.map(|f| f.lang),
+        _ => None,
+    }
 }
 
 /// The login flow. Cheap to clone.
@@ -194,8 +221,10 @@ impl LoginService {
         Err(TakeError::NoFreeCode)
     }
 
-    /// Ends the code of `scene`: its session is resolved or gone. A failure only leaves the
-    /// code to its expiry with the wait (it resolves nothing meanwhile: its session is over).
+    /// Ends the code of `scene`, whose session could not be opened. (A resolved session keeps
+    /// its code until the wait ends, so that a late sender is told the login is over.) A
+    /// failure only leaves the code to its expiry with the wait (it resolves nothing
+    /// meanwhile: it names no session).
     async fn release_code(&self, code: &LoginCode, scene: &Scene) {
         if let Err(e) = self.inner.store.code_release(code.as_str(), scene).await {
             tracing::warn!(error = %e, scene = %scene.short(), "cannot release a login code; it expires with its wait");
@@ -225,11 +254,13 @@ impl LoginService {
     /// Resolves a verified scan: once per callback (its signed query bound to its body:
     /// `binding`) and once per event (WeChat's retries under new queries are recognised, on any
     /// instance, for [`EVENT_KEY_TTL`]), to the one session waiting on its scene, if any.
+    /// A scan of a session that is over is [`Scanned::late`]. The session's login code
+    /// stays until its wait ends, so that a code sent after the scan is told so too.
     pub async fn complete(
         &self,
         scan: &ScanEvent<'_>,
         binding: &Binding,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Scanned, StoreError> {
         let (outcome, face) = self
             .inner
             .scenes
@@ -262,19 +293,16 @@ impl LoginService {
         if let Some(label) = outcome.label() {
             self.inner.metrics.scan(label);
         }
-        // The scan won: the session's code is gone with it.
-        if matches!(outcome, Outcome::Delivered(()) | Outcome::Parked)
-            && let Some(code) = face.as_ref().and_then(|f| f.code.as_ref())
-        {
-            self.release_code(code, &scan.scene).await;
-        }
-        Ok(outcome)
+        let late = late(&outcome, face.as_ref());
+        Ok(Scanned { outcome, late })
     }
 
     /// Resolves a verified text message that reads as `code`: counts the attempt against
-    /// its sender's limit, then resolves the session the code names exactly as a scan would
+    /// its sender's limit (once per message: a retry is not another attempt), then resolves the session the code names exactly as a scan would
     /// (once per callback, once per message: WeChat's retries carry the same `MsgId`, once
-    /// per session), and the code is gone. A code no session waits on resolves nothing.
+    /// per session). The code stays until its stream's wait ends, naming its session: a
+    /// later attempt at it (or a retry of this one) finds the session over and is answered so,
+    /// in the stream's language. A code no session waits on resolves nothing.
     pub async fn complete_code(
         &self,
         text: &TextMessage<'_>,
@@ -284,7 +312,7 @@ impl LoginService {
         let outcome = self.resolve_code(text, code, binding).await?;
         let label = match outcome {
             CodeOutcome::LoggedIn(_) => Some("code"),
-            CodeOutcome::NoSuchCode => Some("code_unmatched"),
+            CodeOutcome::NoSuchCode | CodeOutcome::Late(_) => Some("code_unmatched"),
             CodeOutcome::TooManyAttempts => Some("code_limited"),
             CodeOutcome::Duplicate { .. } => Some("duplicate"),
             CodeOutcome::Replayed => None,
@@ -303,11 +331,17 @@ impl LoginService {
     ) -> Result<CodeOutcome, StoreError> {
         let store = &self.inner.store;
         let limit = self.inner.codes.map_or(0, |p| p.attempts_per_min);
-        let attempts = store.code_attempt(text.openid, CODE_ATTEMPT_WINDOW).await?;
+        // Counted per message: WeChat's retries of this one use up nothing.
+        let attempts = store
+            .code_attempt(text.openid, text.msg_id, CODE_ATTEMPT_WINDOW)
+            .await?;
         let dedupe_key = text.dedupe_key().to_string();
         let unmatched = |bound: Bound| match bound {
             Bound::Conflict => CodeOutcome::Replayed,
-            Bound::Retry { login } => CodeOutcome::Duplicate { login },
+            Bound::Retry { login } => CodeOutcome::Duplicate {
+                login,
+                lang: Lang::Zh,
+            },
             Bound::First => CodeOutcome::NoSuchCode,
         };
         if attempts > limit {
@@ -323,7 +357,10 @@ impl LoginService {
                 CodeOutcome::NoSuchCode
                     if !store.claim_once(&dedupe_key, EVENT_KEY_TTL).await? =>
                 {
-                    CodeOutcome::Duplicate { login: false }
+                    CodeOutcome::Duplicate {
+                        login: false,
+                        lang: Lang::Zh,
+                    }
                 }
                 other => other,
             });
@@ -352,14 +389,13 @@ impl LoginService {
                 }
             })
             .await?;
+        if let Some(lang) = late(&outcome, face.as_ref()) {
+            return Ok(CodeOutcome::Late(lang));
+        }
+        let lang = face.map_or(Lang::Zh, |f| f.lang);
         Ok(match outcome {
-            Outcome::Delivered(()) | Outcome::Parked => {
-                if let Some(code) = face.as_ref().and_then(|f| f.code.as_ref()) {
-                    self.release_code(code, &scene).await;
-                }
-                CodeOutcome::LoggedIn(face.map_or(Lang::Zh, |f| f.lang))
-            }
-            Outcome::Duplicate { login } => CodeOutcome::Duplicate { login },
+            Outcome::Delivered(()) | Outcome::Parked => CodeOutcome::LoggedIn(lang),
+            Outcome::Duplicate { login } => CodeOutcome::Duplicate { login, lang },
             Outcome::Replayed => CodeOutcome::Replayed,
             Outcome::Nobody => CodeOutcome::NoSuchCode,
         })

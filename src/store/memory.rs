@@ -432,10 +432,11 @@ impl Store for MemoryStore {
     fn code_attempt<'a>(
         &'a self,
         sender: &'a str,
+        message: &'a str,
         window: Duration,
     ) -> BoxFuture<'a, Result<u32, StoreError>> {
         let window = window.min(FAR);
-        ready(lock(&self.inner.attempts).count(sender, window, Instant::now()))
+        ready(lock(&self.inner.attempts).count(sender, message, window, Instant::now()))
     }
 
     fn open<'a>(
@@ -682,8 +683,8 @@ mod tests {
         let scene = new_scene();
         assert!(store.code_reserve("111111", &scene, short).await.unwrap());
         assert!(store.code_reserve("222222", &scene, long).await.unwrap());
-        assert_eq!(store.code_attempt("o1", short).await.unwrap(), 1);
-        assert_eq!(store.code_attempt("o2", long).await.unwrap(), 1);
+        assert_eq!(store.code_attempt("o1", "m1", short).await.unwrap(), 1);
+        assert_eq!(store.code_attempt("o2", "m2", long).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_millis(40)).await;
         store.purge_expired();
         assert_eq!(lock(&store.inner.codes).len(), 1);
@@ -701,7 +702,7 @@ mod tests {
         ));
         assert!(matches!(reserved, Some(Ok(true))));
         let counted =
-            futures_util::FutureExt::now_or_never(store.code_attempt("o1", Duration::MAX));
+            futures_util::FutureExt::now_or_never(store.code_attempt("o1", "m1", Duration::MAX));
         assert!(matches!(counted, Some(Ok(1))));
     }
 

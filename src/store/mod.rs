@@ -433,12 +433,15 @@ pub trait Store: Send + Sync + 'static {
         scene: &'a Scene,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Counts one attempt at a code by `sender` (an openid) in a fixed window of `window`
-    /// that starts with the first attempt: the count including this one, which the caller
-    /// holds against its limit. Instances count together.
+    /// Counts one attempt at a code by `sender` (an openid), the text message `message` (its
+    /// `MsgId`), in a fixed window of `window` that starts with the first attempt: the count
+    /// including this one, which the caller holds against its limit. A message counted before
+    /// in the window (WeChat retrying it, under the same query or a new one) is not counted
+    /// again: it gets the count it got then. One atomic step; instances count together.
     fn code_attempt<'a>(
         &'a self,
         sender: &'a str,
+        message: &'a str,
         window: Duration,
     ) -> BoxFuture<'a, Result<u32, StoreError>>;
 

@@ -571,9 +571,10 @@ impl Store for RedisStore {
     fn code_attempt<'a>(
         &'a self,
         sender: &'a str,
+        message: &'a str,
         window: Duration,
     ) -> BoxFuture<'a, Result<u32, StoreError>> {
-        Box::pin(self.count_attempt(sender, window))
+        Box::pin(self.count_attempt(sender, message, window))
     }
 
     fn open<'a>(

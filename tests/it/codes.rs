@@ -132,16 +132,38 @@ async fn attempts_are_counted_per_sender_and_start_again_after_the_window() {
     for n in 1..=5 {
         // Instances count together.
         let store = if n % 2 == 0 { &one } else { &two };
-        assert_eq!(store.code_attempt("o1", window).await.unwrap(), n);
+        assert_eq!(
+            store
+                .code_attempt("o1", &format!("m{n}"), window)
+                .await
+                .unwrap(),
+            n
+        );
     }
-    assert_eq!(one.code_attempt("o2", window).await.unwrap(), 1);
-    assert_eq!(one.code_attempt("o1", window).await.unwrap(), 6);
+    assert_eq!(one.code_attempt("o2", "m20", window).await.unwrap(), 1);
+    assert_eq!(one.code_attempt("o1", "m6", window).await.unwrap(), 6);
 
     outlive(&*one, window).await;
 
-    assert_eq!(two.code_attempt("o1", window).await.unwrap(), 1);
-    assert_eq!(one.code_attempt("o1", window).await.unwrap(), 2);
-    assert_eq!(one.code_attempt("o2", window).await.unwrap(), 1);
+    assert_eq!(two.code_attempt("o1", "m7", window).await.unwrap(), 1);
+    assert_eq!(one.code_attempt("o1", "m8", window).await.unwrap(), 2);
+    assert_eq!(one.code_attempt("o2", "m21", window).await.unwrap(), 1);
+}
+
+async fn a_retried_message_is_counted_once_whichever_instance_sees_it() {
+    let (one, two, _redis) = two_instances();
+    let window = Duration::from_secs(60);
+
+    for n in 1..=5 {
+        let message = format!("m{n}");
+        assert_eq!(one.code_attempt("o1", &message, window).await.unwrap(), n);
+        // WeChat retries each message twice, to either instance: each gets its first count.
+        assert_eq!(two.code_attempt("o1", &message, window).await.unwrap(), n);
+        assert_eq!(one.code_attempt("o1", &message, window).await.unwrap(), n);
+    }
+
+    assert_eq!(two.code_attempt("o1", "m6", window).await.unwrap(), 6);
+    assert_eq!(one.code_attempt("o1", "m3", window).await.unwrap(), 3);
 }
 
 async fn ten_thousand_codes_reserved_from_two_instances_are_distinct() {
@@ -211,12 +233,12 @@ async fn in_redis_codes_and_attempts_live_under_the_prefix_with_a_ttl_and_garbag
     assert!(store.code_reserve("123456", &scene, WAIT).await.unwrap());
     assert_eq!(
         store
-            .code_attempt("oSender", Duration::from_secs(2))
+            .code_attempt("oSender", "m1", Duration::from_secs(2))
             .await
             .unwrap(),
         1
     );
-    assert_eq!(store.code_attempt("oSender", WAIT).await.unwrap(), 2);
+    assert_eq!(store.code_attempt("oSender", "m2", WAIT).await.unwrap(), 2);
 
     let code_ttl = pttl("wxlogin:wxtest:code:123456").await;
     assert!(code_ttl > 0 && code_ttl <= 60_000, "{code_ttl}");
@@ -247,5 +269,6 @@ on_every_backend!(
     a_code_is_released_only_by_the_scene_it_names,
     a_stream_that_ended_late_does_not_release_the_code_of_the_next_one,
     attempts_are_counted_per_sender_and_start_again_after_the_window,
+    a_retried_message_is_counted_once_whichever_instance_sees_it,
     ten_thousand_codes_reserved_from_two_instances_are_distinct,
 );

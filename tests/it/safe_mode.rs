@@ -184,9 +184,18 @@ async fn a_login_scan_gets_a_text_reply_that_wechat_accepts() {
     );
     stream.next_json().await;
 
-    // Not a login (no stream waits): plain success.
+    // Not a login (the session is over): told so, without the login's reply.
     let again = app.scan(&scene, "oLate", false).await;
-    assert_eq!((again.body.as_str(), again.reply), ("success", None));
+    let xml = again.reply.expect("a reply");
+    let content = field(&xml, "Content");
+    assert!(content.contains("已在别处完成"), "{content}");
+    assert_eq!(
+        wxlogin::wechat::xml::parse(&xml)
+            .unwrap()
+            .to_user_name
+            .as_deref(),
+        Some("oLate")
+    );
 }
 
 #[tokio::test]

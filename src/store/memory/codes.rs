@@ -91,33 +91,42 @@ pub(super) struct Attempts {
     by_sender: HashMap<String, Window>,
 }
 
-/// A sender's window: its count and when it ends.
+/// A sender's window: its count, the count each message got, and when it ends.
 struct Window {
     count: u32,
+    /// By `MsgId`: WeChat's retries of a message get its count and are not counted again.
+    messages: HashMap<String, u32>,
     until: Instant,
 }
 
 impl Attempts {
-    /// Counts one attempt by `sender`, in its window or in a new one of `window` from `now`.
-    pub(super) fn count(&mut self, sender: &str, window: Duration, now: Instant) -> u32 {
-        let fresh = Window {
-            count: 1,
+    /// Counts one attempt by `sender`, the message `message`, in its window or in a new one of
+    /// `window` from `now`; a message counted in the window before gets the count it got.
+    pub(super) fn count(
+        &mut self,
+        sender: &str,
+        message: &str,
+        window: Duration,
+        now: Instant,
+    ) -> u32 {
+        let fresh = || Window {
+            count: 0,
+            messages: HashMap::new(),
             until: now + window,
         };
-        match self.by_sender.get_mut(sender) {
-            Some(open) if open.until > now => {
-                open.count = open.count.saturating_add(1);
-                open.count
-            }
-            Some(over) => {
-                *over = fresh;
-                1
-            }
-            None => {
-                self.by_sender.insert(sender.to_owned(), fresh);
-                1
-            }
+        let open = self
+            .by_sender
+            .entry(sender.to_owned())
+            .or_insert_with(fresh);
+        if open.until <= now {
+            *open = fresh();
         }
+        if let Some(&seen) = open.messages.get(message) {
+            return seen;
+        }
+        open.count = open.count.saturating_add(1);
+        open.messages.insert(message.to_owned(), open.count);
+        open.count
     }
 
     /// Drops the windows that ended.
@@ -171,10 +180,12 @@ mod tests {
     fn a_window_that_ended_starts_again_and_is_purged() {
         let mut attempts = Attempts::default();
         let t0 = Instant::now();
-        assert_eq!(attempts.count("o1", MINUTE, t0), 1);
-        assert_eq!(attempts.count("o1", MINUTE, t0 + MINUTE / 2), 2);
-        assert_eq!(attempts.count("o2", MINUTE, t0 + MINUTE / 2), 1);
-        assert_eq!(attempts.count("o1", MINUTE, t0 + MINUTE), 1);
+        assert_eq!(attempts.count("o1", "m1", MINUTE, t0), 1);
+        assert_eq!(attempts.count("o1", "m2", MINUTE, t0 + MINUTE / 2), 2);
+        // A retry of a message counted in the window gets its count.
+        assert_eq!(attempts.count("o1", "m1", MINUTE, t0 + MINUTE / 2), 1);
+        assert_eq!(attempts.count("o2", "m3", MINUTE, t0 + MINUTE / 2), 1);
+        assert_eq!(attempts.count("o1", "m4", MINUTE, t0 + MINUTE), 1);
         attempts.purge(t0 + MINUTE + MINUTE / 2);
         assert_eq!(attempts.len(), 1);
         attempts.purge(t0 + 2 * MINUTE);

@@ -1,6 +1,7 @@
 //! Login codes and attempts at them, in Redis: `code:<digits>` holds the scene a live code
-//! names and expires with the stream's wait; `attempts:<sender>` counts a sender's attempts in
-//! its current window and expires when the window ends. Each operation touches one key, so
+//! names and expires with the stream's wait; `attempts:<sender>` (a hash) counts a sender's
+//! attempts in its current window, with the count each message got, and expires when the
+//! window ends. Each operation touches one key, so
 //! each is one command (or one script) and atomic in Redis, and any slot of a Cluster will do.
 
 use std::sync::LazyLock;
@@ -78,15 +79,18 @@ impl RedisStore {
         Ok(deleted > 0)
     }
 
-    /// One script (`lua/code_attempt.lua`): the count and the window's expiry together.
+    /// One script (`lua/code_attempt.lua`): the count, the message's, and the window's
+    /// expiry together.
     pub(super) async fn count_attempt(
         &self,
         sender: &str,
+        message: &str,
         window: Duration,
     ) -> Result<u32, StoreError> {
         let count: i64 = ATTEMPT
             .key(self.attempts_key(sender))
             .arg(millis(window).max(1))
+            .arg(message)
             .invoke_async(&mut self.conn())
             .await
             .map_err(err)?;
