@@ -34,7 +34,20 @@ fn said(delivery: &Delivery) -> Option<String> {
 
 /// Opens a stream; its first event and the login code in it.
 async fn open_with_code(app: &TestApp) -> (Stream, Value, String) {
-    let mut stream = app.open().await;
+    with_code(app.open().await).await
+}
+
+/// [`open_with_code`], for a stream that asked for English (`lang=en`).
+async fn open_english_with_code(app: &TestApp) -> (Stream, Value, String) {
+    with_code(
+        app.open_with(&format!("token={}&lang=en", app.api_token))
+            .await,
+    )
+    .await
+}
+
+/// The stream, its first event and the login code in it.
+async fn with_code(mut stream: Stream) -> (Stream, Value, String) {
     assert_eq!(stream.status, 200);
     let first = stream.next_json().await;
     let code = first["login_code"]
@@ -94,13 +107,7 @@ async fn a_stream_gets_a_qr_code_and_a_login_code_that_logs_it_in() {
     assert_eq!(app.scans("code").await, 1);
 
     // In English when the stream asked for it; REPLY_TEXT wins when set.
-    let mut en = app
-        .open_with(&format!("token={}&lang=en", app.api_token))
-        .await;
-    let code = en.next_json().await["login_code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut en, _, code) = open_english_with_code(&app).await;
     let delivery = send(&app, "oEnglish", &code).await;
     assert!(
         said(&delivery).unwrap().contains("logged in"),
@@ -131,15 +138,9 @@ async fn the_scan_after_a_code_login_is_refused_and_its_sender_told_so() {
     assert_eq!(app.scans("delivered").await, 0);
 
     // A stream that asked for English is told in English.
-    let mut en = app
-        .open_with(&format!("token={}&lang=en", app.api_token))
-        .await;
-    let first = en.next_json().await;
-    let (scene, code) = (
-        first["scene_id"].as_str().unwrap(),
-        first["login_code"].as_str().unwrap(),
-    );
-    send(&app, "oFirstEn", code).await;
+    let (mut en, first, code) = open_english_with_code(&app).await;
+    let scene = first["scene_id"].as_str().unwrap();
+    send(&app, "oFirstEn", &code).await;
     assert_login(&en.next_json().await, "oFirstEn", "code");
     let late = app.scan(scene, "oLateEn", false).await;
     assert!(
@@ -177,17 +178,11 @@ async fn the_code_after_a_scan_login_is_refused_and_its_sender_told_so() {
     assert_eq!(app.scans("delivered").await, 1);
 
     // In English when the stream asked for it.
-    let mut en = app
-        .open_with(&format!("token={}&lang=en", app.api_token))
-        .await;
-    let first = en.next_json().await;
-    let (scene, code) = (
-        first["scene_id"].as_str().unwrap(),
-        first["login_code"].as_str().unwrap(),
-    );
+    let (mut en, first, code) = open_english_with_code(&app).await;
+    let scene = first["scene_id"].as_str().unwrap();
     app.scan(scene, "oScannerEn", false).await;
     assert_login(&en.next_json().await, "oScannerEn", "SCAN");
-    let delivery = send(&app, "oLateCoderEn", code).await;
+    let delivery = send(&app, "oLateCoderEn", &code).await;
     assert!(
         said(&delivery).unwrap().contains("completed elsewhere"),
         "{delivery:?}"
@@ -343,13 +338,7 @@ async fn a_retried_text_message_delivers_once_and_its_query_with_another_body_is
 
 async fn a_retried_code_after_a_login_is_answered_in_the_streams_language() {
     let app = spawn_app().await;
-    let mut en = app
-        .open_with(&format!("token={}&lang=en", app.api_token))
-        .await;
-    let code = en.next_json().await["login_code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut en, _, code) = open_english_with_code(&app).await;
     let gh = app.fake.account().gh_id.clone();
     let xml = phone::text_xml(&gh, "oRetryEn", now_secs(), &code, 77);
     let query = app.signed_query("oRetryEn");
