@@ -417,10 +417,6 @@ impl Store for MemoryStore {
         ready(lock(&self.inner.codes).lookup(code, Instant::now()))
     }
 
-    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
-        ready(lock(&self.inner.codes).take(code, Instant::now()))
-    }
-
     fn code_release<'a>(
         &'a self,
         code: &'a str,

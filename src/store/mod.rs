@@ -6,7 +6,7 @@
 //!   resolved once by a scan and then holding the result for a reconnecting stream;
 //! - keys claimed once (WeChat's retries of a callback, used login token ids);
 //! - the count of QR codes made per day, against the daily budget;
-//! - login codes bound to their scenes (unique among live codes, taken once), and the
+//! - login codes bound to their scenes (unique among live codes, until their wait ends), and the
 //!   attempts at a code each sender made in the current window;
 //! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
 //! - the random key page tokens are signed under ([`Store::page_key`]);
@@ -420,10 +420,6 @@ pub trait Store: Send + Sync + 'static {
     /// The scene a live code names, leaving the code in place.
     fn code_lookup<'a>(&'a self, code: &'a str)
     -> BoxFuture<'a, Result<Option<Scene>, StoreError>>;
-
-    /// The scene a live code names, and the code is gone: one atomic step, so that of callers
-    /// racing with one code (WeChat's retries, two instances) exactly one gets the scene.
-    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>>;
 
     /// Removes `code` if it still names `scene` (its stream ended without it): a code that
     /// expired and was reserved again for another stream is left alone. `true` when removed.

@@ -556,10 +556,6 @@ impl Store for RedisStore {
         Box::pin(self.lookup_code(code))
     }
 
-    fn code_take<'a>(&'a self, code: &'a str) -> BoxFuture<'a, Result<Option<Scene>, StoreError>> {
-        Box::pin(self.take_code(code))
-    }
-
     fn code_release<'a>(
         &'a self,
         code: &'a str,

@@ -53,14 +53,6 @@ impl Codes {
             .map(|live| live.scene.clone())
     }
 
-    /// Removes `code`; its scene if it was live.
-    pub(super) fn take(&mut self, code: &str, now: Instant) -> Option<Scene> {
-        self.by_digits
-            .remove(code)
-            .filter(|live| live.until > now)
-            .map(|live| live.scene)
-    }
-
     /// Removes `code` if it names `scene`; `true` if it was live.
     pub(super) fn release(&mut self, code: &str, scene: &Scene, now: Instant) -> bool {
         match self.by_digits.get(code) {
@@ -162,7 +154,8 @@ mod tests {
         assert_eq!(codes.len(), 1);
         // A lapsed code is free again, also before it is purged.
         assert!(codes.reserve("654321", &a, t0 + 3 * MINUTE, t0 + 4 * MINUTE));
-        assert_eq!(codes.take("654321", t0 + 3 * MINUTE), Some(a));
+        assert_eq!(codes.lookup("654321", t0 + 3 * MINUTE), Some(a.clone()));
+        assert!(codes.release("654321", &a, t0 + 3 * MINUTE));
         assert_eq!(codes.len(), 0);
     }
 

@@ -54,17 +54,6 @@ impl RedisStore {
         stored.map(scene_of).transpose()
     }
 
-    /// `GETDEL` (Redis 6.2, which the access token's `SET … PXAT` needs already): the read
-    /// and the removal are one command, so one caller gets the scene.
-    pub(super) async fn take_code(&self, code: &str) -> Result<Option<Scene>, StoreError> {
-        let stored: Option<String> = redis::cmd("GETDEL")
-            .arg(self.code_key(code))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(err)?;
-        stored.map(scene_of).transpose()
-    }
-
     /// Compare and delete (the script that releases a lock held by this instance).
     pub(super) async fn release_code(&self, code: &str, scene: &Scene) -> Result<bool, StoreError> {
         let deleted: i64 = self
