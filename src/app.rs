@@ -18,6 +18,7 @@ use crate::config::{Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
+use crate::login::oauth::{OauthFlow, OauthSettings};
 use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
 use crate::login::{CodePolicy, LoginService};
 use crate::metrics::Metrics;
@@ -79,6 +80,32 @@ fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
         Some(_) => tokens,
         None => tokens.used_ids_kept_in_this_process(),
     })
+}
+
+/// Login inside WeChat's browser, when `LOGIN_MODES` has `oauth` (the configuration checked
+/// that `PUBLIC_URL` is set then).
+fn oauth_flow(
+    config: &Config,
+    api: &WechatApi,
+    store: &Arc<dyn Store>,
+    tokens: &Arc<LoginTokens>,
+    metrics: &Arc<Metrics>,
+) -> Option<OauthFlow> {
+    let public_url = config
+        .public_url
+        .clone()
+        .filter(|_| config.login_modes.oauth)?;
+    Some(OauthFlow::new(
+        api.clone(),
+        Arc::clone(store),
+        Arc::clone(tokens),
+        OauthSettings {
+            open_base: config.wechat_open_base.clone(),
+            public_url,
+            return_origins: config.oauth_return_origins.clone(),
+        },
+        Arc::clone(metrics),
+    ))
 }
 
 /// What checking callbacks needs. In memory, the bindings of callbacks' queries die with the
@@ -220,6 +247,8 @@ impl App {
             observed.wechat_call(api, &result);
         }));
         let store = store(config)?;
+        let tokens = Arc::new(login_tokens(config)?);
+        let oauth = oauth_flow(config, &api, &store, &tokens, &metrics);
         let page_keys = Arc::new(PageKeys::new(
             Arc::clone(&store),
             config.api_token.clone(),
@@ -246,7 +275,7 @@ impl App {
         let login = LoginService::new(
             pool,
             store,
-            Arc::new(login_tokens(config)?),
+            tokens,
             (config.sse_timeout, config.result_keep),
             config.login_modes.qr,
             config.login_modes.code.then_some(CodePolicy {
@@ -273,6 +302,7 @@ impl App {
         let cancel = CancellationToken::new();
         let state = AppState::new(Shared {
             login: login.clone(),
+            oauth,
             api_token: config.api_token.clone(),
             callbacks: checker(config),
             reply_text: config.reply_text.clone(),

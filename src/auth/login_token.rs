@@ -3,8 +3,8 @@
 //! Signed with EdDSA (Ed25519; the public key is served at `/.well-known/jwks.json`) or, when
 //! `LOGIN_TOKEN_SECRET` is set, HS256 with that secret. Claims: `iss` = `wxlogin`, `sub` (the
 //! openid), `aud` (the page token's origin, or `LOGIN_TOKEN_AUDIENCE`), `appid`, `scene`,
-//! `event`, `iat`, `exp` (default 5 minutes later) and `jti` (a unique id, so
-//! `POST /login/verify` can accept each token once).
+//! `event`, `iat`, `exp` (default 5 minutes later), `jti` (a unique id, so
+//! `POST /login/verify` can accept each token once) and, when WeChat gave one, `unionId`.
 //!
 //! Verification checks what the signature alone cannot: that the token is wxlogin's (`iss`),
 //! for this deployment's account (`appid`), and for the audience asked for (the default one
@@ -43,7 +43,7 @@ pub struct LoginClaims {
     pub appid: String,
     /// The QR code's scene.
     pub scene: String,
-    /// `SCAN` or `subscribe`.
+    /// `SCAN`, `subscribe`, `code` or `oauth`.
     pub event: String,
     /// Issued at (seconds since the epoch).
     pub iat: u64,
@@ -51,6 +51,10 @@ pub struct LoginClaims {
     pub exp: u64,
     /// A unique id: a token is accepted once.
     pub jti: String,
+    /// The visitor's unionid, when WeChat gave one (a login inside WeChat of an account
+    /// bound to a WeChat Open Platform account).
+    #[serde(rename = "unionId", default, skip_serializing_if = "Option::is_none")]
+    pub union_id: Option<String>,
 }
 
 /// Why a login token was refused.
@@ -221,6 +225,18 @@ impl LoginTokens {
         event: &str,
         audience: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_with_union(openid, None, scene, event, audience)
+    }
+
+    /// [`LoginTokens::issue`], with the claim `unionId` when `union_id` is given.
+    pub fn issue_with_union(
+        &self,
+        openid: &str,
+        union_id: Option<&str>,
+        scene: &str,
+        event: &str,
+        audience: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = unix_now();
         let claims = LoginClaims {
             iss: ISSUER.into(),
@@ -235,6 +251,7 @@ impl LoginTokens {
                 Some(process) => format!("{process}.{}", random_id()),
                 None => random_id(),
             },
+            union_id: union_id.map(str::to_owned),
         };
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());

@@ -3,6 +3,8 @@
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`oauth`]: login inside WeChat's browser (`/oauth/authorize`, `/oauth/callback`,
+//!   `/oauth/result`).
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -20,6 +22,7 @@ pub mod forward;
 pub mod health;
 pub mod limits;
 pub mod login;
+pub mod oauth;
 pub mod qrcode;
 pub mod serve;
 pub mod sse;
@@ -42,6 +45,7 @@ use self::forward::Forwarder;
 use self::limits::Limits;
 use crate::auth::page_key::PageKeys;
 use crate::login::LoginService;
+use crate::login::oauth::OauthFlow;
 use crate::metrics::Metrics;
 use crate::wechat::callback::Checker;
 use crate::wechat::secret::Secret;
@@ -72,6 +76,8 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     /// The login flow.
     pub login: LoginService,
+    /// Login inside WeChat's browser, when `LOGIN_MODES` has `oauth`.
+    pub oauth: Option<OauthFlow>,
     /// `API_TOKEN`, compared in constant time.
     pub api_token: Secret,
     /// What checking a callback needs: `MP_TOKEN`, the appid, the safe-mode keys.
@@ -111,6 +117,9 @@ pub fn router(state: AppState) -> Router {
         .route("/login/{scene}/status", get(login::status))
         .route("/login/verify", post(login::verify))
         .route("/tokens", post(login::mint))
+        .route("/oauth/authorize", get(oauth::authorize))
+        .route("/oauth/callback", get(oauth::callback))
+        .route("/oauth/result", post(oauth::result))
         .route("/.well-known/jwks.json", get(login::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

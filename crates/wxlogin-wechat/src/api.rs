@@ -1,6 +1,7 @@
-//! The WeChat API client: `stable_token` and `qrcode/create`, with timeouts and retries of
-//! WeChat's "busy" answer.
+//! The WeChat API client: `stable_token`, `qrcode/create` and the web authorization's code
+//! exchange (`sns/oauth2/access_token`), with timeouts and retries of WeChat's "busy" answer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, RequestError, errcode};
 use super::http::HttpClient;
-use super::ids::{Scene, Ticket};
+use super::ids::{OpenId, Scene, Ticket};
 use super::secret::Secret;
 
 /// The address of the real WeChat API.
@@ -130,6 +131,45 @@ struct QrReply {
     ticket: String,
     expire_seconds: serde_json::Number,
     url: String,
+}
+
+/// What `sns/oauth2/access_token` answers; only who the visitor is is read (the web access
+/// token in the reply is not, so it cannot be printed).
+#[derive(Debug, Deserialize)]
+struct OauthReply {
+    openid: String,
+    #[serde(default)]
+    unionid: Option<String>,
+}
+
+/// Who a web authorization named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OauthIdentity {
+    /// The visitor's openid for this account: the same one a scan of its QR code gives.
+    pub openid: OpenId,
+    /// The visitor's unionid, when the account is bound to a WeChat Open Platform account.
+    pub unionid: Option<String>,
+}
+
+/// The address of WeChat's web authorization page (网页授权).
+pub const DEFAULT_OPEN_BASE: &str = "https://open.weixin.qq.com";
+
+/// The page WeChat shows (inside WeChat) to authorize `appid` silently (`snsapi_base`), which
+/// then returns the browser to `redirect_uri?code=CODE&state=STATE`. `state` is given back as
+/// it is: WeChat allows `a-zA-Z0-9`, at most 128 characters.
+pub fn authorize_url(open_base: &str, appid: &str, redirect_uri: &str, state: &str) -> String {
+    format!(
+        "{}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&scope=snsapi_base&state={}#wechat_redirect",
+        open_base.trim_end_matches('/'),
+        encode(appid),
+        encode(redirect_uri),
+        encode(state),
+    )
+}
+
+/// A query value, percent-encoded.
+fn encode(value: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
 }
 
 /// A number of seconds as WeChat sent it, saturated into an `i64` (fractions cut off).
@@ -265,16 +305,47 @@ impl WechatApi {
         })
     }
 
+    /// `GET /sns/oauth2/access_token`: the openid (and unionid) behind a web authorization
+    /// `code` (网页授权), which WeChat accepts once and for 5 minutes: errcode 40029 for a code
+    /// it does not know, 40163 for one exchanged before. The web access token in the reply is
+    /// not kept: `snsapi_base` asks for nothing more than who the visitor is.
+    pub async fn oauth_access_token(&self, code: &str) -> Result<OauthIdentity, ApiError> {
+        let url = format!(
+            "{}/sns/oauth2/access_token?appid={}&secret={}&code={}&grant_type=authorization_code",
+            self.base,
+            encode(&self.appid),
+            encode(self.secret.expose()),
+            encode(code),
+        );
+        let reply: OauthReply = self
+            .with_retry("oauth_access_token", || self.get_once(&url))
+            .await?;
+        Ok(OauthIdentity {
+            openid: OpenId::new(reply.openid),
+            unionid: reply.unionid.filter(|u| !u.is_empty()),
+        })
+    }
+
     async fn post_with_retry<B: Serialize, T: DeserializeOwned>(
         &self,
         api: &'static str,
         url: &str,
         body: &B,
     ) -> Result<T, ApiError> {
+        self.with_retry(api, || self.post_once(url, body)).await
+    }
+
+    /// Calls `call` until WeChat is not busy (a few times, with growing pauses), telling the
+    /// observer of each outcome as `api`.
+    async fn with_retry<T, F, Fut>(&self, api: &'static str, call: F) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
         let mut pause = BUSY_FIRST_PAUSE;
         let mut attempt = 1;
         loop {
-            let result = self.post_once(url, body).await;
+            let result = call().await;
             if let Some(observer) = &self.observer {
                 observer(api, result.as_ref().map(|_| ()));
             }
@@ -288,6 +359,18 @@ impl WechatApi {
                 other => return other,
             }
         }
+    }
+
+    async fn get_once<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
+        let bytes = self
+            .http
+            .get(url, MAX_REPLY_BYTES)
+            .await
+            .map_err(ApiError::Request)?
+            .ok_or(ApiError::TooLarge {
+                limit: MAX_REPLY_BYTES,
+            })?;
+        parse_reply(&bytes)
     }
 
     async fn post_once<B: Serialize, T: DeserializeOwned>(
@@ -387,6 +470,35 @@ mod tests {
             TOKEN_LIFE_MAX
         );
         assert_eq!(life(r#"{"access_token":"t","expires_in":3600.5}"#), 3600);
+    }
+
+    #[test]
+    fn the_authorize_url_encodes_the_redirect_and_ends_with_wechat_redirect() {
+        let url = authorize_url(
+            "https://open.weixin.qq.com/",
+            "wx1",
+            "https://login.example.com/oauth/callback",
+            "abc123",
+        );
+        assert_eq!(
+            url,
+            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx1&redirect_uri=https%3A%2F%2Flogin%2Eexample%2Ecom%2Foauth%2Fcallback&response_type=code&scope=snsapi_base&state=abc123#wechat_redirect"
+        );
+    }
+
+    #[test]
+    fn an_oauth_reply_gives_the_openid_and_a_unionid_when_there_is_one() {
+        let r: OauthReply = parse_reply(
+            br#"{"access_token":"T","expires_in":7200,"refresh_token":"R","openid":"oX","scope":"snsapi_base","unionid":"uY"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.openid.as_str(), r.unionid.as_deref()),
+            ("oX", Some("uY"))
+        );
+        let e = parse_reply::<OauthReply>(br#"{"errcode":40163,"errmsg":"code been used"}"#)
+            .unwrap_err();
+        assert_eq!(e.errcode(), Some(errcode::CODE_USED));
     }
 
     #[test]
