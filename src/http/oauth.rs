@@ -19,7 +19,7 @@ use super::error::HttpError;
 use crate::auth::page_token::normalize_origin;
 use crate::login::oauth::{Finished, OauthError, OauthFlow, STATE_TTL};
 
-/// The only account until accounts are many: the one of the environment.
+/// The account when none is named: the one of the environment.
 const DEFAULT_ACCOUNT: &str = "default";
 /// The longest code accepted from WeChat's redirect (WeChat's are 32 characters).
 const MAX_CODE: usize = 128;
@@ -30,7 +30,7 @@ const MAX_CODE: usize = 128;
 pub struct AuthorizeQuery {
     /// `API_TOKEN` or a page token (bound, if at all, to `return_to`'s origin).
     token: Option<String>,
-    /// The account to log in with: `default` (the only one), the default.
+    /// The account to log in with (`default` when absent).
     account: Option<String>,
     /// Where the browser returns, with `#wxlogin_oauth=<handle>`: a URL on an origin of
     /// `OAUTH_RETURN_ORIGINS`, without a fragment.
@@ -45,6 +45,8 @@ pub struct CallbackQuery {
     code: Option<String>,
     /// The state `GET /oauth/authorize` gave WeChat.
     state: Option<String>,
+    /// The account, for one other than `default` (wxlogin puts it in the `redirect_uri`).
+    account: Option<String>,
 }
 
 /// The body of `POST /oauth/result`.
@@ -52,10 +54,17 @@ pub struct CallbackQuery {
 pub struct ResultRequest {
     /// The handle from the fragment `#wxlogin_oauth=<handle>`.
     handle: String,
+    /// The account the login was started with (`default` when absent).
+    account: Option<String>,
 }
 
-fn flow(state: &AppState) -> Result<&OauthFlow, HttpError> {
-    state.oauth.as_ref().ok_or(HttpError::Forbidden(
+/// The web authorization of the account named `account` (`default` when absent).
+fn flow(state: &AppState, account: Option<&str>) -> Result<OauthFlow, HttpError> {
+    let account = state
+        .accounts
+        .get(account.unwrap_or(DEFAULT_ACCOUNT))
+        .ok_or_else(|| HttpError::BadRequest("unknown account".into()))?;
+    account.oauth.clone().ok_or(HttpError::Forbidden(
         "this account does not offer login inside WeChat (LOGIN_MODES has no oauth)",
     ))
 }
@@ -113,12 +122,7 @@ pub async fn authorize(
     State(state): State<AppState>,
     Query(q): Query<AuthorizeQuery>,
 ) -> Result<Response, HttpError> {
-    let flow = flow(&state)?;
-    if !matches!(q.account.as_deref(), None | Some(DEFAULT_ACCOUNT)) {
-        return Err(HttpError::BadRequest(
-            "unknown account: only default is served".into(),
-        ));
-    }
+    let flow = flow(&state, q.account.as_deref())?;
     let return_to = q
         .return_to
         .filter(|r| !r.is_empty())
@@ -159,7 +163,7 @@ pub async fn callback(
     Query(q): Query<CallbackQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let flow = flow(&state)?;
+    let flow = flow(&state, q.account.as_deref())?;
     let oauth_state = q
         .state
         .filter(|s| is_state(s))
@@ -204,8 +208,8 @@ pub async fn result(
     headers: HeaderMap,
     body: Result<Json<ResultRequest>, JsonRejection>,
 ) -> Result<Response, HttpError> {
-    let flow = flow(&state)?;
     let Json(req) = body.map_err(|e| HttpError::BadRequest(e.body_text()))?;
+    let flow = flow(&state, req.account.as_deref())?;
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())

@@ -135,7 +135,7 @@ struct Inner {
     tokens: Arc<LoginTokens>,
     /// `WECHAT_OPEN_BASE`.
     open_base: String,
-    /// `PUBLIC_URL` + `/oauth/callback`.
+    /// `PUBLIC_URL` + `/oauth/callback` (and the account).
     redirect_uri: String,
     /// `OAUTH_RETURN_ORIGINS`.
     return_origins: Vec<String>,
@@ -146,8 +146,8 @@ struct Inner {
 pub struct OauthSettings {
     /// `WECHAT_OPEN_BASE`.
     pub open_base: String,
-    /// `PUBLIC_URL`.
-    pub public_url: String,
+    /// Where WeChat returns the browser: `PUBLIC_URL` + `/oauth/callback` (and the account).
+    pub redirect_uri: String,
     /// `OAUTH_RETURN_ORIGINS`.
     pub return_origins: Vec<String>,
 }
@@ -186,10 +186,7 @@ impl OauthFlow {
                 store,
                 tokens,
                 open_base: settings.open_base,
-                redirect_uri: format!(
-                    "{}/oauth/callback",
-                    settings.public_url.trim_end_matches('/')
-                ),
+                redirect_uri: settings.redirect_uri,
                 return_origins: settings.return_origins,
                 metrics,
             }),
