@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_key::PageKeys;
 use crate::config::{Config, QR_LIFE_MARGIN};
+use crate::http::broker::Broker;
 use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
@@ -235,8 +236,10 @@ impl App {
                 "QR_DAILY_BUDGET is above WeChat's daily quota: only WeChat's own refusal (45009) will stop QR codes running out"
             );
         }
+        // One token for the QR pool, the unionid look-ups and the broker's callers.
+        let tokens = TokenCache::new(api, store.token_share());
         let pool = QrPool::new(
-            TokenCache::new(api, store.token_share()),
+            tokens.clone(),
             Arc::clone(&store),
             (config.pool_size, config.qr_ttl_secs),
             config.sse_timeout + QR_LIFE_MARGIN,
@@ -283,6 +286,10 @@ impl App {
             limits: Arc::clone(&limits),
             forwarder,
             sse_keepalive: config.sse_keepalive,
+            broker: config
+                .token_broker_key
+                .clone()
+                .map(|key| Broker::new(key, tokens.clone())),
             shutdown: cancel.clone(),
         });
         let mut router = http::router(state);

@@ -109,6 +109,12 @@ pub struct Config {
     /// `ACCOUNT_QRCODE_URL`: the account's own follow QR image, shown to visitors in code-only
     /// mode so that one who does not follow yet can.
     pub account_qrcode_url: Option<String>,
+    /// `TOKEN_BROKER_KEY`: when set, the company's other services may read the account's
+    /// access token (`GET /wechat/{account}/access_token`) with this key, instead of fetching
+    /// their own and invalidating each other's. Never `API_TOKEN`, which pages hold.
+    pub token_broker_key: Option<Secret>,
+    /// `USER_INFO`: after a login, ask WeChat for the user's unionid (`user/info`).
+    pub user_info: bool,
 }
 
 /// `LOGIN_MODES`: which ways of logging in a stream offers. At least one is on.
@@ -456,11 +462,8 @@ impl Config {
         {
             return Err(problem("FORWARD_URL", "must be an http(s) URL"));
         }
-        let demo_page = match get("DEMO_PAGE").as_deref() {
-            None | Some("false" | "0" | "no") => false,
-            Some("true" | "1" | "yes") => true,
-            Some(_) => return Err(problem("DEMO_PAGE", "must be true or false")),
-        };
+        let demo_page = flag(&get, "DEMO_PAGE")?;
+        let user_info = flag(&get, "USER_INFO")?;
         let login_modes = match get("LOGIN_MODES") {
             None => LoginModes::BOTH,
             Some(v) => LoginModes::parse(&v).ok_or_else(|| {
@@ -507,6 +510,21 @@ impl Config {
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
         }
+        let token_broker_key = get("TOKEN_BROKER_KEY");
+        if let Some(key) = &token_broker_key {
+            if key.len() < 16 {
+                return Err(problem(
+                    "TOKEN_BROKER_KEY",
+                    "must be at least 16 characters",
+                ));
+            }
+            if *key == api_token || get("METRICS_TOKEN").as_ref() == Some(key) {
+                return Err(problem(
+                    "TOKEN_BROKER_KEY",
+                    "must differ from API_TOKEN and METRICS_TOKEN (it grants the access token)",
+                ));
+            }
+        }
         Ok(Self {
             api_token: Secret::new(api_token),
             appid: required("APPID")?,
@@ -543,7 +561,18 @@ impl Config {
             code_digits,
             code_attempts_per_min,
             account_qrcode_url,
+            token_broker_key: token_broker_key.map(Secret::new),
+            user_info,
         })
+    }
+}
+
+/// A true/false setting, `false` when unset.
+fn flag(get: &impl Fn(&str) -> Option<String>, setting: &'static str) -> Result<bool, ConfigError> {
+    match get(setting).as_deref() {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(_) => Err(problem(setting, "must be true or false")),
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`broker`]: the account's access token for the company's other services.
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -14,6 +15,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod broker;
 pub mod docs;
 pub mod error;
 pub mod forward;
@@ -38,6 +40,7 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::broker::Broker;
 use self::forward::Forwarder;
 use self::limits::Limits;
 use crate::auth::page_key::PageKeys;
@@ -92,6 +95,8 @@ pub struct Shared {
     pub forwarder: Option<Forwarder>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
+    /// The token broker, with `TOKEN_BROKER_KEY`.
+    pub broker: Option<Broker>,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: CancellationToken,
 }
@@ -112,6 +117,11 @@ pub fn router(state: AppState) -> Router {
         .route("/login/verify", post(login::verify))
         .route("/tokens", post(login::mint))
         .route("/.well-known/jwks.json", get(login::jwks))
+        .route("/wechat/{account}/access_token", get(broker::access_token))
+        .route(
+            "/wechat/{account}/access_token/refresh",
+            post(broker::refresh),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -22,4 +22,5 @@ mod sandbox;
 mod sessions;
 mod startup;
 mod streams;
+mod token_broker;
 mod wechat_faults;
