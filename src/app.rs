@@ -12,23 +12,18 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::{Accounts, BuildError, Builder};
 use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_key::PageKeys;
-use crate::config::{Config, QR_LIFE_MARGIN};
+use crate::config::Config;
 use crate::http::broker::Broker;
-use crate::http::forward::Forwarder;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
-use crate::login::pool::{DAILY_QR_QUOTA, QrPool};
-use crate::login::{CodePolicy, LoginService};
+use crate::login::LoginService;
+use crate::login::pool::DAILY_QR_QUOTA;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSetupError, RedisStore, redact_url};
-use crate::wechat::api::WechatApi;
-use crate::wechat::callback::Checker;
-use crate::wechat::error::ApiError;
-use crate::wechat::token::TokenCache;
 
 /// How often expired sessions and keys are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,12 +40,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// The WeChat client could not be built.
-    #[error("cannot set up the WeChat client: {0}")]
-    Wechat(#[from] ApiError),
-    /// The HTTP client for `FORWARD_URL` could not be built.
-    #[error("cannot set up the client for FORWARD_URL: {0}")]
-    Forward(#[source] reqwest::Error),
+    /// An account's runtime could not be built.
+    #[error(transparent)]
+    Account(#[from] BuildError),
     /// The login token key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -65,9 +57,10 @@ pub enum AppError {
 /// The login token issuer the configuration asks for: HS256 with `LOGIN_TOKEN_SECRET`, else
 /// EdDSA with the key in `LOGIN_TOKEN_KEY_FILE`, else EdDSA with a key made now. Without
 /// Redis the used token ids are kept in this process only, so it accepts only its own tokens.
+/// Its appid is the default account's; each account issues with its own.
 fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
     let (appid, audience, ttl) = (
-        config.appid.as_str(),
+        config.default_account().appid.as_str(),
         config.login_token_audience.as_str(),
         config.login_token_ttl,
     );
@@ -80,21 +73,6 @@ fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
         Some(_) => tokens,
         None => tokens.used_ids_kept_in_this_process(),
     })
-}
-
-/// What checking callbacks needs. In memory, the bindings of callbacks' queries die with the
-/// process: callbacks signed before it started are refused, so none can be replayed.
-fn checker(config: &Config) -> Checker {
-    let checker = Checker::new(
-        config.mp_token.clone(),
-        config.appid.clone(),
-        config.aes_keys.clone(),
-    );
-    match &config.redis_url {
-        Some(_) => checker,
-        None => checker
-            .refusing_signed_before(i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX)),
-    }
 }
 
 /// Pending connections the kernel may queue. A burst of browsers opening streams at once
@@ -118,39 +96,28 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct App {
     listener: TcpListener,
     router: Router,
-    login: LoginService,
+    accounts: Arc<Accounts>,
     page_keys: Arc<PageKeys>,
     limits: Arc<Limits>,
     cancel: CancellationToken,
     grace: Duration,
 }
 
-/// The `User-Agent` of wxlogin's calls to the WeChat API.
-pub const USER_AGENT: &str = concat!("wxlogin/", env!("CARGO_PKG_VERSION"));
-
-/// The WeChat API client of `config`'s account (for the app and `wxlogin check`).
-pub fn wechat_api(config: &Config) -> Result<WechatApi, ApiError> {
-    WechatApi::new(
-        &config.wechat_api_base,
-        config.appid.clone(),
-        config.secret_key.clone(),
-        config.wechat_timeout,
-    )?
-    .with_user_agent(USER_AGENT)
-}
-
-/// The store the configuration asks for: Redis with `REDIS_URL` (several instances), else
-/// memory (one process).
-fn store(config: &Config) -> Result<Arc<dyn Store>, RedisSetupError> {
-    match &config.redis_url {
-        Some(url) => {
-            // Random per process: names this instance's streams and inbox in Redis.
-            let instance: Arc<str> = crate::auth::random_id()[..12].into();
-            tracing::info!(redis = %redact_url(url.expose()), %instance, "state is shared in Redis");
-            Ok(Arc::new(RedisStore::new(url, &config.appid, instance)?))
-        }
-        None => Ok(Arc::new(MemoryStore::new())),
-    }
+/// The shared Redis when `REDIS_URL` is set (several instances), its keys those of the
+/// default account; each account takes its own keys in it ([`RedisStore::for_appid`]).
+/// Without, every account keeps its state in memory (one process).
+fn redis(config: &Config) -> Result<Option<RedisStore>, RedisSetupError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    // Random per process: names this instance's streams and inbox in Redis.
+    let instance: Arc<str> = crate::auth::random_id()[..12].into();
+    tracing::info!(redis = %redact_url(url.expose()), %instance, "state is shared in Redis");
+    Ok(Some(RedisStore::new(
+        url,
+        &config.default_account().appid,
+        instance,
+    )?))
 }
 
 /// `wxlogin serve`: the service against the real WeChat API until `shutdown`; with
@@ -210,19 +177,25 @@ impl App {
         extra: Option<Router>,
     ) -> Result<Self, AppError> {
         let metrics = Metrics::new();
-        let observed = Arc::clone(&metrics);
-        let api = wechat_api(config)?.with_observer(Arc::new(move |api, result| {
-            let result = match result {
-                Ok(()) => "ok".to_owned(),
-                Err(ApiError::Wechat { errcode, .. }) => errcode.to_string(),
-                Err(ApiError::Parse { .. } | ApiError::TooLarge { .. }) => "unreadable".to_owned(),
-                Err(_) => "request_error".to_owned(),
-            };
-            observed.wechat_call(api, &result);
-        }));
-        let store = store(config)?;
+        let redis = redis(config)?;
+        let cancel = CancellationToken::new();
+        let accounts = Arc::new(Accounts::start(
+            Builder::new(
+                config,
+                redis.clone(),
+                login_tokens(config)?,
+                Arc::clone(&metrics),
+            ),
+            cancel.clone(),
+        )?);
+        // Page tokens are the deployment's, not an account's: their key is kept with the
+        // default account's state as it was at start-up.
+        let page_store: Arc<dyn Store> = match &redis {
+            Some(redis) => Arc::new(redis.clone()),
+            None => Arc::clone(accounts.default_account().login.store()),
+        };
         let page_keys = Arc::new(PageKeys::new(
-            Arc::clone(&store),
+            page_store,
             config.api_token.clone(),
             config.page_token_ttl,
         ));
@@ -236,28 +209,6 @@ impl App {
                 "QR_DAILY_BUDGET is above WeChat's daily quota: only WeChat's own refusal (45009) will stop QR codes running out"
             );
         }
-        // One token for the QR pool, the unionid look-ups and the broker's callers.
-        let tokens = TokenCache::new(api, store.token_share());
-        let pool = QrPool::new(
-            tokens.clone(),
-            Arc::clone(&store),
-            (config.pool_size, config.qr_ttl_secs),
-            config.sse_timeout + QR_LIFE_MARGIN,
-            config.qr_daily_budget,
-            Arc::clone(&metrics),
-        );
-        let login = LoginService::new(
-            pool,
-            store,
-            Arc::new(login_tokens(config)?),
-            (config.sse_timeout, config.result_keep),
-            config.login_modes.qr,
-            config.login_modes.code.then_some(CodePolicy {
-                length: config.code_digits,
-                attempts_per_min: config.code_attempts_per_min,
-            }),
-            Arc::clone(&metrics),
-        );
         let max_streams = config.max_streams.unwrap_or_else(default_max_streams);
         if let Err(e) = reserve_fd_table(&listener, max_streams) {
             tracing::warn!(error = %e, "cannot size the file table at startup; it grows as streams come");
@@ -269,27 +220,15 @@ impl App {
             trusted: config.trusted_proxies.clone(),
             max_streams,
         }));
-        let forwarder = match &config.forward_url {
-            Some(url) => Some(Forwarder::new(url).map_err(AppError::Forward)?),
-            None => None,
-        };
-        let cancel = CancellationToken::new();
         let state = AppState::new(Shared {
-            login: login.clone(),
+            accounts: Arc::clone(&accounts),
             api_token: config.api_token.clone(),
-            callbacks: checker(config),
-            reply_text: config.reply_text.clone(),
-            account_qrcode_url: config.account_qrcode_url.clone(),
             page_keys: Arc::clone(&page_keys),
             metrics,
             metrics_token: config.metrics_token.clone(),
             limits: Arc::clone(&limits),
-            forwarder,
             sse_keepalive: config.sse_keepalive,
-            broker: config
-                .token_broker_key
-                .clone()
-                .map(|key| Broker::new(key, tokens.clone())),
+            broker: config.token_broker_key.clone().map(Broker::new),
             shutdown: cancel.clone(),
         });
         let mut router = http::router(state);
@@ -299,7 +238,7 @@ impl App {
         Ok(Self {
             listener,
             router: http::common_layers(router),
-            login,
+            accounts,
             page_keys,
             limits,
             cancel,
@@ -312,9 +251,14 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// The login flow, for inspection (tests, the sandbox).
+    /// The default account's login flow, for inspection (tests, the sandbox).
     pub fn login(&self) -> LoginService {
-        self.login.clone()
+        self.accounts.default_account().login.clone()
+    }
+
+    /// The accounts served.
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
     }
 
     /// Serves until `shutdown` completes. Then the listener closes, open streams get an
@@ -327,31 +271,21 @@ impl App {
         let Self {
             listener,
             router,
-            login,
+            accounts,
             page_keys,
             limits,
             cancel,
             grace,
         } = self;
         let keys = tokio::spawn(page_keys.keep_loaded(cancel.child_token()));
-        // Without QR codes (LOGIN_MODES=code) the pool never starts: no access token, no
-        // WeChat API call at all.
-        let refill_pool = login.shows_qr().then(|| login.pool().clone());
-        let refill_cancel = cancel.child_token();
-        let refill = tokio::spawn(async move {
-            if let Some(pool) = refill_pool {
-                pool.run_refill(refill_cancel).await;
-            }
-        });
-        let inbox = tokio::spawn(login.clone().run_inbox(cancel.child_token()));
         let purge_cancel = cancel.child_token();
-        let purge_login = login.clone();
+        let purge_accounts = Arc::clone(&accounts);
         let purge = tokio::spawn(async move {
             let mut tick = tokio::time::interval(PURGE_INTERVAL);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        purge_login.purge_expired();
+                        purge_accounts.purge_expired();
                         limits.purge();
                     }
                     () = purge_cancel.cancelled() => return,
@@ -376,7 +310,7 @@ impl App {
             }
         };
         cancel.cancel();
-        let _ = tokio::join!(refill, purge, inbox, keys);
+        let _ = tokio::join!(purge, keys, accounts.stopped());
         served.map_err(AppError::Serve)
     }
 }

@@ -44,16 +44,16 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
         true,
         &format!(
             "configuration (appid {}, WeChat API {}, safe mode {})",
-            config.appid,
+            config.default_account().appid,
             config.wechat_api_base,
-            if config.aes_keys.is_some() {
+            if config.default_account().aes_keys.is_some() {
                 "on"
             } else {
                 "off"
             }
         ),
     );
-    let api = match crate::app::wechat_api(&config) {
+    let api = match crate::accounts::wechat_api(&config, config.default_account()) {
         Ok(api) => api,
         Err(e) => {
             line(false, &format!("WeChat client: {e}"));
@@ -63,7 +63,7 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
             };
         }
     };
-    let token = if config.login_modes.qr {
+    let token = if config.default_account().login_modes.qr {
         api.stable_token(false).await
     } else {
         // Code-only: WeChat's API is never called; what the mode needs (APPID, MP_TOKEN, the
@@ -105,7 +105,7 @@ async fn with_redis(config: &Config, mut text: String, mut passed: bool) -> Repo
     };
     if let Some(url) = &config.redis_url {
         let shown = redact_url(url.expose());
-        match RedisStore::new(url, &config.appid, Arc::from("check")) {
+        match RedisStore::new(url, &config.default_account().appid, Arc::from("check")) {
             Err(e) => passed &= line(false, &format!("Redis: {e}")),
             Ok(store) => {
                 let pinged = tokio::time::timeout(Duration::from_secs(3), store.ping()).await;

@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use sha2::Digest as _;
 
 use crate::login::code::CodeLength;
 use crate::wechat::api::DEFAULT_BASE;
@@ -34,12 +37,6 @@ pub const QR_LIFE_MARGIN: Duration = Duration::from_secs(60);
 pub struct Config {
     /// `API_TOKEN`: what a page passes to `/sse?token=`.
     pub api_token: Secret,
-    /// `APPID`: the Official Account's appid.
-    pub appid: String,
-    /// `SECRET_KEY`: the account's appsecret.
-    pub secret_key: Secret,
-    /// `MP_TOKEN`: the callback Token set in the WeChat console.
-    pub mp_token: Secret,
     /// `BIND`: where to listen.
     pub bind: SocketAddr,
     /// `WECHAT_API_BASE`: the WeChat API (tests and the sandbox point it at the fake).
@@ -54,8 +51,6 @@ pub struct Config {
     pub qr_ttl_secs: u32,
     /// `WECHAT_TIMEOUT_MS`: the bound on one WeChat API call.
     pub wechat_timeout: Duration,
-    /// `ENCODING_AES_KEY` (and `ENCODING_AES_KEY_PREVIOUS` during a rotation): safe mode.
-    pub aes_keys: Option<KeyRing>,
     /// `LOGIN_TOKEN_SECRET`: sign login tokens with HS256 and this secret instead of EdDSA.
     pub login_token_secret: Option<Secret>,
     /// `LOGIN_TOKEN_KEY_FILE`: the Ed25519 key (PKCS#8 PEM) for login tokens; generated at
@@ -71,9 +66,6 @@ pub struct Config {
     /// (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); one process, in memory,
     /// when unset. A secret: it may carry a password.
     pub redis_url: Option<Secret>,
-    /// `REPLY_TEXT`: the text reply the user sees in WeChat after a login scan (`{time}` is
-    /// replaced by the time); `success` (no reply) when unset.
-    pub reply_text: Option<String>,
     /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <it>`.
     pub metrics_token: Option<Secret>,
     /// `SSE_PER_IP_PER_MIN`: new streams one client IP may open per minute (0: no limit).
@@ -95,26 +87,256 @@ pub struct Config {
     /// `RESULT_KEEP_SECS`: how long a result handed to its stream stays for that stream's
     /// reconnect (and for the status endpoint).
     pub result_keep: Duration,
-    /// `FORWARD_URL`: where callbacks that are not login scans are passed on.
-    pub forward_url: Option<String>,
     /// `DEMO_PAGE`: serve the demo page at `/` in serve mode.
     pub demo_page: bool,
-    /// `LOGIN_MODES`: how visitors log in (QR code, login code, or both).
-    pub login_modes: LoginModes,
+    /// `TOKEN_BROKER_KEY`: when set, the company's other services may read an account's
+    /// access token (`GET /wechat/{account}/access_token`) with this key, instead of fetching
+    /// their own and invalidating each other's. Never `API_TOKEN`, which pages hold.
+    pub token_broker_key: Option<Secret>,
     /// `CODE_DIGITS`: the length of login codes.
     pub code_digits: CodeLength,
     /// `CODE_ATTEMPTS_PER_MIN`: code attempts one sender may make per minute; past it their
     /// messages are not matched.
     pub code_attempts_per_min: u32,
+    /// The Official Accounts served: the one of the environment (`APPID`, `SECRET_KEY`...),
+    /// named `default`.
+    pub accounts: AccountSet,
+}
+
+/// A name of an account: what `/wechat_event/{account}` and `?account=` say. A short slug
+/// (lower-case letters, digits, `-` and `_`, at most 32, starting with a letter or digit), so
+/// that it is safe in a URL, a metric label and a log line as it is.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountName(Arc<str>);
+
+impl AccountName {
+    /// The longest name.
+    pub const MAX_LEN: usize = 32;
+
+    /// `default`: the account of the environment, and of the plain `/wechat_event`.
+    pub fn default_name() -> Self {
+        Self("default".into())
+    }
+
+    /// `s` if it is a valid name.
+    pub fn parse(s: &str) -> Option<Self> {
+        let valid = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'-' || b == b'_'))
+            });
+        valid.then(|| Self(s.into()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is `default`.
+    pub fn is_default(&self) -> bool {
+        &*self.0 == "default"
+    }
+}
+
+impl std::fmt::Display for AccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for AccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// One Official Account's settings: the environment's (`APPID`, `SECRET_KEY`, ...; the account
+/// named `default`), or one `[[account]]` table of `ACCOUNTS_FILE`, which names the same
+/// settings in lower case. Checked alike wherever they come from.
+#[derive(Clone, Debug)]
+pub struct AccountConfig {
+    /// The account's name (`default` for the environment's).
+    pub name: AccountName,
+    /// `APPID`: the Official Account's appid.
+    pub appid: String,
+    /// `SECRET_KEY`: the account's appsecret (empty when only login codes are on).
+    pub secret_key: Secret,
+    /// `MP_TOKEN`: the callback Token set in the WeChat console.
+    pub mp_token: Secret,
+    /// `ENCODING_AES_KEY` (and `ENCODING_AES_KEY_PREVIOUS` during a rotation): safe mode.
+    pub aes_keys: Option<KeyRing>,
+    /// `LOGIN_MODES`: how visitors log in (QR code, login code, or both).
+    pub login_modes: LoginModes,
+    /// `REPLY_TEXT`: the text reply the user sees in WeChat after a login scan (`{time}` is
+    /// replaced by the time); `success` (no reply) when unset.
+    pub reply_text: Option<String>,
+    /// `FORWARD_URL`: where callbacks that are not login scans are passed on.
+    pub forward_url: Option<String>,
     /// `ACCOUNT_QRCODE_URL`: the account's own follow QR image, shown to visitors in code-only
     /// mode so that one who does not follow yet can.
     pub account_qrcode_url: Option<String>,
-    /// `TOKEN_BROKER_KEY`: when set, the company's other services may read the account's
-    /// access token (`GET /wechat/{account}/access_token`) with this key, instead of fetching
-    /// their own and invalidating each other's. Never `API_TOKEN`, which pages hold.
-    pub token_broker_key: Option<Secret>,
-    /// `USER_INFO`: after a login, ask WeChat for the user's unionid (`user/info`).
+    /// `USER_INFO`: fetch the user's profile (unionid) at login.
     pub user_info: bool,
+    /// A digest of every value above: an account whose digest is unchanged on a reload is
+    /// kept as it runs.
+    fingerprint: [u8; 32],
+}
+
+impl AccountConfig {
+    /// Whether `other` has the same name and the very same settings (secrets included).
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.name == other.name && self.fingerprint == other.fingerprint
+    }
+
+    /// Reads an account's settings through `get`, which answers the environment variables'
+    /// names (the file's lower-case keys are looked up under them), trimmed, empty as unset.
+    fn read(name: AccountName, get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |k: &'static str| get(k).ok_or_else(|| problem(k, "is missing"));
+        let aes_keys = aes_keys(get)?;
+        let forward_url = get("FORWARD_URL");
+        if forward_url
+            .as_ref()
+            .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(problem("FORWARD_URL", "must be an http(s) URL"));
+        }
+        let login_modes = match get("LOGIN_MODES") {
+            None => LoginModes::BOTH,
+            Some(v) => LoginModes::parse(&v).ok_or_else(|| {
+                problem(
+                    "LOGIN_MODES",
+                    format!("must be qr, code or qr,code, not {v:?}"),
+                )
+            })?,
+        };
+        let account_qrcode_url = get("ACCOUNT_QRCODE_URL");
+        if account_qrcode_url.as_ref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with('/'))
+        }) {
+            return Err(problem(
+                "ACCOUNT_QRCODE_URL",
+                "must be an http(s) URL or a path",
+            ));
+        }
+        let user_info = match get("USER_INFO").as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(_) => return Err(problem("USER_INFO", "must be true or false")),
+        };
+        // Without QR codes no access token is needed, hence no appsecret.
+        let secret_key = if login_modes.qr {
+            required("SECRET_KEY")?
+        } else {
+            get("SECRET_KEY").unwrap_or_default()
+        };
+        let appid = required("APPID")?;
+        let mp_token = required("MP_TOKEN")?;
+        let mut digest = sha2::Sha256::new();
+        for k in ACCOUNT_SETTINGS {
+            digest.update(k.as_bytes());
+            digest.update([0]);
+            digest.update(get(k).unwrap_or_default().as_bytes());
+            digest.update([0]);
+        }
+        Ok(Self {
+            name,
+            appid,
+            secret_key: Secret::new(secret_key),
+            mp_token: Secret::new(mp_token),
+            aes_keys,
+            login_modes,
+            reply_text: get("REPLY_TEXT"),
+            forward_url,
+            account_qrcode_url,
+            user_info,
+            fingerprint: digest.finalize().into(),
+        })
+    }
+}
+
+/// The settings of one account, by their environment variables' names.
+pub const ACCOUNT_SETTINGS: [&str; 10] = [
+    "APPID",
+    "SECRET_KEY",
+    "MP_TOKEN",
+    "ENCODING_AES_KEY",
+    "ENCODING_AES_KEY_PREVIOUS",
+    "LOGIN_MODES",
+    "REPLY_TEXT",
+    "FORWARD_URL",
+    "ACCOUNT_QRCODE_URL",
+    "USER_INFO",
+];
+
+/// The safe-mode keys of `ENCODING_AES_KEY` and `ENCODING_AES_KEY_PREVIOUS`, if set.
+fn aes_keys(get: &impl Fn(&str) -> Option<String>) -> Result<Option<KeyRing>, ConfigError> {
+    let Some(current) = get("ENCODING_AES_KEY") else {
+        if get("ENCODING_AES_KEY_PREVIOUS").is_some() {
+            return Err(problem(
+                "ENCODING_AES_KEY_PREVIOUS",
+                "is set without ENCODING_AES_KEY",
+            ));
+        }
+        return Ok(None);
+    };
+    let check = |k: &'static str, v: &str| {
+        crate::wechat::crypto::AesKey::from_encoding_aes_key(v).map_err(|_| {
+            problem(
+                k,
+                "must be the 43-character EncodingAESKey from the WeChat console",
+            )
+        })
+    };
+    let current_key = check("ENCODING_AES_KEY", &current)?;
+    let previous_key = match get("ENCODING_AES_KEY_PREVIOUS").as_deref() {
+        Some(p) => Some(check("ENCODING_AES_KEY_PREVIOUS", p)?),
+        None => None,
+    };
+    Ok(Some(KeyRing::new(current_key, previous_key)))
+}
+
+/// The accounts a process serves: names and appids unique, `default` among them.
+#[derive(Clone, Debug)]
+pub struct AccountSet {
+    /// `default` first.
+    accounts: Vec<AccountConfig>,
+}
+
+impl AccountSet {
+    /// The set of `accounts`, checked: exactly one named `default`, no name or appid twice.
+    pub fn new(mut accounts: Vec<AccountConfig>) -> Result<Self, String> {
+        accounts
+            .sort_by(|a, b| (!a.name.is_default(), &a.name).cmp(&(!b.name.is_default(), &b.name)));
+        if !accounts.first().is_some_and(|a| a.name.is_default()) {
+            return Err("no account is named default".into());
+        }
+        for pair in accounts.windows(2) {
+            if pair[0].name == pair[1].name {
+                return Err(format!("the account {} is defined twice", pair[0].name));
+            }
+        }
+        for (i, a) in accounts.iter().enumerate() {
+            if let Some(b) = accounts[..i].iter().find(|b| b.appid == a.appid) {
+                return Err(format!(
+                    "the accounts {} and {} have the same appid",
+                    b.name, a.name
+                ));
+            }
+        }
+        Ok(Self { accounts })
+    }
+
+    /// The account named `default`.
+    pub fn default_account(&self) -> &AccountConfig {
+        // `new` put it first, and there is always one.
+        &self.accounts[0]
+    }
+
+    /// Every account, `default` first.
+    pub fn iter(&self) -> impl Iterator<Item = &AccountConfig> {
+        self.accounts.iter()
+    }
 }
 
 /// `LOGIN_MODES`: which ways of logging in a stream offers. At least one is on.
@@ -297,6 +519,11 @@ impl Settings {
 }
 
 impl Config {
+    /// The account named `default` (the plain `/wechat_event`, `/sse` without `?account=`).
+    pub fn default_account(&self) -> &AccountConfig {
+        self.accounts.default_account()
+    }
+
     /// Reads `.env` (if present in the working directory) and the environment.
     pub fn load() -> Result<Self, ConfigError> {
         Settings::load(".env")?.config()
@@ -345,32 +572,6 @@ impl Config {
         if !(base.starts_with("https://") || base.starts_with("http://")) {
             return Err(problem("WECHAT_API_BASE", "must be an http(s) URL"));
         }
-        let aes_keys = match get("ENCODING_AES_KEY") {
-            None if get("ENCODING_AES_KEY_PREVIOUS").is_some() => {
-                return Err(problem(
-                    "ENCODING_AES_KEY_PREVIOUS",
-                    "is set without ENCODING_AES_KEY",
-                ));
-            }
-            None => None,
-            Some(current) => {
-                let previous = get("ENCODING_AES_KEY_PREVIOUS");
-                let check = |k: &'static str, v: &str| {
-                    crate::wechat::crypto::AesKey::from_encoding_aes_key(v).map_err(|_| {
-                        problem(
-                            k,
-                            "must be the 43-character EncodingAESKey from the WeChat console",
-                        )
-                    })
-                };
-                let current_key = check("ENCODING_AES_KEY", &current)?;
-                let previous_key = match previous.as_deref() {
-                    Some(p) => Some(check("ENCODING_AES_KEY_PREVIOUS", p)?),
-                    None => None,
-                };
-                Some(KeyRing::new(current_key, previous_key))
-            }
-        };
         let login_token_ttl: u64 = parse_or(&get, "LOGIN_TOKEN_TTL_SECS", 300)?;
         if !(10..=86_400).contains(&login_token_ttl) {
             return Err(problem(
@@ -455,23 +656,10 @@ impl Config {
         if !(1..=3600).contains(&result_keep) {
             return Err(problem("RESULT_KEEP_SECS", "must be between 1 and 3600"));
         }
-        let forward_url = get("FORWARD_URL");
-        if forward_url
-            .as_ref()
-            .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-        {
-            return Err(problem("FORWARD_URL", "must be an http(s) URL"));
-        }
-        let demo_page = flag(&get, "DEMO_PAGE")?;
-        let user_info = flag(&get, "USER_INFO")?;
-        let login_modes = match get("LOGIN_MODES") {
-            None => LoginModes::BOTH,
-            Some(v) => LoginModes::parse(&v).ok_or_else(|| {
-                problem(
-                    "LOGIN_MODES",
-                    format!("must be qr, code or qr,code, not {v:?}"),
-                )
-            })?,
+        let demo_page = match get("DEMO_PAGE").as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(_) => return Err(problem("DEMO_PAGE", "must be true or false")),
         };
         let code_digits: u8 = parse_or(&get, "CODE_DIGITS", CodeLength::DEFAULT.digits())?;
         let code_digits = CodeLength::new(code_digits).ok_or_else(|| {
@@ -491,21 +679,9 @@ impl Config {
                 "must be between 1 and 1000",
             ));
         }
-        let account_qrcode_url = get("ACCOUNT_QRCODE_URL");
-        if account_qrcode_url.as_ref().is_some_and(|u| {
-            !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with('/'))
-        }) {
-            return Err(problem(
-                "ACCOUNT_QRCODE_URL",
-                "must be an http(s) URL or a path",
-            ));
-        }
-        // Without QR codes no access token is needed, hence no appsecret.
-        let secret_key = if login_modes.qr {
-            required("SECRET_KEY")?
-        } else {
-            get("SECRET_KEY").unwrap_or_default()
-        };
+        let env_account = AccountConfig::read(AccountName::default_name(), &get)?;
+        let accounts =
+            AccountSet::new(vec![env_account]).map_err(|e| problem("ACCOUNTS_FILE", e))?;
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
@@ -527,9 +703,6 @@ impl Config {
         }
         Ok(Self {
             api_token: Secret::new(api_token),
-            appid: required("APPID")?,
-            secret_key: Secret::new(secret_key),
-            mp_token: Secret::new(required("MP_TOKEN")?),
             bind: parse_or(&get, "BIND", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             wechat_api_base: base,
             sse_timeout: Duration::from_secs(sse_timeout_secs),
@@ -538,13 +711,11 @@ impl Config {
             // Checked above to be at most MAX_QR_TTL_SECS, which fits.
             qr_ttl_secs: u32::try_from(qr_ttl).unwrap_or(u32::MAX),
             wechat_timeout: Duration::from_millis(wechat_timeout_ms),
-            aes_keys,
             login_token_secret: login_token_secret.map(Secret::new),
             login_token_key_file: get("LOGIN_TOKEN_KEY_FILE").map(PathBuf::from),
             login_token_ttl: Duration::from_secs(login_token_ttl),
             login_token_audience: get("LOGIN_TOKEN_AUDIENCE").unwrap_or_else(|| "wxlogin".into()),
             page_token_ttl: Duration::from_secs(page_token_ttl),
-            reply_text: get("REPLY_TEXT"),
             redis_url: redis_url.map(Secret::new),
             metrics_token: get("METRICS_TOKEN").map(Secret::new),
             sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
@@ -555,24 +726,12 @@ impl Config {
             max_streams,
             shutdown_grace: Duration::from_secs(shutdown_grace),
             result_keep: Duration::from_secs(result_keep),
-            forward_url,
             demo_page,
-            login_modes,
+            token_broker_key: token_broker_key.map(Secret::new),
             code_digits,
             code_attempts_per_min,
-            account_qrcode_url,
-            token_broker_key: token_broker_key.map(Secret::new),
-            user_info,
+            accounts,
         })
-    }
-}
-
-/// A true/false setting, `false` when unset.
-fn flag(get: &impl Fn(&str) -> Option<String>, setting: &'static str) -> Result<bool, ConfigError> {
-    match get(setting).as_deref() {
-        None | Some("false" | "0" | "no") => Ok(false),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some(_) => Err(problem(setting, "must be true or false")),
     }
 }
 
@@ -704,10 +863,10 @@ mod tests {
     #[test]
     fn login_modes_default_to_both_and_code_alone_needs_no_appsecret() {
         let c = load(&base()).unwrap();
-        assert_eq!(c.login_modes, LoginModes::BOTH);
+        assert_eq!(c.default_account().login_modes, LoginModes::BOTH);
         assert_eq!(c.code_digits, CodeLength::DEFAULT);
         assert_eq!(c.code_attempts_per_min, 5);
-        assert_eq!(c.account_qrcode_url, None);
+        assert_eq!(c.default_account().account_qrcode_url, None);
         for (v, qr, code) in [
             ("qr", true, false),
             ("code", false, true),
@@ -715,7 +874,14 @@ mod tests {
             (" code , qr ", true, true),
         ] {
             let c = accepted("LOGIN_MODES", v);
-            assert_eq!((c.login_modes.qr, c.login_modes.code), (qr, code), "{v}");
+            assert_eq!(
+                (
+                    c.default_account().login_modes.qr,
+                    c.default_account().login_modes.code
+                ),
+                (qr, code),
+                "{v}"
+            );
         }
         assert!(refusal("LOGIN_MODES", "sms").contains("qr, code or qr,code"));
         assert_eq!(accepted("CODE_DIGITS", "10").code_digits.get(), 10);
@@ -723,7 +889,7 @@ mod tests {
         vars.remove("SECRET_KEY");
         assert_eq!(load(&vars).unwrap_err().setting, "SECRET_KEY");
         vars.insert("LOGIN_MODES".into(), "code".into());
-        assert!(!load(&vars).unwrap().login_modes.qr);
+        assert!(!load(&vars).unwrap().default_account().login_modes.qr);
     }
 
     /// Loads `base()` with `setting=value` and returns the refusal, naming `setting`.
@@ -779,12 +945,24 @@ mod tests {
             "ENCODING_AES_KEY".into(),
             "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into(),
         );
-        assert!(load(&vars).unwrap().aes_keys.is_some());
+        assert!(
+            load(&vars)
+                .unwrap()
+                .default_account()
+                .aes_keys
+                .clone()
+                .is_some()
+        );
         vars.insert(
             "ENCODING_AES_KEY_PREVIOUS".into(),
             "bcdefghijklmnopqrstuvwxyz0123456789ABCDEFGa".into(),
         );
-        let keys = load(&vars).unwrap().aes_keys.unwrap();
+        let keys = load(&vars)
+            .unwrap()
+            .default_account()
+            .aes_keys
+            .clone()
+            .unwrap();
         assert!(keys.previous().is_some());
         assert!(!format!("{keys:?}").contains("abcdefghijklmnop"));
     }

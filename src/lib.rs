@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - [`auth`]: the tokens wxlogin issues: login tokens (JWT) for site backends, page tokens.
-//! - [`config`]: the only reader of the environment and `.env`: read once into
+//! - [`config`]: the only reader of the environment, `.env` and the accounts file: read once into
 //!   [`config::Settings`], from which each command takes typed values; secrets redacted.
+//! - [`accounts`]: the Official Accounts served, each with its own runtime (WeChat client,
+//!   access token, login flow, callback checker); look one up with `accounts.get(name)`.
 //! - [`wechat`]: the WeChat protocol (API client, access token, callback signature, XML, safe
 //!   mode crypto): the `wxlogin-wechat` crate, under the name the service has always used.
 //! - [`login`]: the product's flow: the stock of fresh QR codes, the streams waiting on them,
@@ -22,6 +24,7 @@
 //!   the dispatch of each command.
 //! - [`check`]: `wxlogin check`, a report on whether the configuration works.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod check;

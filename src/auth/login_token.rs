@@ -86,7 +86,9 @@ pub struct KeyError {
     pub problem: String,
 }
 
-/// Issues and checks login tokens. Build once at start-up.
+/// Issues and checks login tokens. Build once at start-up; each account's issuer is a copy
+/// with its appid ([`LoginTokens::for_appid`]).
+#[derive(Clone)]
 pub struct LoginTokens {
     algorithm: Algorithm,
     encoding: EncodingKey,
@@ -206,6 +208,16 @@ impl LoginTokens {
     pub fn used_ids_kept_in_this_process(mut self) -> Self {
         self.process = Some(random_id()[..12].to_owned());
         self
+    }
+
+    /// The same key and settings, for the account `appid` (the `appid` claim of the tokens it
+    /// issues, and the one it accepts).
+    #[must_use]
+    pub fn for_appid(&self, appid: &str) -> Self {
+        Self {
+            appid: appid.into(),
+            ..self.clone()
+        }
     }
 
     /// The JWT algorithm in use.

@@ -15,30 +15,29 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, header};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::HttpError;
+use crate::accounts::Account;
+use crate::config::AccountName;
 use crate::metrics::Metrics;
 use crate::wechat::api::AccessToken;
 use crate::wechat::error::ApiError;
 use crate::wechat::secret::Secret;
-use crate::wechat::token::TokenCache;
 
-/// The account the environment configures, until accounts have names of their own.
-pub const DEFAULT_ACCOUNT: &str = "default";
-
-/// Refresh requests one instance takes at once: a crowd of callers that all found the same
+/// Refresh requests one instance takes at once for one account: a crowd of callers that all found the same
 /// token rejected (each gets an answer, and WeChat sees one refresh).
 const REFRESH_BURST: u32 = 100;
-/// Refresh requests per second one instance takes after a burst. A caller in a loop is
+/// Refresh requests per second one instance takes for one account after a burst. A caller in a loop is
 /// answered 429 instead of costing a store read (and, with the current token, a WeChat call)
 /// each time.
 const REFRESH_PER_SEC: u32 = 2;
@@ -47,25 +46,23 @@ const REFRESH_PER_SEC: u32 = 2;
 /// and documented to stay under 512).
 const MAX_TOKEN_LEN: usize = 2048;
 
-/// The broker of one app: its key, the token cache it reads, and the refresh limit.
+/// The broker of one app: its key and the refresh limit. The tokens are the accounts' own
+/// caches, which their QR stock uses too: one token for wxlogin and the other services.
 pub struct Broker {
     /// `TOKEN_BROKER_KEY`, compared in constant time.
     key: Secret,
-    /// The cache the QR pool uses too: one token for wxlogin and the other services.
-    tokens: TokenCache,
-    /// Refresh requests this instance takes.
-    refreshes: DefaultDirectRateLimiter,
+    /// Refresh requests this instance takes, by account.
+    refreshes: DefaultKeyedRateLimiter<AccountName>,
 }
 
 impl Broker {
-    /// A broker handing out `tokens`' token to holders of `key`.
-    pub fn new(key: Secret, tokens: TokenCache) -> Self {
+    /// A broker handing out the accounts' tokens to holders of `key`.
+    pub fn new(key: Secret) -> Self {
         let burst = NonZeroU32::new(REFRESH_BURST).unwrap_or(NonZeroU32::MIN);
         let rate = NonZeroU32::new(REFRESH_PER_SEC).unwrap_or(NonZeroU32::MIN);
         Self {
             key,
-            tokens,
-            refreshes: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            refreshes: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
         }
     }
 }
@@ -95,14 +92,14 @@ struct RefreshRequest {
     access_token: String,
 }
 
-/// The broker and the account's token cache, once the caller has shown the key: 404 when the
-/// broker is off or the account unknown, 401 without the right key (checked before the account,
-/// so that no account name is confirmed to a caller without it).
+/// The broker and the account, once the caller has shown the key: 404 when the broker is off
+/// or the account unknown, 401 without the right key (checked before the account, so that no
+/// account name is confirmed to a caller without it).
 fn authorize<'a>(
     state: &'a AppState,
     account: &str,
     headers: &HeaderMap,
-) -> Result<&'a Broker, HttpError> {
+) -> Result<(&'a Broker, Arc<Account>), HttpError> {
     let broker = state.broker.as_ref().ok_or(HttpError::NotFound)?;
     let given = headers
         .get(header::AUTHORIZATION)
@@ -117,16 +114,14 @@ fn authorize<'a>(
         Metrics::count(&state.metrics.token_broker, "unauthorized");
         return Err(HttpError::Unauthorized(reason));
     }
-    if account != DEFAULT_ACCOUNT {
-        return Err(HttpError::NotFound);
-    }
-    Ok(broker)
+    let account = state.accounts.get(account).ok_or(HttpError::NotFound)?;
+    Ok((broker, account))
 }
 
 /// WeChat could not give a token: logged here (never the token), the caller told to retry.
-fn unavailable(state: &AppState, account: &str, e: &ApiError) -> HttpError {
+fn unavailable(state: &AppState, account: &AccountName, e: &ApiError) -> HttpError {
     Metrics::count(&state.metrics.token_broker, "failed");
-    tracing::warn!(account, error = %e, "the token broker has no access token to give");
+    tracing::warn!(%account, error = %e, "the token broker has no access token to give");
     match e {
         ApiError::ForceRefreshRationed => HttpError::TooManyRequests {
             retry_after: Duration::from_secs(30),
@@ -146,12 +141,12 @@ pub async fn access_token(
     Path(account): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<TokenReply>, HttpError> {
-    let broker = authorize(&state, &account, &headers)?;
-    let token = broker
+    let (_, account) = authorize(&state, &account, &headers)?;
+    let token = account
         .tokens
         .current()
         .await
-        .map_err(|e| unavailable(&state, &account, &e))?;
+        .map_err(|e| unavailable(&state, &account.name, &e))?;
     Metrics::count(&state.metrics.token_broker, "read");
     Ok(Json(token.into()))
 }
@@ -164,7 +159,7 @@ pub async fn refresh(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenReply>, HttpError> {
-    let broker = authorize(&state, &account, &headers)?;
+    let (broker, account) = authorize(&state, &account, &headers)?;
     let seen = serde_json::from_slice::<RefreshRequest>(&body)
         .map_err(|_| {
             HttpError::BadRequest(
@@ -177,26 +172,26 @@ pub async fn refresh(
             "access_token must be 1 to {MAX_TOKEN_LEN} characters"
         )));
     }
-    if broker.refreshes.check().is_err() {
+    if broker.refreshes.check_key(&account.name).is_err() {
         Metrics::count(&state.metrics.token_broker, "limited");
-        tracing::warn!(account, "token refresh requests over the limit: 429");
+        tracing::warn!(account = %account.name, "token refresh requests over the limit: 429");
         return Err(HttpError::TooManyRequests {
             retry_after: Duration::from_secs(1),
             message: "too many token refresh requests",
         });
     }
     let client = state.limits.client_ip(peer, &headers);
-    let renewal = broker
+    let renewal = account
         .tokens
         .refresh_if_current(&Secret::new(seen))
         .await
-        .map_err(|e| unavailable(&state, &account, &e))?;
+        .map_err(|e| unavailable(&state, &account.name, &e))?;
     let outcome = if renewal.refreshed {
         "refreshed"
     } else {
         "unchanged"
     };
     Metrics::count(&state.metrics.token_broker, outcome);
-    tracing::info!(account, %client, outcome, "token refresh requested by another service");
+    tracing::info!(account = %account.name, %client, outcome, "token refresh requested by another service");
     Ok(Json(renewal.token.into()))
 }

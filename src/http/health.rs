@@ -33,7 +33,8 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
         (status = 200, description = "Ready: the store answers, WeChat answers and QR codes can be made within today's budget", body = serde_json::Value),
         (status = 503, description = "Not ready, with the reason", body = serde_json::Value)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let store = match tokio::time::timeout(STORE_PING_TIMEOUT, state.login.store().ping()).await {
+    let account = state.accounts.default_account();
+    let store = match tokio::time::timeout(STORE_PING_TIMEOUT, account.login.store().ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the store fails");
@@ -41,11 +42,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(_) => Err("the store does not answer"),
     };
-    let pool = state.login.pool().status().await;
+    let pool = account.login.pool().status().await;
     // A spent budget leaves the instance ready: it still serves resumed streams and WeChat's
     // callbacks for the codes already out, and every instance refuses new streams alike, so
     // a load balancer taking them all out of rotation would only cut those off.
-    let ready = (pool.healthy || !state.login.shows_qr()) && store.is_ok();
+    let ready = (pool.healthy || !account.login.shows_qr()) && store.is_ok();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -53,8 +54,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     let body = json!({
         "ready": ready,
-        "open_streams": state.login.open_streams(),
-        "live_scenes": state.login.live_scenes(),
+        "open_streams": account.login.open_streams(),
+        "live_scenes": account.login.live_scenes(),
         "store": match &store {
             Ok(()) => json!({"ok": true}),
             Err(e) => json!({"ok": false, "error": e}),
@@ -86,14 +87,15 @@ pub async fn metrics(
             ));
         }
     }
+    let account = state.accounts.default_account();
     let m = &state.metrics;
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    m.open_streams.set(gauge(state.login.open_streams()));
+    m.open_streams.set(gauge(account.login.open_streams()));
     // Unknown with Redis (counting would mean scanning every key): the gauge stays unset.
-    if let Some(live) = state.login.live_scenes() {
+    if let Some(live) = account.login.live_scenes() {
         m.live_scenes.set(gauge(live));
     }
-    let pool = state.login.pool().status().await;
+    let pool = account.login.pool().status().await;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     m.qr_stock.set(gauge(pool.stock));
     m.qr_made_today.set(count(pool.made_today));

@@ -64,7 +64,13 @@ pub async fn status(
     let named = named_event(&headers, q.id.as_deref()).filter(|id| id.scene.as_str() == scene);
     let body = match named {
         None => json!({"status": "expired"}),
-        Some(id) => match state.login.status(&id.scene, &id.key).await? {
+        Some(id) => match state
+            .accounts
+            .default_account()
+            .login
+            .status(&id.scene, &id.key)
+            .await?
+        {
             Status::Pending(view) => json!({
                 "status": "pending",
                 "scene_id": id.scene.as_str(),
@@ -110,7 +116,8 @@ pub async fn verify(
 ) -> Result<Response, HttpError> {
     require_api_token(&state, &headers)?;
     let req = json_body(body)?;
-    let claims = state
+    let account = state.accounts.default_account();
+    let claims = account
         .login
         .tokens()
         .verify(&req.login_token, req.audience.as_deref())
@@ -132,7 +139,7 @@ pub async fn verify(
         })?;
     // Keep the used id a little past the token's expiry, after which it is refused anyway.
     let ttl = Duration::from_secs(claims.exp.saturating_sub(unix_now()) + 60);
-    let first = state
+    let first = account
         .login
         .store()
         .claim_once(&format!("jti:{}", claims.jti), ttl)
@@ -209,7 +216,7 @@ pub async fn mint(
 pub async fn jwks(State(state): State<AppState>) -> Response {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
-        Json(state.login.tokens().jwks()),
+        Json(state.accounts.default_account().login.tokens().jwks()),
     )
         .into_response()
 }

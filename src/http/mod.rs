@@ -41,12 +41,10 @@ use tower_http::trace::TraceLayer;
 use std::sync::Arc;
 
 use self::broker::Broker;
-use self::forward::Forwarder;
 use self::limits::Limits;
+use crate::accounts::Accounts;
 use crate::auth::page_key::PageKeys;
-use crate::login::LoginService;
 use crate::metrics::Metrics;
-use crate::wechat::callback::Checker;
 use crate::wechat::secret::Secret;
 
 /// The largest callback body accepted; WeChat's are a few hundred bytes.
@@ -73,16 +71,11 @@ impl std::ops::Deref for AppState {
 
 /// The settings and services behind [`AppState`].
 pub struct Shared {
-    /// The login flow.
-    pub login: LoginService,
+    /// The Official Accounts served, each with its login flow, callback checker, reply text
+    /// and forwarder: `state.accounts.get(name)`, `state.accounts.default_account()`.
+    pub accounts: Arc<Accounts>,
     /// `API_TOKEN`, compared in constant time.
     pub api_token: Secret,
-    /// What checking a callback needs: `MP_TOKEN`, the appid, the safe-mode keys.
-    pub callbacks: Checker,
-    /// `REPLY_TEXT`, the reply to a login scan.
-    pub reply_text: Option<String>,
-    /// `ACCOUNT_QRCODE_URL`: the account's follow QR image, shown in code-only mode.
-    pub account_qrcode_url: Option<String>,
     /// Page tokens, once their key is read from the store.
     pub page_keys: Arc<PageKeys>,
     /// Metrics.
@@ -91,8 +84,6 @@ pub struct Shared {
     pub metrics_token: Option<Secret>,
     /// Per-IP and global stream limits.
     pub limits: Arc<Limits>,
-    /// `FORWARD_URL`'s client, when set.
-    pub forwarder: Option<Forwarder>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
     /// The token broker, with `TOKEN_BROKER_KEY`.

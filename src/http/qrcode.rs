@@ -36,6 +36,8 @@ pub async fn svg(
         .and_then(|s| Scene::parse(s).ok())
         .ok_or(HttpError::NotFound)?;
     let content = state
+        .accounts
+        .default_account()
         .login
         .qr_content(&scene)
         .await?

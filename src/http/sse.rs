@@ -28,6 +28,7 @@ use super::AppState;
 use super::access::page_access;
 use super::error::HttpError;
 use super::limits::{HoldError, StreamSlot};
+use crate::accounts::Account;
 use crate::login::code::LoginCode;
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
@@ -124,8 +125,14 @@ pub async fn sse(
     })?;
     // A resume with a wrong key finds nothing and changes nothing: the client gets a new
     // stream, as for a scene that is gone, so the answer tells nothing about the scene.
+    let account = state.accounts.default_account();
     let resumed = match named_event(&headers, query.id.as_deref()) {
-        Some(id) => state.login.resume(&id.scene, &id.key, id.seen_last).await?,
+        Some(id) => {
+            account
+                .login
+                .resume(&id.scene, &id.key, id.seen_last)
+                .await?
+        }
         None => None,
     };
     let (view, tail) = match resumed {
@@ -146,7 +153,7 @@ pub async fn sse(
                 });
             }
             let (view, attachment) =
-                state
+                account
                     .login
                     .start(audience, lang)
                     .await
@@ -179,10 +186,10 @@ pub async fn sse(
             (view, Tail::Wait(attachment))
         }
     };
-    Ok(respond(&state, &view, tail, lang, slot))
+    Ok(respond(&state, &account, &view, tail, lang, slot))
 }
 
-fn qr_event(state: &AppState, view: &SceneView) -> Event {
+fn qr_event(account: &Account, view: &SceneView) -> Event {
     let scene = &view.qr.scene;
     let qr = view.qr.is_some();
     data_event(
@@ -197,7 +204,7 @@ fn qr_event(state: &AppState, view: &SceneView) -> Event {
             account_qrcode_url: if qr {
                 None
             } else {
-                state.account_qrcode_url.as_deref()
+                account.settings.account_qrcode_url.as_deref()
             },
         },
     )
@@ -217,12 +224,13 @@ fn result_event(view: &SceneView, result: &LoginResult) -> Event {
 
 fn respond(
     state: &AppState,
+    account: &Account,
     view: &SceneView,
     tail: Tail,
     lang: Lang,
     slot: StreamSlot,
 ) -> Response {
-    let first = stream::once(ready(qr_event(state, view)));
+    let first = stream::once(ready(qr_event(account, view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
             .chain(stream::once(ready(result_event(view, &result))))

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use super::error::HttpError;
 use super::forward::Forwarded;
 use super::{AppState, MAX_CALLBACK_BODY};
+use crate::accounts::Account;
 use crate::login::code::{self, LoginCode, Reading};
 use crate::login::{CodeOutcome, Outcome, Scanned};
 use crate::metrics::{Metrics, Outcome as Label};
@@ -78,8 +79,9 @@ pub async fn verify(
             "signature, timestamp, nonce and echostr are required".into(),
         ));
     };
+    let account = state.accounts.default_account();
     if !verify_signature(
-        state.callbacks.token().expose(),
+        account.callbacks.token().expose(),
         &timestamp,
         &nonce,
         &signature,
@@ -205,7 +207,8 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> Respons
     let raw_query = parts.uri.query();
     // Pinned in place: awaited directly, its future would be stored twice over in this one,
     // which every callback allocates and copies (BENCHMARKS.md).
-    let handled = std::pin::pin!(handle(&state, raw_query, &parts.headers, &body));
+    let account = state.accounts.default_account();
+    let handled = std::pin::pin!(handle(&state, &account, raw_query, &parts.headers, &body));
     let answer = match handled.await {
         Ok(answer) => answer,
         Err(Rejected(reason, error)) => {
@@ -219,6 +222,7 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> Respons
 
 async fn handle(
     state: &AppState,
+    account: &Account,
     raw_query: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
@@ -228,29 +232,31 @@ async fn handle(
         message,
         slot,
         binding,
-    } = callback::open(&state.callbacks, &query, body, now_secs())?;
+    } = callback::open(&account.callbacks, &query, body, now_secs())?;
     let scan = match classify(&message) {
         Callback::Scan(scan) if crate::login::policy::is_login_scene(&scan.scene) => scan,
         Callback::Text(text) => {
-            let attempt = state
+            let attempt = account
                 .login
                 .codes()
                 .map(|policy| code::read(text.content, policy.length));
             if let Some(Reading::Attempt(code)) = attempt {
                 return Box::pin(login_code(
-                    state, &text, &code, &binding, slot, raw_query, headers, body,
+                    state, account, &text, &code, &binding, slot, raw_query, headers, body,
                 ))
                 .await;
             }
             // Not a code attempt: the account's own business, as any other message.
-            return Box::pin(other(state, &binding, raw_query, headers, body)).await;
+            return Box::pin(other(state, account, &binding, raw_query, headers, body)).await;
         }
         // Not a login scan of ours: the account's own backend may want it.
         // Boxed: its future is larger than the rest of this handler, which every callback
         // would otherwise carry (and copy) for the few that are forwarded.
-        _ => return Box::pin(other(state, &binding, raw_query, headers, body)).await,
+        _ => {
+            return Box::pin(other(state, account, &binding, raw_query, headers, body)).await;
+        }
     };
-    let Scanned { outcome, late } = state.login.complete(&scan, &binding).await?;
+    let Scanned { outcome, late } = account.login.complete(&scan, &binding).await?;
     match outcome {
         Outcome::Delivered(()) => {}
         Outcome::Replayed => return Err(replayed()),
@@ -273,16 +279,16 @@ async fn handle(
     if let Some(lang) = late {
         // Its session is over (a code or another scan won, or its wait ended): told so.
         return Ok(reply(
-            state,
+            account,
             scan.openid,
             scan.account,
             chat_replies::late(lang),
             slot,
         ));
     }
-    match (&state.reply_text, outcome.is_login()) {
+    match (&account.settings.reply_text, outcome.is_login()) {
         (Some(template), true) => Ok(reply(
-            state,
+            account,
             scan.openid,
             scan.account,
             &fill_reply(template),
@@ -328,6 +334,7 @@ mod chat_replies {
 #[allow(clippy::too_many_arguments)]
 async fn login_code(
     state: &AppState,
+    account: &Account,
     text: &TextMessage<'_>,
     code: &LoginCode,
     binding: &Binding,
@@ -336,9 +343,9 @@ async fn login_code(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, Rejected> {
-    let outcome = state.login.complete_code(text, code, binding).await?;
-    let answer = |message: &str| reply(state, text.openid, text.account, message, slot);
-    let logged_in = |lang| match &state.reply_text {
+    let outcome = account.login.complete_code(text, code, binding).await?;
+    let answer = |message: &str| reply(account, text.openid, text.account, message, slot);
+    let logged_in = |lang| match &account.settings.reply_text {
         Some(template) => answer(&fill_reply(template)),
         None => answer(chat_replies::logged_in(lang)),
     };
@@ -358,8 +365,8 @@ async fn login_code(
             tracing::debug!(openid = %short_openid(text.openid), "code attempts over the limit: not matched");
             answer(chat_replies::TOO_MANY)
         }
-        CodeOutcome::NoSuchCode if state.forwarder.is_some() => {
-            return Box::pin(other(state, binding, raw_query, headers, body)).await;
+        CodeOutcome::NoSuchCode if account.forwarder.is_some() => {
+            return Box::pin(other(state, account, binding, raw_query, headers, body)).await;
         }
         CodeOutcome::NoSuchCode => answer(chat_replies::UNKNOWN),
     })
@@ -374,17 +381,18 @@ fn success() -> Response {
 /// relayed. A retry is passed on again, as WeChat would have sent it there.
 async fn other(
     state: &AppState,
+    account: &Account,
     binding: &Binding,
     raw_query: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, Rejected> {
-    match state.login.bind(binding).await {
+    match account.login.bind(binding).await {
         Ok(Bound::Conflict) => return Err(replayed()),
         Ok(Bound::First | Bound::Retry { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let Some(forwarder) = &state.forwarder else {
+    let Some(forwarder) = &account.forwarder else {
         return Ok(success());
     };
     let outcome = |o: &str| Label { outcome: o.into() };
@@ -423,24 +431,24 @@ pub fn fill_reply(template: &str) -> String {
     }
 }
 
-/// The passive text reply `message` to `openid` from `account`, encrypted when the request
-/// was.
+/// The passive text reply `message` to `openid` from the account's `gh_id`, encrypted (with
+/// `account`'s keys) when the request was.
 fn reply(
-    state: &AppState,
+    account: &Account,
     openid: &str,
-    account: &str,
+    gh_id: &str,
     message: &str,
     slot: Option<KeySlot>,
 ) -> Response {
-    let xml = text_reply(openid, account, now_secs(), message);
-    let body = match (slot, state.callbacks.keys()) {
+    let xml = text_reply(openid, gh_id, now_secs(), message);
+    let body = match (slot, account.callbacks.keys()) {
         (Some(slot), Some(keys)) => {
             let timestamp = now_secs().to_string();
             let nonce = crate::auth::random_id();
             match seal_reply(
                 keys.key(slot),
-                state.callbacks.token().expose(),
-                state.callbacks.appid(),
+                account.callbacks.token().expose(),
+                account.callbacks.appid(),
                 &xml,
                 &timestamp,
                 &nonce,

@@ -267,6 +267,23 @@ impl RedisStore {
         })
     }
 
+    /// The store of the account `appid` on the same Redis, connection and instance: its keys
+    /// start with `wxlogin:<appid>:`, so each account's sessions, stock, token and inbox are
+    /// its own (appids are unique among a deployment's accounts).
+    #[must_use]
+    pub fn for_appid(&self, appid: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                conn: self.inner.conn.clone(),
+                prefix: format!("wxlogin:{appid}:"),
+                instance: Arc::clone(&self.inner.instance),
+                listening: AtomicBool::new(false),
+                scripts: Scripts::new(),
+            }),
+        }
+    }
+
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }

@@ -1,0 +1,373 @@
+//! The Official Accounts one deployment serves, each with its own runtime.
+//!
+//! An [`Account`] is one Official Account as it runs: its settings ([`AccountConfig`]), its
+//! WeChat API client and access-token cache, its login flow (QR stock, sessions, login codes,
+//! login tokens with its appid), its callback checker and its forwarder. Nothing of one
+//! account reaches another's: each has its own store keys (`wxlogin:<appid>:` in Redis, its
+//! own maps in memory), so a scan or a code on one account's callback URL can only resolve
+//! that account's streams.
+//!
+//! [`Accounts`] is the registry, by name. Look an account up with
+//! [`Accounts::get`] (`state.accounts.get(name)`) or take [`Accounts::default_account`] (the
+//! account of the environment, of the plain `/wechat_event` and of `/sse` without
+//! `?account=`). Hold the `Arc<Account>` for the length of one request or stream: the set can
+//! be replaced while the process runs, and a replaced account keeps serving whoever holds it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::login_token::LoginTokens;
+use crate::config::{AccountConfig, AccountName, AccountSet, Config, QR_LIFE_MARGIN};
+use crate::http::forward::Forwarder;
+use crate::login::pool::QrPool;
+use crate::login::{CodePolicy, LoginService};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::wechat::api::WechatApi;
+use crate::wechat::callback::Checker;
+use crate::wechat::error::ApiError;
+use crate::wechat::token::TokenCache;
+
+/// Why an account's runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The WeChat client could not be built.
+    #[error("cannot set up the WeChat client of account {account}: {source}")]
+    Wechat {
+        /// The account.
+        account: AccountName,
+        /// Why.
+        #[source]
+        source: ApiError,
+    },
+    /// The HTTP client for `FORWARD_URL` could not be built.
+    #[error("cannot set up the client for FORWARD_URL of account {account}: {source}")]
+    Forward {
+        /// The account.
+        account: AccountName,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// One Official Account as it runs. Shared as `Arc<Account>`.
+pub struct Account {
+    /// Its name: `default`, or the name its `[[account]]` table gives.
+    pub name: AccountName,
+    /// Its settings as read.
+    pub settings: AccountConfig,
+    /// Its WeChat API client (user info, OAuth code exchange, QR codes).
+    pub wechat: WechatApi,
+    /// Its access token, fetched once for all callers (single flight, shared through the
+    /// store with the other instances).
+    pub tokens: TokenCache,
+    /// Its login flow: QR stock, sessions, login codes, login tokens.
+    pub login: LoginService,
+    /// What checking its callbacks needs: `mp_token`, the appid, the safe-mode keys.
+    pub callbacks: Checker,
+    /// Its `forward_url`'s client, when set.
+    pub forwarder: Option<Forwarder>,
+    /// Ends its background tasks (QR refill, inbox) when it is removed or replaced.
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .field("appid", &self.settings.appid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// Starts its background work on `tasks`: the refill of its QR stock (not without QR
+    /// codes: no access token, no WeChat API call at all) and its inbox (results for its
+    /// streams published by other instances). Both end when the account is retired or the
+    /// app stops.
+    fn start(&self, tasks: &TaskTracker) {
+        if self.login.shows_qr() {
+            tasks.spawn(
+                self.login
+                    .pool()
+                    .clone()
+                    .run_refill(self.cancel.child_token()),
+            );
+        }
+        tasks.spawn(self.login.clone().run_inbox(self.cancel.child_token()));
+    }
+
+    /// Ends its background work. Streams that hold it finish on their own.
+    fn retire(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The `User-Agent` of wxlogin's calls to the WeChat API.
+pub const USER_AGENT: &str = concat!("wxlogin/", env!("CARGO_PKG_VERSION"));
+
+/// The WeChat API client of `account` (for the app and `wxlogin check`).
+pub fn wechat_api(config: &Config, account: &AccountConfig) -> Result<WechatApi, ApiError> {
+    WechatApi::new(
+        &config.wechat_api_base,
+        account.appid.clone(),
+        account.secret_key.clone(),
+        config.wechat_timeout,
+    )?
+    .with_user_agent(USER_AGENT)
+}
+
+/// What every account's runtime is made from: the process's settings and shared parts.
+pub struct Builder {
+    config: Config,
+    /// Redis, when state is shared; each account takes its own keys in it.
+    redis: Option<RedisStore>,
+    /// The login-token issuer; each account's is a copy with its appid.
+    login_tokens: LoginTokens,
+    metrics: Arc<Metrics>,
+    /// With the memory store, callbacks signed before the process started are refused (their
+    /// bindings died with the previous process). Unix seconds.
+    started: i64,
+}
+
+impl Builder {
+    /// A builder of accounts for `config`'s process.
+    pub fn new(
+        config: &Config,
+        redis: Option<RedisStore>,
+        login_tokens: LoginTokens,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config: config.clone(),
+            redis,
+            login_tokens,
+            metrics,
+            started: i64::try_from(crate::auth::unix_now()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The runtime of `settings`, not yet started.
+    pub fn build(
+        &self,
+        settings: AccountConfig,
+        parent: &CancellationToken,
+    ) -> Result<Account, BuildError> {
+        let config = &self.config;
+        let name = settings.name.clone();
+        let observed = Arc::clone(&self.metrics);
+        let wechat = wechat_api(config, &settings)
+            .map_err(|source| BuildError::Wechat {
+                account: name.clone(),
+                source,
+            })?
+            .with_observer(Arc::new(move |api, result| {
+                let result = match result {
+                    Ok(()) => "ok".to_owned(),
+                    Err(ApiError::Wechat { errcode, .. }) => errcode.to_string(),
+                    Err(ApiError::Parse { .. } | ApiError::TooLarge { .. }) => {
+                        "unreadable".to_owned()
+                    }
+                    Err(_) => "request_error".to_owned(),
+                };
+                observed.wechat_call(api, &result);
+            }));
+        let store: Arc<dyn Store> = match &self.redis {
+            Some(redis) => Arc::new(redis.for_appid(&settings.appid)),
+            None => Arc::new(MemoryStore::new()),
+        };
+        let tokens = TokenCache::new(wechat.clone(), store.token_share());
+        let pool = QrPool::new(
+            tokens.clone(),
+            Arc::clone(&store),
+            (config.pool_size, config.qr_ttl_secs),
+            config.sse_timeout + QR_LIFE_MARGIN,
+            config.qr_daily_budget,
+            Arc::clone(&self.metrics),
+        );
+        let login = LoginService::new(
+            pool,
+            store,
+            Arc::new(self.login_tokens.for_appid(&settings.appid)),
+            (config.sse_timeout, config.result_keep),
+            settings.login_modes.qr,
+            settings.login_modes.code.then_some(CodePolicy {
+                length: config.code_digits,
+                attempts_per_min: config.code_attempts_per_min,
+            }),
+            Arc::clone(&self.metrics),
+        );
+        let forwarder = match &settings.forward_url {
+            Some(url) => Some(Forwarder::new(url).map_err(|source| BuildError::Forward {
+                account: name.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let checker = Checker::new(
+            settings.mp_token.clone(),
+            settings.appid.clone(),
+            settings.aes_keys.clone(),
+        );
+        let callbacks = match &self.redis {
+            Some(_) => checker,
+            None => checker.refusing_signed_before(self.started),
+        };
+        Ok(Account {
+            name,
+            settings,
+            wechat,
+            tokens,
+            login,
+            callbacks,
+            forwarder,
+            cancel: parent.child_token(),
+        })
+    }
+}
+
+/// What [`Accounts::replace`] changed, by account name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Accounts served from now on.
+    pub added: Vec<AccountName>,
+    /// Accounts rebuilt with new settings (their open streams are those of the old runtime).
+    pub changed: Vec<AccountName>,
+    /// Accounts no longer served.
+    pub removed: Vec<AccountName>,
+}
+
+/// One set of running accounts: `default` always among them.
+struct Set {
+    default: Arc<Account>,
+    by_name: BTreeMap<AccountName, Arc<Account>>,
+}
+
+/// The accounts served now, by name. Cheap to read: a lookup takes a read lock for the
+/// length of a map access and hands out an `Arc`.
+pub struct Accounts {
+    current: RwLock<Arc<Set>>,
+    builder: Builder,
+    /// Where accounts' background tasks run; awaited at shutdown.
+    tasks: TaskTracker,
+    /// The app's: cancelled at shutdown.
+    cancel: CancellationToken,
+}
+
+impl Accounts {
+    /// Builds and starts every account of `config` (`default` among them).
+    pub fn start(builder: Builder, cancel: CancellationToken) -> Result<Self, BuildError> {
+        let tasks = TaskTracker::new();
+        let default =
+            Arc::new(builder.build(builder.config.accounts.default_account().clone(), &cancel)?);
+        let mut by_name = BTreeMap::new();
+        by_name.insert(default.name.clone(), Arc::clone(&default));
+        for settings in builder.config.accounts.iter().skip(1) {
+            let account = Arc::new(builder.build(settings.clone(), &cancel)?);
+            by_name.insert(account.name.clone(), account);
+        }
+        for account in by_name.values() {
+            account.start(&tasks);
+        }
+        Ok(Self {
+            current: RwLock::new(Arc::new(Set { default, by_name })),
+            builder,
+            tasks,
+            cancel,
+        })
+    }
+
+    fn set(&self) -> Arc<Set> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The account named `name`, if it is served now.
+    pub fn get(&self, name: &str) -> Option<Arc<Account>> {
+        let name = AccountName::parse(name)?;
+        self.set().by_name.get(&name).cloned()
+    }
+
+    /// The account named `default`: the environment's (or the file's `default`).
+    pub fn default_account(&self) -> Arc<Account> {
+        Arc::clone(&self.set().default)
+    }
+
+    /// Every account served now, by name.
+    pub fn all(&self) -> Vec<Arc<Account>> {
+        self.set().by_name.values().cloned().collect()
+    }
+
+    /// The account whose appid is `appid`, if served now.
+    pub fn by_appid(&self, appid: &str) -> Option<Arc<Account>> {
+        self.set()
+            .by_name
+            .values()
+            .find(|a| a.settings.appid == appid)
+            .cloned()
+    }
+
+    /// Removes expired sessions and keys from every account's store (the memory store).
+    pub fn purge_expired(&self) {
+        for account in self.set().by_name.values() {
+            account.login.purge_expired();
+        }
+    }
+
+    /// Serves `accounts` from now on in place of the set served now. Accounts whose settings
+    /// are unchanged keep running as they are (their open streams untouched); new and changed
+    /// ones are built and started; removed and replaced ones are retired: their background
+    /// work ends, and streams that hold them finish on their own. When an account cannot be
+    /// built, nothing changes.
+    pub fn replace(&self, accounts: &AccountSet) -> Result<Changes, BuildError> {
+        let old = self.set();
+        let mut changes = Changes::default();
+        let mut by_name = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for settings in accounts.iter() {
+            let account = match old.by_name.get(&settings.name) {
+                Some(running) if running.settings.same_as(settings) => Arc::clone(running),
+                running => {
+                    let built = Arc::new(self.builder.build(settings.clone(), &self.cancel)?);
+                    match running {
+                        Some(_) => changes.changed.push(settings.name.clone()),
+                        None => changes.added.push(settings.name.clone()),
+                    }
+                    fresh.push(Arc::clone(&built));
+                    built
+                }
+            };
+            by_name.insert(settings.name.clone(), account);
+        }
+        let Some(default) = by_name.get(&AccountName::default_name()).cloned() else {
+            // An `AccountSet` always holds `default`: nothing to install otherwise.
+            return Ok(changes);
+        };
+        for account in &fresh {
+            account.start(&self.tasks);
+        }
+        for (name, running) in &old.by_name {
+            let kept = by_name.get(name).is_some_and(|a| Arc::ptr_eq(a, running));
+            if !kept {
+                running.retire();
+                if !by_name.contains_key(name) {
+                    changes.removed.push(name.clone());
+                }
+            }
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Set { default, by_name });
+        Ok(changes)
+    }
+
+    /// Waits for every account's background work to end, after the app's cancellation.
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
