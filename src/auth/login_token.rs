@@ -51,8 +51,8 @@ pub struct LoginClaims {
     pub exp: u64,
     /// A unique id: a token is accepted once.
     pub jti: String,
-    /// The visitor's unionid, when WeChat gave one (a login inside WeChat of an account
-    /// bound to a WeChat Open Platform account).
+    /// The visitor's unionid, when WeChat gave one (the account is bound to a WeChat Open
+    /// Platform account).
     #[serde(rename = "unionId", default, skip_serializing_if = "Option::is_none")]
     pub union_id: Option<String>,
 }

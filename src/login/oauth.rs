@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::wechat::api::{WechatApi, authorize_url};
 use crate::wechat::error::{ApiError, errcode};
+use crate::wechat::ids::UnionId;
 
 /// How long a browser may take from leaving for WeChat to coming back: WeChat's code lives 5
 /// minutes, and `snsapi_base` asks the visitor nothing.
@@ -301,7 +302,7 @@ impl OauthFlow {
                     }
                 })?;
         let openid = identity.openid.as_str();
-        let union_id = identity.unionid.as_deref();
+        let union_id = identity.unionid.as_ref().map(UnionId::as_str);
         let login_token = self
             .inner
             .tokens
@@ -313,7 +314,7 @@ impl OauthFlow {
                 user_id: openid.to_owned(),
                 event: EVENT.to_owned(),
                 login_token,
-                union_id: identity.unionid.clone(),
+                union_id: union_id.map(str::to_owned),
             },
             origin,
         };

@@ -23,4 +23,5 @@ mod sandbox;
 mod sessions;
 mod startup;
 mod streams;
+mod token_broker;
 mod wechat_faults;

@@ -1,5 +1,6 @@
-//! The WeChat API client: `stable_token`, `qrcode/create` and the web authorization's code
-//! exchange (`sns/oauth2/access_token`), with timeouts and retries of WeChat's "busy" answer.
+//! The WeChat API client: `stable_token`, `qrcode/create`, `user/info` and the web
+//! authorization's code exchange (`sns/oauth2/access_token`), with timeouts and retries of
+//! WeChat's "busy" answer.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, RequestError, errcode};
 use super::http::HttpClient;
-use super::ids::{OpenId, Scene, Ticket};
+use super::ids::{OpenId, Scene, Ticket, UnionId};
 use super::secret::Secret;
 
 /// The address of the real WeChat API.
@@ -55,6 +56,16 @@ pub struct QrTicket {
     pub url: String,
     /// Its life in seconds: as WeChat reported, but never more than was asked for.
     pub expire_seconds: u32,
+}
+
+/// What `user/info` says of a user that wxlogin uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Whether the user follows the account.
+    pub subscribed: bool,
+    /// The user's id across the apps of the account's Open Platform account: present only
+    /// when the account is bound to one. (WeChat no longer gives nicknames or avatars here.)
+    pub unionid: Option<UnionId>,
 }
 
 /// Told of every call's result: the API's name and `Ok` or the error (for metrics).
@@ -109,6 +120,14 @@ struct TokenReply {
     expires_in: serde_json::Number,
 }
 
+#[derive(Deserialize)]
+struct UserInfoReply {
+    #[serde(default)]
+    subscribe: i64,
+    #[serde(default)]
+    unionid: Option<String>,
+}
+
 #[derive(Serialize)]
 struct QrRequest<'a> {
     expire_seconds: u32,
@@ -147,8 +166,9 @@ struct OauthReply {
 pub struct OauthIdentity {
     /// The visitor's openid for this account: the same one a scan of its QR code gives.
     pub openid: OpenId,
-    /// The visitor's unionid, when the account is bound to a WeChat Open Platform account.
-    pub unionid: Option<String>,
+    /// The visitor's unionid, when the account is bound to a WeChat Open Platform account (an
+    /// empty or odd one is read as none).
+    pub unionid: Option<UnionId>,
 }
 
 /// The address of WeChat's web authorization page (网页授权).
@@ -161,15 +181,10 @@ pub fn authorize_url(open_base: &str, appid: &str, redirect_uri: &str, state: &s
     format!(
         "{}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&scope=snsapi_base&state={}#wechat_redirect",
         open_base.trim_end_matches('/'),
-        encode(appid),
-        encode(redirect_uri),
-        encode(state),
+        url_component(appid),
+        url_component(redirect_uri),
+        url_component(state),
     )
-}
-
-/// A query value, percent-encoded.
-fn encode(value: &str) -> percent_encoding::PercentEncode<'_> {
-    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
 }
 
 /// A number of seconds as WeChat sent it, saturated into an `i64` (fractions cut off).
@@ -313,17 +328,50 @@ impl WechatApi {
         let url = format!(
             "{}/sns/oauth2/access_token?appid={}&secret={}&code={}&grant_type=authorization_code",
             self.base,
-            encode(&self.appid),
-            encode(self.secret.expose()),
-            encode(code),
+            url_component(&self.appid),
+            url_component(self.secret.expose()),
+            url_component(code),
         );
-        let reply: OauthReply = self
-            .with_retry("oauth_access_token", || self.get_once(&url))
-            .await?;
+        let reply: OauthReply = self.get_with_retry("oauth_access_token", &url).await?;
         Ok(OauthIdentity {
             openid: OpenId::new(reply.openid),
-            unionid: reply.unionid.filter(|u| !u.is_empty()),
+            unionid: reply
+                .unionid
+                .as_deref()
+                .and_then(|u| UnionId::parse(u).ok()),
         })
+    }
+
+    /// `GET /cgi-bin/user/info`: what WeChat says of the follower `openid` (for wxlogin, its
+    /// `unionid`). An empty or odd `unionid` is read as none.
+    pub async fn user_info(
+        &self,
+        token: &AccessToken,
+        openid: &OpenId,
+    ) -> Result<UserInfo, ApiError> {
+        let url = format!(
+            "{}/cgi-bin/user/info?access_token={}&openid={}&lang=zh_CN",
+            self.base,
+            token.value.expose(),
+            // An openid is URL-safe base64 (checked when parsed); encoded anyway.
+            url_component(openid.as_str()),
+        );
+        let reply: UserInfoReply = self.get_with_retry("user_info", &url).await?;
+        Ok(UserInfo {
+            subscribed: reply.subscribe == 1,
+            unionid: reply
+                .unionid
+                .as_deref()
+                .and_then(|u| UnionId::parse(u).ok()),
+        })
+    }
+
+    async fn get_with_retry<T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        url: &str,
+    ) -> Result<T, ApiError> {
+        self.with_retry(api, || self.get_once(url)).await
     }
 
     async fn post_with_retry<B: Serialize, T: DeserializeOwned>(
@@ -364,7 +412,7 @@ impl WechatApi {
     async fn get_once<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
         let bytes = self
             .http
-            .get(url, MAX_REPLY_BYTES)
+            .get_json(url, MAX_REPLY_BYTES)
             .await
             .map_err(ApiError::Request)?
             .ok_or(ApiError::TooLarge {
@@ -390,6 +438,18 @@ impl WechatApi {
             })?;
         parse_reply(&bytes)
     }
+}
+
+/// `s` percent-encoded for a query (every byte but the unreserved ones).
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Reads a WeChat reply: an error object, or the expected value.
@@ -482,7 +542,7 @@ mod tests {
         );
         assert_eq!(
             url,
-            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx1&redirect_uri=https%3A%2F%2Flogin%2Eexample%2Ecom%2Foauth%2Fcallback&response_type=code&scope=snsapi_base&state=abc123#wechat_redirect"
+            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx1&redirect_uri=https%3A%2F%2Flogin.example.com%2Foauth%2Fcallback&response_type=code&scope=snsapi_base&state=abc123#wechat_redirect"
         );
     }
 

@@ -165,7 +165,11 @@ impl HttpClient {
 
     /// GETs `url`: the body of a 2xx answer if it is at most `limit` bytes, `None` if it is
     /// longer.
-    pub(crate) async fn get(&self, url: &str, limit: usize) -> Result<Option<Bytes>, RequestError> {
+    pub(crate) async fn get_json(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<Option<Bytes>, RequestError> {
         let request = Request::builder()
             .method(Method::GET)
             .uri(url)
