@@ -23,4 +23,5 @@ mod sessions;
 mod startup;
 mod streams;
 mod token_broker;
+mod user_info;
 mod wechat_faults;
