@@ -1118,6 +1118,26 @@ mod tests {
     }
 
     #[test]
+    fn the_token_broker_key_is_long_and_apart_from_the_other_tokens() {
+        let mut vars = base();
+        assert!(load(&vars).unwrap().token_broker_key.is_none());
+        for bad in [
+            "too-short",
+            "page-token-123-and-more",
+            "metrics-token-0123456789",
+        ] {
+            vars.insert("API_TOKEN".into(), "page-token-123-and-more".into());
+            vars.insert("METRICS_TOKEN".into(), "metrics-token-0123456789".into());
+            vars.insert("TOKEN_BROKER_KEY".into(), bad.into());
+            let e = load(&vars).unwrap_err().to_string();
+            assert!(e.contains("TOKEN_BROKER_KEY") && !e.contains(bad), "{e}");
+        }
+        vars.insert("TOKEN_BROKER_KEY".into(), "broker-key-0123456789".into());
+        let key = load(&vars).unwrap().token_broker_key.unwrap();
+        assert!(key.ct_eq("broker-key-0123456789"));
+    }
+
+    #[test]
     fn redis_url_needs_a_shared_login_token_key_and_is_never_printed() {
         let mut vars = base();
         vars.insert("REDIS_URL".into(), "redis://:hunter2@cache:6379".into());

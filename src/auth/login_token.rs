@@ -4,7 +4,8 @@
 //! `LOGIN_TOKEN_SECRET` is set, HS256 with that secret. Claims: `iss` = `wxlogin`, `sub` (the
 //! openid), `aud` (the page token's origin, or `LOGIN_TOKEN_AUDIENCE`), `appid`, `scene`,
 //! `event`, `iat`, `exp` (default 5 minutes later), `jti` (a unique id, so
-//! `POST /login/verify` can accept each token once) and, when WeChat gave one, `unionId`.
+//! `POST /login/verify` can accept each token once) and, when WeChat gave one (`USER_INFO`, or
+//! a login inside WeChat), `unionId`.
 //!
 //! Verification checks what the signature alone cannot: that the token is wxlogin's (`iss`),
 //! for this deployment's account (`appid`), and for the audience asked for (the default one
@@ -43,7 +44,7 @@ pub struct LoginClaims {
     pub appid: String,
     /// The QR code's scene.
     pub scene: String,
-    /// `SCAN`, `subscribe`, `code` or `oauth`.
+    /// `SCAN` or `subscribe`.
     pub event: String,
     /// Issued at (seconds since the epoch).
     pub iat: u64,
@@ -51,8 +52,8 @@ pub struct LoginClaims {
     pub exp: u64,
     /// A unique id: a token is accepted once.
     pub jti: String,
-    /// The visitor's unionid, when WeChat gave one (the account is bound to a WeChat Open
-    /// Platform account).
+    /// The user's unionid, when WeChat gave one: with `USER_INFO` on, or from a login inside
+    /// WeChat (the code exchange names it).
     #[serde(rename = "unionId", default, skip_serializing_if = "Option::is_none")]
     pub union_id: Option<String>,
 }
@@ -237,17 +238,17 @@ impl LoginTokens {
         event: &str,
         audience: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        self.issue_with_union(openid, None, scene, event, audience)
+        self.issue_with_unionid(openid, scene, event, audience, None)
     }
 
-    /// [`LoginTokens::issue`], with the claim `unionId` when `union_id` is given.
-    pub fn issue_with_union(
+    /// [`LoginTokens::issue`] with the user's unionid, if known, as the `unionId` claim.
+    pub fn issue_with_unionid(
         &self,
         openid: &str,
-        union_id: Option<&str>,
         scene: &str,
         event: &str,
         audience: Option<&str>,
+        union_id: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = unix_now();
         let claims = LoginClaims {

@@ -306,7 +306,7 @@ impl OauthFlow {
         let login_token = self
             .inner
             .tokens
-            .issue_with_union(openid, union_id, SCENE, EVENT, pending.audience.as_deref())
+            .issue_with_unionid(openid, SCENE, EVENT, pending.audience.as_deref(), union_id)
             .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
             .ok();
         let kept = Kept {

@@ -24,4 +24,5 @@ mod sessions;
 mod startup;
 mod streams;
 mod token_broker;
+mod user_info;
 mod wechat_faults;
