@@ -3,6 +3,9 @@
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
 //! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`oauth`]: login inside WeChat's browser (`/oauth/authorize`, `/oauth/callback`,
+//!   `/oauth/result`).
+//! - [`broker`]: the account's access token for the company's other services.
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -14,12 +17,14 @@
 
 pub mod access;
 pub mod assets;
+pub mod broker;
 pub mod docs;
 pub mod error;
 pub mod forward;
 pub mod health;
 pub mod limits;
 pub mod login;
+pub mod oauth;
 pub mod qrcode;
 pub mod serve;
 pub mod sse;
@@ -38,6 +43,7 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::broker::Broker;
 use self::limits::Limits;
 use crate::accounts::Accounts;
 use crate::auth::page_key::PageKeys;
@@ -83,6 +89,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
+    /// The token broker, with `TOKEN_BROKER_KEY`.
+    pub broker: Option<Broker>,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: CancellationToken,
 }
@@ -102,7 +110,15 @@ pub fn router(state: AppState) -> Router {
         .route("/login/{scene}/status", get(login::status))
         .route("/login/verify", post(login::verify))
         .route("/tokens", post(login::mint))
+        .route("/oauth/authorize", get(oauth::authorize))
+        .route("/oauth/callback", get(oauth::callback))
+        .route("/oauth/result", post(oauth::result))
         .route("/.well-known/jwks.json", get(login::jwks))
+        .route("/wechat/{account}/access_token", get(broker::access_token))
+        .route(
+            "/wechat/{account}/access_token/refresh",
+            post(broker::refresh),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -206,6 +206,7 @@ fn qr_event(account: &Account, view: &SceneView) -> Event {
             } else {
                 account.settings.account_qrcode_url.as_deref()
             },
+            oauth: account.oauth.is_some(),
         },
     )
 }
