@@ -25,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         super::login::jwks,
         super::wechat_event::verify,
         super::wechat_event::receive,
+        super::wechat_event::verify_account,
+        super::wechat_event::receive_account,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,

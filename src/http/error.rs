@@ -22,6 +22,9 @@ pub enum HttpError {
     /// 404: no such thing (or no longer).
     #[error("not found")]
     NotFound,
+    /// 404: no account of that name is served (`/wechat_event/{account}`, `?account=`).
+    #[error("no such account")]
+    UnknownAccount,
     /// 413: the body is larger than allowed.
     #[error("the body is larger than 64 KiB")]
     PayloadTooLarge,
@@ -64,6 +67,7 @@ impl HttpError {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::NotFound => "not_found",
+            Self::UnknownAccount => "unknown_account",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
@@ -75,7 +79,7 @@ impl HttpError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -111,6 +111,10 @@ pub struct QrIssued<'a> {
     /// who does not follow the account yet can, and then send the code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_qrcode_url: Option<&'a str>,
+    /// The Official Account the stream logs in with (its name: `default`, or one of
+    /// `ACCOUNTS_FILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<&'a str>,
 }
 
 /// How a visitor logged in: a scan (as WeChat names its kinds) or a login code.
@@ -176,6 +180,9 @@ pub struct LoginEvent<'a> {
     /// The signed login token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_token: Option<&'a str>,
+    /// The Official Account the visitor logged in with (its name), when told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<&'a str>,
 }
 
 impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
@@ -184,6 +191,18 @@ impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
             user_id: r.openid.as_str(),
             event: r.kind.as_str(),
             login_token: r.login_token.as_deref(),
+            account: None,
+        }
+    }
+}
+
+impl<'a> LoginEvent<'a> {
+    /// The same, naming the account the visitor logged in with.
+    #[must_use]
+    pub fn with_account(self, account: &'a str) -> Self {
+        Self {
+            account: Some(account),
+            ..self
         }
     }
 }
