@@ -17,6 +17,7 @@ use crate::accounts::{Accounts, BuildError, Builder};
 use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_key::PageKeys;
 use crate::config::Config;
+use crate::http::broker::Broker;
 use crate::http::limits::{LimitSettings, Limits, default_max_streams, reserve_fd_table};
 use crate::http::{self, AppState, Shared};
 use crate::login::LoginService;
@@ -251,6 +252,7 @@ impl App {
             metrics_token: config.metrics_token.clone(),
             limits: Arc::clone(&limits),
             sse_keepalive: config.sse_keepalive,
+            broker: config.token_broker_key.clone().map(Broker::new),
             shutdown: cancel.clone(),
         });
         let mut router = http::router(state);

@@ -89,6 +89,10 @@ pub struct Config {
     pub result_keep: Duration,
     /// `DEMO_PAGE`: serve the demo page at `/` in serve mode.
     pub demo_page: bool,
+    /// `TOKEN_BROKER_KEY`: when set, the company's other services may read an account's
+    /// access token (`GET /wechat/{account}/access_token`) with this key, instead of fetching
+    /// their own and invalidating each other's. Never `API_TOKEN`, which pages hold.
+    pub token_broker_key: Option<Secret>,
     /// `CODE_DIGITS`: the length of login codes.
     pub code_digits: CodeLength,
     /// `CODE_ATTEMPTS_PER_MIN`: code attempts one sender may make per minute; past it their
@@ -825,6 +829,21 @@ impl Config {
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
         }
+        let token_broker_key = get("TOKEN_BROKER_KEY");
+        if let Some(key) = &token_broker_key {
+            if key.len() < 16 {
+                return Err(problem(
+                    "TOKEN_BROKER_KEY",
+                    "must be at least 16 characters",
+                ));
+            }
+            if *key == api_token || get("METRICS_TOKEN").as_ref() == Some(key) {
+                return Err(problem(
+                    "TOKEN_BROKER_KEY",
+                    "must differ from API_TOKEN and METRICS_TOKEN (it grants the access token)",
+                ));
+            }
+        }
         Ok(Self {
             api_token: Secret::new(api_token),
             bind: parse_or(&get, "BIND", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
@@ -851,6 +870,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(shutdown_grace),
             result_keep: Duration::from_secs(result_keep),
             demo_page,
+            token_broker_key: token_broker_key.map(Secret::new),
             code_digits,
             code_attempts_per_min,
             env_account,
@@ -1102,6 +1122,26 @@ mod tests {
         let mut vars = base();
         vars.insert("API_TOKEN".into(), "short".into());
         assert!(!load(&vars).unwrap_err().to_string().contains("short"));
+    }
+
+    #[test]
+    fn the_token_broker_key_is_long_and_apart_from_the_other_tokens() {
+        let mut vars = base();
+        assert!(load(&vars).unwrap().token_broker_key.is_none());
+        for bad in [
+            "too-short",
+            "page-token-123-and-more",
+            "metrics-token-0123456789",
+        ] {
+            vars.insert("API_TOKEN".into(), "page-token-123-and-more".into());
+            vars.insert("METRICS_TOKEN".into(), "metrics-token-0123456789".into());
+            vars.insert("TOKEN_BROKER_KEY".into(), bad.into());
+            let e = load(&vars).unwrap_err().to_string();
+            assert!(e.contains("TOKEN_BROKER_KEY") && !e.contains(bad), "{e}");
+        }
+        vars.insert("TOKEN_BROKER_KEY".into(), "broker-key-0123456789".into());
+        let key = load(&vars).unwrap().token_broker_key.unwrap();
+        assert!(key.ct_eq("broker-key-0123456789"));
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub struct Metrics {
     pub callbacks_forwarded: Family<Outcome, Counter>,
     /// WeChat API calls, by API and result.
     pub wechat_calls: Family<ApiCall, Counter>,
+    /// Token broker requests, by outcome (`read`, `refreshed`, `unchanged`: the caller's
+    /// token had been replaced already, `unauthorized`, `limited`, `failed`).
+    pub token_broker: Family<Outcome, Counter>,
+    /// Unionid look-ups after a login (`USER_INFO`), by outcome (`found`, `none`: WeChat
+    /// has none for the user, `failed`: the login went out without it).
+    pub user_info: Family<Outcome, Counter>,
     /// Time to handle a callback, in seconds.
     pub callback_seconds: Histogram,
     /// Time from a callback's arrival to its result being written to the stream, in seconds.
@@ -157,6 +163,16 @@ impl Metrics {
             "WeChat API calls, by API and result (ok or errcode)",
             Family::default()
         );
+        let token_broker = register!(
+            "token_broker_requests",
+            "Token broker requests from other services, by outcome",
+            Family::default()
+        );
+        let user_info = register!(
+            "user_info_lookups",
+            "Unionid look-ups after a login (USER_INFO), by outcome",
+            Family::default()
+        );
         let callback_seconds = register!(
             "callback_duration_seconds",
             "Time to handle a WeChat callback",
@@ -202,6 +218,8 @@ impl Metrics {
             callbacks_rejected,
             callbacks_forwarded,
             wechat_calls,
+            token_broker,
+            user_info,
             callback_seconds,
             scan_to_push_seconds,
         })
@@ -234,6 +252,15 @@ impl Metrics {
         self.streams_refused
             .get_or_create(&Rejection {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts `outcome` in `family` (a family labelled by outcome).
+    pub fn count(family: &Family<Outcome, Counter>, outcome: &str) {
+        family
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
             })
             .inc();
     }

@@ -207,6 +207,11 @@ impl Builder {
             }),
             Arc::clone(&self.metrics),
         );
+        let login = if settings.user_info {
+            login.with_user_info(tokens.clone())
+        } else {
+            login
+        };
         let forwarder = match &settings.forward_url {
             Some(url) => Some(Forwarder::new(url).map_err(|source| BuildError::Forward {
                 account: name.clone(),

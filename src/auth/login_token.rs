@@ -3,8 +3,9 @@
 //! Signed with EdDSA (Ed25519; the public key is served at `/.well-known/jwks.json`) or, when
 //! `LOGIN_TOKEN_SECRET` is set, HS256 with that secret. Claims: `iss` = `wxlogin`, `sub` (the
 //! openid), `aud` (the page token's origin, or `LOGIN_TOKEN_AUDIENCE`), `appid`, `scene`,
-//! `event`, `iat`, `exp` (default 5 minutes later) and `jti` (a unique id, so
-//! `POST /login/verify` can accept each token once).
+//! `event`, `iat`, `exp` (default 5 minutes later), `jti` (a unique id, so
+//! `POST /login/verify` can accept each token once) and, when WeChat gave one (`USER_INFO`),
+//! `unionId`.
 //!
 //! Verification checks what the signature alone cannot: that the token is wxlogin's (`iss`),
 //! for this deployment's account (`appid`), and for the audience asked for (the default one
@@ -51,6 +52,9 @@ pub struct LoginClaims {
     pub exp: u64,
     /// A unique id: a token is accepted once.
     pub jti: String,
+    /// The user's unionid, when `USER_INFO` is on and WeChat gave one.
+    #[serde(rename = "unionId", default, skip_serializing_if = "Option::is_none")]
+    pub union_id: Option<String>,
 }
 
 /// Why a login token was refused.
@@ -233,6 +237,18 @@ impl LoginTokens {
         event: &str,
         audience: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_with_unionid(openid, scene, event, audience, None)
+    }
+
+    /// [`LoginTokens::issue`] with the user's unionid, if known, as the `unionId` claim.
+    pub fn issue_with_unionid(
+        &self,
+        openid: &str,
+        scene: &str,
+        event: &str,
+        audience: Option<&str>,
+        union_id: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = unix_now();
         let claims = LoginClaims {
             iss: ISSUER.into(),
@@ -247,6 +263,7 @@ impl LoginTokens {
                 Some(process) => format!("{process}.{}", random_id()),
                 None => random_id(),
             },
+            union_id: union_id.map(str::to_owned),
         };
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());

@@ -4,6 +4,7 @@
 //! - [`wechat_event`]: `GET`/`POST /wechat_event` (and `/wechat_event/{account}`), WeChat's
 //!   URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`broker`]: the account's access token for the company's other services.
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
 //! - [`health`]: `GET /healthz`, `GET /readyz`, `GET /metrics`.
@@ -15,6 +16,7 @@
 
 pub mod access;
 pub mod assets;
+pub mod broker;
 pub mod docs;
 pub mod error;
 pub mod forward;
@@ -39,6 +41,7 @@ use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
 
+use self::broker::Broker;
 use self::limits::Limits;
 use crate::accounts::Accounts;
 use crate::auth::page_key::PageKeys;
@@ -84,6 +87,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// Interval of keep-alive comments.
     pub sse_keepalive: Duration,
+    /// The token broker, with `TOKEN_BROKER_KEY`.
+    pub broker: Option<Broker>,
     /// Cancelled at shutdown: open streams end so the server can stop.
     pub shutdown: CancellationToken,
 }
@@ -108,6 +113,11 @@ pub fn router(state: AppState) -> Router {
         .route("/login/verify", post(login::verify))
         .route("/tokens", post(login::mint))
         .route("/.well-known/jwks.json", get(login::jwks))
+        .route("/wechat/{account}/access_token", get(broker::access_token))
+        .route(
+            "/wechat/{account}/access_token/refresh",
+            post(broker::refresh),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

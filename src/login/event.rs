@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::wechat::callback::ScanKind;
-use crate::wechat::ids::{OpenId, Scene};
+use crate::wechat::ids::{OpenId, Scene, UnionId};
 
 /// The secret of one login stream: 128 random bits, base64url (22 characters). Only the
 /// stream's browser learns it (in the event ids); resuming the stream or reading its result
@@ -162,6 +162,9 @@ pub struct LoginResult {
     /// The signed proof of this login for the site's backend (absent only if signing
     /// failed, which is logged).
     pub login_token: Option<String>,
+    /// The user's unionid, when `USER_INFO` is on and WeChat gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unionid: Option<UnionId>,
     /// When the callback was resolved (for the scan-to-push latency). Not sent between
     /// instances (their clocks differ): a result from another instance counts from arrival.
     #[serde(skip, default = "std::time::Instant::now")]
@@ -169,7 +172,8 @@ pub struct LoginResult {
 }
 
 /// The JSON of a [`LoginResult`]:
-/// `{"userId": openid, "event": "SCAN" | "subscribe", "login_token": "…"}`.
+/// `{"userId": openid, "event": "SCAN" | "subscribe", "login_token": "…"}`, and
+/// `"unionId"` when there is one.
 #[derive(Debug, Serialize)]
 pub struct LoginEvent<'a> {
     /// The openid.
@@ -180,6 +184,9 @@ pub struct LoginEvent<'a> {
     /// The signed login token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub login_token: Option<&'a str>,
+    /// The user's unionid (`USER_INFO`), when WeChat gave one.
+    #[serde(rename = "unionId", skip_serializing_if = "Option::is_none")]
+    pub union_id: Option<&'a str>,
     /// The Official Account the visitor logged in with (its name), when told.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<&'a str>,
@@ -191,6 +198,7 @@ impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
             user_id: r.openid.as_str(),
             event: r.kind.as_str(),
             login_token: r.login_token.as_deref(),
+            union_id: r.unionid.as_ref().map(UnionId::as_str),
             account: None,
         }
     }
@@ -301,6 +309,7 @@ mod tests {
             openid: OpenId::new("oAbc"),
             kind: ScanKind::Subscribe.into(),
             login_token: Some("a.b.c".into()),
+            unionid: None,
             resolved_at: std::time::Instant::now(),
         };
         let json = serde_json::to_value(LoginEvent::from(&r)).unwrap();
@@ -308,6 +317,16 @@ mod tests {
             json,
             serde_json::json!({"userId": "oAbc", "event": "subscribe", "login_token": "a.b.c"})
         );
+        let with_unionid = LoginResult {
+            unionid: UnionId::parse("uAbc").ok(),
+            ..r
+        };
+        let json = serde_json::to_value(LoginEvent::from(&with_unionid)).unwrap();
+        assert_eq!(json["unionId"], "uAbc");
+        // Kept in the store as JSON, and read back with it.
+        let stored = serde_json::to_string(&with_unionid).unwrap();
+        let back: LoginResult = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.unionid, with_unionid.unionid);
     }
 
     #[test]

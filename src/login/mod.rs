@@ -32,12 +32,17 @@ use crate::metrics::{self, Metrics};
 pub use crate::store::Outcome;
 use crate::store::{Bound, Inbox, Store, StoreError};
 use crate::wechat::callback::{Binding, ScanEvent, TextMessage};
-use crate::wechat::ids::Scene;
+use crate::wechat::ids::{OpenId, Scene, UnionId};
+use crate::wechat::token::TokenCache;
 
 /// How long a callback's event key (openid and `CreateTime`) is kept: longer than WeChat's
 /// retries (3 × 5 s), which may come under new queries. Replays are the bindings' business:
 /// they live as long as a query's timestamp would pass.
 pub const EVENT_KEY_TTL: Duration = Duration::from_secs(30);
+
+/// The most a unionid look-up may add to a login (`USER_INFO`): past it the login goes out
+/// without it, well within the 5 s WeChat waits for the callback's answer.
+pub const USER_INFO_BUDGET: Duration = Duration::from_secs(2);
 
 /// How long a sender's code attempts are counted together (`CODE_ATTEMPTS_PER_MIN`).
 pub const CODE_ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
@@ -118,6 +123,9 @@ struct Inner {
     qr: bool,
     /// Login codes, when on.
     codes: Option<CodePolicy>,
+    /// With `USER_INFO`, the account's token cache, through which each login looks up the
+    /// user's unionid.
+    user_info: Option<TokenCache>,
     metrics: Arc<Metrics>,
 }
 
@@ -142,9 +150,50 @@ impl LoginService {
                 wait,
                 qr,
                 codes,
+                user_info: None,
                 metrics,
             }),
         }
+    }
+
+    /// The same service, looking up each login's unionid through `tokens` (`USER_INFO`).
+    /// Called while building, before the service is shared: a clone is left as it was.
+    #[must_use]
+    pub fn with_user_info(mut self, tokens: TokenCache) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.user_info = Some(tokens),
+            None => tracing::error!("USER_INFO set on a login flow already shared: ignored"),
+        }
+        self
+    }
+
+    /// The unionid of `openid`, with `USER_INFO`: asked of WeChat (`user/info`) within
+    /// [`USER_INFO_BUDGET`]. A failure never fails the login: it is logged and counted, and
+    /// the result goes out without it.
+    async fn unionid(&self, openid: &str) -> Option<UnionId> {
+        let tokens = self.inner.user_info.as_ref()?;
+        let openid = OpenId::new(openid);
+        let api = tokens.api();
+        let lookup = tokens.with_token(|token| {
+            let openid = &openid;
+            async move { api.user_info(&token, openid).await }
+        });
+        let (outcome, unionid) = match tokio::time::timeout(USER_INFO_BUDGET, lookup).await {
+            Ok(Ok(info)) => match info.unionid {
+                Some(unionid) => ("found", Some(unionid)),
+                None => ("none", None),
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(openid = %openid.short(), error = %e, "cannot look up the unionid; the login goes out without it");
+                ("failed", None)
+            }
+            Err(_) => {
+                tracing::warn!(openid = %openid.short(), budget_ms = USER_INFO_BUDGET.as_millis(), "WeChat did not give the unionid in time; the login goes out without it");
+                ("failed", None)
+            }
+        };
+        Metrics::count(&self.inner.metrics.user_info, outcome);
+        unionid
     }
 
     /// The metrics.
@@ -261,6 +310,7 @@ impl LoginService {
         scan: &ScanEvent<'_>,
         binding: &Binding,
     ) -> Result<Scanned, StoreError> {
+        let unionid = self.unionid(scan.openid).await;
         let (outcome, face) = self
             .inner
             .scenes
@@ -273,11 +323,12 @@ impl LoginService {
                     let login_token = self
                         .inner
                         .tokens
-                        .issue(
+                        .issue_with_unionid(
                             scan.openid,
                             scan.scene.as_str(),
                             scan.kind.as_str(),
                             audience,
+                            unionid.as_ref().map(UnionId::as_str),
                         )
                         .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
                         .ok();
@@ -285,6 +336,7 @@ impl LoginService {
                         openid: scan.openid(),
                         kind: scan.kind.into(),
                         login_token,
+                        unionid: unionid.clone(),
                         resolved_at: Instant::now(),
                     }
                 },
@@ -366,6 +418,7 @@ impl LoginService {
             });
         };
         let openid = text.openid();
+        let unionid = self.unionid(text.openid).await;
         let (outcome, face) = self
             .inner
             .scenes
@@ -373,11 +426,12 @@ impl LoginService {
                 let login_token = self
                     .inner
                     .tokens
-                    .issue(
+                    .issue_with_unionid(
                         text.openid,
                         scene.as_str(),
                         LoginKind::Code.as_str(),
                         audience,
+                        unionid.as_ref().map(UnionId::as_str),
                     )
                     .map_err(|e| tracing::error!(error = %e, "cannot sign a login token"))
                     .ok();
@@ -385,6 +439,7 @@ impl LoginService {
                     openid,
                     kind: LoginKind::Code,
                     login_token,
+                    unionid: unionid.clone(),
                     resolved_at: Instant::now(),
                 }
             })

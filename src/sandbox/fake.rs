@@ -1,6 +1,7 @@
 //! A fake WeChat API server that behaves like the real one where wxlogin depends on it:
 //! `stable_token` (same token while valid, `force_refresh`), `/cgi-bin/token` (a new token that
-//! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, WeChat's
+//! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, `user/info`
+//! (followers, some with a unionid), WeChat's
 //! errcodes for bad credentials and tokens, and fault injection (errcodes, delays, odd bodies,
 //! lives out of range) for tests.
 //!
@@ -28,6 +29,8 @@ use crate::wechat::secret::Secret;
 pub const TOKEN_TTL: Duration = Duration::from_secs(7200);
 /// While a token has more than this left, `stable_token` hands the same one back.
 const TOKEN_REUSE_MIN: Duration = Duration::from_secs(300);
+/// WeChat's errcode for an openid that is missing or not of this account.
+const INVALID_OPENID: i64 = 40003;
 /// The fewest tickets at which long-expired ones are forgotten.
 const MIN_PURGE_AT: usize = 10_000;
 
@@ -103,6 +106,8 @@ pub struct Counters {
     pub qr_requests: AtomicU64,
     /// QR codes created.
     pub qr_created: AtomicU64,
+    /// Calls of `user/info`.
+    pub user_info_requests: AtomicU64,
 }
 
 /// A QR code the fake created.
@@ -129,6 +134,15 @@ struct IssuedToken {
 struct Faults {
     token: VecDeque<Fault>,
     qr: VecDeque<Fault>,
+    user_info: VecDeque<Fault>,
+}
+
+/// Which endpoint a fault is for.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Token,
+    Qr,
+    UserInfo,
 }
 
 struct FakeState {
@@ -143,6 +157,9 @@ struct FakeState {
     /// left by the last purge, so a purge costs O(1) per code made, however long the run.
     purge_at: AtomicUsize,
     faults: Mutex<Faults>,
+    /// The unionids of users, by openid: as if the account were bound to an Open Platform
+    /// account that these users also use.
+    unionids: Mutex<HashMap<String, String>>,
     /// What token replies say `expires_in` is, when not [`NO_OVERRIDE`] (the token itself
     /// still lives [`TOKEN_TTL`]).
     token_life: AtomicI64,
@@ -173,6 +190,7 @@ fn error_reply(code: i64) -> Response {
         errcode::DAILY_QUOTA => "reach max api daily quota limit",
         errcode::NO_PERMISSION => "api unauthorized",
         41001 => "access_token missing",
+        INVALID_OPENID => "invalid openid",
         47001 => "data format error",
         _ => "error",
     };
@@ -190,6 +208,7 @@ impl FakeWechat {
                 by_url: Mutex::new(HashMap::new()),
                 purge_at: AtomicUsize::new(MIN_PURGE_AT),
                 faults: Mutex::new(Faults::default()),
+                unionids: Mutex::new(HashMap::new()),
                 token_life: AtomicI64::new(NO_OVERRIDE),
                 qr_life: AtomicI64::new(NO_OVERRIDE),
                 counters: Counters::default(),
@@ -229,6 +248,18 @@ impl FakeWechat {
         lock(&self.state.faults)
             .qr
             .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// The next `times` calls of `user/info` meet `fault`.
+    pub fn fail_user_info(&self, fault: Fault, times: usize) {
+        lock(&self.state.faults)
+            .user_info
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// From now on `user/info` gives `unionid` for `openid`.
+    pub fn give_unionid(&self, openid: &str, unionid: &str) {
+        lock(&self.state.unionids).insert(openid.to_owned(), unionid.to_owned());
     }
 
     /// The next `times` token calls meet `fault`.
@@ -286,16 +317,17 @@ impl FakeWechat {
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/token", get(legacy_token))
             .route("/cgi-bin/qrcode/create", post(qrcode_create))
+            .route("/cgi-bin/user/info", get(user_info))
             .with_state(self.clone())
     }
 
-    async fn take_fault(&self, qr: bool) -> Option<Response> {
+    async fn take_fault(&self, endpoint: Endpoint) -> Option<Response> {
         let fault = {
             let mut faults = lock(&self.state.faults);
-            if qr {
-                faults.qr.pop_front()
-            } else {
-                faults.token.pop_front()
+            match endpoint {
+                Endpoint::Token => faults.token.pop_front(),
+                Endpoint::Qr => faults.qr.pop_front(),
+                Endpoint::UserInfo => faults.user_info.pop_front(),
             }
         };
         match fault? {
@@ -338,6 +370,25 @@ impl FakeWechat {
         (value, TOKEN_TTL.as_secs())
     }
 
+    /// The account (its appid) whose current access token `token` is, as WeChat's tokens
+    /// name their account; else the errcode WeChat gives.
+    fn token_account(&self, token: Option<&str>) -> Result<String, i64> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(41001);
+        };
+        let tokens = lock(&self.state.tokens);
+        match tokens.iter().find(|(_, t)| t.value == token) {
+            Some((appid, t)) if t.expires_at > Instant::now() => Ok(appid.clone()),
+            Some(_) => Err(errcode::ACCESS_TOKEN_EXPIRED),
+            None => Err(errcode::INVALID_CREDENTIAL),
+        }
+    }
+
+    /// The errcode for an access token that is not an account's current one, if it is not.
+    fn check_token(&self, token: Option<&str>) -> Option<i64> {
+        self.token_account(token).err()
+    }
+
     /// The errcode for wrong credentials, if they are wrong.
     fn check_credentials(&self, appid: &str, secret: &str) -> Option<i64> {
         let Some(account) = self.account_of(appid) else {
@@ -364,7 +415,7 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
         .counters
         .token_requests
         .fetch_add(1, Ordering::Relaxed);
-    if let Some(reply) = fake.take_fault(false).await {
+    if let Some(reply) = fake.take_fault(Endpoint::Token).await {
         return reply;
     }
     let Ok(body) = serde_json::from_slice::<StableTokenBody>(&body) else {
@@ -411,7 +462,7 @@ async fn legacy_token(
         .counters
         .token_requests
         .fetch_add(1, Ordering::Relaxed);
-    if let Some(reply) = fake.take_fault(false).await {
+    if let Some(reply) = fake.take_fault(Endpoint::Token).await {
         return reply;
     }
     let appid = q.appid.as_deref().unwrap_or_default();
@@ -436,20 +487,12 @@ async fn qrcode_create(
         .counters
         .qr_requests
         .fetch_add(1, Ordering::Relaxed);
-    if let Some(reply) = fake.take_fault(true).await {
+    if let Some(reply) = fake.take_fault(Endpoint::Qr).await {
         return reply;
     }
-    let Some(token) = q.access_token.filter(|t| !t.is_empty()) else {
-        return error_reply(41001);
-    };
-    // The token names its account, as WeChat's do.
-    let appid = {
-        let tokens = lock(&fake.state.tokens);
-        match tokens.iter().find(|(_, t)| t.value == token) {
-            Some((appid, t)) if t.expires_at > Instant::now() => appid.clone(),
-            Some(_) => return error_reply(errcode::ACCESS_TOKEN_EXPIRED),
-            None => return error_reply(errcode::INVALID_CREDENTIAL),
-        }
+    let appid = match fake.token_account(q.access_token.as_deref()) {
+        Ok(appid) => appid,
+        Err(code) => return error_reply(code),
     };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error_reply(47001);
@@ -500,6 +543,48 @@ async fn qrcode_create(
             purge_at.store((by_url.len() * 2).max(MIN_PURGE_AT), Ordering::Relaxed);
         }
         by_url.insert(info.url.clone(), info);
+    }
+    Json(reply).into_response()
+}
+
+#[derive(Deserialize)]
+struct UserInfoQuery {
+    access_token: Option<String>,
+    openid: Option<String>,
+}
+
+/// `user/info`: every openid the phone uses follows the account (`subscribe` 1); those given a
+/// unionid have it, as with an account bound to an Open Platform account. Like WeChat since
+/// 2021, no nickname or avatar.
+async fn user_info(State(fake): State<FakeWechat>, Query(q): Query<UserInfoQuery>) -> Response {
+    fake.state
+        .counters
+        .user_info_requests
+        .fetch_add(1, Ordering::Relaxed);
+    if let Some(reply) = fake.take_fault(Endpoint::UserInfo).await {
+        return reply;
+    }
+    if let Some(code) = fake.check_token(q.access_token.as_deref()) {
+        return error_reply(code);
+    }
+    let Some(openid) = q.openid.filter(|o| !o.is_empty()) else {
+        return error_reply(INVALID_OPENID);
+    };
+    let unionid = lock(&fake.state.unionids).get(&openid).cloned();
+    let mut reply = json!({
+        "subscribe": 1,
+        "openid": openid,
+        "language": "zh_CN",
+        "subscribe_time": 1_700_000_000,
+        "remark": "",
+        "groupid": 0,
+        "tagid_list": [],
+        "subscribe_scene": "ADD_SCENE_QR_CODE",
+        "qr_scene": 0,
+        "qr_scene_str": "",
+    });
+    if let Some(unionid) = unionid {
+        reply["unionid"] = json!(unionid);
     }
     Json(reply).into_response()
 }

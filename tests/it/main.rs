@@ -23,4 +23,6 @@ mod sandbox;
 mod sessions;
 mod startup;
 mod streams;
+mod token_broker;
+mod user_info;
 mod wechat_faults;

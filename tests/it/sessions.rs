@@ -76,6 +76,7 @@ fn qr() -> QrCode {
 
 fn result(openid: &str) -> LoginResult {
     LoginResult {
+        unionid: None,
         openid: OpenId::new(openid),
         kind: ScanKind::Scan.into(),
         login_token: None,

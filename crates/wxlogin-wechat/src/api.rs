@@ -1,5 +1,5 @@
-//! The WeChat API client: `stable_token` and `qrcode/create`, with timeouts and retries of
-//! WeChat's "busy" answer.
+//! The WeChat API client: `stable_token`, `qrcode/create` and `user/info`, with timeouts and
+//! retries of WeChat's "busy" answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, RequestError, errcode};
 use super::http::HttpClient;
-use super::ids::{Scene, Ticket};
+use super::ids::{OpenId, Scene, Ticket, UnionId};
 use super::secret::Secret;
 
 /// The address of the real WeChat API.
@@ -54,6 +54,16 @@ pub struct QrTicket {
     pub url: String,
     /// Its life in seconds: as WeChat reported, but never more than was asked for.
     pub expire_seconds: u32,
+}
+
+/// What `user/info` says of a user that wxlogin uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Whether the user follows the account.
+    pub subscribed: bool,
+    /// The user's id across the apps of the account's Open Platform account: present only
+    /// when the account is bound to one. (WeChat no longer gives nicknames or avatars here.)
+    pub unionid: Option<UnionId>,
 }
 
 /// Told of every call's result: the API's name and `Ok` or the error (for metrics).
@@ -106,6 +116,14 @@ struct TokenReply {
     access_token: String,
     /// Any JSON number: WeChat's word is checked, not trusted to fit a type.
     expires_in: serde_json::Number,
+}
+
+#[derive(Deserialize)]
+struct UserInfoReply {
+    #[serde(default)]
+    subscribe: i64,
+    #[serde(default)]
+    unionid: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -265,6 +283,64 @@ impl WechatApi {
         })
     }
 
+    /// `GET /cgi-bin/user/info`: what WeChat says of the follower `openid` (for wxlogin, its
+    /// `unionid`). An empty or odd `unionid` is read as none.
+    pub async fn user_info(
+        &self,
+        token: &AccessToken,
+        openid: &OpenId,
+    ) -> Result<UserInfo, ApiError> {
+        let url = format!(
+            "{}/cgi-bin/user/info?access_token={}&openid={}&lang=zh_CN",
+            self.base,
+            token.value.expose(),
+            // An openid is URL-safe base64 (checked when parsed); encoded anyway.
+            url_component(openid.as_str()),
+        );
+        let reply: UserInfoReply = self.get_with_retry("user_info", &url).await?;
+        Ok(UserInfo {
+            subscribed: reply.subscribe == 1,
+            unionid: reply
+                .unionid
+                .as_deref()
+                .and_then(|u| UnionId::parse(u).ok()),
+        })
+    }
+
+    async fn get_with_retry<T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        url: &str,
+    ) -> Result<T, ApiError> {
+        let mut pause = BUSY_FIRST_PAUSE;
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let bytes = self
+                    .http
+                    .get_json(url, MAX_REPLY_BYTES)
+                    .await
+                    .map_err(ApiError::Request)?
+                    .ok_or(ApiError::TooLarge {
+                        limit: MAX_REPLY_BYTES,
+                    })?;
+                parse_reply(&bytes)
+            }
+            .await;
+            if let Some(observer) = &self.observer {
+                observer(api, result.as_ref().map(|_| ()));
+            }
+            match result {
+                Err(e) if e.errcode() == Some(errcode::BUSY) && attempt < BUSY_ATTEMPTS => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 3;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn post_with_retry<B: Serialize, T: DeserializeOwned>(
         &self,
         api: &'static str,
@@ -307,6 +383,18 @@ impl WechatApi {
             })?;
         parse_reply(&bytes)
     }
+}
+
+/// `s` percent-encoded for a query (every byte but the unreserved ones).
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Reads a WeChat reply: an error object, or the expected value.

@@ -163,6 +163,25 @@ impl HttpClient {
             .unwrap_or(Err(RequestError::TimedOut(self.timeout)))
     }
 
+    /// GETs `url`: the body of a 2xx answer if it is at most `limit` bytes, `None` if it is
+    /// longer.
+    pub(crate) async fn get_json(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<Option<Bytes>, RequestError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .header(header::USER_AGENT, self.user_agent.clone())
+            .header(header::ACCEPT, HeaderValue::from_static("application/json"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| RequestError::Build(Box::new(e)))?;
+        tokio::time::timeout(self.timeout, self.exchange(request, limit))
+            .await
+            .unwrap_or(Err(RequestError::TimedOut(self.timeout)))
+    }
+
     async fn exchange(
         &self,
         request: Request<Full<Bytes>>,

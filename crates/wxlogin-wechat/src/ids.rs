@@ -190,6 +190,52 @@ impl fmt::Display for OpenId {
     }
 }
 
+/// A user's unionid: the same for every app (Official Accounts, mini programs, websites) bound
+/// to one Open Platform account. 1-64 characters of `A-Z a-z 0-9 - _`, as WeChat makes them;
+/// anything else from WeChat is not taken (it goes into results and login tokens).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UnionId(String);
+
+/// Why a string is not a [`UnionId`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a unionid is 1-64 characters of A-Z a-z 0-9 - _")]
+pub struct InvalidUnionId;
+
+impl UnionId {
+    /// Checks a unionid as WeChat sent it.
+    pub fn parse(s: &str) -> Result<Self, InvalidUnionId> {
+        let shaped = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        shaped.then(|| Self(s.to_owned())).ok_or(InvalidUnionId)
+    }
+
+    /// The unionid in full.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UnionId {
+    type Error = InvalidUnionId;
+    fn try_from(s: String) -> Result<Self, InvalidUnionId> {
+        Self::parse(&s)
+    }
+}
+
+impl From<UnionId> for String {
+    fn from(u: UnionId) -> Self {
+        u.0
+    }
+}
+
+impl fmt::Debug for UnionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UnionId({})", short_openid(&self.0))
+    }
+}
+
 /// A QR code ticket, as returned by `qrcode/create`; it may contain `+ / =`.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -85,6 +85,46 @@ struct Cached {
     use_until: Instant,
 }
 
+impl Cached {
+    /// The token with the seconds left before this cache stops using it.
+    fn lease(&self) -> AccessToken {
+        AccessToken {
+            value: self.token.value.clone(),
+            expires_in: self
+                .use_until
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
+        }
+    }
+}
+
+/// A token and where it came from.
+struct Fetched {
+    token: AccessToken,
+    /// Fetched from WeChat by this instance (not read from the share).
+    here: bool,
+}
+
+impl Fetched {
+    fn here(token: AccessToken) -> Self {
+        Self { token, here: true }
+    }
+
+    fn shared(token: AccessToken) -> Self {
+        Self { token, here: false }
+    }
+}
+
+/// What [`TokenCache::refresh_if_current`] did.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    /// The current token; `expires_in` is what is left of the time wxlogin uses it.
+    pub token: AccessToken,
+    /// Whether this call fetched a new token from WeChat (`false`: the token the caller
+    /// found rejected had been replaced already, here or by another instance).
+    pub refreshed: bool,
+}
+
 /// A shared access token for one account. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenCache {
@@ -122,14 +162,18 @@ impl TokenCache {
     }
 
     fn fresh(&self) -> Option<AccessToken> {
+        self.fresh_cached().map(|c| c.token)
+    }
+
+    fn fresh_cached(&self) -> Option<Cached> {
         let cached = self.inner.cached.lock().unwrap_or_else(|p| p.into_inner());
         cached
             .as_ref()
             .filter(|c| Instant::now() < c.use_until)
-            .map(|c| c.token.clone())
+            .cloned()
     }
 
-    fn store(&self, token: AccessToken) {
+    fn store(&self, token: AccessToken) -> Cached {
         // Stop using a token five minutes before WeChat's expiry (or at half-life for short
         // ones), so a call never starts with a token about to lapse. The client keeps the
         // life in range; capping it here too keeps the clock arithmetic from overflowing.
@@ -139,8 +183,9 @@ impl TokenCache {
         let use_until = now
             .checked_add(Duration::from_secs(life - margin))
             .unwrap_or(now);
-        *self.inner.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Cached { token, use_until });
+        let cached = Cached { token, use_until };
+        *self.inner.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+        cached
     }
 
     /// A valid access token: the cached one, or a fresh one fetched once for all callers.
@@ -153,7 +198,7 @@ impl TokenCache {
             return Ok(token);
         }
         let token = match &self.inner.share {
-            Some(share) => self.fetch_shared(share.as_ref(), None).await?,
+            Some(share) => self.fetch_shared(share.as_ref(), None).await?.token,
             None => self.fetch(false).await?,
         };
         self.store(token.clone());
@@ -193,9 +238,9 @@ impl TokenCache {
         &self,
         share: &dyn TokenShare,
         rejected: Option<&Secret>,
-    ) -> Result<AccessToken, ApiError> {
+    ) -> Result<Fetched, ApiError> {
         enum Step {
-            Got(AccessToken),
+            Got(Fetched),
             Wait,
             ShareDown(ShareError),
             Failed(ApiError),
@@ -204,7 +249,7 @@ impl TokenCache {
         loop {
             let step = async {
                 if let Some(token) = Self::load_shared(share, rejected).await? {
-                    return Ok(Step::Got(token));
+                    return Ok(Step::Got(Fetched::shared(token)));
                 }
                 if !share.try_lock(SHARE_LOCK_TTL).await? {
                     return Ok(Step::Wait);
@@ -212,7 +257,7 @@ impl TokenCache {
                 // Somebody may have shared one just before we took the lock.
                 if let Some(token) = Self::load_shared(share, rejected).await? {
                     let _ = share.unlock().await;
-                    return Ok(Step::Got(token));
+                    return Ok(Step::Got(Fetched::shared(token)));
                 }
                 match self.fetch_here(rejected).await {
                     Ok(token) => {
@@ -221,7 +266,7 @@ impl TokenCache {
                         if let Err(e) = share.put(&token.value, expires_ms).await {
                             tracing::warn!(error = %e, "cannot share the access token");
                         }
-                        Ok(Step::Got(token))
+                        Ok(Step::Got(Fetched::here(token)))
                     }
                     Err(e) => {
                         let _ = share.unlock().await;
@@ -239,11 +284,11 @@ impl TokenCache {
                     tracing::warn!(
                         "the instance refreshing the access token is slow; fetching here"
                     );
-                    return self.fetch_here(rejected).await;
+                    return self.fetch_here(rejected).await.map(Fetched::here);
                 }
                 Step::ShareDown(e) => {
                     tracing::warn!(error = %e, "the shared access token is unreachable; fetching here");
-                    return self.fetch_here(rejected).await;
+                    return self.fetch_here(rejected).await.map(Fetched::here);
                 }
             }
         }
@@ -292,11 +337,67 @@ impl TokenCache {
             Some(share) => {
                 self.fetch_shared(share.as_ref(), Some(&rejected.value))
                     .await?
+                    .token
             }
             None => self.fetch_here(Some(&rejected.value)).await?,
         };
         self.store(token.clone());
         Ok(token)
+    }
+
+    /// The token for another program of the same account (wxlogin as the account's one
+    /// holder of the token): with the share, the shared one (another instance may have
+    /// renewed it since this one cached its own), else the cached one, fetched once for all
+    /// callers when there is none. Its `expires_in` is what is left of the time this cache
+    /// itself uses it, so that the caller comes back for the next one no later than wxlogin.
+    pub async fn current(&self) -> Result<AccessToken, ApiError> {
+        if let Some(share) = &self.inner.share {
+            match Self::load_shared(share.as_ref(), None).await {
+                Ok(Some(token)) => return Ok(self.store(token).lease()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared access token is unreachable; using this instance's")
+                }
+            }
+        }
+        if let Some(cached) = self.fresh_cached() {
+            return Ok(cached.lease());
+        }
+        self.get().await?;
+        match self.fresh_cached() {
+            Some(cached) => Ok(cached.lease()),
+            // Fetched with a life shorter than this cache's margin: hand it on as it is.
+            None => self.get().await,
+        }
+    }
+
+    /// Compare and refresh, for another program that found `seen` rejected by WeChat: a new
+    /// token only if `seen` is still the current one (here, or with the share on every
+    /// instance), else the current one. A crowd of callers holding the same rejected token
+    /// causes one refresh: the first renews it under the refresh lock (and the share's), the
+    /// others find that the current token is no longer theirs.
+    pub async fn refresh_if_current(&self, seen: &Secret) -> Result<Renewal, ApiError> {
+        let _guard = self.inner.refresh.lock().await;
+        let fetched = match &self.inner.share {
+            // The share holds the current token: this instance's copy may be older.
+            Some(share) => self.fetch_shared(share.as_ref(), Some(seen)).await?,
+            None => match self.fresh_cached() {
+                Some(cached) if !cached.token.value.ct_eq(seen.expose()) => {
+                    return Ok(Renewal {
+                        token: cached.lease(),
+                        refreshed: false,
+                    });
+                }
+                _ => Fetched::here(self.fetch_here(Some(seen)).await?),
+            },
+        };
+        if fetched.here {
+            tracing::info!("renewed the access token for a caller that found it rejected");
+        }
+        Ok(Renewal {
+            token: self.store(fetched.token).lease(),
+            refreshed: fetched.here,
+        })
     }
 
     fn take_force_ration(&self) -> Result<(), ApiError> {

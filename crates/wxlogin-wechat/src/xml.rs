@@ -14,9 +14,15 @@
 //! "The callbacks ratio reaches 0.8").
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
+
+/// The end of a CDATA section. The searcher is built once: `memmem::find` would build one for
+/// every element of every callback.
+static CDATA_END: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"]]>"));
 
 /// The fields of a callback that this crate reads. Absent fields are `None`. Each borrows from
 /// the body it was read from unless it had to be pieced together (character references);
@@ -228,7 +234,7 @@ pub fn parse_flat(body: &str) -> Option<CallbackXml<'_>> {
         // One CDATA section, or text up to the next `<`.
         let content = b.get(at..)?;
         let (text, end) = if let Some(cdata) = content.strip_prefix(b"<![CDATA[") {
-            let len = memchr::memmem::find(cdata, b"]]>")?;
+            let len = CDATA_END.find(cdata)?;
             (body.get(at + 9..at + 9 + len)?, at + 9 + len + 3)
         } else {
             let len = memchr::memchr3(b'<', b'&', b'>', content)?;
