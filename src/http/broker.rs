@@ -68,7 +68,7 @@ impl Broker {
 }
 
 /// What a caller gets: the token and the seconds it may use it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenReply {
     /// The access token.
     pub access_token: String,
@@ -86,8 +86,8 @@ impl From<AccessToken> for TokenReply {
 }
 
 /// The body of a refresh request.
-#[derive(Deserialize)]
-struct RefreshRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RefreshRequest {
     /// The token WeChat rejected for the caller.
     access_token: String,
 }
@@ -135,7 +135,16 @@ fn unavailable(state: &AppState, account: &AccountName, e: &ApiError) -> HttpErr
     }
 }
 
-/// `GET /wechat/{account}/access_token`: the account's current token.
+/// `GET /wechat/{account}/access_token` (bearer `TOKEN_BROKER_KEY`): the account's current
+/// access token, from wxlogin's cache (no WeChat call while it is fresh).
+#[utoipa::path(get, path = "/wechat/{account}/access_token", tag = "token broker",
+    params(("account" = String, Path, description = "The account's name (`default`: the environment's)")),
+    security(("token_broker_key" = [])),
+    responses(
+        (status = 200, description = "The current token", body = TokenReply),
+        (status = 401, description = "TOKEN_BROKER_KEY missing or wrong", body = serde_json::Value),
+        (status = 404, description = "No such account, or the broker is off (TOKEN_BROKER_KEY unset)", body = serde_json::Value),
+        (status = 503, description = "WeChat gives no token now; retry after Retry-After", body = serde_json::Value)))]
 pub async fn access_token(
     State(state): State<AppState>,
     Path(account): Path<String>,
@@ -151,7 +160,20 @@ pub async fn access_token(
     Ok(Json(token.into()))
 }
 
-/// `POST /wechat/{account}/access_token/refresh`: compare and refresh (see the module).
+/// `POST /wechat/{account}/access_token/refresh` (bearer `TOKEN_BROKER_KEY`): compare and
+/// refresh. A new token only if the one named is still the current one; every caller gets the
+/// current token.
+#[utoipa::path(post, path = "/wechat/{account}/access_token/refresh", tag = "token broker",
+    params(("account" = String, Path, description = "The account's name (`default`: the environment's)")),
+    request_body = RefreshRequest,
+    security(("token_broker_key" = [])),
+    responses(
+        (status = 200, description = "The current token (new if the one named was current)", body = TokenReply),
+        (status = 400, description = "Malformed body", body = serde_json::Value),
+        (status = 401, description = "TOKEN_BROKER_KEY missing or wrong", body = serde_json::Value),
+        (status = 404, description = "No such account, or the broker is off (TOKEN_BROKER_KEY unset)", body = serde_json::Value),
+        (status = 429, description = "Too many refresh requests, or no forced refresh allowed by WeChat now; retry after Retry-After", body = serde_json::Value),
+        (status = 503, description = "WeChat gives no token now; retry after Retry-After", body = serde_json::Value)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Path(account): Path<String>,

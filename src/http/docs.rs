@@ -27,6 +27,8 @@ use utoipa::{Modify, OpenApi};
         super::wechat_event::receive,
         super::wechat_event::verify_account,
         super::wechat_event::receive_account,
+        super::broker::access_token,
+        super::broker::refresh,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -38,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         (name = "login", description = "What a page uses"),
         (name = "site backend", description = "Server to server, with `Authorization: Bearer API_TOKEN`"),
         (name = "wechat", description = "The callback URL set in the WeChat console"),
+        (name = "token broker", description = "The account's access token for the company's other services, with `Authorization: Bearer TOKEN_BROKER_KEY`"),
         (name = "operations", description = "Health, readiness, metrics, these docs"),
     )
 )]
@@ -50,6 +53,10 @@ impl Modify for BearerApiToken {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "token_broker_key",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::fake::{FakeAccount, FakeWechat, TicketInfo};
 use crate::wechat::crypto::{AesKey, msg_signature};
-use crate::wechat::ids::Scene;
+use crate::wechat::ids::{Scene, UnionId};
 use crate::wechat::xml::push_cdata;
 
 /// What the phone sends: a scan event and its signed query, written by the protocol's builders.
@@ -305,8 +305,28 @@ pub fn text_xml(gh_id: &str, openid: &str, create_time: i64, content: &str, msg_
 pub struct TextRequest {
     /// Who sends it; random when absent.
     pub openid: Option<String>,
+    /// The sender's unionid from now on (what `user/info` gives with `USER_INFO`).
+    pub unionid: Option<String>,
     /// What the message says.
     pub content: String,
+}
+
+/// The openid a request names (random when absent), given `unionid` at the fake WeChat when
+/// the request names one; `Err` with a 400 for a unionid WeChat would never make.
+fn sender(
+    phone: &Phone,
+    openid: Option<String>,
+    unionid: Option<&str>,
+) -> Result<String, Response> {
+    let openid = openid
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(random_openid);
+    if let Some(unionid) = unionid {
+        let unionid = UnionId::parse(unionid)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())?;
+        phone.inner.wechat.give_unionid(&openid, unionid.as_str());
+    }
+    Ok(openid)
 }
 
 /// `POST /sandbox/text`: sends a text message from the phone; answers the openid and the
@@ -322,10 +342,10 @@ async fn text_handler(
     if req.content.chars().count() > MAX_TEXT_CHARS {
         return (StatusCode::BAD_REQUEST, "content is too long").into_response();
     }
-    let openid = req
-        .openid
-        .filter(|o| !o.is_empty())
-        .unwrap_or_else(random_openid);
+    let openid = match sender(&phone, req.openid, req.unionid.as_deref()) {
+        Ok(openid) => openid,
+        Err(response) => return response,
+    };
     match phone.send_text(&openid, &req.content).await {
         Ok(delivery) => {
             let reply = delivery.reply.as_deref().and_then(reply_content);
@@ -353,6 +373,8 @@ pub struct ScanRequest {
     pub url: Option<String>,
     /// Who scans; random when absent.
     pub openid: Option<String>,
+    /// The scanner's unionid from now on (what `user/info` gives with `USER_INFO`).
+    pub unionid: Option<String>,
     /// Scan as a new follower (`subscribe`) instead of a follower (`SCAN`).
     #[serde(default)]
     pub new_follower: bool,
@@ -377,10 +399,10 @@ async fn scan_handler(
             return (StatusCode::BAD_REQUEST, "scene or url is required").into_response();
         }
     };
-    let openid = req
-        .openid
-        .filter(|o| !o.is_empty())
-        .unwrap_or_else(random_openid);
+    let openid = match sender(&phone, req.openid, req.unionid.as_deref()) {
+        Ok(openid) => openid,
+        Err(response) => return response,
+    };
     match phone.scan(&target, &openid, req.new_follower).await {
         Ok(delivery) => Json(json!({"openid": openid, "delivery": delivery})).into_response(),
         Err(e @ (ScanError::UnknownCode | ScanError::Expired)) => {

@@ -168,6 +168,8 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
         "/openapi.json",
         "/docs",
         "/wxlogin.js",
+        "/wechat/{account}/access_token",
+        "/wechat/{account}/access_token/refresh",
     ] {
         assert!(spec["paths"].get(path).is_some(), "{path} missing");
     }

@@ -198,3 +198,36 @@ async fn sandbox_scan_logs_in(flags: &[&str], mode: &str) {
         .unwrap();
     assert_eq!(malformed.status(), 400);
 }
+
+#[tokio::test]
+async fn a_sandbox_with_user_info_hands_the_scanners_unionid_to_the_page() {
+    let sandbox = start_sandbox(&[], &[("USER_INFO", "true")]).await;
+    let client = reqwest::Client::new();
+    let base = &sandbox.base;
+    let response = client
+        .get(format!("{base}/sse?token={}", sandbox.api_token))
+        .send()
+        .await
+        .unwrap();
+    let mut events = Stream::from_response(response);
+    let qr = events.next_json().await;
+    let bad = client
+        .post(format!("{base}/sandbox/scan"))
+        .json(&serde_json::json!({"scene": qr["scene_id"], "unionid": "not a unionid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let scan = client
+        .post(format!("{base}/sandbox/scan"))
+        .json(&serde_json::json!({
+            "scene": qr["scene_id"], "openid": "oSandboxUser", "unionid": "uSandbox_1"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scan.status(), 200);
+    let result = events.next_json().await;
+    assert_eq!(result["userId"], "oSandboxUser");
+    assert_eq!(result["unionId"], "uSandbox_1");
+}
