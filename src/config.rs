@@ -17,7 +17,7 @@ use std::time::Duration;
 use sha2::Digest as _;
 
 use crate::login::code::CodeLength;
-use crate::wechat::api::DEFAULT_BASE;
+use crate::wechat::api::{DEFAULT_BASE, DEFAULT_OPEN_BASE};
 use crate::wechat::crypto::KeyRing;
 use crate::wechat::secret::Secret;
 
@@ -105,6 +105,16 @@ pub struct Config {
     pub accounts_file: Option<PathBuf>,
     /// The Official Accounts served at start-up: the environment's and the file's.
     pub accounts: AccountSet,
+    /// `PUBLIC_URL`: where browsers reach this service (`https://login.example.com`, no path);
+    /// WeChat's web authorization returns to it. Required when an account's `LOGIN_MODES` has
+    /// `oauth`.
+    pub public_url: Option<String>,
+    /// `WECHAT_OPEN_BASE`: WeChat's web authorization page (tests and the sandbox point it at
+    /// the fake).
+    pub wechat_open_base: String,
+    /// `OAUTH_RETURN_ORIGINS`: the origins (`https://www.example.com`) a web authorization may
+    /// return a browser to; any other `return_to` is refused.
+    pub oauth_return_origins: Vec<String>,
 }
 
 /// A name of an account: what `/wechat_event/{account}` and `?account=` say. A short slug
@@ -210,7 +220,9 @@ impl AccountConfig {
             Some(v) => LoginModes::parse(&v).ok_or_else(|| {
                 problem(
                     "LOGIN_MODES",
-                    format!("must be qr, code or qr,code, not {v:?}"),
+                    format!(
+                        "must be qr, code or qr,code, optionally with oauth (qr,code,oauth), not {v:?}"
+                    ),
                 )
             })?,
         };
@@ -228,8 +240,9 @@ impl AccountConfig {
             Some("true" | "1" | "yes") => true,
             Some(_) => return Err(problem("USER_INFO", "must be true or false")),
         };
-        // Without QR codes no access token is needed, hence no appsecret.
-        let secret_key = if login_modes.qr {
+        // Without QR codes nor web authorization no WeChat API call is made, hence no
+        // appsecret.
+        let secret_key = if login_modes.qr || login_modes.oauth {
             required("SECRET_KEY")?
         } else {
             get("SECRET_KEY").unwrap_or_default()
@@ -474,32 +487,41 @@ impl AccountSet {
     }
 }
 
-/// `LOGIN_MODES`: which ways of logging in a stream offers. At least one is on.
+/// `LOGIN_MODES`: which ways of logging in the account offers. At least one of `qr` and
+/// `code` is on: a visitor outside WeChat needs one of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginModes {
     /// A QR code to scan (needs the QR API, hence `SECRET_KEY` and an access token).
     pub qr: bool,
     /// A login code to send to the account as a message.
     pub code: bool,
+    /// Inside WeChat's browser, WeChat's web authorization (`snsapi_base`): no QR code, no
+    /// code. Service accounts only; needs `SECRET_KEY`, `PUBLIC_URL` and
+    /// `OAUTH_RETURN_ORIGINS`.
+    pub oauth: bool,
 }
 
 impl LoginModes {
-    /// Both: the default.
+    /// QR codes and login codes: the default.
     pub const BOTH: Self = Self {
         qr: true,
         code: true,
+        oauth: false,
     };
 
-    /// `qr`, `code` or `qr,code` (either order, spaces allowed); `None` for anything else.
+    /// `qr`, `code`, `oauth`, comma-separated in any order (spaces allowed), each at most once,
+    /// with `qr` or `code` among them; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         let mut modes = Self {
             qr: false,
             code: false,
+            oauth: false,
         };
         for part in s.split(',').map(str::trim) {
             match part.to_ascii_lowercase().as_str() {
                 "qr" if !modes.qr => modes.qr = true,
                 "code" if !modes.code => modes.code = true,
+                "oauth" if !modes.oauth => modes.oauth = true,
                 _ => return None,
             }
         }
@@ -825,6 +847,7 @@ impl Config {
             None => AccountSet::new(env_account.iter().cloned().collect())
                 .map_err(|e| problem("APPID", e))?,
         };
+        let oauth = oauth_settings(&get, accounts.iter().any(|a| a.login_modes.oauth))?;
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
             return Err(problem("API_TOKEN", "must be at least 8 characters"));
@@ -876,8 +899,87 @@ impl Config {
             env_account,
             accounts_file,
             accounts,
+            public_url: oauth.public_url,
+            wechat_open_base: oauth.open_base,
+            oauth_return_origins: oauth.return_origins,
         })
     }
+}
+/// The web authorization's settings, read together: with `oauth` on, `PUBLIC_URL` and
+/// `OAUTH_RETURN_ORIGINS` are required.
+struct OauthSettings {
+    public_url: Option<String>,
+    open_base: String,
+    return_origins: Vec<String>,
+}
+
+fn oauth_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    oauth: bool,
+) -> Result<OauthSettings, ConfigError> {
+    let open_base = get("WECHAT_OPEN_BASE").unwrap_or_else(|| DEFAULT_OPEN_BASE.to_owned());
+    if !(open_base.starts_with("https://") || open_base.starts_with("http://")) {
+        return Err(problem("WECHAT_OPEN_BASE", "must be an http(s) URL"));
+    }
+    let public_url = get("PUBLIC_URL")
+        .map(|u| {
+            origin(u.trim_end_matches('/')).ok_or_else(|| {
+                problem(
+                    "PUBLIC_URL",
+                    "must be an http(s) URL without a path, like https://login.example.com",
+                )
+            })
+        })
+        .transpose()?;
+    let return_origins = get("OAUTH_RETURN_ORIGINS")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    origin(o.trim_end_matches('/')).ok_or_else(|| {
+                        problem(
+                            "OAUTH_RETURN_ORIGINS",
+                            format!("must list origins like https://www.example.com, not {o:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    if oauth && public_url.is_none() {
+        return Err(problem(
+            "PUBLIC_URL",
+            "is missing (LOGIN_MODES has oauth: WeChat returns visitors to it)",
+        ));
+    }
+    if oauth && return_origins.is_empty() {
+        return Err(problem(
+            "OAUTH_RETURN_ORIGINS",
+            "is missing (LOGIN_MODES has oauth: the sites visitors may return to)",
+        ));
+    }
+    Ok(OauthSettings {
+        public_url,
+        open_base,
+        return_origins,
+    })
+}
+
+/// `s` when it is an origin (`scheme://host[:port]`, http or https, nothing after it),
+/// lowercased as browsers send it.
+fn origin(s: &str) -> Option<String> {
+    let url = url::Url::parse(s).ok()?;
+    let is_origin = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && !s.ends_with('/');
+    is_origin.then(|| url.origin().ascii_serialization())
 }
 
 fn parse_or<T: FromStr>(
@@ -997,6 +1099,12 @@ mod tests {
             ("CODE_ATTEMPTS_PER_MIN", "0"),
             ("CODE_ATTEMPTS_PER_MIN", "-1"),
             ("ACCOUNT_QRCODE_URL", "ftp://x"),
+            ("LOGIN_MODES", "oauth"),
+            ("PUBLIC_URL", "https://login.example.com/path"),
+            ("PUBLIC_URL", "login.example.com"),
+            ("WECHAT_OPEN_BASE", "ftp://x"),
+            ("OAUTH_RETURN_ORIGINS", "https://www.example.com/app"),
+            ("OAUTH_RETURN_ORIGINS", "www.example.com"),
         ] {
             let mut vars = base();
             vars.insert(k.into(), v.into());
@@ -1050,6 +1158,36 @@ mod tests {
         let mut vars = base();
         vars.insert(setting.into(), value.into());
         load(&vars).unwrap()
+    }
+
+    #[test]
+    fn oauth_needs_a_public_url_and_return_origins() {
+        let mut vars = base();
+        vars.insert("LOGIN_MODES".into(), "qr,oauth".into());
+        assert_eq!(load(&vars).unwrap_err().setting, "PUBLIC_URL");
+        vars.insert("PUBLIC_URL".into(), "https://Login.example.com/".into());
+        assert_eq!(load(&vars).unwrap_err().setting, "OAUTH_RETURN_ORIGINS");
+        vars.insert(
+            "OAUTH_RETURN_ORIGINS".into(),
+            "https://www.example.com, http://localhost:3000/".into(),
+        );
+        let c = load(&vars).unwrap();
+        assert!(
+            c.default_account().login_modes.oauth
+                && c.default_account().login_modes.qr
+                && !c.default_account().login_modes.code
+        );
+        assert_eq!(c.public_url.as_deref(), Some("https://login.example.com"));
+        assert_eq!(
+            c.oauth_return_origins,
+            ["https://www.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(c.wechat_open_base, DEFAULT_OPEN_BASE);
+        // Web authorization exchanges codes with the appsecret.
+        vars.insert("LOGIN_MODES".into(), "code,oauth".into());
+        vars.remove("SECRET_KEY");
+        assert_eq!(load(&vars).unwrap_err().setting, "SECRET_KEY");
+        assert!(!load(&base()).unwrap().default_account().login_modes.oauth);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::login_token::LoginTokens;
 use crate::config::{AccountConfig, AccountName, AccountSet, Config, QR_LIFE_MARGIN};
 use crate::http::forward::Forwarder;
+use crate::login::oauth::{OauthFlow, OauthSettings};
 use crate::login::pool::QrPool;
 use crate::login::{CodePolicy, LoginService};
 use crate::metrics::Metrics;
@@ -77,6 +78,8 @@ pub struct Account {
     pub callbacks: Checker,
     /// Its `forward_url`'s client, when set.
     pub forwarder: Option<Forwarder>,
+    /// Login inside WeChat's browser, when its `login_modes` has `oauth`.
+    pub oauth: Option<OauthFlow>,
     /// Ends its background tasks (QR refill, inbox) when it is removed or replaced.
     cancel: CancellationToken,
 }
@@ -157,6 +160,39 @@ impl Builder {
         }
     }
 
+    /// The web authorization of `settings`' account, when its `login_modes` has `oauth` (the
+    /// configuration checked that `PUBLIC_URL` is set then). WeChat returns the browser to
+    /// `/oauth/callback`, with `?account=` for an account other than `default`.
+    fn oauth(
+        &self,
+        settings: &AccountConfig,
+        wechat: &WechatApi,
+        store: &Arc<dyn Store>,
+        tokens: &Arc<LoginTokens>,
+    ) -> Option<OauthFlow> {
+        let public_url = self
+            .config
+            .public_url
+            .as_ref()
+            .filter(|_| settings.login_modes.oauth)?;
+        let callback = if settings.name.is_default() {
+            format!("{public_url}/oauth/callback")
+        } else {
+            format!("{public_url}/oauth/callback?account={}", settings.name)
+        };
+        Some(OauthFlow::new(
+            wechat.clone(),
+            Arc::clone(store),
+            Arc::clone(tokens),
+            OauthSettings {
+                open_base: self.config.wechat_open_base.clone(),
+                redirect_uri: callback,
+                return_origins: self.config.oauth_return_origins.clone(),
+            },
+            Arc::clone(&self.metrics),
+        ))
+    }
+
     /// The runtime of `settings`, not yet started.
     pub fn build(
         &self,
@@ -195,10 +231,12 @@ impl Builder {
             config.qr_daily_budget,
             Arc::clone(&self.metrics),
         );
+        let login_tokens = Arc::new(self.login_tokens.for_appid(&settings.appid));
+        let oauth = self.oauth(&settings, &wechat, &store, &login_tokens);
         let login = LoginService::new(
             pool,
             store,
-            Arc::new(self.login_tokens.for_appid(&settings.appid)),
+            login_tokens,
             (config.sse_timeout, config.result_keep),
             settings.login_modes.qr,
             settings.login_modes.code.then_some(CodePolicy {
@@ -236,6 +274,7 @@ impl Builder {
             login,
             callbacks,
             forwarder,
+            oauth,
             cancel: parent.child_token(),
         })
     }

@@ -4,8 +4,8 @@
 //! `LOGIN_TOKEN_SECRET` is set, HS256 with that secret. Claims: `iss` = `wxlogin`, `sub` (the
 //! openid), `aud` (the page token's origin, or `LOGIN_TOKEN_AUDIENCE`), `appid`, `scene`,
 //! `event`, `iat`, `exp` (default 5 minutes later), `jti` (a unique id, so
-//! `POST /login/verify` can accept each token once) and, when WeChat gave one (`USER_INFO`),
-//! `unionId`.
+//! `POST /login/verify` can accept each token once) and, when WeChat gave one (`USER_INFO`, or
+//! a login inside WeChat), `unionId`.
 //!
 //! Verification checks what the signature alone cannot: that the token is wxlogin's (`iss`),
 //! for this deployment's account (`appid`), and for the audience asked for (the default one
@@ -52,7 +52,8 @@ pub struct LoginClaims {
     pub exp: u64,
     /// A unique id: a token is accepted once.
     pub jti: String,
-    /// The user's unionid, when `USER_INFO` is on and WeChat gave one.
+    /// The user's unionid, when WeChat gave one: with `USER_INFO` on, or from a login inside
+    /// WeChat (the code exchange names it).
     #[serde(rename = "unionId", default, skip_serializing_if = "Option::is_none")]
     pub union_id: Option<String>,
 }

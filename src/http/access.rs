@@ -52,6 +52,16 @@ pub fn page_access(
     token: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<PageGrant, HttpError> {
+    page_access_from(state, token, request_origin(headers).as_deref())
+}
+
+/// [`page_access`] for a page of `origin`: where a login's result will go, when that is known
+/// better than the request's headers say (a top-level navigation may carry no `Referer`).
+pub fn page_access_from(
+    state: &AppState,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> Result<PageGrant, HttpError> {
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(HttpError::Unauthorized("the token parameter is missing"))?;
@@ -61,7 +71,7 @@ pub fn page_access(
     let Some(page_tokens) = state.page_keys.loaded() else {
         return Err(page_keys_unavailable());
     };
-    match page_tokens.verify(token, request_origin(headers).as_deref()) {
+    match page_tokens.verify(token, origin) {
         Ok(claims) => Ok(PageGrant {
             audience: claims.origin.map(Into::into),
             account: claims.account,

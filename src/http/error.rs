@@ -19,12 +19,19 @@ pub enum HttpError {
     /// 401: a token or signature is missing, wrong or stale.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// 403: the request is understood, and this deployment does not allow it.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// 404: no such thing (or no longer).
     #[error("not found")]
     NotFound,
     /// 404: no account of that name is served (`/wechat_event/{account}`, `?account=`).
     #[error("no such account")]
     UnknownAccount,
+    /// 410: a single-use value that is unknown, used or past its life; the message says which
+    /// value.
+    #[error("{0}")]
+    Gone(&'static str),
     /// 413: the body is larger than allowed.
     #[error("the body is larger than 64 KiB")]
     PayloadTooLarge,
@@ -66,8 +73,10 @@ impl HttpError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
             Self::UnknownAccount => "unknown_account",
+            Self::Gone(_) => "gone",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::TooManyRequests { .. } => "too_many_requests",
@@ -79,7 +88,9 @@ impl HttpError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound | Self::UnknownAccount => StatusCode::NOT_FOUND,
+            Self::Gone(_) => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

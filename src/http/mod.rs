@@ -4,6 +4,8 @@
 //! - [`wechat_event`]: `GET`/`POST /wechat_event` (and `/wechat_event/{account}`), WeChat's
 //!   URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
+//! - [`oauth`]: login inside WeChat's browser (`/oauth/authorize`, `/oauth/callback`,
+//!   `/oauth/result`).
 //! - [`broker`]: the account's access token for the company's other services.
 //! - [`access`]: who may call what (`API_TOKEN`, page tokens and their key).
 //! - [`qrcode`]: `GET /qrcode/{scene}.svg`, the QR image rendered here.
@@ -23,6 +25,7 @@ pub mod forward;
 pub mod health;
 pub mod limits;
 pub mod login;
+pub mod oauth;
 pub mod qrcode;
 pub mod serve;
 pub mod sse;
@@ -112,6 +115,9 @@ pub fn router(state: AppState) -> Router {
         .route("/login/{scene}/status", get(login::status))
         .route("/login/verify", post(login::verify))
         .route("/tokens", post(login::mint))
+        .route("/oauth/authorize", get(oauth::authorize))
+        .route("/oauth/callback", get(oauth::callback))
+        .route("/oauth/result", post(oauth::result))
         .route("/.well-known/jwks.json", get(login::jwks))
         .route("/wechat/{account}/access_token", get(broker::access_token))
         .route(

@@ -2,6 +2,7 @@
 //! session waiting on it, and let a stream that dropped resume its session (on any instance).
 //!
 //! - [`code`]: login codes, and how a text message is read as one.
+//! - [`oauth`]: login inside WeChat's browser (web authorization), no stream needed.
 //! - [`policy`]: wxlogin's scenes (their prefix) and the one place a scene is made.
 //! - [`pool`]: the stock of fresh QR codes.
 //! - [`scenes`]: the login sessions, by scene, and the streams attached to them.
@@ -12,6 +13,7 @@
 pub mod advice;
 pub mod code;
 pub mod event;
+pub mod oauth;
 pub mod policy;
 pub mod pool;
 mod registry;

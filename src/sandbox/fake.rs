@@ -3,7 +3,8 @@
 //! revokes the old one), `qrcode/create` with real ticket bookkeeping and expiry, `user/info`
 //! (followers, some with a unionid), WeChat's
 //! errcodes for bad credentials and tokens, and fault injection (errcodes, delays, odd bodies,
-//! lives out of range) for tests.
+//! lives out of range) for tests; and the web authorization ([`oauth`]: the authorize page
+//! as a phone that approves or declines, and the code exchange).
 //!
 //! It only answers: sending callbacks is the phone's part ([`super::phone`]).
 
@@ -21,6 +22,10 @@ use rand::RngCore as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod oauth;
+
+pub use self::oauth::CODE_TTL as OAUTH_CODE_TTL;
+use self::oauth::OauthState;
 use crate::config::MAX_QR_TTL_SECS;
 use crate::wechat::error::errcode;
 use crate::wechat::secret::Secret;
@@ -106,6 +111,8 @@ pub struct Counters {
     pub qr_requests: AtomicU64,
     /// QR codes created.
     pub qr_created: AtomicU64,
+    /// Calls of `sns/oauth2/access_token`.
+    pub oauth_exchanges: AtomicU64,
     /// Calls of `user/info`.
     pub user_info_requests: AtomicU64,
 }
@@ -167,6 +174,8 @@ struct FakeState {
     /// itself lives as long as asked).
     qr_life: AtomicI64,
     counters: Counters,
+    /// The web authorization's visitor and codes.
+    oauth: Mutex<OauthState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,6 +199,10 @@ fn error_reply(code: i64) -> Response {
         errcode::DAILY_QUOTA => "reach max api daily quota limit",
         errcode::NO_PERMISSION => "api unauthorized",
         41001 => "access_token missing",
+        errcode::INVALID_CODE => "invalid code",
+        errcode::CODE_USED => "code been used",
+        40002 => "invalid grant_type",
+        41008 => "missing code",
         INVALID_OPENID => "invalid openid",
         47001 => "data format error",
         _ => "error",
@@ -212,6 +225,7 @@ impl FakeWechat {
                 token_life: AtomicI64::new(NO_OVERRIDE),
                 qr_life: AtomicI64::new(NO_OVERRIDE),
                 counters: Counters::default(),
+                oauth: Mutex::new(OauthState::default()),
             }),
         }
     }
@@ -317,6 +331,9 @@ impl FakeWechat {
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/token", get(legacy_token))
             .route("/cgi-bin/qrcode/create", post(qrcode_create))
+            .route("/connect/oauth2/authorize", get(oauth::authorize))
+            .route("/connect/oauth2/approve", get(oauth::approve))
+            .route("/sns/oauth2/access_token", get(oauth::access_token))
             .route("/cgi-bin/user/info", get(user_info))
             .with_state(self.clone())
     }

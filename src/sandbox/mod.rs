@@ -114,7 +114,34 @@ pub fn sandbox_config(
     if let Some(key) = &account.encoding_aes_key {
         overrides.push(("ENCODING_AES_KEY", key.expose().to_owned()));
     }
-    settings.config_with(&overrides, &[("BIND", "127.0.0.1:8000")])
+    overrides.push(("WECHAT_OPEN_BASE", format!("http://{fake_addr}")));
+    // Login inside WeChat is on unless LOGIN_MODES says otherwise; the fake's authorize page
+    // returns browsers to the sandbox's own address (a fixed BIND: the default 8000).
+    let bind = settings
+        .config_with(
+            &overrides,
+            &[
+                ("BIND", "127.0.0.1:8000"),
+                ("PUBLIC_URL", "http://127.0.0.1"),
+                ("OAUTH_RETURN_ORIGINS", "http://127.0.0.1"),
+            ],
+        )?
+        .bind;
+    let host = if bind.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], bind.port()))
+    } else {
+        bind
+    };
+    let own = format!("http://{host}");
+    settings.config_with(
+        &overrides,
+        &[
+            ("BIND", "127.0.0.1:8000"),
+            ("LOGIN_MODES", "qr,code,oauth"),
+            ("PUBLIC_URL", &own),
+            ("OAUTH_RETURN_ORIGINS", &own),
+        ],
+    )
 }
 
 /// The sandbox's own routes: the demo page at `/` and the phone at `/sandbox/scan`.

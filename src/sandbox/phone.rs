@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::fake::{FakeAccount, FakeWechat, TicketInfo};
 use crate::wechat::crypto::{AesKey, msg_signature};
-use crate::wechat::ids::{Scene, UnionId};
+use crate::wechat::ids::{InvalidUnionId, Scene, UnionId};
 use crate::wechat::xml::push_cdata;
 
 /// What the phone sends: a scan event and its signed query, written by the protocol's builders.
@@ -312,18 +312,17 @@ pub struct TextRequest {
 }
 
 /// The openid a request names (random when absent), given `unionid` at the fake WeChat when
-/// the request names one; `Err` with a 400 for a unionid WeChat would never make.
+/// the request names one; `Err` for a unionid WeChat would never make.
 fn sender(
     phone: &Phone,
     openid: Option<String>,
     unionid: Option<&str>,
-) -> Result<String, Response> {
+) -> Result<String, InvalidUnionId> {
     let openid = openid
         .filter(|o| !o.is_empty())
         .unwrap_or_else(random_openid);
     if let Some(unionid) = unionid {
-        let unionid = UnionId::parse(unionid)
-            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())?;
+        let unionid = UnionId::parse(unionid)?;
         phone.inner.wechat.give_unionid(&openid, unionid.as_str());
     }
     Ok(openid)
@@ -344,7 +343,7 @@ async fn text_handler(
     }
     let openid = match sender(&phone, req.openid, req.unionid.as_deref()) {
         Ok(openid) => openid,
-        Err(response) => return response,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     match phone.send_text(&openid, &req.content).await {
         Ok(delivery) => {
@@ -401,7 +400,7 @@ async fn scan_handler(
     };
     let openid = match sender(&phone, req.openid, req.unionid.as_deref()) {
         Ok(openid) => openid,
-        Err(response) => return response,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     match phone.scan(&target, &openid, req.new_follower).await {
         Ok(delivery) => Json(json!({"openid": openid, "delivery": delivery})).into_response(),

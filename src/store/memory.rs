@@ -3,6 +3,7 @@
 //! [`Store::purge_expired`] keeps memory following the live state, not the history.
 
 mod codes;
+mod once;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use subtle::ConstantTimeEq as _;
 
 use self::codes::{Attempts, Codes};
+use self::once::Once;
 use super::{
     ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Outcome, SessionRecord, SessionState,
     Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
@@ -57,6 +59,8 @@ struct Inner {
     codes: Mutex<Codes>,
     /// Attempts at codes by sender, in each sender's current window.
     attempts: Mutex<Attempts>,
+    /// Values read once, by key.
+    once: Mutex<Once>,
 }
 
 /// A claimed key.
@@ -221,6 +225,7 @@ impl MemoryStore {
                 made: Mutex::new((String::new(), 0)),
                 codes: Mutex::new(Codes::default()),
                 attempts: Mutex::new(Attempts::default()),
+                once: Mutex::new(Once::default()),
             }),
         }
     }
@@ -398,6 +403,20 @@ impl Store for MemoryStore {
     fn qr_made_on<'a>(&'a self, day: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         let made = lock(&self.inner.made);
         ready(if made.0 == day { made.1 } else { 0 })
+    }
+
+    fn once_put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now = Instant::now();
+        ready(lock(&self.inner.once).put(key, value, now, now + ttl.min(FAR)))
+    }
+
+    fn once_take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        ready(lock(&self.inner.once).take(key, Instant::now()))
     }
 
     fn code_reserve<'a>(
@@ -610,6 +629,7 @@ impl Store for MemoryStore {
         let instant = Instant::now();
         lock(&self.inner.codes).purge(instant);
         lock(&self.inner.attempts).purge(instant);
+        lock(&self.inner.once).purge(instant);
         let now_ms = unix_now_ms();
         let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         for shard in &self.inner.bindings {

@@ -10,6 +10,7 @@
 //!   attempts at a code each sender made in the current window;
 //! - the WeChat access token, shared with a refresh lock ([`crate::wechat::token::TokenShare`]);
 //! - the random key page tokens are signed under ([`Store::page_key`]);
+//! - values read once (a web authorization's state and result: [`Store::once_take`]);
 //! - notices to the instance holding a stream ([`Inbox`]).
 //!
 //! Two backends behind one trait object: [`memory`] (the default: one process) and
@@ -440,6 +441,22 @@ pub trait Store: Send + Sync + 'static {
         message: &'a str,
         window: Duration,
     ) -> BoxFuture<'a, Result<u32, StoreError>>;
+
+    // ------------------------------------------------------------------ values read once
+
+    /// Keeps `value` under `key` for `ttl`, unless `key` holds a value already (`false` then,
+    /// nothing changed). For what one browser hands another step of its own login: a web
+    /// authorization's state, its result.
+    fn once_put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Takes the value under `key`: read and removed in one atomic step, so that of callers
+    /// racing, on any instance, one gets it. `None` when there is none, or its time is over.
+    fn once_take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
 
     // ------------------------------------------------------------------ sessions
 

@@ -17,6 +17,7 @@
 //! browsers, 5xx for WeChat) and not into hanging requests.
 
 mod codes;
+mod once;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -555,6 +556,19 @@ impl Store for RedisStore {
             let made: Option<u64> = self.conn().get(self.qr_day_key(day)).await.map_err(err)?;
             Ok(made.unwrap_or(0))
         })
+    }
+
+    fn once_put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.put_once(key, value, ttl))
+    }
+
+    fn once_take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(self.take_once(key))
     }
 
     fn code_reserve<'a>(

@@ -217,6 +217,7 @@ pub fn instance_vars(
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     vars.insert("WECHAT_API_BASE".into(), format!("http://{fake_addr}"));
+    vars.insert("WECHAT_OPEN_BASE".into(), format!("http://{fake_addr}"));
     if let Some(redis) = redis {
         vars.insert("REDIS_URL".into(), redis.url());
         let keyed = settings
@@ -243,14 +244,21 @@ async fn spawn_instance(
     settings: &[(&str, &str)],
 ) -> TestApp {
     let cancel = CancellationToken::new();
+    // Bound first, so that PUBLIC_URL (where WeChat's web authorization returns) is known.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let public_url = format!("http://{}", listener.local_addr().expect("bound"));
     let vars = {
         let server = redis
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
-        instance_vars(fake, fake_addr, server.as_deref(), settings)
+        let mut vars = instance_vars(fake, fake_addr, server.as_deref(), settings);
+        vars.entry("PUBLIC_URL".into()).or_insert(public_url);
+        vars
     };
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
-    let app = App::build(&config, None).await.expect("app builds");
+    let app = App::with_listener(&config, listener, None).expect("app builds");
     let addr = app.local_addr().expect("bound");
     let login = app.login();
     let stop = cancel.clone();

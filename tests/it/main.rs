@@ -14,6 +14,7 @@ mod instances;
 mod limits;
 mod login_codes;
 mod login_tokens;
+mod oauth;
 mod ops;
 mod page_tokens;
 mod replays;

@@ -168,6 +168,9 @@ async fn openapi_lists_every_endpoint_and_docs_are_served() {
         "/openapi.json",
         "/docs",
         "/wxlogin.js",
+        "/oauth/authorize",
+        "/oauth/callback",
+        "/oauth/result",
         "/wechat/{account}/access_token",
         "/wechat/{account}/access_token/refresh",
     ] {

@@ -297,3 +297,87 @@ async fn fifty_refreshes_over_two_instances_on_redis_cause_one_refresh() {
     }
     assert_eq!(count(&fake.counters().token_requests), 2);
 }
+
+#[tokio::test]
+async fn the_broker_key_and_the_tokens_never_reach_the_logs() {
+    let fake =
+        wxlogin::sandbox::fake::FakeWechat::new(wxlogin::sandbox::fake::FakeAccount::random());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let account = fake.account();
+    let wrong_key = "wrong-key-that-must-not-be-logged";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+        .arg("serve")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .env_clear()
+        .envs([
+            ("API_TOKEN", "logs-api-token-0123"),
+            ("APPID", account.appid.as_str()),
+            ("SECRET_KEY", account.secret.expose()),
+            ("MP_TOKEN", account.mp_token.expose()),
+            ("WECHAT_API_BASE", &format!("http://{fake_addr}")),
+            ("TOKEN_BROKER_KEY", KEY),
+            ("RUST_LOG", "debug"),
+            ("BIND", bind.as_str()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{bind}{TOKEN_PATH}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first: Value = loop {
+        if let Ok(r) = client.get(&url).bearer_auth(KEY).send().await {
+            assert_eq!(r.status(), 200);
+            break r.json().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let old = first["access_token"].as_str().unwrap().to_owned();
+    fake.revoke_token();
+    let renewed: Value = client
+        .post(format!("{url}/refresh"))
+        .bearer_auth(KEY)
+        .json(&json!({ "access_token": old }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = renewed["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let refused = client
+        .get(&url)
+        .bearer_auth(wrong_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    cancel.cancel();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("token refresh requested by another service"),
+        "{logs}"
+    );
+    for secret in [KEY, wrong_key, old.as_str(), new.as_str()] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+    }
+}

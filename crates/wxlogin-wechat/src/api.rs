@@ -1,6 +1,8 @@
-//! The WeChat API client: `stable_token`, `qrcode/create` and `user/info`, with timeouts and
-//! retries of WeChat's "busy" answer.
+//! The WeChat API client: `stable_token`, `qrcode/create`, `user/info` and the web
+//! authorization's code exchange (`sns/oauth2/access_token`), with timeouts and retries of
+//! WeChat's "busy" answer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -150,6 +152,41 @@ struct QrReply {
     url: String,
 }
 
+/// What `sns/oauth2/access_token` answers; only who the visitor is is read (the web access
+/// token in the reply is not, so it cannot be printed).
+#[derive(Debug, Deserialize)]
+struct OauthReply {
+    openid: String,
+    #[serde(default)]
+    unionid: Option<String>,
+}
+
+/// Who a web authorization named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OauthIdentity {
+    /// The visitor's openid for this account: the same one a scan of its QR code gives.
+    pub openid: OpenId,
+    /// The visitor's unionid, when the account is bound to a WeChat Open Platform account (an
+    /// empty or odd one is read as none).
+    pub unionid: Option<UnionId>,
+}
+
+/// The address of WeChat's web authorization page (网页授权).
+pub const DEFAULT_OPEN_BASE: &str = "https://open.weixin.qq.com";
+
+/// The page WeChat shows (inside WeChat) to authorize `appid` silently (`snsapi_base`), which
+/// then returns the browser to `redirect_uri?code=CODE&state=STATE`. `state` is given back as
+/// it is: WeChat allows `a-zA-Z0-9`, at most 128 characters.
+pub fn authorize_url(open_base: &str, appid: &str, redirect_uri: &str, state: &str) -> String {
+    format!(
+        "{}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&scope=snsapi_base&state={}#wechat_redirect",
+        open_base.trim_end_matches('/'),
+        url_component(appid),
+        url_component(redirect_uri),
+        url_component(state),
+    )
+}
+
 /// A number of seconds as WeChat sent it, saturated into an `i64` (fractions cut off).
 fn seconds(n: &serde_json::Number) -> i64 {
     n.as_i64()
@@ -283,6 +320,28 @@ impl WechatApi {
         })
     }
 
+    /// `GET /sns/oauth2/access_token`: the openid (and unionid) behind a web authorization
+    /// `code` (网页授权), which WeChat accepts once and for 5 minutes: errcode 40029 for a code
+    /// it does not know, 40163 for one exchanged before. The web access token in the reply is
+    /// not kept: `snsapi_base` asks for nothing more than who the visitor is.
+    pub async fn oauth_access_token(&self, code: &str) -> Result<OauthIdentity, ApiError> {
+        let url = format!(
+            "{}/sns/oauth2/access_token?appid={}&secret={}&code={}&grant_type=authorization_code",
+            self.base,
+            url_component(&self.appid),
+            url_component(self.secret.expose()),
+            url_component(code),
+        );
+        let reply: OauthReply = self.get_with_retry("oauth_access_token", &url).await?;
+        Ok(OauthIdentity {
+            openid: OpenId::new(reply.openid),
+            unionid: reply
+                .unionid
+                .as_deref()
+                .and_then(|u| UnionId::parse(u).ok()),
+        })
+    }
+
     /// `GET /cgi-bin/user/info`: what WeChat says of the follower `openid` (for wxlogin, its
     /// `unionid`). An empty or odd `unionid` is read as none.
     pub async fn user_info(
@@ -312,33 +371,7 @@ impl WechatApi {
         api: &'static str,
         url: &str,
     ) -> Result<T, ApiError> {
-        let mut pause = BUSY_FIRST_PAUSE;
-        let mut attempt = 1;
-        loop {
-            let result = async {
-                let bytes = self
-                    .http
-                    .get_json(url, MAX_REPLY_BYTES)
-                    .await
-                    .map_err(ApiError::Request)?
-                    .ok_or(ApiError::TooLarge {
-                        limit: MAX_REPLY_BYTES,
-                    })?;
-                parse_reply(&bytes)
-            }
-            .await;
-            if let Some(observer) = &self.observer {
-                observer(api, result.as_ref().map(|_| ()));
-            }
-            match result {
-                Err(e) if e.errcode() == Some(errcode::BUSY) && attempt < BUSY_ATTEMPTS => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 3;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        self.with_retry(api, || self.get_once(url)).await
     }
 
     async fn post_with_retry<B: Serialize, T: DeserializeOwned>(
@@ -347,10 +380,20 @@ impl WechatApi {
         url: &str,
         body: &B,
     ) -> Result<T, ApiError> {
+        self.with_retry(api, || self.post_once(url, body)).await
+    }
+
+    /// Calls `call` until WeChat is not busy (a few times, with growing pauses), telling the
+    /// observer of each outcome as `api`.
+    async fn with_retry<T, F, Fut>(&self, api: &'static str, call: F) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
         let mut pause = BUSY_FIRST_PAUSE;
         let mut attempt = 1;
         loop {
-            let result = self.post_once(url, body).await;
+            let result = call().await;
             if let Some(observer) = &self.observer {
                 observer(api, result.as_ref().map(|_| ()));
             }
@@ -364,6 +407,18 @@ impl WechatApi {
                 other => return other,
             }
         }
+    }
+
+    async fn get_once<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiError> {
+        let bytes = self
+            .http
+            .get_json(url, MAX_REPLY_BYTES)
+            .await
+            .map_err(ApiError::Request)?
+            .ok_or(ApiError::TooLarge {
+                limit: MAX_REPLY_BYTES,
+            })?;
+        parse_reply(&bytes)
     }
 
     async fn post_once<B: Serialize, T: DeserializeOwned>(
@@ -475,6 +530,35 @@ mod tests {
             TOKEN_LIFE_MAX
         );
         assert_eq!(life(r#"{"access_token":"t","expires_in":3600.5}"#), 3600);
+    }
+
+    #[test]
+    fn the_authorize_url_encodes_the_redirect_and_ends_with_wechat_redirect() {
+        let url = authorize_url(
+            "https://open.weixin.qq.com/",
+            "wx1",
+            "https://login.example.com/oauth/callback",
+            "abc123",
+        );
+        assert_eq!(
+            url,
+            "https://open.weixin.qq.com/connect/oauth2/authorize?appid=wx1&redirect_uri=https%3A%2F%2Flogin.example.com%2Foauth%2Fcallback&response_type=code&scope=snsapi_base&state=abc123#wechat_redirect"
+        );
+    }
+
+    #[test]
+    fn an_oauth_reply_gives_the_openid_and_a_unionid_when_there_is_one() {
+        let r: OauthReply = parse_reply(
+            br#"{"access_token":"T","expires_in":7200,"refresh_token":"R","openid":"oX","scope":"snsapi_base","unionid":"uY"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.openid.as_str(), r.unionid.as_deref()),
+            ("oX", Some("uY"))
+        );
+        let e = parse_reply::<OauthReply>(br#"{"errcode":40163,"errmsg":"code been used"}"#)
+            .unwrap_err();
+        assert_eq!(e.errcode(), Some(errcode::CODE_USED));
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub mod errcode {
     pub const MINUTE_QUOTA: i64 = 45011;
     /// The account may not use this API.
     pub const NO_PERMISSION: i64 = 48001;
+    /// A web authorization code that WeChat does not know (wrong, or past its 5 minutes).
+    pub const INVALID_CODE: i64 = 40029;
+    /// A web authorization code exchanged before: a code is good for one exchange.
+    pub const CODE_USED: i64 = 40163;
 }
 
 /// Why a WeChat API call failed.

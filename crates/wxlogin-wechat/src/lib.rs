@@ -3,7 +3,8 @@
 //! Nothing here knows about an HTTP server, a store, a login flow or an application's settings
 //! and policy (its scene prefix, its advice to operators): it turns WeChat's wire formats into
 //! typed values and back, and talks to the WeChat API.
-//! - [`api`]: the WeChat API client for `stable_token` and `qrcode/create` (over `http`,
+//! - [`api`]: the WeChat API client for `stable_token`, `qrcode/create` and the web
+//!   authorization's code exchange, and the authorize page's URL (over `http`,
 //!   hyper's client with rustls: JSON in and out, bounded in time and size).
 //! - [`token`]: the access token cache (one refresh for all callers, retry on token errors).
 //! - [`signature`]: callback signatures (`signature`, `msg_signature`).
