@@ -26,6 +26,16 @@
  * the QR with a long-press hint and the code as the fallback. A code-only stream shows the code
  * (and the account's follow QR) without a QR code.
  *
+ * Login inside WeChat (LOGIN_MODES with oauth): inside WeChat's browser, when the server says the
+ * account allows it, the widget shows "在微信中一键登录" (button.wxlogin-oauth) first, above the
+ * QR code and the code. It sends the page to wxlogin's /oauth/authorize (options account,
+ * default 'default', and returnTo, default this page's URL without its fragment; its origin must
+ * be in OAUTH_RETURN_ORIGINS); WeChat names the visitor and wxlogin brings the page back with a
+ * one-time handle in the fragment (#wxlogin_oauth=…). On load the widget takes the handle out of
+ * the URL, trades it at POST /oauth/result and calls onLogin with {userId, event: 'oauth',
+ * login_token} (and unionId when WeChat gives one), as after a scan. A declined or failed
+ * authorization comes back with #wxlogin_oauth_error=…: the widget removes it and shows the QR.
+ *
  * Stable hooks: the element's data-wxlogin-state is loading | qr | verifying | done | expired |
  * error; the image is img.wxlogin-qr, the refresh / retry button button.wxlogin-refresh, the
  * status line .wxlogin-status, the hint .wxlogin-hint, the countdown .wxlogin-timer, the user
@@ -84,6 +94,9 @@ const LABELS = {
     download: '保存二维码图片',
     longPress: '长按二维码，识别后关注公众号即可登录',
     wechatFallback: '识别不了？在公众号内发送验证码',
+    oauth: '在微信中一键登录',
+    oauthOr: '或扫码 / 发送验证码登录',
+    oauthFailed: '微信授权未完成，请扫码或发送验证码登录',
   },
   en: {
     loading: 'Generating QR code…',
@@ -122,6 +135,9 @@ const LABELS = {
     download: 'Save QR code image',
     longPress: 'Long-press the QR code and follow the account to log in',
     wechatFallback: 'Does not work? Send the code to the account',
+    oauth: 'Log in with WeChat',
+    oauthOr: 'Or scan the QR code / send the code',
+    oauthFailed: 'WeChat did not authorize the login; scan the QR code or send the code',
   },
 };
 
@@ -166,6 +182,9 @@ const CSS = `
 :where(.wxlogin-qrnote,.wxlogin-longpress){margin:8px 0 0;font-size:13px}
 :where(.wxlogin-longpress){font-weight:600}
 :where(.wxlogin-qrbox){display:flex;flex-direction:column;align-items:center;width:100%}
+:where(.wxlogin-oauth){font:inherit;font-size:16px;font-weight:600;color:#fff;background:var(--wxlogin-accent,#07c160);border:0;border-radius:10px;padding:12px 20px;min-height:48px;width:var(--wxlogin-size);max-width:100%;cursor:pointer;margin:0 0 6px}
+:where(.wxlogin-oauth:focus-visible){outline:3px solid #1a73e8;outline-offset:2px}
+:where(.wxlogin-oauth-or){margin:0 0 12px;font-size:13px;opacity:.75}
 .wxlogin [hidden]{display:none!important}
 `;
 
@@ -270,6 +289,9 @@ export function mount(element, options = {}) {
   const account = el(doc, 'figure', 'wxlogin-account');
   const accountImg = el(doc, 'img', 'wxlogin-account-qr', { decoding: 'async', referrerpolicy: 'no-referrer' });
   const accountCap = el(doc, 'figcaption');
+  // Login inside WeChat's browser: first, when the account allows it.
+  const oauthBtn = el(doc, 'button', 'wxlogin-oauth', { type: 'button' });
+  const oauthOr = el(doc, 'p', 'wxlogin-oauth-or');
   const doneIcon = svgIcon(doc, ICONS.done);
   const errorIcon = svgIcon(doc, ICONS.error);
   bar.append(fill);
@@ -280,7 +302,7 @@ export function mount(element, options = {}) {
   account.append(accountImg, accountCap);
   codebox.append(codeLabel, code, copy, copyStatus, steps, account);
   qrbox.append(frame, longpress, qrnote, download);
-  box.append(qrbox, status, hint, timer, codebox, user);
+  box.append(oauthBtn, oauthOr, qrbox, status, hint, timer, codebox, user);
   element.classList.add('wxlogin');
   element.replaceChildren(box);
 
@@ -288,7 +310,7 @@ export function mount(element, options = {}) {
   // of an old stream, probe or poll recognise themselves and do nothing.
   const S = { state: 'loading', scene: null, id: '', gen: 0, es: null, tok: '', total: 0,
     deadline: 0, retryAt: 0, user: '', isNew: false, msg: null, note: '', destroyed: false,
-    code: '', account: '', copied: '', png: '' };
+    code: '', account: '', copied: '', png: '', oauth: false, oauthFailed: false };
   const timers = { tick: 0, poll: 0, retry: 0, first: 0, copied: 0 };
 
   // Where the visitor is. A phone or tablet (touch and a narrow screen) cannot scan its own
@@ -358,6 +380,10 @@ export function mount(element, options = {}) {
     if (S.png && download.getAttribute('href') !== S.png) download.setAttribute('href', S.png);
     if (!S.png) download.removeAttribute('href');
     text(download, t('download'));
+    const showOauth = st === 'qr' && S.oauth && lay === 'wechat';
+    oauthBtn.hidden = oauthOr.hidden = !showOauth;
+    text(oauthBtn, t('oauth'));
+    text(oauthOr, t(S.oauthFailed ? 'oauthFailed' : 'oauthOr'));
     const showCode = st === 'qr' && !!S.code;
     codebox.hidden = !showCode;
     codebox.classList.toggle('wxlogin-large', lay !== 'desktop' || !hasQr);
@@ -592,6 +618,7 @@ export function mount(element, options = {}) {
       S.total = resumed ? Math.max(S.total, secs) : secs;
       S.deadline = Date.now() + secs * 1000;
       S.code = typeof m.login_code === 'string' && /^\d+$/.test(m.login_code) ? m.login_code : '';
+      S.oauth = m.oauth === true;
       S.account = typeof m.account_qrcode_url === 'string' && /^https?:\/\//.test(m.account_qrcode_url) ? m.account_qrcode_url : '';
       // A code-only stream (LOGIN_MODES=code) has no QR code: no qrcode_url, no qrcode_svg.
       if (m.qrcode_svg || m.qrcode_url) {
@@ -677,7 +704,9 @@ export function mount(element, options = {}) {
     set('verifying');
     let pending;
     try {
-      pending = Promise.resolve(o.onLogin({ userId: m.userId, event: m.event, login_token: m.login_token }));
+      const result = { userId: m.userId, event: m.event, login_token: m.login_token };
+      if (typeof m.unionId === 'string' && m.unionId) result.unionId = m.unionId;
+      pending = Promise.resolve(o.onLogin(result));
     } catch (e) {
       pending = Promise.reject(e);
     }
@@ -742,13 +771,71 @@ export function mount(element, options = {}) {
     once();
   }
 
+  /**
+   * Inside WeChat: off to WeChat's authorization through wxlogin, which brings this page back
+   * with a handle in the fragment. The page token goes in the URL of this one request to wxlogin
+   * (not to WeChat: wxlogin answers with no-referrer).
+   */
+  function oauthStart() {
+    const here = new URL(String(o.returnTo || globalThis.location.href));
+    here.hash = '';
+    const q = new URLSearchParams({ token: S.tok, account: String(o.account || 'default'), return_to: here.href });
+    stop();
+    forget();
+    set('loading');
+    globalThis.location.assign(`${base}/oauth/authorize?${q}`);
+  }
+
+  /**
+   * Back from WeChat: the handle (or the refusal) is taken out of the URL at once, so that it is
+   * neither bookmarked, shared nor sent again; the handle is traded once for the login.
+   * `true` when the page came back from WeChat (the caller then starts no stream).
+   */
+  function oauthReturn() {
+    const loc = globalThis.location;
+    const hash = String(loc?.hash || '');
+    const m = /^#wxlogin_oauth(_error)?=([A-Za-z0-9_-]{1,64})$/.exec(hash);
+    if (!m) return false;
+    try { globalThis.history.replaceState(globalThis.history.state, '', loc.pathname + loc.search); } catch { loc.hash = ''; }
+    if (m[1]) {
+      S.oauthFailed = true;
+      start();
+      return true;
+    }
+    stop();
+    const g = S.gen;
+    set('verifying');
+    fetch(`${base}/oauth/result`, {
+      method: 'POST',
+      cache: 'no-store',
+      credentials: 'omit',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ handle: m[2], account: String(o.account || 'default') }),
+    }).then(async (res) => {
+      if (g !== S.gen) return;
+      const r = res.ok ? await res.json() : null;
+      if (g !== S.gen) return;
+      if (r && typeof r.userId === 'string' && r.userId) login(r);
+      else {
+        report(wxError('oauth', `wxlogin refused the login inside WeChat (HTTP ${res.status})`, res.status));
+        start();
+      }
+    }, (e) => {
+      if (g !== S.gen) return;
+      report(wxError('network', `cannot reach wxlogin: ${e?.message || e}`));
+      start();
+    });
+    return true;
+  }
+
   img.addEventListener('error', () => {
     if (S.state === 'qr' && img.getAttribute('src')) fail('imgFail', wxError('image', 'the QR image failed to load'));
   });
   button.addEventListener('click', () => start());
   copy.addEventListener('click', () => { copyCode(); });
+  oauthBtn.addEventListener('click', () => oauthStart());
 
-  start();
+  if (!oauthReturn()) start();
 
   return {
     /** Abandons the current code and shows a new one. */

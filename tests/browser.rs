@@ -1012,3 +1012,46 @@ async fn a_code_only_sandbox_shows_the_code_and_the_accounts_follow_qr_and_its_f
     browser.save_screenshot("fake-phone-logged-in").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn inside_wechat_one_tap_logs_the_visitor_in_through_wechats_authorization_without_a_qr_code()
+{
+    let sandbox = Sandbox::start(&[]).await;
+    // No option: the widget reads WeChat's user agent; the sandbox's account allows oauth.
+    let browser = open("oauth", &sandbox.base, Screen::WeChat).await;
+    browser.wait_state("qr").await;
+    assert!(is_shown(&browser, "button.wxlogin-oauth").await);
+    assert_eq!(
+        text_of(&browser, "button.wxlogin-oauth").await,
+        "在微信中一键登录"
+    );
+    assert!(
+        top_of(&browser, "button.wxlogin-oauth").await < top_of(&browser, "img.wxlogin-qr").await,
+        "inside WeChat the one-tap login comes first"
+    );
+    browser.save_screenshot("oauth-button").await;
+
+    // Off to WeChat (the fake's authorize page, its phone), which names the visitor.
+    click(&browser, "button.wxlogin-oauth").await;
+    let allow = browser
+        .client
+        .wait()
+        .for_element(Locator::Css("#allow"))
+        .await
+        .expect("WeChat's authorize page");
+    let openid = text_of(&browser, "#openid").await;
+    assert!(openid.starts_with('o'), "{openid}");
+    browser.save_screenshot("oauth-authorize").await;
+    allow.click().await.expect("allow");
+
+    // Back on the page: logged in, without a QR code scanned, and no handle left in the URL.
+    browser.wait_state("done").await;
+    assert_eq!(text_of(&browser, "#user").await, openid);
+    assert_eq!(text_of(&browser, "#event").await, "oauth");
+    let token = text_of(&browser, "#login-token").await;
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let url = browser.client.current_url().await.expect("url");
+    assert_eq!(url.fragment(), None, "{url}");
+    browser.save_screenshot("oauth-done").await;
+    browser.close().await;
+}

@@ -217,6 +217,7 @@ fn qr_event(account: &Account, view: &SceneView) -> Event {
                 account.settings.account_qrcode_url.as_deref()
             },
             account: Some(account.name.as_str()),
+            oauth: account.oauth.is_some(),
         },
     )
 }

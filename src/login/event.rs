@@ -115,6 +115,10 @@ pub struct QrIssued<'a> {
     /// `ACCOUNTS_FILE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<&'a str>,
+    /// `true` when the account offers login inside WeChat's browser (`LOGIN_MODES` with
+    /// `oauth`): a page there may send the visitor to `/oauth/authorize` instead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oauth: bool,
 }
 
 /// How a visitor logged in: a scan (as WeChat names its kinds) or a login code.

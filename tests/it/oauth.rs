@@ -379,3 +379,13 @@ async fn the_fake_exchanges_a_code_once_as_wechat_does() {
         Some(40125)
     );
 }
+
+#[tokio::test]
+async fn the_first_event_says_whether_the_account_offers_login_inside_wechat() {
+    let app = spawn_oauth_app().await;
+    let (_stream, _scene, qr) = app.open_with_qr().await;
+    assert_eq!(qr["oauth"], true);
+    let plain = spawn_app().await;
+    let (_stream, _scene, qr) = plain.open_with_qr().await;
+    assert!(qr.get("oauth").is_none(), "{qr}");
+}
