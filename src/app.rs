@@ -12,6 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::reload::Reloader;
 use crate::accounts::{Accounts, BuildError, Builder};
 use crate::auth::login_token::{KeyError, LoginTokens};
 use crate::auth::page_key::PageKeys;
@@ -98,6 +99,8 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     accounts: Arc<Accounts>,
+    /// Re-reads `ACCOUNTS_FILE`, when there is one.
+    reloader: Option<Arc<Reloader>>,
     page_keys: Arc<PageKeys>,
     limits: Arc<Limits>,
     cancel: CancellationToken,
@@ -138,9 +141,30 @@ pub async fn serve(
         .demo_page
         .then(|| http::assets::demo_routes(config.api_token.clone(), false));
     let app = App::build(config, demo).await?;
+    if let Some(reloader) = app.reloader() {
+        tokio::spawn(reload_on_hangup(reloader));
+    }
     let addr = app.local_addr().map_err(AppError::Serve)?;
     tracing::info!(%addr, "wxlogin serving");
     app.run_until(shutdown).await
+}
+
+/// Re-reads `ACCOUNTS_FILE` on every SIGHUP (the binary's; tests change the file instead).
+async fn reload_on_hangup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; ACCOUNTS_FILE is re-read when it changes");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: re-reading ACCOUNTS_FILE");
+            reloader.reload();
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: what the binary passes as the shutdown signal.
@@ -245,6 +269,13 @@ impl App {
         Ok(Self {
             listener,
             router: http::common_layers(router),
+            reloader: config.accounts_file.clone().map(|path| {
+                Arc::new(Reloader::new(
+                    Arc::clone(&accounts),
+                    config.env_account.clone(),
+                    path,
+                ))
+            }),
             accounts,
             page_keys,
             limits,
@@ -268,6 +299,11 @@ impl App {
         &self.accounts
     }
 
+    /// What re-reads `ACCOUNTS_FILE` (on SIGHUP, say), when there is one.
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` completes. Then the listener closes, open streams get an
     /// `event: shutdown` telling browsers to reconnect, in-flight requests finish, and the
     /// call returns; if that takes longer than `SHUTDOWN_GRACE_SECS` it returns anyway.
@@ -279,12 +315,21 @@ impl App {
             listener,
             router,
             accounts,
+            reloader,
             page_keys,
             limits,
             cancel,
             grace,
         } = self;
         let keys = tokio::spawn(page_keys.keep_loaded(cancel.child_token()));
+        let watch = tokio::spawn({
+            let cancel = cancel.child_token();
+            async move {
+                if let Some(reloader) = reloader {
+                    reloader.watch(cancel).await;
+                }
+            }
+        });
         let purge_cancel = cancel.child_token();
         let purge_accounts = Arc::clone(&accounts);
         let purge = tokio::spawn(async move {
@@ -317,7 +362,7 @@ impl App {
             }
         };
         cancel.cancel();
-        let _ = tokio::join!(purge, keys, accounts.stopped());
+        let _ = tokio::join!(purge, keys, watch, accounts.stopped());
         served.map_err(AppError::Serve)
     }
 }

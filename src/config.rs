@@ -101,8 +101,12 @@ pub struct Config {
     /// `CODE_ATTEMPTS_PER_MIN`: code attempts one sender may make per minute; past it their
     /// messages are not matched.
     pub code_attempts_per_min: u32,
-    /// The Official Accounts served: the one of the environment (`APPID`, `SECRET_KEY`...),
-    /// named `default`.
+    /// The account of the environment (`APPID`, `SECRET_KEY`...), named `default`; `None`
+    /// when `ACCOUNTS_FILE` defines `default` instead.
+    pub env_account: Option<AccountConfig>,
+    /// `ACCOUNTS_FILE`: more Official Accounts, re-read on SIGHUP and when it changes.
+    pub accounts_file: Option<PathBuf>,
+    /// The Official Accounts served at start-up: the environment's and the file's.
     pub accounts: AccountSet,
     /// `PUBLIC_URL`: where browsers reach this service (`https://login.example.com`, no path);
     /// WeChat's web authorization returns to it. Required when an account's `LOGIN_MODES` has
@@ -310,6 +314,137 @@ fn aes_keys(get: &impl Fn(&str) -> Option<String>) -> Result<Option<KeyRing>, Co
         None => None,
     };
     Ok(Some(KeyRing::new(current_key, previous_key)))
+}
+
+/// The accounts of the environment's account `env` (if any) and of the accounts file at
+/// `path`, checked: what start-up and every reload read. A file that cannot be read, does
+/// not parse or does not validate is refused with one line naming the account and setting
+/// at fault, never a value (the file holds secrets).
+pub fn read_accounts(env: Option<&AccountConfig>, path: &Path) -> Result<AccountSet, ConfigError> {
+    let at_fault = |p: String| problem("ACCOUNTS_FILE", format!("{}: {p}", path.display()));
+    let text =
+        std::fs::read_to_string(path).map_err(|e| at_fault(format!("cannot be read: {e}")))?;
+    let mut accounts: Vec<AccountConfig> = env.into_iter().cloned().collect();
+    accounts.extend(parse_accounts(&text).map_err(at_fault)?);
+    if env.is_some() && accounts.iter().skip(1).any(|a| a.name.is_default()) {
+        return Err(at_fault(
+            "defines the account default, which the environment (APPID) defines already: \
+             define it in one place"
+                .into(),
+        ));
+    }
+    AccountSet::new(accounts).map_err(|e| {
+        at_fault(if env.is_none() && e.contains("named default") {
+            "no account is named default (define one, or set APPID in the environment)".into()
+        } else {
+            e
+        })
+    })
+}
+
+/// The `[[account]]` tables of an accounts file.
+fn parse_accounts(text: &str) -> Result<Vec<AccountConfig>, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // The message and the line only: toml's own rendering quotes the line, which may
+        // hold a secret.
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let message = e.message().lines().next().unwrap_or("invalid").to_owned();
+        match line {
+            Some(line) => format!("is not valid TOML (line {line}): {message}"),
+            None => format!("is not valid TOML: {message}"),
+        }
+    })?;
+    if let Some(key) = table.keys().find(|k| *k != "account") {
+        return Err(format!(
+            "has an unknown top-level key {key:?} (accounts are [[account]] tables)"
+        ));
+    }
+    let Some(list) = table.get("account") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or("account must be an array of tables ([[account]])")?;
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let entry = entry
+                .as_table()
+                .ok_or_else(|| format!("account #{} is not a table", i + 1))?;
+            file_account(i + 1, entry)
+        })
+        .collect()
+}
+
+/// One `[[account]]` table (the `n`th), its keys the settings' names in lower case.
+fn file_account(n: usize, entry: &toml::Table) -> Result<AccountConfig, String> {
+    let name = match entry.get("name") {
+        None => return Err(format!("account #{n} has no name")),
+        Some(toml::Value::String(name)) => AccountName::parse(name.trim()).ok_or_else(|| {
+            format!(
+                "account #{n}: name must be lower-case letters, digits, - and _ (at most {} \
+                 characters, starting with a letter or digit)",
+                AccountName::MAX_LEN
+            )
+        })?,
+        Some(_) => return Err(format!("account #{n}: name must be a string")),
+    };
+    let mut values = HashMap::new();
+    for (key, value) in entry {
+        if key == "name" {
+            continue;
+        }
+        let setting = ACCOUNT_SETTINGS
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(key) && key.bytes().all(|b| !b.is_ascii_uppercase()))
+            .ok_or_else(|| format!("account {name}: unknown setting {key:?}"))?;
+        let value = match value {
+            toml::Value::String(s) => s.trim().to_owned(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => return Err(format!("account {name}: {key} must be a string")),
+        };
+        if !value.is_empty() {
+            values.insert(*setting, value);
+        }
+    }
+    AccountConfig::read(name.clone(), &|k: &str| values.get(k).cloned()).map_err(|e| {
+        format!(
+            "account {name}: {} {}",
+            e.setting.to_ascii_lowercase(),
+            e.problem
+        )
+    })
+}
+
+/// The digest of the accounts file's content, `None` when it cannot be read: how a reload
+/// tells that the file changed.
+pub fn accounts_file_digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| sha2::Sha256::digest(bytes).into())
+}
+
+/// A warning when the accounts file at `path` can be read by users other than its owner
+/// and group: it holds the accounts' secrets.
+#[cfg(unix)]
+pub fn accounts_file_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "ACCOUNTS_FILE {} can be read by any user (mode {:o}): it holds secrets; chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+/// Permissions are not checked on this platform.
+#[cfg(not(unix))]
+pub fn accounts_file_warning(_path: &Path) -> Option<String> {
+    None
 }
 
 /// The accounts a process serves: names and appids unique, `default` among them.
@@ -797,9 +932,17 @@ impl Config {
                 "must be between 1 and 1000",
             ));
         }
-        let env_account = AccountConfig::read(AccountName::default_name(), &get)?;
-        let accounts =
-            AccountSet::new(vec![env_account]).map_err(|e| problem("ACCOUNTS_FILE", e))?;
+        let accounts_file = get("ACCOUNTS_FILE").map(PathBuf::from);
+        // With a file, the environment may leave the account to it (the file's `default`).
+        let env_account = match (&accounts_file, get("APPID")) {
+            (Some(_), None) => None,
+            _ => Some(AccountConfig::read(AccountName::default_name(), &get)?),
+        };
+        let accounts = match &accounts_file {
+            Some(path) => read_accounts(env_account.as_ref(), path)?,
+            None => AccountSet::new(env_account.iter().cloned().collect())
+                .map_err(|e| problem("APPID", e))?,
+        };
         let oauth = oauth_settings(&get, accounts.iter().any(|a| a.login_modes.oauth))?;
         let api_token = required("API_TOKEN")?;
         if api_token.len() < 8 {
@@ -850,6 +993,8 @@ impl Config {
             token_broker_key: token_broker_key.map(Secret::new),
             code_digits,
             code_attempts_per_min,
+            env_account,
+            accounts_file,
             accounts,
             public_url: oauth.public_url,
             wechat_open_base: oauth.open_base,
@@ -1305,5 +1450,143 @@ mod tests {
         let settings = Settings::load(&path).unwrap();
         assert_eq!(settings.raw("APPID").as_deref(), Some("wx-from-file"));
         assert_ne!(settings.raw("PATH").as_deref(), Some("overridden"));
+    }
+
+    /// `base()` with `ACCOUNTS_FILE` holding `text` (mode 600), without the environment's
+    /// account when `env_account` is false.
+    fn with_file(
+        text: &str,
+        env_account: bool,
+    ) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("accounts.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut vars = base();
+        if !env_account {
+            for k in ["APPID", "SECRET_KEY", "MP_TOKEN"] {
+                vars.remove(k);
+            }
+        }
+        vars.insert("ACCOUNTS_FILE".into(), path.to_string_lossy().into_owned());
+        let loaded = load(&vars);
+        (dir, loaded)
+    }
+
+    const SHOP: &str = r#"
+[[account]]
+name = "shop"
+appid = "wxshop"
+secret_key = "shop-secret-value"
+mp_token = "shop-mp-token"
+login_modes = "code"
+reply_text = "欢迎"
+user_info = true
+"#;
+
+    #[test]
+    fn the_accounts_file_adds_accounts_beside_the_environments_default() {
+        let (_dir, c) = with_file(SHOP, true);
+        let c = c.unwrap();
+        let names: Vec<_> = c.accounts.iter().map(|a| a.name.to_string()).collect();
+        assert_eq!(names, ["default", "shop"]);
+        let shop = c.accounts.iter().nth(1).unwrap();
+        assert_eq!(shop.appid, "wxshop");
+        assert!(!shop.login_modes.qr && shop.login_modes.code);
+        assert_eq!(shop.reply_text.as_deref(), Some("欢迎"));
+        assert!(shop.user_info);
+        assert!(!c.default_account().user_info);
+        assert!(!format!("{c:?}").contains("shop-secret-value"));
+        assert!(!format!("{c:?}").contains("shop-mp-token"));
+    }
+
+    #[test]
+    fn the_file_may_define_default_instead_of_the_environment_but_not_both() {
+        let file = SHOP.replace("\"shop\"", "\"default\"");
+        let (_dir, c) = with_file(&file, false);
+        assert_eq!(c.unwrap().default_account().appid, "wxshop");
+        let (_dir, c) = with_file(&file, true);
+        assert!(c.unwrap_err().problem.contains("define it in one place"));
+        let (_dir, c) = with_file(SHOP, false);
+        assert!(
+            c.unwrap_err()
+                .problem
+                .contains("no account is named default")
+        );
+    }
+
+    #[test]
+    fn a_bad_accounts_file_is_refused_with_one_line_and_no_secret() {
+        for (text, says) in [
+            (
+                "[[account]\nsecret_key = \"shop-secret-value\"",
+                "not valid TOML (line 1)",
+            ),
+            ("[[account]]\nname = \"Shop!\"", "name must be lower-case"),
+            ("[[account]]\nappid = \"wxshop\"", "account #1 has no name"),
+            (
+                "[[account]]\nname = \"shop\"\nsecret_key = \"shop-secret-value\"\nmp_token = \"t\"",
+                "account shop: appid is missing",
+            ),
+            (
+                &SHOP.replace("user_info = true", "appsecret = \"shop-secret-value\""),
+                "unknown setting \"appsecret\"",
+            ),
+            (
+                &SHOP.replace("login_modes = \"code\"", "forward_url = \"ftp://x\""),
+                "account shop: forward_url must be an http(s) URL",
+            ),
+            (
+                &format!("{SHOP}{SHOP}"),
+                "the account shop is defined twice",
+            ),
+            (
+                &format!("{SHOP}{}", SHOP.replace("\"shop\"", "\"blog\"")),
+                "the accounts blog and shop have the same appid",
+            ),
+            ("[account]\nname = \"shop\"", "array of tables"),
+            ("accounts = 1", "unknown top-level key"),
+        ] {
+            let (_dir, c) = with_file(text, true);
+            let e = c.unwrap_err();
+            assert_eq!(e.setting, "ACCOUNTS_FILE", "{text}");
+            let line = e.to_string();
+            assert!(line.contains(says), "{line} lacks {says}");
+            assert!(!line.contains("shop-secret-value"), "{line}");
+            assert_eq!(line.lines().count(), 1, "{line}");
+        }
+        let mut vars = base();
+        vars.insert("ACCOUNTS_FILE".into(), "/nonexistent/accounts.toml".into());
+        assert!(load(&vars).unwrap_err().problem.contains("cannot be read"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_accounts_file_others_can_read_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, _) = with_file(SHOP, true);
+        let path = dir.path().join("accounts.toml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(accounts_file_warning(&path), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = accounts_file_warning(&path).unwrap();
+        assert!(warning.contains("chmod 600"), "{warning}");
+    }
+
+    #[test]
+    fn account_names_are_short_slugs() {
+        for good in ["default", "shop", "shop-2", "a_b", "0"] {
+            assert!(AccountName::parse(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "Shop",
+            "-shop",
+            "shop/1",
+            "shop 1",
+            &"a".repeat(33),
+            "店",
+        ] {
+            assert!(AccountName::parse(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -1055,3 +1055,20 @@ async fn inside_wechat_one_tap_logs_the_visitor_in_through_wechats_authorization
     browser.save_screenshot("oauth-done").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_sandbox_page_opens_itself_as_inside_wechat_to_show_the_one_tap_login() {
+    let sandbox = Sandbox::start(&[]).await;
+    let browser = open("oauth-link", &format!("{}/?lang=en", sandbox.base), DESKTOP).await;
+    browser.wait_state("qr").await;
+    assert!(!is_shown(&browser, "button.wxlogin-oauth").await);
+    click(&browser, "#open-in-wechat").await;
+    browser.wait_state("qr").await;
+    let url = browser.client.current_url().await.expect("url");
+    assert_eq!(url.query(), Some("lang=en&wechat=1"));
+    assert_eq!(
+        text_of(&browser, "button.wxlogin-oauth").await,
+        "Log in with WeChat"
+    );
+    browser.close().await;
+}

@@ -278,6 +278,20 @@ impl LoginTokens {
         token: &str,
         audience: Option<&str>,
     ) -> Result<LoginClaims, LoginTokenError> {
+        let claims = self.verify_any_appid(token, audience)?;
+        if claims.appid != self.appid {
+            return Err(LoginTokenError::WrongAppid);
+        }
+        Ok(claims)
+    }
+
+    /// As [`LoginTokens::verify`], but for a token of any appid signed with this key: the
+    /// caller checks the appid is one of its accounts'.
+    pub fn verify_any_appid(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<LoginClaims, LoginTokenError> {
         let mut validation = Validation::new(self.algorithm);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
@@ -292,9 +306,6 @@ impl LoginTokens {
                 ErrorKind::InvalidIssuer => LoginTokenError::WrongIssuer,
                 _ => LoginTokenError::Invalid,
             })?;
-        if claims.appid != self.appid {
-            return Err(LoginTokenError::WrongAppid);
-        }
         if let Some(process) = &self.process
             && claims.jti.split_once('.').map(|(issuer, _)| issuer) != Some(process.as_str())
         {

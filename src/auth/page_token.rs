@@ -34,6 +34,9 @@ pub struct PageClaims {
     /// The origin the token is bound to, if any (`https://www.example.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The account the token is bound to, if any: it opens streams of that account only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// A unique id.
     pub jti: String,
 }
@@ -81,11 +84,12 @@ impl PageTokens {
     }
 
     /// A token valid for `ttl` (default when `None`, at most [`MAX_TTL`]), bound to
-    /// `origin` when given. Returns the token and its life in seconds.
+    /// `origin` and to `account` when given. Returns the token and its life in seconds.
     pub fn mint(
         &self,
         origin: Option<&str>,
         ttl: Option<Duration>,
+        account: Option<&str>,
     ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
         let ttl = ttl.unwrap_or(self.default_ttl).min(MAX_TTL);
         let iat = unix_now();
@@ -94,6 +98,7 @@ impl PageTokens {
             iat,
             exp: iat + ttl.as_secs(),
             origin: origin.map(normalize_origin),
+            account: account.map(str::to_owned),
             jti: random_id(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
@@ -161,10 +166,12 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_and_is_bound_to_its_origin() {
         let t = tokens();
-        let (free, ttl) = t.mint(None, None).unwrap();
+        let (free, ttl) = t.mint(None, None, None).unwrap();
         assert_eq!(ttl, 300);
         assert!(t.verify(&free, None).is_ok());
-        let (bound, _) = t.mint(Some("https://Shop.example.com/"), None).unwrap();
+        let (bound, _) = t
+            .mint(Some("https://Shop.example.com/"), None, None)
+            .unwrap();
         assert!(t.verify(&bound, Some("https://shop.example.com")).is_ok());
         assert_eq!(
             t.verify(&bound, Some("https://evil.example")).unwrap_err(),
@@ -184,7 +191,7 @@ mod tests {
         let other_random =
             PageTokens::new(&[8; 32], &Secret::new("api-token-123456"), ttl).unwrap();
         for other in [other_api_token, other_random] {
-            let (token, _) = other.mint(None, None).unwrap();
+            let (token, _) = other.mint(None, None, None).unwrap();
             assert_eq!(
                 tokens().verify(&token, None).unwrap_err(),
                 PageTokenError::Invalid
@@ -199,7 +206,7 @@ mod tests {
     #[test]
     fn ttl_is_capped() {
         let (_, ttl) = tokens()
-            .mint(None, Some(Duration::from_secs(99_999)))
+            .mint(None, Some(Duration::from_secs(99_999)), None)
             .unwrap();
         assert_eq!(ttl, MAX_TTL.as_secs());
     }

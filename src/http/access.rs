@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, header};
 
 use super::AppState;
 use super::error::HttpError;
+use crate::accounts::Account;
 use crate::auth::page_token::{PageTokenError, normalize_origin, origin_of_url};
 
 /// 503 while page tokens cannot be checked or minted.
@@ -35,13 +36,22 @@ pub fn request_origin(headers: &HeaderMap) -> Option<String> {
         .and_then(origin_of_url)
 }
 
+/// What a page's token lets it do.
+#[derive(Debug, Default)]
+pub struct PageGrant {
+    /// The page token's origin, which becomes the login token's audience.
+    pub audience: Option<Arc<str>>,
+    /// The account the page token is bound to, if any.
+    pub account: Option<String>,
+}
+
 /// Checks the token a page presents (`?token=`): `API_TOKEN` or a valid page token from the
-/// right origin. Returns the page token's origin, which becomes the login token's audience.
+/// right origin.
 pub fn page_access(
     state: &AppState,
     token: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Option<Arc<str>>, HttpError> {
+) -> Result<PageGrant, HttpError> {
     page_access_from(state, token, request_origin(headers).as_deref())
 }
 
@@ -51,24 +61,49 @@ pub fn page_access_from(
     state: &AppState,
     token: Option<&str>,
     origin: Option<&str>,
-) -> Result<Option<Arc<str>>, HttpError> {
+) -> Result<PageGrant, HttpError> {
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(HttpError::Unauthorized("the token parameter is missing"))?;
     if state.api_token.ct_eq(token) {
-        return Ok(None);
+        return Ok(PageGrant::default());
     }
     let Some(page_tokens) = state.page_keys.loaded() else {
         return Err(page_keys_unavailable());
     };
     match page_tokens.verify(token, origin) {
-        Ok(claims) => Ok(claims.origin.map(Into::into)),
+        Ok(claims) => Ok(PageGrant {
+            audience: claims.origin.map(Into::into),
+            account: claims.account,
+        }),
         Err(PageTokenError::Expired) => Err(HttpError::Unauthorized("the page token has expired")),
         Err(PageTokenError::WrongOrigin) => Err(HttpError::Unauthorized(
             "the page token is bound to another origin",
         )),
         Err(PageTokenError::Invalid) => Err(HttpError::Unauthorized("wrong token")),
     }
+}
+
+/// The account a page's request is for: the one its page token is bound to, else `asked`
+/// (`?account=`), else `default`. A token bound to one account opens nothing of another
+/// (401); an account not served now is 404.
+pub fn page_account(
+    state: &AppState,
+    grant: &PageGrant,
+    asked: Option<&str>,
+) -> Result<Arc<Account>, HttpError> {
+    let asked = asked.filter(|a| !a.is_empty());
+    let name = match (&grant.account, asked) {
+        (Some(bound), Some(asked)) if bound != asked => {
+            return Err(HttpError::Unauthorized(
+                "the page token is bound to another account",
+            ));
+        }
+        (Some(bound), _) => bound.as_str(),
+        (None, Some(asked)) => asked,
+        (None, None) => return Ok(state.accounts.default_account()),
+    };
+    state.accounts.get(name).ok_or(HttpError::UnknownAccount)
 }
 
 /// Checks `Authorization: Bearer API_TOKEN` (server-to-server calls).

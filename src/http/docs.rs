@@ -28,6 +28,8 @@ use utoipa::{Modify, OpenApi};
         super::login::jwks,
         super::wechat_event::verify,
         super::wechat_event::receive,
+        super::wechat_event::verify_account,
+        super::wechat_event::receive_account,
         super::broker::access_token,
         super::broker::refresh,
         super::health::healthz,

@@ -25,6 +25,9 @@ pub enum HttpError {
     /// 404: no such thing (or no longer).
     #[error("not found")]
     NotFound,
+    /// 404: no account of that name is served (`/wechat_event/{account}`, `?account=`).
+    #[error("no such account")]
+    UnknownAccount,
     /// 410: a single-use value that is unknown, used or past its life; the message says which
     /// value.
     #[error("{0}")]
@@ -72,6 +75,7 @@ impl HttpError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
+            Self::UnknownAccount => "unknown_account",
             Self::Gone(_) => "gone",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
@@ -85,7 +89,7 @@ impl HttpError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownAccount => StatusCode::NOT_FOUND,
             Self::Gone(_) => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -25,7 +25,8 @@ const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// deliveries) and the last contact with WeChat succeeded (a token was had and QR codes were
 /// made) with no backoff running; 503 otherwise, with the reason. The body also reports the
 /// stock, the codes made today against the budget (`pool.budget_exhausted`, with the reason in
-/// `pool.last_error`: new streams are refused, the rest is served), and open streams. Reasons are fixed sentences:
+/// `pool.last_error`: new streams are refused, the rest is served), and open streams; under
+/// `accounts`, each account's own pool (the default account's decides readiness). Reasons are fixed sentences:
 /// raw Redis errors and WeChat's errmsg (which can name the server's egress IP) go to the log
 /// and to `wxlogin check`, not here.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
@@ -52,8 +53,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Other accounts are reported, not counted: each instance serves them alike, so one
+    // account's broken WeChat setup taken out on every instance would take the others too.
+    let mut accounts = serde_json::Map::new();
+    for other in state.accounts.all() {
+        let pool = other.login.pool().status().await;
+        let ready = pool.healthy || !other.login.shows_qr();
+        accounts.insert(
+            other.name.to_string(),
+            json!({"ready": ready, "appid": other.settings.appid, "pool": pool}),
+        );
+    }
     let body = json!({
         "ready": ready,
+        "accounts": accounts,
         "open_streams": account.login.open_streams(),
         "live_scenes": account.login.live_scenes(),
         "store": match &store {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::access::{page_access, page_keys_unavailable, require_api_token};
+use super::access::{page_access, page_account, page_keys_unavailable, require_api_token};
 use super::error::HttpError;
 use super::sse::named_event;
 use crate::auth::login_token::LoginTokenError;
@@ -30,6 +30,8 @@ pub struct StatusQuery {
     /// The stream's event id (`<scene>.<key>.<n>`, as the first event's `id:`), when the
     /// client cannot send it as `Last-Event-ID`.
     id: Option<String>,
+    /// The stream's account, as given to `/sse` (`default` when absent).
+    account: Option<String>,
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, HttpError> {
@@ -54,7 +56,8 @@ pub async fn status(
     Query(q): Query<StatusQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page_access(&state, q.token.as_deref(), &headers)?;
+    let grant = page_access(&state, q.token.as_deref(), &headers)?;
+    let account = page_account(&state, &grant, q.account.as_deref())?;
     let has_id = headers.contains_key("last-event-id") || q.id.is_some();
     if !has_id {
         return Err(HttpError::BadRequest(
@@ -64,21 +67,15 @@ pub async fn status(
     let named = named_event(&headers, q.id.as_deref()).filter(|id| id.scene.as_str() == scene);
     let body = match named {
         None => json!({"status": "expired"}),
-        Some(id) => match state
-            .accounts
-            .default_account()
-            .login
-            .status(&id.scene, &id.key)
-            .await?
-        {
+        Some(id) => match account.login.status(&id.scene, &id.key).await? {
             Status::Pending(view) => json!({
                 "status": "pending",
                 "scene_id": id.scene.as_str(),
                 "expire_seconds": view.deadline.saturating_duration_since(Instant::now()).as_secs(),
             }),
             Status::Done(result) => {
-                let mut body =
-                    serde_json::to_value(LoginEvent::from(&result)).unwrap_or_else(|_| json!({}));
+                let event = LoginEvent::from(&result).with_account(account.name.as_str());
+                let mut body = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
                 body["status"] = "done".into();
                 body
             }
@@ -116,11 +113,13 @@ pub async fn verify(
 ) -> Result<Response, HttpError> {
     require_api_token(&state, &headers)?;
     let req = json_body(body)?;
-    let account = state.accounts.default_account();
-    let claims = account
+    // Every account signs with the one key; the token's appid names its account.
+    let claims = state
+        .accounts
+        .default_account()
         .login
         .tokens()
-        .verify(&req.login_token, req.audience.as_deref())
+        .verify_any_appid(&req.login_token, req.audience.as_deref())
         .map_err(|e| match e {
             LoginTokenError::Expired => HttpError::Unauthorized("the login token has expired"),
             LoginTokenError::WrongAudience => {
@@ -137,6 +136,12 @@ pub async fn verify(
             ),
             LoginTokenError::Invalid => HttpError::Unauthorized("the login token is invalid"),
         })?;
+    let account = state
+        .accounts
+        .by_appid(&claims.appid)
+        .ok_or(HttpError::Unauthorized(
+            "the login token is for another appid",
+        ))?;
     // Keep the used id a little past the token's expiry, after which it is refused anyway.
     let ttl = Duration::from_secs(claims.exp.saturating_sub(unix_now()) + 60);
     let first = account
@@ -157,6 +162,9 @@ pub struct MintRequest {
     origin: Option<String>,
     /// Life in seconds (default `PAGE_TOKEN_TTL_SECS`, at most 3600).
     ttl_seconds: Option<u64>,
+    /// Bind the token to this account (a name from `ACCOUNTS_FILE`, or `default`): it opens
+    /// streams of that account only.
+    account: Option<String>,
 }
 
 /// `POST /tokens` (bearer `API_TOKEN`): a page token for `/sse` and the status endpoint.
@@ -191,21 +199,33 @@ pub async fn mint(
             ));
         }
     }
+    if let Some(account) = &req.account
+        && state.accounts.get(account).is_none()
+    {
+        return Err(HttpError::UnknownAccount);
+    }
     let ttl = req.ttl_seconds.map(Duration::from_secs);
     let page_tokens = state.page_keys.get().await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the page-token key");
         page_keys_unavailable()
     })?;
-    let (token, expires_in) = page_tokens.mint(req.origin.as_deref(), ttl).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign a page token");
-        HttpError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            message: "temporarily unable to mint tokens",
-        }
-    })?;
+    let (token, expires_in) = page_tokens
+        .mint(req.origin.as_deref(), ttl, req.account.as_deref())
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a page token");
+            HttpError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                message: "temporarily unable to mint tokens",
+            }
+        })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"token": token, "expires_in": expires_in, "origin": req.origin})),
+        Json(json!({
+            "token": token,
+            "expires_in": expires_in,
+            "origin": req.origin,
+            "account": req.account,
+        })),
     )
         .into_response())
 }

@@ -1,7 +1,8 @@
 //! The axum adapter: routes, and nothing else of the product's logic.
 //!
 //! - [`sse`]: `GET /sse`, the stream a page waits on (and resumes).
-//! - [`wechat_event`]: `GET`/`POST /wechat_event`, WeChat's URL check and callbacks.
+//! - [`wechat_event`]: `GET`/`POST /wechat_event` (and `/wechat_event/{account}`), WeChat's
+//!   URL check and callbacks.
 //! - [`login`]: polling status, `POST /login/verify`, `POST /tokens`, the JWKS.
 //! - [`oauth`]: login inside WeChat's browser (`/oauth/authorize`, `/oauth/callback`,
 //!   `/oauth/result`).
@@ -105,6 +106,10 @@ pub fn router(state: AppState) -> Router {
             "/wechat_event",
             // The POST handler reads its body itself, at most MAX_CALLBACK_BODY.
             get(wechat_event::verify).post(wechat_event::receive),
+        )
+        .route(
+            "/wechat_event/{account}",
+            get(wechat_event::verify_account).post(wechat_event::receive_account),
         )
         .route("/qrcode/{file}", get(qrcode::svg))
         .route("/login/{scene}/status", get(login::status))

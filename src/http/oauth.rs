@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
-use super::access::page_access_from;
+use super::access::{page_access_from, page_account};
 use super::error::HttpError;
 use crate::auth::page_token::normalize_origin;
 use crate::login::oauth::{Finished, OauthError, OauthFlow, STATE_TTL};
@@ -128,8 +128,14 @@ pub async fn authorize(
         .filter(|r| !r.is_empty())
         .ok_or_else(|| HttpError::BadRequest("return_to is missing".into()))?;
     let origin = flow.return_origin(&return_to)?;
-    let audience = page_access_from(&state, q.token.as_deref(), Some(&origin))?;
-    let started = flow.begin(&return_to, audience.as_deref()).await?;
+    let grant = page_access_from(&state, q.token.as_deref(), Some(&origin))?;
+    // A page token bound to an account starts logins of that account only.
+    page_account(
+        &state,
+        &grant,
+        Some(q.account.as_deref().unwrap_or(DEFAULT_ACCOUNT)),
+    )?;
+    let started = flow.begin(&return_to, grant.audience.as_deref()).await?;
     let secure = if flow.secure_cookie() { "; Secure" } else { "" };
     let cookie = format!(
         "{}={}; Max-Age={}; Path=/oauth/callback; HttpOnly; SameSite=Lax{secure}",

@@ -2,7 +2,7 @@
 //! content, so pages need not hotlink mp.weixin.qq.com (which strict referrer or CSP settings
 //! break). Only scenes with a stream waiting are served; the scene is a 128-bit secret.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 
@@ -21,23 +21,34 @@ pub fn render_svg(content: &str) -> Option<String> {
     )
 }
 
+/// The query of the QR image.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SvgQuery {
+    /// The stream's account (`default` when absent), as its first event's `qrcode_svg` says.
+    account: Option<String>,
+}
+
 /// The handler.
 #[utoipa::path(get, path = "/qrcode/{file}", tag = "login",
-    params(("file" = String, Path, description = "`<scene_id>.svg`")),
+    params(("file" = String, Path, description = "`<scene_id>.svg`"), SvgQuery),
     responses(
         (status = 200, description = "The QR code", body = String, content_type = "image/svg+xml"),
         (status = 404, description = "No session waits on that scene", body = serde_json::Value)))]
 pub async fn svg(
     State(state): State<AppState>,
     Path(file): Path<String>,
+    Query(q): Query<SvgQuery>,
 ) -> Result<impl IntoResponse, HttpError> {
+    let account = match q.account.as_deref() {
+        None | Some("") => state.accounts.default_account(),
+        Some(name) => state.accounts.get(name).ok_or(HttpError::NotFound)?,
+    };
     let scene = file
         .strip_suffix(".svg")
         .and_then(|s| Scene::parse(s).ok())
         .ok_or(HttpError::NotFound)?;
-    let content = state
-        .accounts
-        .default_account()
+    let content = account
         .login
         .qr_content(&scene)
         .await?

@@ -25,10 +25,11 @@ use futures_util::stream::{self, BoxStream};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::access::page_access;
+use super::access::{page_access, page_account};
 use super::error::HttpError;
 use super::limits::{HoldError, StreamSlot};
 use crate::accounts::Account;
+use crate::config::AccountName;
 use crate::login::code::LoginCode;
 use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
 use crate::login::pool::TakeError;
@@ -45,6 +46,9 @@ pub struct SseQuery {
     lang: Option<String>,
     /// Resume the stream of this event id (as `Last-Event-ID` does).
     id: Option<String>,
+    /// The Official Account to log in with (a name from `ACCOUNTS_FILE`); `default` when
+    /// absent, or the page token's account.
+    account: Option<String>,
     /// Ignored: a scene alone resumes nothing (it is no secret). Kept so that old pages that
     /// send it get a new QR code rather than an error.
     #[allow(dead_code)]
@@ -96,9 +100,13 @@ pub async fn sse(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let metrics = &state.metrics;
-    let audience = page_access(&state, query.token.as_deref(), &headers).inspect_err(|_| {
+    let grant = page_access(&state, query.token.as_deref(), &headers).inspect_err(|_| {
         metrics.refuse_stream("unauthorized");
     })?;
+    let account = page_account(&state, &grant, query.account.as_deref()).inspect_err(|_| {
+        metrics.refuse_stream("unknown_account");
+    })?;
+    let audience = grant.audience;
     let lang = Lang::parse(query.lang.as_deref());
     let client = state.limits.client(peer, &headers);
     // Taken before anything else, a QR code above all, and held by the stream's body: the
@@ -125,7 +133,6 @@ pub async fn sse(
     })?;
     // A resume with a wrong key finds nothing and changes nothing: the client gets a new
     // stream, as for a scene that is gone, so the answer tells nothing about the scene.
-    let account = state.accounts.default_account();
     let resumed = match named_event(&headers, query.id.as_deref()) {
         Some(id) => {
             account
@@ -199,13 +206,17 @@ fn qr_event(account: &Account, view: &SceneView) -> Event {
             qrcode_url: qr.then(|| view.qr.ticket.showqrcode_url()),
             expire_seconds: view.qr.remaining().as_secs(),
             timeout_seconds: ceil_secs(view.deadline.saturating_duration_since(Instant::now())),
-            qrcode_svg: qr.then(|| format!("/qrcode/{scene}.svg")),
+            qrcode_svg: qr.then(|| match account.name.is_default() {
+                true => format!("/qrcode/{scene}.svg"),
+                false => format!("/qrcode/{scene}.svg?account={}", account.name),
+            }),
             login_code: view.code.as_ref().map(LoginCode::as_str),
             account_qrcode_url: if qr {
                 None
             } else {
                 account.settings.account_qrcode_url.as_deref()
             },
+            account: Some(account.name.as_str()),
             oauth: account.oauth.is_some(),
         },
     )
@@ -216,10 +227,10 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn result_event(view: &SceneView, result: &LoginResult) -> Event {
+fn result_event(account: &AccountName, view: &SceneView, result: &LoginResult) -> Event {
     data_event(
         EventId::format(&view.qr.scene, &view.key, true),
-        &LoginEvent::from(result),
+        &LoginEvent::from(result).with_account(account.as_str()),
     )
 }
 
@@ -234,11 +245,16 @@ fn respond(
     let first = stream::once(ready(qr_event(account, view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
-            .chain(stream::once(ready(result_event(view, &result))))
+            .chain(stream::once(ready(result_event(
+                &account.name,
+                view,
+                &result,
+            ))))
             .boxed(),
         Tail::Wait(attachment) => {
             let last = wait_for_result(
                 attachment,
+                account.name.clone(),
                 view.clone(),
                 state.shutdown.clone(),
                 Arc::clone(&state.metrics),
@@ -268,6 +284,7 @@ fn respond(
 /// the stream is detached (its session stays resumable until the deadline).
 async fn wait_for_result(
     mut attachment: Attachment,
+    account: AccountName,
     view: SceneView,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
@@ -291,7 +308,7 @@ async fn wait_for_result(
     let delivered = |result: LoginResult| {
         tracing::info!(scene = %view.qr.scene.short(), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
         Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
-        result_event(&view, &result)
+        result_event(&account, &view, &result)
     };
     match end {
         End::Result(result) => Some(delivered(result)),

@@ -15,7 +15,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -72,6 +72,31 @@ pub async fn verify(
     State(state): State<AppState>,
     Query(q): Query<VerifyQuery>,
 ) -> Result<Response, HttpError> {
+    check_url(&state.accounts.default_account(), q)
+}
+
+/// `GET /wechat_event/{account}`: the URL check of the account's own callback URL.
+#[utoipa::path(get, path = "/wechat_event/{account}", tag = "wechat", operation_id = "wechat_url_check_of_account",
+    params(
+        ("account" = String, Path, description = "The account's name in ACCOUNTS_FILE"),
+        ("signature" = String, Query, description = "hex SHA-1 of the sorted mp_token, timestamp, nonce"),
+        ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("echostr" = String, Query, description = "Echoed back when the signature matches")),
+    responses(
+        (status = 200, description = "The echostr", body = String, content_type = "text/plain"),
+        (status = 400, description = "Missing parameters or wrong signature", body = serde_json::Value),
+        (status = 404, description = "No account of that name is served", body = serde_json::Value)))]
+pub async fn verify_account(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<VerifyQuery>,
+) -> Result<Response, HttpError> {
+    let account = state.accounts.get(&name).ok_or(HttpError::UnknownAccount)?;
+    check_url(&account, q)
+}
+
+/// Answers a URL check signed with `account`'s `mp_token`.
+fn check_url(account: &Account, q: VerifyQuery) -> Result<Response, HttpError> {
     let (Some(signature), Some(timestamp), Some(nonce), Some(echostr)) =
         (q.signature, q.timestamp, q.nonce, q.echostr)
     else {
@@ -79,7 +104,6 @@ pub async fn verify(
             "signature, timestamp, nonce and echostr are required".into(),
         ));
     };
-    let account = state.accounts.default_account();
     if !verify_signature(
         account.callbacks.token().expose(),
         &timestamp,
@@ -181,6 +205,39 @@ impl From<StoreError> for Rejected {
         (status = 413, description = "Body over 64 KiB"),
         (status = 503, description = "Cannot record the event now: WeChat retries", body = serde_json::Value)))]
 pub async fn receive(State(state): State<AppState>, request: Request) -> Response {
+    let account = state.accounts.default_account();
+    receive_for(&state, &account, request).await
+}
+
+/// `POST /wechat_event/{account}`: a callback on the account's own URL, checked with that
+/// account's `mp_token` and keys, resolving that account's streams only.
+#[utoipa::path(post, path = "/wechat_event/{account}", tag = "wechat", operation_id = "wechat_callback_of_account",
+    params(
+        ("account" = String, Path, description = "The account's name in ACCOUNTS_FILE"),
+        ("signature" = String, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("openid" = Option<String>, Query),
+        ("encrypt_type" = Option<String>, Query), ("msg_signature" = Option<String>, Query)),
+    request_body(content = String, content_type = "text/xml", description = "WeChat's event XML (at most 64 KiB)"),
+    responses(
+        (status = 200, description = "As `POST /wechat_event`, for this account", body = String),
+        (status = 400, description = "Malformed", body = serde_json::Value),
+        (status = 401, description = "Not signed with this account's mp_token (a callback of another account included), stale, or replayed", body = serde_json::Value),
+        (status = 404, description = "No account of that name is served", body = serde_json::Value),
+        (status = 413, description = "Body over 64 KiB"),
+        (status = 503, description = "Cannot record the event now: WeChat retries", body = serde_json::Value)))]
+pub async fn receive_account(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let Some(account) = state.accounts.get(&name) else {
+        state.metrics.reject_callback("unknown_account");
+        return HttpError::UnknownAccount.into_response();
+    };
+    receive_for(&state, &account, request).await
+}
+
+async fn receive_for(state: &AppState, account: &Account, request: Request) -> Response {
     let started = Instant::now();
     // The request is taken apart here rather than by extractors, which would copy the query
     // string and the headers of every callback (the hot path of a busy account).
@@ -207,8 +264,7 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> Respons
     let raw_query = parts.uri.query();
     // Pinned in place: awaited directly, its future would be stored twice over in this one,
     // which every callback allocates and copies (BENCHMARKS.md).
-    let account = state.accounts.default_account();
-    let handled = std::pin::pin!(handle(&state, &account, raw_query, &parts.headers, &body));
+    let handled = std::pin::pin!(handle(state, account, raw_query, &parts.headers, &body));
     let answer = match handled.await {
         Ok(answer) => answer,
         Err(Rejected(reason, error)) => {

@@ -111,6 +111,10 @@ pub struct QrIssued<'a> {
     /// who does not follow the account yet can, and then send the code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_qrcode_url: Option<&'a str>,
+    /// The Official Account the stream logs in with (its name: `default`, or one of
+    /// `ACCOUNTS_FILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<&'a str>,
     /// `true` when the account offers login inside WeChat's browser (`LOGIN_MODES` with
     /// `oauth`): a page there may send the visitor to `/oauth/authorize` instead.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -187,6 +191,9 @@ pub struct LoginEvent<'a> {
     /// The user's unionid (`USER_INFO`), when WeChat gave one.
     #[serde(rename = "unionId", skip_serializing_if = "Option::is_none")]
     pub union_id: Option<&'a str>,
+    /// The Official Account the visitor logged in with (its name), when told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<&'a str>,
 }
 
 impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
@@ -196,6 +203,18 @@ impl<'a> From<&'a LoginResult> for LoginEvent<'a> {
             event: r.kind.as_str(),
             login_token: r.login_token.as_deref(),
             union_id: r.unionid.as_ref().map(UnionId::as_str),
+            account: None,
+        }
+    }
+}
+
+impl<'a> LoginEvent<'a> {
+    /// The same, naming the account the visitor logged in with.
+    #[must_use]
+    pub fn with_account(self, account: &'a str) -> Self {
+        Self {
+            account: Some(account),
+            ..self
         }
     }
 }

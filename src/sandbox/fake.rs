@@ -120,6 +120,8 @@ pub struct Counters {
 /// A QR code the fake created.
 #[derive(Clone, Debug)]
 pub struct TicketInfo {
+    /// The account whose access token made it.
+    pub appid: String,
     /// The ticket.
     pub ticket: String,
     /// The code's content.
@@ -152,7 +154,10 @@ enum Endpoint {
 
 struct FakeState {
     account: FakeAccount,
-    token: Mutex<Option<IssuedToken>>,
+    /// More accounts the same WeChat serves (a deployment with several).
+    others: Mutex<Vec<FakeAccount>>,
+    /// The current access token of each account, by appid.
+    tokens: Mutex<HashMap<String, IssuedToken>>,
     /// Tickets by the content of their code (what a phone reads).
     by_url: Mutex<HashMap<String, TicketInfo>>,
     /// The count of tickets at which long-expired ones are next forgotten: twice the count
@@ -211,7 +216,8 @@ impl FakeWechat {
         Self {
             state: Arc::new(FakeState {
                 account,
-                token: Mutex::new(None),
+                others: Mutex::new(Vec::new()),
+                tokens: Mutex::new(HashMap::new()),
                 by_url: Mutex::new(HashMap::new()),
                 purge_at: AtomicUsize::new(MIN_PURGE_AT),
                 faults: Mutex::new(Faults::default()),
@@ -224,9 +230,26 @@ impl FakeWechat {
         }
     }
 
-    /// The account.
+    /// The account (the first one, when it serves several).
     pub fn account(&self) -> &FakeAccount {
         &self.state.account
+    }
+
+    /// Serves `account` too: its credentials get tokens of its own, and the codes its tokens
+    /// make are its.
+    pub fn add_account(&self, account: FakeAccount) {
+        lock(&self.state.others).push(account);
+    }
+
+    /// The account of `appid`, if the fake serves it.
+    pub fn account_of(&self, appid: &str) -> Option<FakeAccount> {
+        if self.state.account.appid == appid {
+            return Some(self.state.account.clone());
+        }
+        lock(&self.state.others)
+            .iter()
+            .find(|a| a.appid == appid)
+            .cloned()
     }
 
     /// The counters.
@@ -274,9 +297,10 @@ impl FakeWechat {
             .store(seconds.unwrap_or(NO_OVERRIDE), Ordering::Relaxed);
     }
 
-    /// Invalidates the current token, as a `/cgi-bin/token` call by another program would.
+    /// Invalidates the first account's current token, as a `/cgi-bin/token` call by another
+    /// program would.
     pub fn revoke_token(&self) {
-        *lock(&self.state.token) = None;
+        lock(&self.state.tokens).remove(&self.state.account.appid);
     }
 
     /// Makes the code of `scene` expire now.
@@ -347,12 +371,15 @@ impl FakeWechat {
         }
     }
 
-    fn mint_token(&self) -> (String, u64) {
+    fn mint_token(&self, appid: &str) -> (String, u64) {
         let value = random_text(48);
-        *lock(&self.state.token) = Some(IssuedToken {
-            value: value.clone(),
-            expires_at: Instant::now() + TOKEN_TTL,
-        });
+        lock(&self.state.tokens).insert(
+            appid.to_owned(),
+            IssuedToken {
+                value: value.clone(),
+                expires_at: Instant::now() + TOKEN_TTL,
+            },
+        );
         self.state
             .counters
             .tokens_issued
@@ -360,24 +387,31 @@ impl FakeWechat {
         (value, TOKEN_TTL.as_secs())
     }
 
-    /// The errcode for an access token that is not the current one, if it is not.
-    fn check_token(&self, token: Option<&str>) -> Option<i64> {
+    /// The account (its appid) whose current access token `token` is, as WeChat's tokens
+    /// name their account; else the errcode WeChat gives.
+    fn token_account(&self, token: Option<&str>) -> Result<String, i64> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Some(41001);
+            return Err(41001);
         };
-        match lock(&self.state.token).as_ref() {
-            Some(t) if t.value == token && t.expires_at > Instant::now() => None,
-            Some(t) if t.value == token => Some(errcode::ACCESS_TOKEN_EXPIRED),
-            _ => Some(errcode::INVALID_CREDENTIAL),
+        let tokens = lock(&self.state.tokens);
+        match tokens.iter().find(|(_, t)| t.value == token) {
+            Some((appid, t)) if t.expires_at > Instant::now() => Ok(appid.clone()),
+            Some(_) => Err(errcode::ACCESS_TOKEN_EXPIRED),
+            None => Err(errcode::INVALID_CREDENTIAL),
         }
+    }
+
+    /// The errcode for an access token that is not an account's current one, if it is not.
+    fn check_token(&self, token: Option<&str>) -> Option<i64> {
+        self.token_account(token).err()
     }
 
     /// The errcode for wrong credentials, if they are wrong.
     fn check_credentials(&self, appid: &str, secret: &str) -> Option<i64> {
-        if appid != self.state.account.appid {
+        let Some(account) = self.account_of(appid) else {
             return Some(errcode::INVALID_APPID);
-        }
-        if !self.state.account.secret.ct_eq(secret) {
+        };
+        if !account.secret.ct_eq(secret) {
             return Some(errcode::INVALID_SECRET);
         }
         None
@@ -411,7 +445,7 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
         return error_reply(code);
     }
     if !body.force_refresh {
-        let current = lock(&fake.state.token).as_ref().and_then(|t| {
+        let current = lock(&fake.state.tokens).get(&body.appid).and_then(|t| {
             let left = t.expires_at.saturating_duration_since(Instant::now());
             (left > TOKEN_REUSE_MIN).then(|| (t.value.clone(), left.as_secs()))
         });
@@ -425,7 +459,7 @@ async fn stable_token(State(fake): State<FakeWechat>, body: axum::body::Bytes) -
             .forced_refreshes
             .fetch_add(1, Ordering::Relaxed);
     }
-    let (value, ttl) = fake.mint_token();
+    let (value, ttl) = fake.mint_token(&body.appid);
     let ttl = FakeWechat::reported(&fake.state.token_life, ttl);
     Json(json!({"access_token": value, "expires_in": ttl})).into_response()
 }
@@ -448,13 +482,11 @@ async fn legacy_token(
     if let Some(reply) = fake.take_fault(Endpoint::Token).await {
         return reply;
     }
-    if let Some(code) = fake.check_credentials(
-        q.appid.as_deref().unwrap_or_default(),
-        q.secret.as_deref().unwrap_or_default(),
-    ) {
+    let appid = q.appid.as_deref().unwrap_or_default();
+    if let Some(code) = fake.check_credentials(appid, q.secret.as_deref().unwrap_or_default()) {
         return error_reply(code);
     }
-    let (value, ttl) = fake.mint_token();
+    let (value, ttl) = fake.mint_token(appid);
     Json(json!({"access_token": value, "expires_in": ttl})).into_response()
 }
 
@@ -475,9 +507,10 @@ async fn qrcode_create(
     if let Some(reply) = fake.take_fault(Endpoint::Qr).await {
         return reply;
     }
-    if let Some(code) = fake.check_token(q.access_token.as_deref()) {
-        return error_reply(code);
-    }
+    let appid = match fake.token_account(q.access_token.as_deref()) {
+        Ok(appid) => appid,
+        Err(code) => return error_reply(code),
+    };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error_reply(47001);
     };
@@ -501,6 +534,7 @@ async fn qrcode_create(
     let mut ticket_bytes = [0u8; 36];
     rand::rng().fill_bytes(&mut ticket_bytes);
     let info = TicketInfo {
+        appid,
         // Real tickets are standard base64 with + / =, which callers must URL-encode.
         ticket: format!(
             "gQ{}=",

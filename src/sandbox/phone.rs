@@ -6,6 +6,7 @@
 //! the codes it made, and serves nothing of the fake's: its own routes are `/sandbox/scan`
 //! and `/sandbox/text` (a text message typed on the phone, a login code say).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::fake::{FakeWechat, TicketInfo};
+use super::fake::{FakeAccount, FakeWechat, TicketInfo};
 use crate::wechat::crypto::{AesKey, msg_signature};
 use crate::wechat::ids::{InvalidUnionId, Scene, UnionId};
 use crate::wechat::xml::push_cdata;
@@ -109,8 +110,8 @@ pub struct Phone {
 struct PhoneInner {
     /// The WeChat whose codes the phone reads and whose account it signs for.
     wechat: FakeWechat,
-    /// wxlogin's `/wechat_event` URL; callbacks fail until it is set.
-    callback_url: Mutex<Option<String>>,
+    /// wxlogin's callback URL of each account, by appid; callbacks fail until it is set.
+    callback_urls: Mutex<HashMap<String, String>>,
     http: reqwest::Client,
 }
 
@@ -120,19 +121,25 @@ impl Phone {
         Self {
             inner: Arc::new(PhoneInner {
                 wechat,
-                callback_url: Mutex::new(None),
+                callback_urls: Mutex::new(HashMap::new()),
                 http: reqwest::Client::new(),
             }),
         }
     }
 
-    /// Where callbacks go (wxlogin's `/wechat_event` URL).
+    /// Where the (first) account's callbacks go (wxlogin's `/wechat_event` URL).
     pub fn set_callback(&self, url: impl Into<String>) {
-        *self
-            .inner
-            .callback_url
+        let appid = self.inner.wechat.account().appid.clone();
+        self.set_callback_for(&appid, url);
+    }
+
+    /// Where the callbacks of the account `appid` go (wxlogin's `/wechat_event/{account}`).
+    pub fn set_callback_for(&self, appid: &str, url: impl Into<String>) {
+        self.inner
+            .callback_urls
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(url.into());
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(appid.to_owned(), url.into());
     }
 
     /// `POST /sandbox/scan` and `POST /sandbox/text`: the phone over HTTP.
@@ -163,15 +170,21 @@ impl Phone {
         if info.expires_at <= Instant::now() {
             return Err(ScanError::Expired);
         }
+        // WeChat calls the callback URL of the account whose code was scanned.
+        let account = self
+            .inner
+            .wechat
+            .account_of(&info.appid)
+            .ok_or(ScanError::UnknownCode)?;
         let xml = scan_xml(
-            &self.inner.wechat.account().gh_id,
+            &account.gh_id,
             openid,
             now_secs(),
             new_follower,
             &info.scene,
             &info.ticket,
         );
-        self.push(openid, xml).await
+        self.push_for(&account, openid, xml).await
     }
 
     /// Sends the text message `content` to the account as `openid`, with a fresh `MsgId`,
@@ -189,16 +202,28 @@ impl Phone {
         self.push(openid, xml).await
     }
 
-    /// Sends `xml` as a signed callback from `openid`, retrying like WeChat.
+    /// Sends `xml` as a signed callback from `openid` to the (first) account, retrying like
+    /// WeChat.
     pub async fn push(&self, openid: &str, xml: String) -> Result<Delivery, ScanError> {
+        let account = self.inner.wechat.account().clone();
+        self.push_for(&account, openid, xml).await
+    }
+
+    /// Sends `xml` as `account`'s signed callback from `openid`, retrying like WeChat.
+    async fn push_for(
+        &self,
+        account: &FakeAccount,
+        openid: &str,
+        xml: String,
+    ) -> Result<Delivery, ScanError> {
         let url = self
             .inner
-            .callback_url
+            .callback_urls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .get(&account.appid)
+            .cloned()
             .ok_or(ScanError::NoCallback)?;
-        let account = self.inner.wechat.account();
         let token = account.mp_token.expose();
         // Safe mode: the body is the encrypted envelope, as WeChat sends it.
         let key = match &account.encoding_aes_key {

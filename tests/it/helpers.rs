@@ -191,9 +191,14 @@ pub async fn spawn_safe_app(settings: &[(&str, &str)]) -> TestApp {
 
 /// A wxlogin for the fake `account`, with extra settings, on the test's backend.
 pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(FakeWechat::new(account), settings).await
+}
+
+/// A wxlogin against `fake` (its first account in the environment), with extra settings, on
+/// the test's backend.
+pub async fn spawn_app_on(fake: FakeWechat, settings: &[(&str, &str)]) -> TestApp {
     init_logs();
     let cancel = CancellationToken::new();
-    let fake = FakeWechat::new(account);
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");

@@ -4,6 +4,7 @@
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod callbacks;
 mod codes;
 #[path = "../common/mod.rs"]

@@ -389,3 +389,32 @@ async fn the_first_event_says_whether_the_account_offers_login_inside_wechat() {
     let (_stream, _scene, qr) = plain.open_with_qr().await;
     assert!(qr.get("oauth").is_none(), "{qr}");
 }
+
+#[tokio::test]
+async fn each_step_may_be_served_by_another_instance_on_one_redis() {
+    let settings = [
+        ("LOGIN_MODES", "qr,code,oauth"),
+        ("OAUTH_RETURN_ORIGINS", SITE),
+    ];
+    let apps = crate::helpers::spawn_instances(2, &settings).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let leaving = leave_for_wechat(a, "https://site.example/").await;
+    let code = a.fake.issue_oauth_code();
+    // WeChat returns the browser to another instance than the one it left from.
+    let back = format!(
+        "{}/oauth/callback?code={code}&state={}",
+        b.base, leaving.state
+    );
+    let returned = callback(&back, &leaving.cookie).await;
+    assert_eq!(returned.status(), 303);
+    let to = location(&returned);
+    let handle = to.split_once("#wxlogin_oauth=").unwrap().1;
+    let login: Value = trade(a, handle, SITE).await.json().await.unwrap();
+    assert_eq!(login["userId"], a.fake.oauth_user().0);
+    // Spent everywhere.
+    assert_eq!(error_of(trade(b, handle, SITE).await).await.0, 410);
+    assert_eq!(
+        error_of(callback(&back, &leaving.cookie).await).await.0,
+        400
+    );
+}

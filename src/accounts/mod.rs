@@ -12,6 +12,10 @@
 //! account of the environment, of the plain `/wechat_event` and of `/sse` without
 //! `?account=`). Hold the `Arc<Account>` for the length of one request or stream: the set can
 //! be replaced while the process runs, and a replaced account keeps serving whoever holds it.
+//!
+//! - [`reload`]: re-reading `ACCOUNTS_FILE` on SIGHUP and when it changes.
+
+pub mod reload;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
