@@ -70,9 +70,10 @@ fn login_tokens(config: &Config) -> Result<LoginTokens, KeyError> {
         (None, Some(path)) => LoginTokens::ed25519_from_pem_file(path, appid, audience, ttl),
         (None, None) => LoginTokens::ed25519_generated(appid, audience, ttl),
     }?;
-    Ok(match config.redis_url {
-        Some(_) => tokens,
-        None => tokens.used_ids_kept_in_this_process(),
+    Ok(if config.shares_state() {
+        tokens
+    } else {
+        tokens.used_ids_kept_in_this_process()
     })
 }
 
@@ -106,21 +107,27 @@ pub struct App {
     grace: Duration,
 }
 
-/// The shared Redis when `REDIS_URL` is set (several instances), its keys those of the
+/// The shared Redis when `REDIS_URL` or `REDIS_SENTINELS` is set (several instances), its keys those of the
 /// default account; each account takes its own keys in it ([`RedisStore::for_appid`]).
 /// Without, every account keeps its state in memory (one process).
 fn redis(config: &Config) -> Result<Option<RedisStore>, RedisSetupError> {
+    // Random per process: names this instance's streams and inbox in Redis.
+    let instance: Arc<str> = crate::auth::random_id()[..12].into();
+    let appid = &config.default_account().appid;
+    if let Some(sentinel) = &config.redis_sentinel {
+        tracing::info!(
+            master = %sentinel.master_name,
+            sentinels = sentinel.sentinels.len(),
+            %instance,
+            "state is shared in Redis, its primary found through Sentinel"
+        );
+        return RedisStore::with_sentinel(sentinel, appid, instance).map(Some);
+    }
     let Some(url) = &config.redis_url else {
         return Ok(None);
     };
-    // Random per process: names this instance's streams and inbox in Redis.
-    let instance: Arc<str> = crate::auth::random_id()[..12].into();
     tracing::info!(redis = %redact_url(url.expose()), %instance, "state is shared in Redis");
-    Ok(Some(RedisStore::new(
-        url,
-        &config.default_account().appid,
-        instance,
-    )?))
+    Ok(Some(RedisStore::new(url, appid, instance)?))
 }
 
 /// `wxlogin serve`: the service against the real WeChat API until `shutdown`; with
@@ -223,7 +230,7 @@ impl App {
             config.api_token.clone(),
             config.page_token_ttl,
         ));
-        if config.redis_url.is_none() {
+        if !config.shares_state() {
             page_keys.load_from_memory();
         }
         if config.qr_daily_budget > DAILY_QR_QUOTA {

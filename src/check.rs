@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError};
 use crate::login::advice::explain;
 use crate::login::policy::new_scene;
-use crate::store::Store as _;
 use crate::store::redis::{RedisStore, redact_url};
+use crate::store::{Store as _, StoreError};
 
 /// The outcome of the checks.
 pub struct Report {
@@ -97,25 +97,53 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
     with_redis(&config, text, passed).await
 }
 
-/// Pings Redis when `REDIS_URL` is set, and closes the report.
+/// Pings Redis when `REDIS_URL` or `REDIS_SENTINELS` is set, and closes the report.
 async fn with_redis(config: &Config, mut text: String, mut passed: bool) -> Report {
     let mut line = |ok: bool, what: &str| {
         let _ = writeln!(text, "{} {what}", if ok { "ok  " } else { "FAIL" });
         ok
     };
-    if let Some(url) = &config.redis_url {
-        let shown = redact_url(url.expose());
-        match RedisStore::new(url, &config.default_account().appid, Arc::from("check")) {
-            Err(e) => passed &= line(false, &format!("Redis: {e}")),
-            Ok(store) => {
-                let pinged = tokio::time::timeout(Duration::from_secs(3), store.ping()).await;
-                match pinged {
-                    Ok(Ok(())) => passed &= line(true, &format!("Redis at {shown} answers")),
-                    Ok(Err(e)) => passed &= line(false, &format!("Redis at {shown}: {e}")),
-                    Err(_) => passed &= line(false, &format!("Redis at {shown}: no answer in 3 s")),
-                }
+    let appid = &config.default_account().appid;
+    let (store, shown) = match (&config.redis_sentinel, &config.redis_url) {
+        (Some(s), _) => (
+            RedisStore::with_sentinel(s, appid, Arc::from("check")),
+            format!("the primary {:?} of REDIS_SENTINELS", s.master_name),
+        ),
+        (None, Some(url)) => (
+            RedisStore::new(url, appid, Arc::from("check")),
+            redact_url(url.expose()),
+        ),
+        (None, None) => return Report { text, passed },
+    };
+    match store {
+        Err(e) => passed &= line(false, &format!("Redis: {e}")),
+        Ok(store) => {
+            let pinged = tokio::time::timeout(
+                Duration::from_secs(3),
+                answers(&store, config.redis_sentinel.is_some()),
+            )
+            .await;
+            match pinged {
+                Ok(Ok(())) => passed &= line(true, &format!("Redis at {shown} answers")),
+                Ok(Err(e)) => passed &= line(false, &format!("Redis at {shown}: {e}")),
+                Err(_) => passed &= line(false, &format!("Redis at {shown}: no answer in 3 s")),
             }
         }
     }
     Report { text, passed }
+}
+
+/// Whether Redis answers a ping. Through Sentinel, asked again while no primary is known (the
+/// sentinels are asked in the background). A check does not subscribe, so its inbox being
+/// down is no fault.
+async fn answers(store: &RedisStore, sentinel: bool) -> Result<(), StoreError> {
+    loop {
+        match store.ping().await {
+            Ok(()) | Err(StoreError::InboxDown) => return Ok(()),
+            Err(StoreError::Unavailable(e)) if sentinel && e.is_io_error() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -66,6 +66,9 @@ pub struct Config {
     /// (`redis://[:password@]host:port[/db]`, `rediss://` for TLS); one process, in memory,
     /// when unset. A secret: it may carry a password.
     pub redis_url: Option<Secret>,
+    /// `REDIS_SENTINELS` (with `REDIS_MASTER_NAME`, `REDIS_PASSWORD`, `REDIS_DB`): share state
+    /// through the Redis primary that these sentinels name, followed across failovers.
+    pub redis_sentinel: Option<RedisSentinel>,
     /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <it>`.
     pub metrics_token: Option<Secret>,
     /// `SSE_PER_IP_PER_MIN`: new streams one client IP may open per minute (0: no limit).
@@ -529,6 +532,82 @@ impl LoginModes {
     }
 }
 
+/// A Redis primary found through Redis Sentinel.
+#[derive(Clone, Debug)]
+pub struct RedisSentinel {
+    /// `REDIS_SENTINELS`: the sentinels, `host:port` each.
+    pub sentinels: Vec<(String, u16)>,
+    /// `REDIS_MASTER_NAME`: the name the sentinels know the primary by.
+    pub master_name: String,
+    /// `REDIS_PASSWORD`: the password of the primary (and its replicas), if it needs one.
+    pub password: Option<Secret>,
+    /// `REDIS_DB`: the database number on the primary.
+    pub db: i64,
+}
+
+/// `REDIS_SENTINELS` and its companions, which apply only with it and never with `REDIS_URL`.
+fn redis_sentinel(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<RedisSentinel>, ConfigError> {
+    let Some(list) = get("REDIS_SENTINELS") else {
+        for companion in ["REDIS_MASTER_NAME", "REDIS_PASSWORD", "REDIS_DB"] {
+            if get(companion).is_some() {
+                return Err(problem(companion, "applies only with REDIS_SENTINELS"));
+            }
+        }
+        return Ok(None);
+    };
+    if get("REDIS_URL").is_some() {
+        return Err(problem(
+            "REDIS_SENTINELS",
+            "and REDIS_URL are both set: set one (the sentinels name the primary)",
+        ));
+    }
+    let sentinels = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let bad = || {
+                problem(
+                    "REDIS_SENTINELS",
+                    format!("has an invalid host:port: {s:?}"),
+                )
+            };
+            let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(bad)?;
+            if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+                return Err(bad());
+            }
+            Ok((host.to_owned(), port))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if sentinels.is_empty() {
+        return Err(problem("REDIS_SENTINELS", "names no sentinel"));
+    }
+    let master_name = get("REDIS_MASTER_NAME").ok_or_else(|| {
+        problem(
+            "REDIS_MASTER_NAME",
+            "is missing (REDIS_SENTINELS is set: the name the sentinels monitor)",
+        )
+    })?;
+    let db = parse_or(get, "REDIS_DB", 0_i64)?;
+    if db < 0 {
+        return Err(problem("REDIS_DB", "must be 0 or more"));
+    }
+    Ok(Some(RedisSentinel {
+        sentinels,
+        master_name,
+        password: get("REDIS_PASSWORD").map(Secret::new),
+        db,
+    }))
+}
+
 /// A setting that is missing or invalid: start-up stops with this one line.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {setting} {problem}")]
@@ -681,6 +760,12 @@ impl Config {
         self.accounts.default_account()
     }
 
+    /// Whether state is shared in Redis (`REDIS_URL` or `REDIS_SENTINELS`): several
+    /// instances may run.
+    pub fn shares_state(&self) -> bool {
+        self.redis_url.is_some() || self.redis_sentinel.is_some()
+    }
+
     /// Reads `.env` (if present in the working directory) and the environment.
     pub fn load() -> Result<Self, ConfigError> {
         Settings::load(".env")?.config()
@@ -751,6 +836,17 @@ impl Config {
             ));
         }
         let redis_url = get("REDIS_URL");
+        let redis_sentinel = redis_sentinel(&get)?;
+        if redis_sentinel.is_some()
+            && login_token_secret.is_none()
+            && get("LOGIN_TOKEN_KEY_FILE").is_none()
+        {
+            return Err(problem(
+                "REDIS_SENTINELS",
+                "is set, so several instances may run: set LOGIN_TOKEN_SECRET or \
+                 LOGIN_TOKEN_KEY_FILE so that they all sign login tokens with one key",
+            ));
+        }
         if let Some(url) = &redis_url {
             let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
@@ -883,6 +979,7 @@ impl Config {
             login_token_audience: get("LOGIN_TOKEN_AUDIENCE").unwrap_or_else(|| "wxlogin".into()),
             page_token_ttl: Duration::from_secs(page_token_ttl),
             redis_url: redis_url.map(Secret::new),
+            redis_sentinel,
             metrics_token: get("METRICS_TOKEN").map(Secret::new),
             sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
             sse_per_ip_open,
@@ -1299,6 +1396,49 @@ mod tests {
         vars.insert("REDIS_URL".into(), "http://hunter2@cache".into());
         let e = load(&vars).unwrap_err();
         assert_eq!(e.setting, "REDIS_URL");
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_sentinels_name_the_primary_with_its_companions_and_never_print_the_password() {
+        let mut vars = base();
+        vars.insert(
+            "LOGIN_TOKEN_SECRET".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        );
+        vars.insert(
+            "REDIS_SENTINELS".into(),
+            " s1:26379, [::1]:26380 ,10.0.0.3:26381".into(),
+        );
+        assert_eq!(load(&vars).unwrap_err().setting, "REDIS_MASTER_NAME");
+        vars.insert("REDIS_MASTER_NAME".into(), "mymaster".into());
+        vars.insert("REDIS_PASSWORD".into(), "hunter2".into());
+        vars.insert("REDIS_DB".into(), "2".into());
+        let c = load(&vars).unwrap();
+        let s = c.redis_sentinel.as_ref().unwrap();
+        assert_eq!(s.sentinels[0], ("s1".to_owned(), 26379));
+        assert_eq!(s.sentinels[1], ("::1".to_owned(), 26380));
+        assert_eq!((s.master_name.as_str(), s.db), ("mymaster", 2));
+        assert!(c.shares_state() && c.redis_url.is_none());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for bad in ["s1", "s1:0", "s1:x", ":26379", "a@b:1", ","] {
+            vars.insert("REDIS_SENTINELS".into(), bad.into());
+            assert_eq!(load(&vars).unwrap_err().setting, "REDIS_SENTINELS", "{bad}");
+        }
+        vars.insert("REDIS_SENTINELS".into(), "s1:26379".into());
+        vars.insert("REDIS_DB".into(), "-1".into());
+        assert_eq!(load(&vars).unwrap_err().setting, "REDIS_DB");
+        vars.insert("REDIS_DB".into(), "0".into());
+        vars.insert("REDIS_URL".into(), "redis://cache:6379".into());
+        assert_eq!(load(&vars).unwrap_err().setting, "REDIS_SENTINELS");
+        vars.remove("REDIS_URL");
+        vars.remove("LOGIN_TOKEN_SECRET");
+        assert_eq!(load(&vars).unwrap_err().setting, "REDIS_SENTINELS");
+        // The companions without the sentinels would be ignored: refused instead.
+        let mut vars = base();
+        vars.insert("REDIS_PASSWORD".into(), "hunter2".into());
+        let e = load(&vars).unwrap_err();
+        assert_eq!(e.setting, "REDIS_PASSWORD");
         assert!(!e.to_string().contains("hunter2"));
     }
 

@@ -303,6 +303,12 @@ impl FakeWechat {
         lock(&self.state.tokens).remove(&self.state.account.appid);
     }
 
+    /// Invalidates the current token of the account `appid`, as [`FakeWechat::revoke_token`]
+    /// does the first account's.
+    pub fn revoke_token_of(&self, appid: &str) {
+        lock(&self.state.tokens).remove(appid);
+    }
+
     /// Makes the code of `scene` expire now.
     pub fn expire_scene(&self, scene: &str) {
         for info in lock(&self.state.by_url).values_mut() {

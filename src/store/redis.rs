@@ -12,12 +12,15 @@
 //! result until the QR code expires, the message is only the wake-up. An instance whose
 //! subscription was down checks its streams' sessions when it is back ([`Inbox::reconnected`]).
 //!
-//! Commands go through a [`ConnectionManager`] (one multiplexed connection, reconnecting by
+//! Commands go through a [`ConnectionManager`](redis::aio::ConnectionManager) (one multiplexed connection, reconnecting by
 //! itself) with short timeouts, so that a Redis outage turns into errors at once (503 for
-//! browsers, 5xx for WeChat) and not into hanging requests.
+//! browsers, 5xx for WeChat) and not into hanging requests. With Redis Sentinel
+//! (`REDIS_SENTINELS`), [`primary`] finds the primary and follows it across failovers; a
+//! login's result then waits for a replica (`WAIT`) before WeChat is answered.
 
 mod codes;
 mod once;
+mod primary;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
-use redis::aio::ConnectionManager;
+use primary::{Conn, Primary};
 use redis::{AsyncCommands as _, Client, Script};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +37,7 @@ use super::{
     ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Notice, Outcome, SessionRecord,
     SessionState, Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
+use crate::config::RedisSentinel;
 use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
 use crate::wechat::secret::Secret;
@@ -107,11 +111,31 @@ pub fn redact_url(raw: &str) -> String {
     shown
 }
 
+/// Commands time out and reconnect quickly, so that an outage turns into errors at once.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
+}
+
+/// `REDIS_SENTINELS` as given (it holds no secret).
+fn sentinel_list(settings: &RedisSentinel) -> String {
+    let hosts: Vec<String> = settings
+        .sentinels
+        .iter()
+        .map(|(host, port)| format!("{host}:{port}"))
+        .collect();
+    hosts.join(",")
+}
+
 /// Why the Redis store could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("REDIS_URL {url} is not usable: {source}")]
+#[error("{url} is not usable: {source}")]
 pub struct RedisSetupError {
-    /// The URL, redacted.
+    /// The setting at fault and its value: `REDIS_URL` redacted, or `REDIS_SENTINELS`.
     pub url: String,
     /// Why.
     #[source]
@@ -163,8 +187,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    primary: Arc<Primary>,
     /// `wxlogin:<appid>:`.
     prefix: String,
     instance: Arc<str>,
@@ -244,28 +267,39 @@ impl RedisStore {
     /// an instance starts while Redis is down and reports itself not ready until it is up.
     pub fn new(url: &Secret, appid: &str, instance: Arc<str>) -> Result<Self, RedisSetupError> {
         let setup_error = |source| RedisSetupError {
-            url: redact_url(url.expose()),
+            url: format!("REDIS_URL {}", redact_url(url.expose())),
             source,
         };
         let client = Client::open(url.expose()).map_err(setup_error)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(setup_error)?;
-        Ok(Self {
+        let primary = Primary::fixed(client, manager_config()).map_err(setup_error)?;
+        Ok(Self::on(Arc::new(primary), appid, instance))
+    }
+
+    /// A store on the primary that the sentinels of `settings` name, followed across
+    /// failovers. Connects lazily, like [`Self::new`]. Must be called inside a tokio runtime.
+    pub fn with_sentinel(
+        settings: &RedisSentinel,
+        appid: &str,
+        instance: Arc<str>,
+    ) -> Result<Self, RedisSetupError> {
+        let primary =
+            Primary::sentinel(settings, manager_config()).map_err(|source| RedisSetupError {
+                url: format!("REDIS_SENTINELS {}", sentinel_list(settings)),
+                source,
+            })?;
+        Ok(Self::on(primary, appid, instance))
+    }
+
+    fn on(primary: Arc<Primary>, appid: &str, instance: Arc<str>) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                client,
-                conn,
+                primary,
                 prefix: format!("wxlogin:{appid}:"),
                 instance,
                 listening: AtomicBool::new(false),
                 scripts: Scripts::new(),
             }),
-        })
+        }
     }
 
     /// The store of the account `appid` on the same Redis, connection and instance: its keys
@@ -273,20 +307,15 @@ impl RedisStore {
     /// its own (appids are unique among a deployment's accounts).
     #[must_use]
     pub fn for_appid(&self, appid: &str) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                client: self.inner.client.clone(),
-                conn: self.inner.conn.clone(),
-                prefix: format!("wxlogin:{appid}:"),
-                instance: Arc::clone(&self.inner.instance),
-                listening: AtomicBool::new(false),
-                scripts: Scripts::new(),
-            }),
-        }
+        Self::on(
+            Arc::clone(&self.inner.primary),
+            appid,
+            Arc::clone(&self.inner.instance),
+        )
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    fn conn(&self) -> Conn {
+        self.inner.primary.conn()
     }
 
     fn session_key(&self, scene: &Scene) -> String {
@@ -335,7 +364,9 @@ impl RedisStore {
         inbox: &Arc<dyn Inbox>,
         cancel: &CancellationToken,
     ) -> Result<bool, redis::RedisError> {
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.inner.client.get_async_pubsub())
+        let mut changes = self.inner.primary.changes();
+        let client = changes.client().await?;
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::Io, "timed out connecting to Redis"))
@@ -373,6 +404,8 @@ impl RedisStore {
                         break Ok(false);
                     }
                 }
+                // A failover: subscribe on the new primary.
+                () = changes.changed() => break Ok(false),
                 () = cancel.cancelled() => break Ok(true),
             }
         };
@@ -813,6 +846,7 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
         Box::pin(async move {
+            let mut conn = self.inner.primary.durable();
             let reply: Vec<String> = self
                 .inner
                 .scripts
@@ -830,7 +864,12 @@ impl Store for RedisStore {
                 .arg(binding.digest_hex())
                 .arg(millis(binding.ttl()).max(1))
                 .arg(millis(ATTACHED_GRACE))
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            self.inner
+                .primary
+                .replicated(&mut conn)
                 .await
                 .map_err(err)?;
             match reply.as_slice() {

@@ -10,6 +10,7 @@ pub mod example_site;
 pub mod process;
 pub mod redis_server;
 pub mod sandbox;
+pub mod sentinel;
 pub mod sse;
 
 use std::net::TcpListener;

@@ -10,9 +10,11 @@ use super::free_port;
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Arguments after the defaults (`--replicaof`, ...), again at a restart.
+    extra: Vec<String>,
 }
 
-fn spawn(port: u16) -> std::io::Result<Child> {
+fn spawn(port: u16, extra: &[String]) -> std::io::Result<Child> {
     Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -20,13 +22,14 @@ fn spawn(port: u16) -> std::io::Result<Child> {
         .args(["--appendonly", "no"])
         .args(["--dir", &std::env::temp_dir().to_string_lossy()])
         .args(["--loglevel", "warning"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
 }
 
 /// Waits until `port` accepts connections; `false` if the server died or 5 s passed.
-fn wait_listening(child: &mut Child, port: u16) -> bool {
+pub fn wait_listening(child: &mut Child, port: u16) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -43,19 +46,31 @@ fn wait_listening(child: &mut Child, port: u16) -> bool {
 impl RedisServer {
     /// Starts a redis-server on a free port (another port if that one was taken meanwhile).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with more arguments (`--replicaof 127.0.0.1 <port>`).
+    pub fn start_with(extra: &[String]) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(port).expect("redis-server runs (apt-get install redis-server)");
+            let mut child =
+                spawn(port, extra).expect("redis-server runs (apt-get install redis-server)");
             if wait_listening(&mut child, port) {
                 return Self {
                     child: Some(child),
                     port,
+                    extra: extra.to_vec(),
                 };
             }
             let _ = child.kill();
             let _ = child.wait();
         }
         panic!("redis-server did not start");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -76,7 +91,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut child = spawn(self.port).expect("redis-server runs");
+            let mut child = spawn(self.port, &self.extra).expect("redis-server runs");
             if wait_listening(&mut child, self.port) {
                 self.child = Some(child);
                 return;

@@ -18,13 +18,13 @@ on_every_backend!(
 );
 
 /// An accounts file in a directory of its own, readable by its owner only.
-struct AccountsFile {
+pub(crate) struct AccountsFile {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl AccountsFile {
-    fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accounts.toml");
         let file = Self { _dir: dir, path };
@@ -46,7 +46,7 @@ impl AccountsFile {
 }
 
 /// The `[[account]]` table of the fake `account`, named `name`.
-fn table(name: &str, account: &FakeAccount) -> String {
+pub(crate) fn table(name: &str, account: &FakeAccount) -> String {
     format!(
         "[[account]]\nname = \"{name}\"\nappid = \"{}\"\nsecret_key = \"{}\"\nmp_token = \"{}\"\n\n",
         account.appid,
@@ -77,7 +77,10 @@ async fn spawn_accounts(others: &[(&str, &FakeAccount)]) -> (TestApp, AccountsFi
 
 impl TestApp {
     /// Opens a stream of `account` and reads its first event.
-    async fn open_account(&self, account: &str) -> (crate::helpers::Stream, String, Value) {
+    pub(crate) async fn open_account(
+        &self,
+        account: &str,
+    ) -> (crate::helpers::Stream, String, Value) {
         let mut stream = self
             .open_with(&format!("token={}&account={account}", self.api_token))
             .await;

@@ -16,27 +16,26 @@ use wxlogin::wechat::ids::Scene;
 use wxlogin::wechat::secret::Secret;
 
 use crate::common::redis_server::RedisServer;
-use crate::helpers::{BACKEND, Backend, on_every_backend};
+use crate::helpers::{BACKEND, Backend, Servers, on_every_backend};
 
 /// A code's life in tests that do not wait for it to end.
 const WAIT: Duration = Duration::from_secs(60);
 /// A life short enough to wait for.
 const SHORT: Duration = Duration::from_millis(200);
 
-/// Two instances' views of the test's store: two clients of one redis-server (with the
-/// server, kept until the test ends), or two handles on one memory store.
-fn two_instances() -> (Arc<dyn Store>, Arc<dyn Store>, Option<RedisServer>) {
-    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory) {
-        Backend::Memory => {
+/// Two instances' views of the test's store: two clients of its Redis (with its processes,
+/// kept until the test ends), or two handles on one memory store.
+async fn two_instances() -> (Arc<dyn Store>, Arc<dyn Store>, Option<Servers>) {
+    let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory);
+    match Servers::start(backend) {
+        None => {
             let store = MemoryStore::new();
             (Arc::new(store.clone()), Arc::new(store), None)
         }
-        Backend::Redis => {
-            let redis = RedisServer::start();
-            let on = |name: &str| -> Arc<dyn Store> {
-                Arc::new(RedisStore::new(&Secret::new(redis.url()), "wxtest", name.into()).unwrap())
-            };
-            (on("one"), on("two"), Some(redis))
+        Some(servers) => {
+            let one: Arc<dyn Store> = Arc::new(servers.store("wxtest", "one").await);
+            let two: Arc<dyn Store> = Arc::new(servers.store("wxtest", "two").await);
+            (one, two, Some(servers))
         }
     }
 }
@@ -52,7 +51,7 @@ async fn outlive(store: &dyn Store, life: Duration) {
 }
 
 async fn a_reserved_code_names_its_scene_and_cannot_be_reserved_again_while_live() {
-    let (store, _, _redis) = two_instances();
+    let (store, _, _redis) = two_instances().await;
     let (code, scene, other) = (code(), new_scene(), new_scene());
     assert_eq!(store.code_lookup(&code).await.unwrap(), None);
 
@@ -65,7 +64,7 @@ async fn a_reserved_code_names_its_scene_and_cannot_be_reserved_again_while_live
 }
 
 async fn a_code_is_gone_after_its_life_and_can_be_reserved_again() {
-    let (store, _, _redis) = two_instances();
+    let (store, _, _redis) = two_instances().await;
     let (code, scene, next) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &scene, SHORT).await.unwrap());
 
@@ -77,7 +76,7 @@ async fn a_code_is_gone_after_its_life_and_can_be_reserved_again() {
 }
 
 async fn a_code_is_released_only_by_the_scene_it_names() {
-    let (store, _, _redis) = two_instances();
+    let (store, _, _redis) = two_instances().await;
     let (code, scene, stranger) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &scene, WAIT).await.unwrap());
 
@@ -90,7 +89,7 @@ async fn a_code_is_released_only_by_the_scene_it_names() {
 }
 
 async fn a_stream_that_ended_late_does_not_release_the_code_of_the_next_one() {
-    let (store, _, _redis) = two_instances();
+    let (store, _, _redis) = two_instances().await;
     let (code, ended, next) = (code(), new_scene(), new_scene());
     assert!(store.code_reserve(&code, &ended, SHORT).await.unwrap());
     outlive(&*store, SHORT).await;
@@ -102,7 +101,7 @@ async fn a_stream_that_ended_late_does_not_release_the_code_of_the_next_one() {
 }
 
 async fn attempts_are_counted_per_sender_and_start_again_after_the_window() {
-    let (one, two, _redis) = two_instances();
+    let (one, two, _redis) = two_instances().await;
     let window = Duration::from_secs(1);
 
     for n in 1..=5 {
@@ -127,7 +126,7 @@ async fn attempts_are_counted_per_sender_and_start_again_after_the_window() {
 }
 
 async fn a_retried_message_is_counted_once_whichever_instance_sees_it() {
-    let (one, two, _redis) = two_instances();
+    let (one, two, _redis) = two_instances().await;
     let window = Duration::from_secs(60);
 
     for n in 1..=5 {
@@ -143,7 +142,7 @@ async fn a_retried_message_is_counted_once_whichever_instance_sees_it() {
 }
 
 async fn ten_thousand_codes_reserved_from_two_instances_are_distinct() {
-    let (one, two, _redis) = two_instances();
+    let (one, two, _redis) = two_instances().await;
     let draws: Vec<String> = (0..10_000).map(|_| code()).collect();
     let distinct: HashSet<&String> = draws.iter().collect();
     // Drawn from 10^6, about 50 of 10,000 repeat a code drawn before.

@@ -13,7 +13,12 @@ use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone::{self, Phone};
 
 use crate::common::redis_server::RedisServer;
+use crate::common::sentinel::{MASTER_NAME, SentinelSet};
 pub use crate::common::sse::Stream;
+use wxlogin::config::RedisSentinel;
+use wxlogin::store::redis::RedisStore;
+use wxlogin::store::{Store as _, StoreError};
+use wxlogin::wechat::secret::Secret;
 
 /// Where a test's wxlogin keeps its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +27,57 @@ pub enum Backend {
     Memory,
     /// A redis-server of the test's own.
     Redis,
+    /// A primary, a replica and three sentinels of the test's own (`REDIS_SENTINELS`).
+    Sentinel,
+}
+
+/// The Redis processes of a test on a Redis backend, stopped when dropped.
+pub enum Servers {
+    Redis(RedisServer),
+    Sentinel(SentinelSet),
+}
+
+impl Servers {
+    /// The processes `backend` needs; none in memory.
+    pub fn start(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Memory => None,
+            Backend::Redis => Some(Self::Redis(RedisServer::start())),
+            Backend::Sentinel => Some(Self::Sentinel(SentinelSet::start())),
+        }
+    }
+
+    /// A store on them for `appid`, as instance `name`, once it found its Redis.
+    pub async fn store(&self, appid: &str, name: &str) -> RedisStore {
+        let store = match self {
+            Self::Redis(redis) => {
+                RedisStore::new(&Secret::new(redis.url()), appid, name.into()).unwrap()
+            }
+            Self::Sentinel(set) => {
+                RedisStore::with_sentinel(&sentinel_settings(set), appid, name.into()).unwrap()
+            }
+        };
+        // Through Sentinel the primary is found in the background: wait for it.
+        wait_until(Duration::from_secs(5), || async {
+            matches!(store.ping().await, Ok(()) | Err(StoreError::InboxDown))
+        })
+        .await;
+        store
+    }
+}
+
+/// The settings of `set`, as `REDIS_SENTINELS` and `REDIS_MASTER_NAME` give them.
+pub fn sentinel_settings(set: &SentinelSet) -> RedisSentinel {
+    RedisSentinel {
+        sentinels: set
+            .sentinel_ports()
+            .into_iter()
+            .map(|p| ("127.0.0.1".to_owned(), p))
+            .collect(),
+        master_name: MASTER_NAME.to_owned(),
+        password: None,
+        db: 0,
+    }
 }
 
 tokio::task_local! {
@@ -29,7 +85,8 @@ tokio::task_local! {
     pub static BACKEND: Backend;
 }
 
-/// Runs each named `async fn()` test once per backend: `name::memory` and `name::redis`.
+/// Runs each named `async fn()` test once per backend: `name::memory`, `name::redis` and
+/// `name::sentinel`.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -43,6 +100,12 @@ macro_rules! on_every_backend {
             async fn redis() {
                 crate::helpers::BACKEND
                     .scope(crate::helpers::Backend::Redis, super::$name())
+                    .await
+            }
+            #[tokio::test]
+            async fn sentinel() {
+                crate::helpers::BACKEND
+                    .scope(crate::helpers::Backend::Sentinel, super::$name())
                     .await
             }
         }
@@ -80,6 +143,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The redis-server of a Redis-backed app (shared by the instances of one test).
     pub redis: Option<Arc<Mutex<RedisServer>>>,
+    /// The Sentinel deployment of a Sentinel-backed app (shared by the instances of one test).
+    pub sentinel: Option<Arc<SentinelSet>>,
     /// Where the fake WeChat listens.
     pub fake_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
@@ -137,12 +202,19 @@ pub async fn spawn_app_on(fake: FakeWechat, settings: &[(&str, &str)]) -> TestAp
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
-    let redis = match BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory) {
-        Backend::Memory => None,
-        Backend::Redis => Some(Arc::new(Mutex::new(RedisServer::start()))),
+    let shared = match Servers::start(BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory)) {
+        None => Shared::default(),
+        Some(Servers::Redis(redis)) => Shared {
+            redis: Some(Arc::new(Mutex::new(redis))),
+            sentinel: None,
+        },
+        Some(Servers::Sentinel(set)) => Shared {
+            redis: None,
+            sentinel: Some(Arc::new(set)),
+        },
     };
     let phone = Phone::new(fake.clone());
-    let app = spawn_instance(&phone, &fake, fake_addr, redis, settings).await;
+    let app = spawn_instance(&phone, &fake, fake_addr, shared, settings).await;
     phone.set_callback(format!("{}/wechat_event", app.base));
     // The fake lives as long as the app.
     let stop_fake = app.cancel.clone();
@@ -162,12 +234,14 @@ pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
-    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let shared = Shared {
+        redis: Some(Arc::new(Mutex::new(RedisServer::start()))),
+        sentinel: None,
+    };
     let phone = Phone::new(fake.clone());
     let mut apps = Vec::new();
     for _ in 0..n {
-        let redis = Some(Arc::clone(&redis));
-        apps.push(spawn_instance(&phone, &fake, fake_addr, redis, settings).await);
+        apps.push(spawn_instance(&phone, &fake, fake_addr, shared.clone(), settings).await);
     }
     phone.set_callback(format!("{}/wechat_event", apps[0].base));
     let stop_fake = apps[0].cancel.clone();
@@ -187,10 +261,33 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
         &peer.phone,
         &peer.fake,
         fake_addr,
-        peer.redis.clone(),
+        Shared {
+            redis: peer.redis.clone(),
+            sentinel: peer.sentinel.clone(),
+        },
         settings,
     )
     .await
+}
+
+/// Several wxlogin instances on one Sentinel deployment and one fake WeChat, like
+/// [`spawn_instances`].
+pub async fn spawn_sentinel_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
+    let first = BACKEND
+        .scope(Backend::Sentinel, spawn_app_with(settings))
+        .await;
+    let mut apps = vec![first];
+    for _ in 1..n {
+        apps.push(spawn_instances_on(&apps[0], settings).await);
+    }
+    apps
+}
+
+/// The Redis processes instances of one test share.
+#[derive(Clone, Default)]
+struct Shared {
+    redis: Option<Arc<Mutex<RedisServer>>>,
+    sentinel: Option<Arc<SentinelSet>>,
 }
 
 /// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
@@ -240,7 +337,7 @@ async fn spawn_instance(
     phone: &Phone,
     fake: &FakeWechat,
     fake_addr: std::net::SocketAddr,
-    redis: Option<Arc<Mutex<RedisServer>>>,
+    shared: Shared,
     settings: &[(&str, &str)],
 ) -> TestApp {
     let cancel = CancellationToken::new();
@@ -249,14 +346,23 @@ async fn spawn_instance(
         .await
         .expect("binds");
     let public_url = format!("http://{}", listener.local_addr().expect("bound"));
-    let vars = {
-        let server = redis
+    let mut vars = {
+        let server = shared
+            .redis
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()));
         let mut vars = instance_vars(fake, fake_addr, server.as_deref(), settings);
         vars.entry("PUBLIC_URL".into()).or_insert(public_url);
         vars
     };
+    if let Some(set) = &shared.sentinel {
+        vars.insert("REDIS_SENTINELS".into(), set.sentinels());
+        vars.insert("REDIS_MASTER_NAME".into(), MASTER_NAME.into());
+        if !vars.contains_key("LOGIN_TOKEN_SECRET") {
+            vars.entry("LOGIN_TOKEN_KEY_FILE".into())
+                .or_insert_with(shared_key_file);
+        }
+    }
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
     let app = App::with_listener(&config, listener, None).expect("app builds");
     let addr = app.local_addr().expect("bound");
@@ -271,7 +377,8 @@ async fn spawn_instance(
         login,
         api_token: API_TOKEN.to_owned(),
         client: reqwest::Client::new(),
-        redis,
+        redis: shared.redis,
+        sentinel: shared.sentinel,
         fake_addr: Some(fake_addr),
         cancel,
     }

@@ -9,6 +9,7 @@ mod callbacks;
 mod codes;
 #[path = "../common/mod.rs"]
 mod common;
+mod failover;
 mod helpers;
 mod instances;
 mod limits;

@@ -20,7 +20,7 @@ use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
 use wxlogin::wechat::secret::Secret;
 
 use crate::common::redis_server::RedisServer;
-use crate::helpers::{BACKEND, Backend};
+use crate::helpers::{BACKEND, Backend, Servers};
 
 const TTL: Duration = Duration::from_secs(600);
 /// How long a result handed to its stream is kept for a reconnect, in these tests.
@@ -54,13 +54,14 @@ async fn instance(store: Arc<dyn Store>) -> Instance {
     }
 }
 
-/// An instance on the test's backend (and the redis-server it needs).
-async fn on_backend() -> (Instance, Option<RedisServer>) {
-    match BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory) {
-        Backend::Memory => (instance(Arc::new(MemoryStore::new())).await, None),
-        Backend::Redis => {
-            let redis = RedisServer::start();
-            (instance(redis_store(&redis, "one")).await, Some(redis))
+/// An instance on the test's backend (and the Redis processes it needs).
+async fn on_backend() -> (Instance, Option<Servers>) {
+    let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory);
+    match Servers::start(backend) {
+        None => (instance(Arc::new(MemoryStore::new())).await, None),
+        Some(servers) => {
+            let store: Arc<dyn Store> = Arc::new(servers.store("wxtest", "one").await);
+            (instance(store).await, Some(servers))
         }
     }
 }

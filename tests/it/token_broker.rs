@@ -381,3 +381,83 @@ async fn the_broker_key_and_the_tokens_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
     }
 }
+
+/// A wxlogin with the broker on, serving the fake's first account (`default`) and `shop` from
+/// `ACCOUNTS_FILE` (with `extra` lines in its table), its QR stock made.
+pub(crate) async fn spawn_with_shop(
+    extra: &str,
+) -> (
+    TestApp,
+    wxlogin::sandbox::fake::FakeAccount,
+    crate::accounts::AccountsFile,
+) {
+    let fake =
+        wxlogin::sandbox::fake::FakeWechat::new(wxlogin::sandbox::fake::FakeAccount::random());
+    let shop = wxlogin::sandbox::fake::FakeAccount::random();
+    fake.add_account(shop.clone());
+    let file = crate::accounts::AccountsFile::new(&format!(
+        "{}{extra}",
+        crate::accounts::table("shop", &shop)
+    ));
+    let path = file.path.to_string_lossy().into_owned();
+    let app = crate::helpers::spawn_app_on(
+        fake,
+        &[("ACCOUNTS_FILE", path.as_str()), ("TOKEN_BROKER_KEY", KEY)],
+    )
+    .await;
+    app.phone
+        .set_callback_for(&shop.appid, format!("{}/wechat_event/shop", app.base));
+    app.wait_ready().await;
+    (app, shop, file)
+}
+
+/// The token the broker gives for `account`.
+async fn token_of(app: &TestApp, account: &str) -> String {
+    let response = read(app, &format!("/wechat/{account}/access_token"), Some(KEY)).await;
+    assert_eq!(response.status(), 200, "{account}");
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn each_account_of_the_registry_has_its_own_token_and_refresh() {
+    let (app, shop, _file) = spawn_with_shop("").await;
+    let home = token_of(&app, "default").await;
+    let shop_token = token_of(&app, "shop").await;
+    assert_ne!(home, shop_token);
+    assert!(fake_accepts(&app, &home).await && fake_accepts(&app, &shop_token).await);
+    let before = count(&app.fake.counters().token_requests);
+
+    // Another program of the shop's AppID takes a token: only the shop's is dead.
+    app.fake.revoke_token_of(&shop.appid);
+    let answers = futures_util::future::join_all((0..20).map(|_| async {
+        let response = post(
+            &app,
+            "/wechat/shop/access_token/refresh",
+            &json!({ "access_token": shop_token }).to_string(),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }))
+    .await;
+
+    assert_eq!(count(&app.fake.counters().token_requests), before + 1);
+    assert!(answers.iter().all(|t| *t == answers[0] && *t != shop_token));
+    assert!(fake_accepts(&app, &answers[0]).await);
+    assert_eq!(token_of(&app, "shop").await, answers[0]);
+    assert_eq!(
+        token_of(&app, "default").await,
+        home,
+        "the default account's is untouched"
+    );
+    // The default account's refresh endpoint does not take the shop's token for its own.
+    let (status, body) = refresh(&app, &answers[0]).await;
+    assert_eq!(
+        (status, body["access_token"].as_str()),
+        (200, Some(home.as_str()))
+    );
+    assert_eq!(count(&app.fake.counters().token_requests), before + 1);
+}
+
+on_every_backend!(each_account_of_the_registry_has_its_own_token_and_refresh);

@@ -109,12 +109,30 @@ async fn without_user_info_no_lookup_is_made() {
 }
 
 on_every_backend!(
+    user_info_is_a_setting_of_each_account,
     a_login_carries_the_unionid_in_the_result_and_the_token,
     a_user_without_a_unionid_logs_in_without_one,
     a_failing_user_info_does_not_fail_the_login,
     a_rejected_token_on_user_info_is_renewed_and_the_lookup_retried,
     without_user_info_no_lookup_is_made,
 );
+
+async fn user_info_is_a_setting_of_each_account() {
+    let (app, _shop, _file) = crate::token_broker::spawn_with_shop("user_info = true\n").await;
+    app.fake.give_unionid("oShopper", "uShopper");
+    app.fake.give_unionid("oHome", "uHome");
+
+    let (mut shop_stream, shop_scene, _) = app.open_account("shop").await;
+    app.scan(&shop_scene, "oShopper", false).await;
+    let shop_result = shop_stream.next_json().await;
+    let (mut home_stream, home_scene, _) = app.open_account("default").await;
+    app.scan(&home_scene, "oHome", false).await;
+    let home_result = home_stream.next_json().await;
+
+    assert_eq!(shop_result["unionId"], "uShopper", "{shop_result}");
+    assert!(home_result.get("unionId").is_none(), "{home_result}");
+    assert_eq!(count(&app.fake.counters().user_info_requests), 1);
+}
 
 #[tokio::test]
 async fn a_slow_user_info_lets_the_login_go_out_without_the_unionid() {

@@ -1,0 +1,184 @@
+//! A Redis Sentinel deployment for a test, all on free loopback ports: a primary, a replica
+//! and three sentinels (`redis-server <config> --sentinel`, quorum 2) watching it as
+//! [`MASTER_NAME`], quick to notice a dead primary (down after 1 s). Killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use super::redis_server::{RedisServer, wait_listening};
+
+/// The name the sentinels know the primary by.
+pub const MASTER_NAME: &str = "mymaster";
+
+/// A sentinel process and its config file (the sentinel rewrites it).
+struct SentinelProcess {
+    child: Child,
+    port: u16,
+    config: PathBuf,
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// A primary, its replica and three sentinels.
+pub struct SentinelSet {
+    /// The primary, then the replica; a test may kill either.
+    servers: Mutex<Vec<RedisServer>>,
+    sentinels: Vec<SentinelProcess>,
+}
+
+fn start_sentinel(primary_port: u16) -> SentinelProcess {
+    for _ in 0..5 {
+        let port = free_port();
+        let dir = std::env::temp_dir();
+        let config = dir.join(format!(
+            "wxlogin-sentinel-{}-{port}.conf",
+            std::process::id()
+        ));
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 3000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            dir = dir.display()
+        );
+        std::fs::write(&config, text).expect("sentinel config written");
+        let mut child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .args(["--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        if wait_listening(&mut child, port) {
+            return SentinelProcess {
+                child,
+                port,
+                config,
+            };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&config);
+    }
+    panic!("a sentinel did not start");
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` every 20 ms; panics with `what` after `limit`.
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl SentinelSet {
+    /// Starts the primary, its replica (in sync) and the sentinels (naming the primary).
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_with(&[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+        ]);
+        wait_for(Duration::from_secs(10), "the replica syncs", || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        let sentinels: Vec<SentinelProcess> =
+            (0..3).map(|_| start_sentinel(primary.port())).collect();
+        let set = Self {
+            servers: Mutex::new(vec![primary, replica]),
+            sentinels,
+        };
+        wait_for(
+            Duration::from_secs(10),
+            "the sentinels name the primary",
+            || set.sentinels.iter().all(|s| set.named_by(s.port).is_some()),
+        );
+        set
+    }
+
+    /// `REDIS_SENTINELS`: `127.0.0.1:<port>,…`.
+    pub fn sentinels(&self) -> String {
+        let list: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        list.join(",")
+    }
+
+    /// The ports of the sentinels.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|s| s.port).collect()
+    }
+
+    /// The port of the primary that the sentinel on `port` names.
+    fn named_by(&self, port: u16) -> Option<u16> {
+        let out = cli(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// The port of the primary the first sentinel names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.named_by(self.sentinels[0].port)
+    }
+
+    /// Waits until every sentinel knows the replica and the two other sentinels: a failover
+    /// can happen.
+    pub fn wait_ready_for_failover(&self) {
+        wait_for(
+            Duration::from_secs(20),
+            "the sentinels know the replica and each other",
+            || {
+                self.sentinels.iter().all(|s| {
+                    let replicas = cli(s.port, &["SENTINEL", "replicas", MASTER_NAME]);
+                    let others = cli(s.port, &["SENTINEL", "sentinels", MASTER_NAME]);
+                    replicas.contains("slave")
+                        && !replicas.contains("disconnected")
+                        && others.matches("sentinel").count() >= 2
+                })
+            },
+        );
+    }
+
+    /// Kills the primary the sentinels name now (SIGKILL); its port.
+    pub fn kill_primary(&self) -> u16 {
+        let port = self.primary_port().expect("a primary is named");
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let server = servers
+            .iter_mut()
+            .find(|s| s.port() == port)
+            .expect("the primary is one of the set's servers");
+        server.kill();
+        port
+    }
+
+    /// Runs `redis-cli` against the primary the sentinels name now.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.primary_port().expect("a primary is named");
+        cli(port, args)
+    }
+}
