@@ -243,9 +243,9 @@ impl AccountConfig {
             Some("true" | "1" | "yes") => true,
             Some(_) => return Err(problem("USER_INFO", "must be true or false")),
         };
-        // Without QR codes nor web authorization no WeChat API call is made, hence no
-        // appsecret.
-        let secret_key = if login_modes.qr || login_modes.oauth {
+        // Without QR codes nor web authorization (nor the unionid's look-up, which takes an
+        // access token) no WeChat API call is made, hence no appsecret.
+        let secret_key = if login_modes.qr || login_modes.oauth || user_info {
             required("SECRET_KEY")?
         } else {
             get("SECRET_KEY").unwrap_or_default()
@@ -1240,6 +1240,9 @@ mod tests {
         assert_eq!(load(&vars).unwrap_err().setting, "SECRET_KEY");
         vars.insert("LOGIN_MODES".into(), "code".into());
         assert!(!load(&vars).unwrap().default_account().login_modes.qr);
+        // The unionid is asked with an access token, which takes the appsecret.
+        vars.insert("USER_INFO".into(), "true".into());
+        assert_eq!(load(&vars).unwrap_err().setting, "SECRET_KEY");
     }
 
     /// Loads `base()` with `setting=value` and returns the refusal, naming `setting`.

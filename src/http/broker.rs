@@ -115,6 +115,13 @@ fn authorize<'a>(
         return Err(HttpError::Unauthorized(reason));
     }
     let account = state.accounts.get(account).ok_or(HttpError::NotFound)?;
+    if account.settings.secret_key.expose().is_empty() {
+        // LOGIN_MODES=code without SECRET_KEY: no token can be had, and asking WeChat for one
+        // with an empty secret at every request would only earn errcode 40125.
+        return Err(HttpError::Conflict(
+            "this account has no SECRET_KEY, so wxlogin holds no access token for it",
+        ));
+    }
     Ok((broker, account))
 }
 
@@ -144,6 +151,7 @@ fn unavailable(state: &AppState, account: &AccountName, e: &ApiError) -> HttpErr
         (status = 200, description = "The current token", body = TokenReply),
         (status = 401, description = "TOKEN_BROKER_KEY missing or wrong", body = serde_json::Value),
         (status = 404, description = "No such account, or the broker is off (TOKEN_BROKER_KEY unset)", body = serde_json::Value),
+        (status = 409, description = "The account has no SECRET_KEY (LOGIN_MODES=code): no token to give", body = serde_json::Value),
         (status = 503, description = "WeChat gives no token now; retry after Retry-After", body = serde_json::Value)))]
 pub async fn access_token(
     State(state): State<AppState>,
@@ -172,6 +180,7 @@ pub async fn access_token(
         (status = 400, description = "Malformed body", body = serde_json::Value),
         (status = 401, description = "TOKEN_BROKER_KEY missing or wrong", body = serde_json::Value),
         (status = 404, description = "No such account, or the broker is off (TOKEN_BROKER_KEY unset)", body = serde_json::Value),
+        (status = 409, description = "The account has no SECRET_KEY (LOGIN_MODES=code): no token to give", body = serde_json::Value),
         (status = 429, description = "Too many refresh requests, or no forced refresh allowed by WeChat now; retry after Retry-After", body = serde_json::Value),
         (status = 503, description = "WeChat gives no token now; retry after Retry-After", body = serde_json::Value)))]
 pub async fn refresh(

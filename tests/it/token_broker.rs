@@ -461,3 +461,31 @@ async fn each_account_of_the_registry_has_its_own_token_and_refresh() {
 }
 
 on_every_backend!(each_account_of_the_registry_has_its_own_token_and_refresh);
+
+#[tokio::test]
+async fn an_account_without_an_appsecret_has_no_token_to_give() {
+    let app = spawn_app_with(&[
+        ("TOKEN_BROKER_KEY", KEY),
+        ("LOGIN_MODES", "code"),
+        ("SECRET_KEY", ""),
+    ])
+    .await;
+    let response = read(&app, TOKEN_PATH, Some(KEY)).await;
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("SECRET_KEY"),
+        "{body}"
+    );
+    assert_eq!(
+        post(&app, REFRESH_PATH, r#"{"access_token":"x"}"#)
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(
+        count(&app.fake.counters().token_requests),
+        0,
+        "WeChat is not asked"
+    );
+}

@@ -11,6 +11,11 @@
 //! takes the refresh lock fetches it and shares it, and the others wait for it. WeChat then
 //! sees one refresh for all instances. When the share cannot be reached, an instance fetches
 //! for itself (`stable_token` does not invalidate tokens held elsewhere).
+//!
+//! Other programs of the same account can hold this very token instead of fetching their own
+//! (which would invalidate each other's): [`TokenCache::current`] hands it out, and
+//! [`TokenCache::refresh_if_current`] renews it only if the token a caller found rejected is
+//! still the current one, so a crowd of callers causes one refresh, on every instance.
 
 use std::collections::VecDeque;
 use std::future::Future;
