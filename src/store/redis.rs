@@ -357,6 +357,40 @@ impl RedisStore {
         format!("{}{{{}}}", self.inbox_prefix(), self.inner.instance)
     }
 
+    /// A result delivered to a stream of this instance, then refused to WeChat because no
+    /// replica acknowledged it: the stream gets it all the same (WeChat's retry finds the scene
+    /// resolved), through this instance's inbox as a result for another instance's stream would.
+    async fn tell_own_stream(
+        &self,
+        conn: &mut Conn,
+        scene: &Scene,
+        reply: &[String],
+        result: Option<&str>,
+    ) {
+        let ([kind, holder], Some(result)) = (reply, result) else {
+            return;
+        };
+        let Some(holder) = Holder::decode(holder).filter(|h| h.instance == self.inner.instance)
+        else {
+            return;
+        };
+        if kind != "delivered" {
+            return;
+        }
+        let notice = serde_json::json!({
+            "k": "r",
+            "s": scene.as_str(),
+            "g": holder.generation.to_string(),
+            "r": result,
+        });
+        let sent: Result<i64, _> = conn.publish(self.inbox(), notice.to_string()).await;
+        if let Err(e) = sent {
+            // The stream's session holds the result: the inbox's check when it is back, or
+            // WeChat's retry, hands it over.
+            tracing::warn!(error = %e, "cannot hand a result to its stream here");
+        }
+    }
+
     /// Subscribes to this instance's inbox and hands its messages to `inbox` until the
     /// connection fails or `cancel`. `Ok(true)` when cancelled.
     async fn listen_once(
@@ -867,11 +901,10 @@ impl Store for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
-            self.inner
-                .primary
-                .replicated(&mut conn)
-                .await
-                .map_err(err)?;
+            if let Err(e) = self.inner.primary.replicated(&mut conn).await {
+                self.tell_own_stream(&mut conn, scene, &reply, result).await;
+                return Err(err(e));
+            }
             match reply.as_slice() {
                 [k] if k == "conflict" => Ok(Outcome::Replayed),
                 [k, first] if k == "dup" => Ok(Outcome::Duplicate {

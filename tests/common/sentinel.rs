@@ -95,8 +95,12 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 impl SentinelSet {
     /// Starts the primary, its replica (in sync) and the sentinels (naming the primary).
     pub fn start() -> Self {
-        let primary = RedisServer::start();
+        // DEBUG SLEEP stands for a replica that stops answering.
+        let debug = ["--enable-debug-command".to_owned(), "yes".to_owned()];
+        let primary = RedisServer::start_with(&debug);
         let replica = RedisServer::start_with(&[
+            debug[0].clone(),
+            debug[1].clone(),
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port().to_string(),
@@ -174,6 +178,17 @@ impl SentinelSet {
             .expect("the primary is one of the set's servers");
         server.kill();
         port
+    }
+
+    /// Runs `redis-cli` against the server that is not the primary now (the replica).
+    pub fn replica_cli(&self, args: &[&str]) -> String {
+        let primary = self.primary_port().expect("a primary is named");
+        let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let replica = servers
+            .iter()
+            .find(|s| s.port() != primary)
+            .expect("a replica");
+        replica.cli(args)
     }
 
     /// Runs `redis-cli` against the primary the sentinels name now.

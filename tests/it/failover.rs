@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, assert_login, spawn_sentinel_instances, wait_until};
+use crate::helpers::{
+    BACKEND, Backend, TestApp, assert_login, spawn_app, spawn_sentinel_instances, wait_until,
+};
 
 /// Streams waiting when the primary dies.
 const STREAMS: usize = 200;
@@ -185,4 +187,30 @@ async fn two_hundred_streams_on_two_instances_get_their_scans_after_a_failover()
 #[tokio::test]
 async fn two_hundred_streams_on_two_instances_survive_a_sentinel_failover() {
     two_hundred_streams_on_two_instances_get_their_scans_after_a_failover().await;
+}
+
+/// A result that no replica acknowledged could be lost in a failover: WeChat is answered 503
+/// and retries; the retry, acknowledged, is answered 200, and the stream got its login once.
+#[tokio::test]
+async fn a_result_no_replica_acknowledged_is_refused_to_wechat_and_its_retry_logs_in_once() {
+    let app = BACKEND.scope(Backend::Sentinel, spawn_app()).await;
+    let set = Arc::clone(app.sentinel.as_ref().expect("on Sentinel"));
+    app.wait_ready().await;
+    let (mut stream, scene, _) = app.open_with_qr().await;
+    let xml = app.scan_xml(&scene, "oUnacked", wxlogin::sandbox::phone::now_secs());
+    // The replica stops answering for a second: it acknowledges nothing meanwhile.
+    let sleeper = {
+        let set = Arc::clone(&set);
+        std::thread::spawn(move || set.replica_cli(&["DEBUG", "SLEEP", "1"]))
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = app
+        .post_callback(&app.signed_query("oUnacked"), xml.clone())
+        .await;
+    assert_eq!(first.status(), 503);
+    sleeper.join().expect("redis-cli ran");
+    let retry = app.post_callback(&app.signed_query("oUnacked"), xml).await;
+    assert_eq!(retry.status(), 200);
+    assert_login(&stream.next_json().await, "oUnacked", "SCAN");
+    assert!(stream.ends_within(Duration::from_secs(2)).await);
 }
