@@ -280,11 +280,114 @@ impl Metrics {
         histogram.observe(elapsed.as_secs_f64());
     }
 
-    /// The text exposition format.
+    /// The text exposition format of these metrics alone.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The text exposition of several accounts' metrics, each series labelled with its account
+/// (`account="shop"`): one family per metric (OpenMetrics allows a family's `# HELP` and
+/// `# TYPE` once), its series account after account. Each account keeps a registry of its
+/// own, so that an account added while running brings its metrics and a removed one takes
+/// them away.
+pub fn render_accounts<'a>(accounts: impl IntoIterator<Item = (&'a str, &'a Metrics)>) -> String {
+    // Families in the order the first account that has them lists them.
+    let mut families: Vec<(String, Vec<String>)> = Vec::new();
+    for (account, metrics) in accounts {
+        let text = metrics.render();
+        let mut family = None;
+        let mut described = false;
+        for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            if let Some(descriptor) = line.strip_prefix("# ") {
+                // `# HELP name ...`, `# TYPE name ...`, `# UNIT name ...`
+                let name = descriptor.split(' ').nth(1).unwrap_or_default();
+                let index = match families.iter().position(|(n, _)| n == name) {
+                    Some(index) => {
+                        described = family == Some(index) && described;
+                        index
+                    }
+                    None => {
+                        families.push((name.to_owned(), Vec::new()));
+                        described = true;
+                        families.len() - 1
+                    }
+                };
+                family = Some(index);
+                if described {
+                    families[index].1.push(line.to_owned());
+                }
+                continue;
+            }
+            if let Some(index) = family {
+                families[index].1.push(labelled(line, account));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A sample line (`name{labels} value`, or `name value`) with `account="<account>"` added to
+/// its labels. Account names are slugs: nothing in them needs escaping.
+fn labelled(line: &str, account: &str) -> String {
+    let Some((series, value)) = line.rsplit_once(' ') else {
+        return line.to_owned();
+    };
+    match series.strip_suffix('}') {
+        Some(open) => format!("{open},account=\"{account}\"}} {value}"),
+        None => format!("{series}{{account=\"{account}\"}} {value}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_account_is_a_label_of_one_family_per_metric() {
+        let (home, shop) = (Metrics::new(), Metrics::new());
+        home.scan("delivered");
+        shop.scan("delivered");
+        shop.scan("delivered");
+        shop.qr_made.inc();
+        let text = render_accounts([("default", &*home), ("shop", &*shop)]);
+        assert!(
+            text.contains("wxlogin_scans_total{outcome=\"delivered\",account=\"default\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxlogin_scans_total{outcome=\"delivered\",account=\"shop\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxlogin_qr_made_total{account=\"shop\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE wxlogin_scans counter").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("wxlogin_callback_duration_seconds_bucket{le=\"0.0001\","))
+            .count();
+        assert_eq!(buckets, 2, "{text}");
     }
 }

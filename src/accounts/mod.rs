@@ -50,6 +50,15 @@ pub enum BuildError {
         #[source]
         source: ApiError,
     },
+    /// The account logs in inside WeChat (`login_modes` with `oauth`), which needs
+    /// `PUBLIC_URL`, unset: added by a reload, since start-up refuses it.
+    #[error(
+        "configuration: PUBLIC_URL is missing (LOGIN_MODES of account {account} has oauth: WeChat returns visitors to it)"
+    )]
+    NoPublicUrl {
+        /// The account.
+        account: AccountName,
+    },
     /// The HTTP client for `FORWARD_URL` could not be built.
     #[error("cannot set up the client for FORWARD_URL of account {account}: {source}")]
     Forward {
@@ -80,6 +89,8 @@ pub struct Account {
     pub forwarder: Option<Forwarder>,
     /// Login inside WeChat's browser, when its `login_modes` has `oauth`.
     pub oauth: Option<OauthFlow>,
+    /// Its metrics, labelled with its name at `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// Ends its background tasks (QR refill, inbox) when it is removed or replaced.
     cancel: CancellationToken,
 }
@@ -137,6 +148,8 @@ pub struct Builder {
     redis: Option<RedisStore>,
     /// The login-token issuer; each account's is a copy with its appid.
     login_tokens: LoginTokens,
+    /// The default account's metrics, which also count what happens before an account is
+    /// known (a stream refused for its token, a callback to an unknown account).
     metrics: Arc<Metrics>,
     /// With the memory store, callbacks signed before the process started are refused (their
     /// bindings died with the previous process). Unix seconds.
@@ -169,6 +182,7 @@ impl Builder {
         wechat: &WechatApi,
         store: &Arc<dyn Store>,
         tokens: &Arc<LoginTokens>,
+        metrics: &Arc<Metrics>,
     ) -> Option<OauthFlow> {
         let public_url = self
             .config
@@ -189,19 +203,24 @@ impl Builder {
                 redirect_uri: callback,
                 return_origins: self.config.oauth_return_origins.clone(),
             },
-            Arc::clone(&self.metrics),
+            Arc::clone(metrics),
         ))
     }
 
-    /// The runtime of `settings`, not yet started.
+    /// The runtime of `settings`, not yet started, counting into `metrics` (the account's
+    /// own: `/metrics` labels them with its name).
     pub fn build(
         &self,
         settings: AccountConfig,
+        metrics: Arc<Metrics>,
         parent: &CancellationToken,
     ) -> Result<Account, BuildError> {
         let config = &self.config;
         let name = settings.name.clone();
-        let observed = Arc::clone(&self.metrics);
+        if settings.login_modes.oauth && config.public_url.is_none() {
+            return Err(BuildError::NoPublicUrl { account: name });
+        }
+        let observed = Arc::clone(&metrics);
         let wechat = wechat_api(config, &settings)
             .map_err(|source| BuildError::Wechat {
                 account: name.clone(),
@@ -229,10 +248,10 @@ impl Builder {
             (config.pool_size, config.qr_ttl_secs),
             config.sse_timeout + QR_LIFE_MARGIN,
             config.qr_daily_budget,
-            Arc::clone(&self.metrics),
+            Arc::clone(&metrics),
         );
         let login_tokens = Arc::new(self.login_tokens.for_appid(&settings.appid));
-        let oauth = self.oauth(&settings, &wechat, &store, &login_tokens);
+        let oauth = self.oauth(&settings, &wechat, &store, &login_tokens, &metrics);
         let login = LoginService::new(
             pool,
             store,
@@ -243,7 +262,7 @@ impl Builder {
                 length: config.code_digits,
                 attempts_per_min: config.code_attempts_per_min,
             }),
-            Arc::clone(&self.metrics),
+            Arc::clone(&metrics),
         );
         let login = if settings.user_info {
             login.with_user_info(tokens.clone())
@@ -275,6 +294,7 @@ impl Builder {
             callbacks,
             forwarder,
             oauth,
+            metrics,
             cancel: parent.child_token(),
         })
     }
@@ -312,12 +332,15 @@ impl Accounts {
     /// Builds and starts every account of `config` (`default` among them).
     pub fn start(builder: Builder, cancel: CancellationToken) -> Result<Self, BuildError> {
         let tasks = TaskTracker::new();
-        let default =
-            Arc::new(builder.build(builder.config.accounts.default_account().clone(), &cancel)?);
+        let default = Arc::new(builder.build(
+            builder.config.accounts.default_account().clone(),
+            Arc::clone(&builder.metrics),
+            &cancel,
+        )?);
         let mut by_name = BTreeMap::new();
         by_name.insert(default.name.clone(), Arc::clone(&default));
         for settings in builder.config.accounts.iter().skip(1) {
-            let account = Arc::new(builder.build(settings.clone(), &cancel)?);
+            let account = Arc::new(builder.build(settings.clone(), Metrics::new(), &cancel)?);
             by_name.insert(account.name.clone(), account);
         }
         for account in by_name.values() {
@@ -381,7 +404,13 @@ impl Accounts {
             let account = match old.by_name.get(&settings.name) {
                 Some(running) if running.settings.same_as(settings) => Arc::clone(running),
                 running => {
-                    let built = Arc::new(self.builder.build(settings.clone(), &self.cancel)?);
+                    // A changed account keeps counting where it was.
+                    let metrics = running.map_or_else(Metrics::new, |r| Arc::clone(&r.metrics));
+                    let built = Arc::new(self.builder.build(
+                        settings.clone(),
+                        metrics,
+                        &self.cancel,
+                    )?);
                     match running {
                         Some(_) => changes.changed.push(settings.name.clone()),
                         None => changes.added.push(settings.name.clone()),

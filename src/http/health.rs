@@ -10,6 +10,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::HttpError;
+use crate::accounts::Account;
+use crate::metrics::render_accounts;
 
 /// `GET /healthz`: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -78,7 +80,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// `GET /metrics`: Prometheus text format; with `METRICS_TOKEN` set, only with
+/// `GET /metrics`: Prometheus text format, every series labelled with its account
+/// (`account="default"`, or a name from `ACCOUNTS_FILE`); with `METRICS_TOKEN` set, only with
 /// `Authorization: Bearer METRICS_TOKEN`.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
@@ -100,8 +103,22 @@ pub async fn metrics(
             ));
         }
     }
-    let account = state.accounts.default_account();
-    let m = &state.metrics;
+    let accounts = state.accounts.all();
+    for account in &accounts {
+        set_gauges(account).await;
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render_accounts(accounts.iter().map(|a| (a.name.as_str(), &*a.metrics))),
+    ))
+}
+
+/// Sets `account`'s gauges of current state (read at scrape time).
+async fn set_gauges(account: &Account) {
+    let m = &account.metrics;
     let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m.open_streams.set(gauge(account.login.open_streams()));
     // Unknown with Redis (counting would mean scanning every key): the gauge stays unset.
@@ -114,11 +131,4 @@ pub async fn metrics(
     m.qr_made_today.set(count(pool.made_today));
     m.qr_daily_budget.set(count(pool.budget));
     m.qr_budget_exhausted.set(i64::from(pool.budget_exhausted));
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.render(),
-    ))
 }

@@ -106,6 +106,8 @@ pub async fn sse(
     let account = page_account(&state, &grant, query.account.as_deref()).inspect_err(|_| {
         metrics.refuse_stream("unknown_account");
     })?;
+    // From here on the account is known: its own metrics count.
+    let metrics = &account.metrics;
     let audience = grant.audience;
     let lang = Lang::parse(query.lang.as_deref());
     let client = state.limits.client(peer, &headers);
@@ -257,7 +259,7 @@ fn respond(
                 account.name.clone(),
                 view.clone(),
                 state.shutdown.clone(),
-                Arc::clone(&state.metrics),
+                Arc::clone(&account.metrics),
                 lang,
             );
             first.chain(stream::once(last).filter_map(ready)).boxed()

@@ -206,7 +206,7 @@ impl From<StoreError> for Rejected {
         (status = 503, description = "Cannot record the event now: WeChat retries", body = serde_json::Value)))]
 pub async fn receive(State(state): State<AppState>, request: Request) -> Response {
     let account = state.accounts.default_account();
-    receive_for(&state, &account, request).await
+    receive_for(&account, request).await
 }
 
 /// `POST /wechat_event/{account}`: a callback on the account's own URL, checked with that
@@ -234,10 +234,10 @@ pub async fn receive_account(
         state.metrics.reject_callback("unknown_account");
         return HttpError::UnknownAccount.into_response();
     };
-    receive_for(&state, &account, request).await
+    receive_for(&account, request).await
 }
 
-async fn receive_for(state: &AppState, account: &Account, request: Request) -> Response {
+async fn receive_for(account: &Account, request: Request) -> Response {
     let started = Instant::now();
     // The request is taken apart here rather than by extractors, which would copy the query
     // string and the headers of every callback (the hot path of a busy account).
@@ -257,27 +257,26 @@ async fn receive_for(state: &AppState, account: &Account, request: Request) -> R
                     HttpError::BadRequest("the body was cut off".into()),
                 )
             };
-            state.metrics.reject_callback(reason);
+            account.metrics.reject_callback(reason);
             return error.into_response();
         }
     };
     let raw_query = parts.uri.query();
     // Pinned in place: awaited directly, its future would be stored twice over in this one,
     // which every callback allocates and copies (BENCHMARKS.md).
-    let handled = std::pin::pin!(handle(state, account, raw_query, &parts.headers, &body));
+    let handled = std::pin::pin!(handle(account, raw_query, &parts.headers, &body));
     let answer = match handled.await {
         Ok(answer) => answer,
         Err(Rejected(reason, error)) => {
-            state.metrics.reject_callback(reason);
+            account.metrics.reject_callback(reason);
             error.into_response()
         }
     };
-    Metrics::observe(&state.metrics.callback_seconds, started.elapsed());
+    Metrics::observe(&account.metrics.callback_seconds, started.elapsed());
     answer
 }
 
 async fn handle(
-    state: &AppState,
     account: &Account,
     raw_query: Option<&str>,
     headers: &HeaderMap,
@@ -298,18 +297,18 @@ async fn handle(
                 .map(|policy| code::read(text.content, policy.length));
             if let Some(Reading::Attempt(code)) = attempt {
                 return Box::pin(login_code(
-                    state, account, &text, &code, &binding, slot, raw_query, headers, body,
+                    account, &text, &code, &binding, slot, raw_query, headers, body,
                 ))
                 .await;
             }
             // Not a code attempt: the account's own business, as any other message.
-            return Box::pin(other(state, account, &binding, raw_query, headers, body)).await;
+            return Box::pin(other(account, &binding, raw_query, headers, body)).await;
         }
         // Not a login scan of ours: the account's own backend may want it.
         // Boxed: its future is larger than the rest of this handler, which every callback
         // would otherwise carry (and copy) for the few that are forwarded.
         _ => {
-            return Box::pin(other(state, account, &binding, raw_query, headers, body)).await;
+            return Box::pin(other(account, &binding, raw_query, headers, body)).await;
         }
     };
     let Scanned { outcome, late } = account.login.complete(&scan, &binding).await?;
@@ -389,7 +388,6 @@ mod chat_replies {
 /// order number).
 #[allow(clippy::too_many_arguments)]
 async fn login_code(
-    state: &AppState,
     account: &Account,
     text: &TextMessage<'_>,
     code: &LoginCode,
@@ -422,7 +420,7 @@ async fn login_code(
             answer(chat_replies::TOO_MANY)
         }
         CodeOutcome::NoSuchCode if account.forwarder.is_some() => {
-            return Box::pin(other(state, account, binding, raw_query, headers, body)).await;
+            return Box::pin(other(account, binding, raw_query, headers, body)).await;
         }
         CodeOutcome::NoSuchCode => answer(chat_replies::UNKNOWN),
     })
@@ -436,7 +434,6 @@ fn success() -> Response {
 /// with a login body must fail too), then passed on to `FORWARD_URL`, if set, and the answer
 /// relayed. A retry is passed on again, as WeChat would have sent it there.
 async fn other(
-    state: &AppState,
     account: &Account,
     binding: &Binding,
     raw_query: Option<&str>,
@@ -455,7 +452,7 @@ async fn other(
     Ok(
         match forwarder.forward(raw_query, headers, body.clone()).await {
             Forwarded::Answer(answer) => {
-                state
+                account
                     .metrics
                     .callbacks_forwarded
                     .get_or_create(&outcome("relayed"))
@@ -464,7 +461,7 @@ async fn other(
             }
             Forwarded::Failed(why) => {
                 tracing::warn!(error = %why, "FORWARD_URL gave no answer to relay; answering success");
-                state
+                account
                     .metrics
                     .callbacks_forwarded
                     .get_or_create(&outcome("failed"))

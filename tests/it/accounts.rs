@@ -138,6 +138,12 @@ async fn two_accounts_each_get_their_own_qr_codes_and_callbacks() {
     assert_login(&home_result, "o-home-visitor", "SCAN");
     assert_eq!(shop_result["account"], "shop");
     assert_eq!(home_result["account"], "default");
+    // Each account counts its own, under its name.
+    let delivered = r#"wxlogin_scans_total{outcome="delivered"}"#;
+    assert_eq!(app.metric_of(delivered, "shop").await, 1);
+    assert_eq!(app.metric_of(delivered, "default").await, 1);
+    let made = app.metric_of("wxlogin_qr_made_total", "shop").await;
+    assert!(made >= 1, "shop made its own QR codes");
 
     // The login token says which account, and the backend verifies either.
     let (status, claims) = app

@@ -484,17 +484,24 @@ impl TestApp {
         )
     }
 
-    /// A counter as `/metrics` shows it: `series` is its name with its labels, as printed
-    /// (`wxlogin_scans_total{outcome="delivered"}`); 0 while the series does not exist.
+    /// A counter of the default account as `/metrics` shows it: `series` is its name with
+    /// its labels but the account's (`wxlogin_scans_total{outcome="delivered"}`); 0 while the
+    /// series does not exist.
     pub async fn metric(&self, series: &str) -> u64 {
+        self.metric_of(series, "default").await
+    }
+
+    /// [`TestApp::metric`] of the account named `account`.
+    pub async fn metric_of(&self, series: &str, account: &str) -> u64 {
         let text = self
             .get("/metrics")
             .await
             .text()
             .await
             .expect("metrics read");
+        let series = of_account(series, account);
         text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .find_map(|line| line.strip_prefix(&series)?.trim().parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     }
 
@@ -520,6 +527,15 @@ impl TestApp {
             self.get("/readyz").await.status() == 200
         })
         .await;
+    }
+}
+
+/// `series` (`name` or `name{labels}`) as `/metrics` prints it for `account`: with
+/// `account="<account>"` last among its labels.
+pub fn of_account(series: &str, account: &str) -> String {
+    match series.strip_suffix('}') {
+        Some(open) => format!("{open},account=\"{account}\"}}"),
+        None => format!("{series}{{account=\"{account}\"}}"),
     }
 }
 

@@ -46,9 +46,11 @@ async fn refusal(app: &TestApp, base: &str, xff: Option<&str>) -> (u16, u64, Str
 }
 
 /// The value of a sample in Prometheus text, `None` when absent.
+/// A sample of the default account.
 fn sample(text: &str, name: &str) -> Option<f64> {
+    let series = crate::helpers::of_account(name, "default");
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 

@@ -15,9 +15,11 @@ use wxlogin::sandbox::phone::now_secs;
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 /// The value of a sample line in the Prometheus text, 0 when absent.
+/// A sample of the default account.
 fn sample(text: &str, name_and_labels: &str) -> f64 {
+    let series = crate::helpers::of_account(name_and_labels, "default");
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -68,7 +70,7 @@ async fn metrics_move_as_a_login_happens() {
     );
     assert_eq!(delta("wxlogin_callback_duration_seconds_count"), 2.0);
     assert_eq!(delta("wxlogin_scan_to_push_seconds_count"), 1.0);
-    assert!(after.contains("wxlogin_qr_stock "));
+    assert!(after.contains("wxlogin_qr_stock{account=\"default\"} "));
     assert_eq!(sample(&after, "wxlogin_open_streams"), 0.0);
 }
 

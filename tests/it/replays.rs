@@ -56,7 +56,9 @@ async fn a_signed_query_reused_with_another_body_is_refused_and_delivers_nothing
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains("wxlogin_callbacks_rejected_total{reason=\"replayed\"} 2"),
+        metrics.contains(
+            "wxlogin_callbacks_rejected_total{reason=\"replayed\",account=\"default\"} 2"
+        ),
         "{metrics}"
     );
     // The real user of the other code still gets in.
