@@ -33,6 +33,8 @@ pub struct SentinelSet {
     /// The primary, then the replica; a test may kill either.
     servers: Mutex<Vec<RedisServer>>,
     sentinels: Vec<SentinelProcess>,
+    /// The sentinels stopped with SIGSTOP (by index), which a test asks nothing.
+    paused: Mutex<Vec<usize>>,
 }
 
 fn start_sentinel(primary_port: u16) -> SentinelProcess {
@@ -115,6 +117,7 @@ impl SentinelSet {
         let set = Self {
             servers: Mutex::new(vec![primary, replica]),
             sentinels,
+            paused: Mutex::new(Vec::new()),
         };
         wait_for(
             Duration::from_secs(10),
@@ -145,9 +148,34 @@ impl SentinelSet {
         out.lines().nth(1)?.trim().parse().ok()
     }
 
-    /// The port of the primary the first sentinel names now.
+    /// The port of the primary the first sentinel not paused names now.
     pub fn primary_port(&self) -> Option<u16> {
-        self.named_by(self.sentinels[0].port)
+        let paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (_, asked) = self
+            .sentinels
+            .iter()
+            .enumerate()
+            .find(|(i, _)| !paused.contains(i))?;
+        self.named_by(asked.port)
+    }
+
+    /// Stops sentinel `index` with SIGSTOP: it still accepts connections (the kernel does)
+    /// and never answers, like a host that hangs.
+    pub fn pause_sentinel(&self, index: usize) {
+        let pid = self.sentinels[index].child.id().to_string();
+        let stopped = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(stopped.success());
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(index);
     }
 
     /// Waits until every sentinel knows the replica and the two other sentinels: a failover

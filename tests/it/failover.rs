@@ -214,3 +214,23 @@ async fn a_result_no_replica_acknowledged_is_refused_to_wechat_and_its_retry_log
     assert_login(&stream.next_json().await, "oUnacked", "SCAN");
     assert!(stream.ends_within(Duration::from_secs(2)).await);
 }
+
+/// A sentinel that hangs (stopped with SIGSTOP: it accepts connections and never answers),
+/// first in `REDIS_SENTINELS`, does not keep wxlogin from the new primary: the others name it.
+#[tokio::test]
+async fn a_hung_sentinel_does_not_keep_wxlogin_from_the_new_primary() {
+    let app = BACKEND.scope(Backend::Sentinel, spawn_app()).await;
+    let set = Arc::clone(app.sentinel.as_ref().expect("on Sentinel"));
+    set.wait_ready_for_failover();
+    app.wait_ready().await;
+    let (stream, scene, id) = app.open_with_id().await;
+    set.pause_sentinel(0);
+    let old = set.kill_primary();
+    wait_until(Duration::from_secs(30), || async {
+        set.primary_port().is_some_and(|p| p != old)
+    })
+    .await;
+    scan_like_wechat(&app, &scene, "oPastAHang").await;
+    assert_login(&login_of(&app, stream, &id).await, "oPastAHang", "SCAN");
+    app.wait_ready().await;
+}

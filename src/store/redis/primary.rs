@@ -82,6 +82,8 @@ impl Primary {
         if let Some(password) = &settings.password {
             redis = redis.set_password(password.expose());
         }
+        // The client asks the sentinels in order; one that hangs costs its connection's
+        // response timeout (the crate's default, 500 ms) and the next is asked.
         let client = SentinelClient::build(
             sentinels,
             settings.master_name.clone(),
