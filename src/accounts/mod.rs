@@ -207,6 +207,55 @@ impl Builder {
         ))
     }
 
+    /// What checking the callbacks of `settings`' account needs. In memory, the bindings of
+    /// callbacks' queries die with the process: callbacks signed before it started are
+    /// refused, so none can be replayed.
+    fn checker(&self, settings: &AccountConfig) -> Checker {
+        let checker = Checker::new(
+            settings.mp_token.clone(),
+            settings.appid.clone(),
+            settings.aes_keys.clone(),
+        );
+        match &self.redis {
+            Some(_) => checker,
+            None => checker.refusing_signed_before(self.started),
+        }
+    }
+
+    /// `running` under new `settings` that leave its login flow as it is (the same appid,
+    /// appsecret, login modes and `user_info`): its callback checker and forwarder are made
+    /// anew, while its login flow, access token, QR stock and background work carry on, so
+    /// that its open streams are untouched by a new `mp_token`, `encoding_aes_key`,
+    /// `reply_text`, `forward_url` or `account_qrcode_url`. `None` when the flow must be
+    /// rebuilt.
+    fn refresh(
+        &self,
+        running: &Account,
+        settings: &AccountConfig,
+    ) -> Result<Option<Account>, BuildError> {
+        let old = &running.settings;
+        let same_flow = old.appid == settings.appid
+            && old.secret_key.ct_eq(settings.secret_key.expose())
+            && old.login_modes == settings.login_modes
+            && old.user_info == settings.user_info;
+        if !same_flow {
+            return Ok(None);
+        }
+        Ok(Some(Account {
+            name: settings.name.clone(),
+            settings: settings.clone(),
+            wechat: running.wechat.clone(),
+            tokens: running.tokens.clone(),
+            login: running.login.clone(),
+            callbacks: self.checker(settings),
+            forwarder: forwarder(settings)?,
+            oauth: running.oauth.clone(),
+            metrics: Arc::clone(&running.metrics),
+            // Its background work is the running account's, which goes on.
+            cancel: running.cancel.clone(),
+        }))
+    }
+
     /// The runtime of `settings`, not yet started, counting into `metrics` (the account's
     /// own: `/metrics` labels them with its name).
     pub fn build(
@@ -269,22 +318,8 @@ impl Builder {
         } else {
             login
         };
-        let forwarder = match &settings.forward_url {
-            Some(url) => Some(Forwarder::new(url).map_err(|source| BuildError::Forward {
-                account: name.clone(),
-                source,
-            })?),
-            None => None,
-        };
-        let checker = Checker::new(
-            settings.mp_token.clone(),
-            settings.appid.clone(),
-            settings.aes_keys.clone(),
-        );
-        let callbacks = match &self.redis {
-            Some(_) => checker,
-            None => checker.refusing_signed_before(self.started),
-        };
+        let forwarder = forwarder(&settings)?;
+        let callbacks = self.checker(&settings);
         Ok(Account {
             name,
             settings,
@@ -298,6 +333,19 @@ impl Builder {
             cancel: parent.child_token(),
         })
     }
+}
+
+/// The client for `settings`' `forward_url`, when set.
+fn forwarder(settings: &AccountConfig) -> Result<Option<Forwarder>, BuildError> {
+    settings
+        .forward_url
+        .as_deref()
+        .map(Forwarder::new)
+        .transpose()
+        .map_err(|source| BuildError::Forward {
+            account: settings.name.clone(),
+            source,
+        })
 }
 
 /// What [`Accounts::replace`] changed, by account name.
@@ -391,35 +439,54 @@ impl Accounts {
     }
 
     /// Serves `accounts` from now on in place of the set served now. Accounts whose settings
-    /// are unchanged keep running as they are (their open streams untouched); new and changed
-    /// ones are built and started; removed and replaced ones are retired: their background
-    /// work ends, and streams that hold them finish on their own. When an account cannot be
-    /// built, nothing changes.
+    /// are unchanged keep running as they are (their open streams untouched); changed ones
+    /// keep their login flow when it is unchanged (see [`Builder::refresh`]: their open
+    /// streams are untouched too), else are rebuilt; new ones are built and started; removed
+    /// and rebuilt ones are retired: their background work ends, and streams that hold them
+    /// finish on their own. When an account cannot be built, nothing changes.
     pub fn replace(&self, accounts: &AccountSet) -> Result<Changes, BuildError> {
         let old = self.set();
         let mut changes = Changes::default();
         let mut by_name = BTreeMap::new();
         let mut fresh = Vec::new();
+        // Accounts whose running flow carries on under new settings: not retired.
+        let mut carried = Vec::new();
         for settings in accounts.iter() {
-            let account = match old.by_name.get(&settings.name) {
+            let name = settings.name.clone();
+            let account = match old.by_name.get(&name) {
                 Some(running) if running.settings.same_as(settings) => Arc::clone(running),
-                running => {
-                    // A changed account keeps counting where it was.
-                    let metrics = running.map_or_else(Metrics::new, |r| Arc::clone(&r.metrics));
+                Some(running) => {
+                    changes.changed.push(name.clone());
+                    match self.builder.refresh(running, settings)? {
+                        Some(refreshed) => {
+                            carried.push(name.clone());
+                            Arc::new(refreshed)
+                        }
+                        None => {
+                            // A rebuilt account keeps counting where it was.
+                            let metrics = Arc::clone(&running.metrics);
+                            let built = Arc::new(self.builder.build(
+                                settings.clone(),
+                                metrics,
+                                &self.cancel,
+                            )?);
+                            fresh.push(Arc::clone(&built));
+                            built
+                        }
+                    }
+                }
+                None => {
+                    changes.added.push(name.clone());
                     let built = Arc::new(self.builder.build(
                         settings.clone(),
-                        metrics,
+                        Metrics::new(),
                         &self.cancel,
                     )?);
-                    match running {
-                        Some(_) => changes.changed.push(settings.name.clone()),
-                        None => changes.added.push(settings.name.clone()),
-                    }
                     fresh.push(Arc::clone(&built));
                     built
                 }
             };
-            by_name.insert(settings.name.clone(), account);
+            by_name.insert(name, account);
         }
         let Some(default) = by_name.get(&AccountName::default_name()).cloned() else {
             // An `AccountSet` always holds `default`: nothing to install otherwise.
@@ -429,7 +496,8 @@ impl Accounts {
             account.start(&self.tasks);
         }
         for (name, running) in &old.by_name {
-            let kept = by_name.get(name).is_some_and(|a| Arc::ptr_eq(a, running));
+            let kept = by_name.get(name).is_some_and(|a| Arc::ptr_eq(a, running))
+                || carried.contains(name);
             if !kept {
                 running.retire();
                 if !by_name.contains_key(name) {

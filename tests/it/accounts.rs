@@ -15,6 +15,7 @@ on_every_backend!(
     two_accounts_each_get_their_own_qr_codes_and_callbacks,
     a_callback_reaches_only_the_streams_of_the_account_whose_url_it_came_to,
     the_accounts_file_changed_while_streams_are_open_takes_effect_at_once,
+    a_changed_reply_text_leaves_the_accounts_open_streams_waiting,
 );
 
 /// An accounts file in a directory of its own, readable by its owner only.
@@ -292,6 +293,32 @@ async fn the_accounts_file_changed_while_streams_are_open_takes_effect_at_once()
     // The default account's stream, open all along, still logs in.
     app.scan(&home_scene, "o-home", false).await;
     assert_login(&home_stream.next_json().await, "o-home", "SCAN");
+}
+
+async fn a_changed_reply_text_leaves_the_accounts_open_streams_waiting() {
+    let (shop, blog) = (FakeAccount::random(), FakeAccount::random());
+    let (app, file) = spawn_accounts(&[("shop", &shop)]).await;
+    app.fake.add_account(blog.clone());
+    let (mut shop_stream, shop_scene, _) = app.open_account("shop").await;
+
+    // Shop's reply changes; blog, added in the same write, tells when the reload is done.
+    let changed = format!(
+        "{}\nreply_text = \"shop-reply\"\n\n{}",
+        table("shop", &shop).trim_end(),
+        table("blog", &blog)
+    );
+    file.write(&changed);
+    let blog_open = format!("token={}&account=blog", app.api_token);
+    wait_until(Duration::from_secs(10), || async {
+        app.open_with(&blog_open).await.status == 200
+    })
+    .await;
+
+    // The stream opened before the change logs in, answered with the new reply.
+    let delivery = app.scan(&shop_scene, "o-shop", false).await;
+    assert_login(&shop_stream.next_json().await, "o-shop", "SCAN");
+    let said = delivery.reply.as_deref().and_then(phone::reply_content);
+    assert_eq!(said.as_deref(), Some("shop-reply"));
 }
 
 #[tokio::test]
