@@ -35,9 +35,11 @@ pub struct SentinelSet {
     sentinels: Vec<SentinelProcess>,
     /// The sentinels stopped with SIGSTOP (by index), which a test asks nothing.
     paused: Mutex<Vec<usize>>,
+    /// The `requirepass` of the primary and the replica, if any.
+    password: Option<String>,
 }
 
-fn start_sentinel(primary_port: u16) -> SentinelProcess {
+fn start_sentinel(primary_port: u16, password: Option<&str>) -> SentinelProcess {
     for _ in 0..5 {
         let port = free_port();
         let dir = std::env::temp_dir();
@@ -50,8 +52,11 @@ fn start_sentinel(primary_port: u16) -> SentinelProcess {
              sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 3000\n\
-             sentinel parallel-syncs {MASTER_NAME} 1\n",
-            dir = dir.display()
+             sentinel parallel-syncs {MASTER_NAME} 1\n{auth}",
+            dir = dir.display(),
+            auth = password
+                .map(|p| format!("sentinel auth-pass {MASTER_NAME} {p}\n"))
+                .unwrap_or_default(),
         );
         std::fs::write(&config, text).expect("sentinel config written");
         let mut child = Command::new("redis-server")
@@ -76,8 +81,13 @@ fn start_sentinel(primary_port: u16) -> SentinelProcess {
     panic!("a sentinel did not start");
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    if let Some(password) = password {
+        // Not on the command line, where `ps` shows it.
+        command.env("REDISCLI_AUTH", password);
+    }
+    let out = command
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -97,27 +107,37 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 impl SentinelSet {
     /// Starts the primary, its replica (in sync) and the sentinels (naming the primary).
     pub fn start() -> Self {
+        Self::start_with_password(None)
+    }
+
+    /// [`Self::start`] with `requirepass` (and `masterauth`) on the primary and the replica.
+    pub fn start_with_password(password: Option<&str>) -> Self {
         // DEBUG SLEEP stands for a replica that stops answering.
-        let debug = ["--enable-debug-command".to_owned(), "yes".to_owned()];
-        let primary = RedisServer::start_with(&debug);
-        let replica = RedisServer::start_with(&[
-            debug[0].clone(),
-            debug[1].clone(),
+        let mut args = vec!["--enable-debug-command".to_owned(), "yes".to_owned()];
+        if let Some(password) = password {
+            for flag in ["--requirepass", "--masterauth"] {
+                args.extend([flag.to_owned(), password.to_owned()]);
+            }
+        }
+        let primary = RedisServer::start_with(&args);
+        args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port().to_string(),
         ]);
+        let replica = RedisServer::start_with(&args);
         wait_for(Duration::from_secs(10), "the replica syncs", || {
-            replica
-                .cli(&["INFO", "replication"])
+            cli(replica.port(), password, &["INFO", "replication"])
                 .contains("master_link_status:up")
         });
-        let sentinels: Vec<SentinelProcess> =
-            (0..3).map(|_| start_sentinel(primary.port())).collect();
+        let sentinels: Vec<SentinelProcess> = (0..3)
+            .map(|_| start_sentinel(primary.port(), password))
+            .collect();
         let set = Self {
             servers: Mutex::new(vec![primary, replica]),
             sentinels,
             paused: Mutex::new(Vec::new()),
+            password: password.map(str::to_owned),
         };
         wait_for(
             Duration::from_secs(10),
@@ -144,7 +164,11 @@ impl SentinelSet {
 
     /// The port of the primary that the sentinel on `port` names.
     fn named_by(&self, port: u16) -> Option<u16> {
-        let out = cli(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]);
+        let out = cli(
+            port,
+            None,
+            &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+        );
         out.lines().nth(1)?.trim().parse().ok()
     }
 
@@ -186,8 +210,8 @@ impl SentinelSet {
             "the sentinels know the replica and each other",
             || {
                 self.sentinels.iter().all(|s| {
-                    let replicas = cli(s.port, &["SENTINEL", "replicas", MASTER_NAME]);
-                    let others = cli(s.port, &["SENTINEL", "sentinels", MASTER_NAME]);
+                    let replicas = cli(s.port, None, &["SENTINEL", "replicas", MASTER_NAME]);
+                    let others = cli(s.port, None, &["SENTINEL", "sentinels", MASTER_NAME]);
                     replicas.contains("slave")
                         && !replicas.contains("disconnected")
                         && others.matches("sentinel").count() >= 2
@@ -216,12 +240,12 @@ impl SentinelSet {
             .iter()
             .find(|s| s.port() != primary)
             .expect("a replica");
-        replica.cli(args)
+        cli(replica.port(), self.password.as_deref(), args)
     }
 
     /// Runs `redis-cli` against the primary the sentinels name now.
     pub fn cli(&self, args: &[&str]) -> String {
         let port = self.primary_port().expect("a primary is named");
-        cli(port, args)
+        cli(port, self.password.as_deref(), args)
     }
 }

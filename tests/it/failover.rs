@@ -8,12 +8,21 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
+use wxlogin::store::redis::RedisStore;
+use wxlogin::store::{Store as _, StoreError};
+use wxlogin::wechat::secret::Secret;
+
+use crate::common::sentinel::SentinelSet;
 use crate::helpers::{
-    BACKEND, Backend, TestApp, assert_login, spawn_app, spawn_sentinel_instances, wait_until,
+    BACKEND, Backend, TestApp, assert_login, sentinel_settings, spawn_app,
+    spawn_sentinel_instances, wait_until,
 };
 
 /// Streams waiting when the primary dies.
 const STREAMS: usize = 200;
+/// Streams whose browser went away and whose scan came before the failover: their results were
+/// written before it, and the browsers' return after it gets each once.
+const AWAY: usize = 20;
 /// The pause between WeChat's attempts at one callback (WeChat waits 5 s; shorter here to keep
 /// the suite quick: what is counted is whether a retry was needed, not how long it took).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -116,7 +125,24 @@ async fn two_hundred_streams_on_two_instances_get_their_scans_after_a_failover()
         let (stream, scene, id) = app.open_with_id().await;
         waiting.push((i, scene, id, stream));
     }
-    // The sessions reached the replica (asynchronous replication, on loopback: at once).
+    let mut away = Vec::new();
+    for i in 0..AWAY {
+        let (stream, scene, id) = apps[i % 2].open_with_id().await;
+        drop(stream);
+        away.push((i, scene, id));
+    }
+    for app in &apps {
+        wait_until(Duration::from_secs(10), || async {
+            app.login.open_streams() == STREAMS / 2
+        })
+        .await;
+    }
+    for (i, scene, _) in &away {
+        let openid = format!("oAway{i}");
+        assert_eq!(scan_like_wechat(&apps[i % 2], scene, &openid).await, 1);
+    }
+    // The sessions reached the replica (asynchronous replication, on loopback: at once; the
+    // results waited for it).
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let stop = AtomicBool::new(false);
@@ -147,8 +173,16 @@ async fn two_hundred_streams_on_two_instances_get_their_scans_after_a_failover()
             })
             .buffer_unordered(STREAMS)
             .collect::<Vec<()>>();
-        let (outage, logins) =
-            futures_util::future::join(open_through_the_outage(&apps[1]), logins).await;
+        // The browsers that went away come back during the failover, as EventSource does.
+        let returns = futures_util::future::join_all(away.iter().map(|(i, _, id)| {
+            let app = &apps[i % 2];
+            async move {
+                let back = login_of(app, app.open_resuming(id).await, id).await;
+                assert_login(&back, &format!("oAway{i}"), "SCAN");
+            }
+        }));
+        let (outage, logins, _) =
+            futures_util::future::join3(open_through_the_outage(&apps[1]), logins, returns).await;
         stop.store(true, Ordering::Relaxed);
         (outage, logins.len())
     };
@@ -233,4 +267,39 @@ async fn a_hung_sentinel_does_not_keep_wxlogin_from_the_new_primary() {
     scan_like_wechat(&app, &scene, "oPastAHang").await;
     assert_login(&login_of(&app, stream, &id).await, "oPastAHang", "SCAN");
     app.wait_ready().await;
+}
+
+/// `REDIS_PASSWORD` and `REDIS_DB` reach the primary the sentinels name: the store works there,
+/// its keys in that database; without the password it is never served.
+#[tokio::test]
+async fn the_password_and_the_database_reach_the_primary_the_sentinels_name() {
+    let set = SentinelSet::start_with_password(Some("s3cret-pw"));
+    let mut settings = sentinel_settings(&set);
+    settings.password = Some(Secret::new("s3cret-pw".to_owned()));
+    settings.db = 3;
+    let store = RedisStore::with_sentinel(&settings, "wxpw", "one".into()).unwrap();
+    wait_until(Duration::from_secs(5), || async {
+        matches!(store.ping().await, Ok(()) | Err(StoreError::InboxDown))
+    })
+    .await;
+    assert!(
+        store
+            .claim_once("k1", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        set.cli(&["-n", "3", "EXISTS", "wxlogin:wxpw:once:k1"])
+            .trim(),
+        "1"
+    );
+    assert_eq!(set.cli(&["-n", "0", "DBSIZE"]).trim(), "0");
+
+    settings.password = None;
+    let refused = RedisStore::with_sentinel(&settings, "wxpw", "two".into()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(matches!(
+        refused.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
 }
