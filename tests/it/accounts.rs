@@ -380,3 +380,99 @@ async fn a_deployment_without_a_file_is_the_default_account_as_before() {
     app.scan(&scene, "o-same", false).await;
     assert_login(&stream.next_json().await, "o-same", "SCAN");
 }
+
+/// The binary re-reads its accounts file on SIGHUP (and stays up), warns of a file other
+/// users can read, and prints no secret of it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_binary_rereads_the_accounts_file_on_sighup_and_warns_of_a_readable_file() {
+    use std::io::{BufRead as _, BufReader};
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let fake = FakeWechat::new(FakeAccount::random());
+    let blog = FakeAccount::random();
+    fake.add_account(blog.clone());
+    let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
+        .await
+        .unwrap();
+    let file = AccountsFile::new("");
+    std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = fake.account();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .envs([
+            ("API_TOKEN", "sighup-test-token"),
+            ("APPID", home.appid.as_str()),
+            ("SECRET_KEY", home.secret.expose()),
+            ("MP_TOKEN", home.mp_token.expose()),
+            ("BIND", &format!("127.0.0.1:{port}")),
+            ("WECHAT_API_BASE", &format!("http://{fake_addr}")),
+            ("ACCOUNTS_FILE", &file.path.to_string_lossy()),
+            ("SSE_PER_IP_PER_MIN", "0"),
+            ("RUST_LOG", "info"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    for output in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+    }
+    let _guard = crate::common::process::Guard::new(child, false);
+    let logged = |needle: &str| lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(20), || async {
+        client.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    // Logged at start-up, before serving; read from the pipe by a thread of its own.
+    wait_until(Duration::from_secs(5), || async {
+        logged("can be read by any user")
+    })
+    .await;
+
+    file.write(&table("blog", &blog));
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let blog_stream = format!("{base}/sse?token=sighup-test-token&account=blog");
+    wait_until(Duration::from_secs(10), || async {
+        let r = client.get(&blog_stream).send().await.unwrap();
+        r.status() == 200
+    })
+    .await;
+    wait_until(Duration::from_secs(5), || async {
+        logged("SIGHUP: re-reading ACCOUNTS_FILE")
+    })
+    .await;
+    // Still serving after the signal; no secret of the file in the logs.
+    assert!(client.get(format!("{base}/healthz")).send().await.is_ok());
+    let all = lines.lock().unwrap().join("\n");
+    assert!(!all.contains(blog.secret.expose()), "{all}");
+    assert!(!all.contains(blog.mp_token.expose()), "{all}");
+    cancel.cancel();
+}
