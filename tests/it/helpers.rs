@@ -161,7 +161,10 @@ fn init_logs() {
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             let settings: wxlogin::config::Settings = std::env::vars().collect();
-            let _ = wxlogin::telemetry::init(&settings.log());
+            // The guard keeps the log writer running: dropped, it stops and the logs are lost.
+            if let Ok(Some(guard)) = wxlogin::telemetry::init(&settings.log()) {
+                std::mem::forget(guard);
+            }
         }
     });
 }
