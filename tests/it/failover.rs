@@ -303,3 +303,50 @@ async fn the_password_and_the_database_reach_the_primary_the_sentinels_name() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+/// `wxlogin check` finds the primary through the sentinels and pings it; with a wrong
+/// `REDIS_PASSWORD` it fails, and the password is never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wxlogin_check_pings_the_primary_the_sentinels_name() {
+    let app = spawn_app().await;
+    let set = SentinelSet::start_with_password(Some("s3cret-pw"));
+    let account = app.fake.account();
+    let run = |password: &str| {
+        let vars: Vec<(&str, String)> = vec![
+            ("API_TOKEN", "check-api-token-123".to_owned()),
+            ("APPID", account.appid.clone()),
+            ("SECRET_KEY", account.secret.expose().to_owned()),
+            ("MP_TOKEN", "mp".to_owned()),
+            ("WECHAT_API_BASE", app.fake_base.clone()),
+            (
+                "LOGIN_TOKEN_SECRET",
+                "a-shared-secret-of-at-least-32-chars!".into(),
+            ),
+            ("REDIS_SENTINELS", set.sentinels()),
+            ("REDIS_MASTER_NAME", "mymaster".into()),
+            ("REDIS_PASSWORD", password.to_owned()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+            .arg("check")
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(vars)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = tokio::task::block_in_place(|| run("s3cret-pw"));
+    assert!(ok, "{text}");
+    assert!(text.contains("of REDIS_SENTINELS answers"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    let (ok, text) = tokio::task::block_in_place(|| run("wrong-pw"));
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL Redis at"), "{text}");
+    assert!(!text.contains("wrong-pw"), "{text}");
+}

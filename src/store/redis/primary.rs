@@ -70,12 +70,17 @@ impl Primary {
         settings: &RedisSentinel,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Arc<Self>> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| RedisError::from((ErrorKind::Client, "Sentinel needs a tokio runtime")))?;
         let sentinels: Vec<String> = settings
             .sentinels
             .iter()
-            .map(|(host, port)| match host.contains(':') {
-                true => format!("redis://[{host}]:{port}"),
-                false => format!("redis://{host}:{port}"),
+            .map(|(host, port)| {
+                if host.contains(':') {
+                    format!("redis://[{host}]:{port}")
+                } else {
+                    format!("redis://{host}:{port}")
+                }
             })
             .collect();
         let mut redis = redis::RedisConnectionInfo::default().set_db(settings.db);
@@ -97,7 +102,7 @@ impl Primary {
             wake: Some(Arc::clone(&wake)),
             replicas: AtomicUsize::new(0),
         });
-        tokio::spawn(follow(Arc::downgrade(&primary), client, wake));
+        runtime.spawn(follow(Arc::downgrade(&primary), client, wake));
         Ok(primary)
     }
 
