@@ -158,6 +158,19 @@ async fn two_accounts_each_get_their_own_qr_codes_and_callbacks() {
     assert_eq!(status, 200, "{claims}");
     assert_eq!(claims["appid"], home.appid.as_str());
 
+    // Readiness lists every account.
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        ready["accounts"]["shop"]["appid"],
+        shop.appid.as_str(),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["accounts"]["default"]["appid"],
+        home.appid.as_str(),
+        "{ready}"
+    );
+
     // An account not served is refused, with a reason.
     let unknown = app
         .get(&format!("/sse?token={}&account=nope", app.api_token))
