@@ -29,7 +29,7 @@
  * Login inside WeChat (LOGIN_MODES with oauth): inside WeChat's browser, when the server says the
  * account allows it, the widget shows "在微信中一键登录" (button.wxlogin-oauth) first, above the
  * QR code and the code. It sends the page to wxlogin's /oauth/authorize (options account,
- * default 'default', and returnTo, default this page's URL without its fragment; its origin must
+ * default 'default', which also picks the account of the stream and the status polls, and returnTo, default this page's URL without its fragment; its origin must
  * be in OAUTH_RETURN_ORIGINS); WeChat names the visitor and wxlogin brings the page back with a
  * one-time handle in the fragment (#wxlogin_oauth=…). On load the widget takes the handle out of
  * the URL, trades it at POST /oauth/result and calls onLogin with {userId, event: 'oauth',
@@ -530,7 +530,7 @@ export function mount(element, options = {}) {
       return;
     }
     if (g !== S.gen) return;
-    const url = `${base}/sse?token=${encodeURIComponent(tok)}${lang === 'en' ? '&lang=en' : ''}`;
+    const url = `${base}/sse?token=${encodeURIComponent(tok)}${lang === 'en' ? '&lang=en' : ''}${accountParam()}`;
     // After a reload: the server resends the kept code (or a new one if it is gone). EventSource
     // cannot set Last-Event-ID itself, hence ?id= on this one request.
     const resume = saved();
@@ -721,6 +721,12 @@ export function mount(element, options = {}) {
     );
   }
 
+  /** `&account=<name>` for an account other than the default one (ACCOUNTS_FILE); nothing else. */
+  function accountParam() {
+    const a = String(o.account || 'default');
+    return a === 'default' ? '' : `&account=${encodeURIComponent(a)}`;
+  }
+
   /** The stream keeps failing: ask the status endpoint every 2 s instead. */
   function poll(g) {
     S.es = null;
@@ -736,7 +742,7 @@ export function mount(element, options = {}) {
       try {
         // The event id proves this page is the stream's; as a header it stays out of access logs.
         const res = await fetch(
-          `${base}/login/${encodeURIComponent(S.scene)}/status?token=${encodeURIComponent(S.tok)}`,
+          `${base}/login/${encodeURIComponent(S.scene)}/status?token=${encodeURIComponent(S.tok)}${accountParam()}`,
           { cache: 'no-store', credentials: 'omit', headers: S.id ? { 'Last-Event-ID': S.id } : {} },
         );
         if (g !== S.gen) return;

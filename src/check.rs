@@ -1,5 +1,6 @@
-//! `wxlogin check`: is this configuration going to work? Validates the settings, fetches an
-//! access token and creates one QR code (unless `LOGIN_MODES=code`, which needs neither), pings
+//! `wxlogin check`: is this configuration going to work? Validates the settings (the accounts
+//! file's included), fetches an access token and creates one QR code for each account (unless
+//! its `LOGIN_MODES` is `code`, which needs neither), pings
 //! Redis when `REDIS_URL` is set, and reports each
 //! step on one line, secrets never shown.
 
@@ -8,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{AccountConfig, Config, ConfigError};
 use crate::login::advice::explain;
 use crate::login::policy::new_scene;
 use crate::store::redis::{RedisStore, redact_url};
@@ -40,61 +41,75 @@ pub async fn run(config: Result<Config, ConfigError>) -> Report {
             };
         }
     };
-    let mut passed = line(
+    // With several accounts (ACCOUNTS_FILE) each is checked, its lines naming it.
+    let several = config.accounts.iter().count() > 1;
+    let mut passed = true;
+    for account in config.accounts.iter() {
+        let prefix = if several {
+            format!("account {}: ", account.name)
+        } else {
+            String::new()
+        };
+        passed &= check_account(&config, account, &prefix, &mut text).await;
+    }
+    with_redis(&config, text, passed).await
+}
+
+/// Checks one account: its WeChat client, an access token and a QR code (unless it has login
+/// codes only), each step a line of `text` starting with `prefix`. Whether all passed.
+async fn check_account(
+    config: &Config,
+    account: &AccountConfig,
+    prefix: &str,
+    text: &mut String,
+) -> bool {
+    let mut line = |ok: bool, what: &str| {
+        let _ = writeln!(text, "{} {prefix}{what}", if ok { "ok  " } else { "FAIL" });
+        ok
+    };
+    line(
         true,
         &format!(
             "configuration (appid {}, WeChat API {}, safe mode {})",
-            config.default_account().appid,
+            account.appid,
             config.wechat_api_base,
-            if config.default_account().aes_keys.is_some() {
+            if account.aes_keys.is_some() {
                 "on"
             } else {
                 "off"
             }
         ),
     );
-    let api = match crate::accounts::wechat_api(&config, config.default_account()) {
+    let api = match crate::accounts::wechat_api(config, account) {
         Ok(api) => api,
-        Err(e) => {
-            line(false, &format!("WeChat client: {e}"));
-            return Report {
-                text,
-                passed: false,
-            };
-        }
+        Err(e) => return line(false, &format!("WeChat client: {e}")),
     };
-    let token = if config.default_account().login_modes.qr {
-        api.stable_token(false).await
-    } else {
+    if !account.login_modes.qr {
         // Code-only: WeChat's API is never called; what the mode needs (APPID, MP_TOKEN, the
         // safe-mode key) was checked with the configuration, and the callback URL is
         // checked by WeChat's console when the server configuration is saved.
-        line(
+        return line(
             true,
             "login codes only (LOGIN_MODES=code): no access token or QR code needed; \
              WeChat checks the callback URL when the server configuration is saved",
         );
-        return with_redis(&config, text, passed).await;
-    };
-    match token {
-        Err(e) => passed &= line(false, &format!("access token: {}", explain(&e))),
+    }
+    match api.stable_token(false).await {
+        Err(e) => line(false, &format!("access token: {}", explain(&e))),
         Ok(token) => {
-            passed &= line(
+            line(
                 true,
                 &format!("access token (valid {} s more)", token.expires_in),
             );
             match api.create_qr(&token, &new_scene(), 60).await {
-                Ok(qr) => {
-                    passed &= line(
-                        true,
-                        &format!("QR code created (lives {} s)", qr.expire_seconds),
-                    )
-                }
-                Err(e) => passed &= line(false, &format!("QR code: {}", explain(&e))),
+                Ok(qr) => line(
+                    true,
+                    &format!("QR code created (lives {} s)", qr.expire_seconds),
+                ),
+                Err(e) => line(false, &format!("QR code: {}", explain(&e))),
             }
         }
     }
-    with_redis(&config, text, passed).await
 }
 
 /// Pings Redis when `REDIS_URL` or `REDIS_SENTINELS` is set, and closes the report.

@@ -197,7 +197,17 @@ pub struct AccountConfig {
     pub user_info: bool,
     /// A digest of every value above: an account whose digest is unchanged on a reload is
     /// kept as it runs.
-    fingerprint: [u8; 32],
+    fingerprint: Fingerprint,
+}
+
+/// A digest of an account's settings, secrets included: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct Fingerprint([u8; 32]);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl AccountConfig {
@@ -270,7 +280,7 @@ impl AccountConfig {
             forward_url,
             account_qrcode_url,
             user_info,
-            fingerprint: digest.finalize().into(),
+            fingerprint: Fingerprint(digest.finalize().into()),
         })
     }
 }

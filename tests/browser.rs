@@ -402,6 +402,25 @@ async fn when_streams_keep_failing_the_widget_polls_the_status_and_logs_in() {
     browser.close().await;
 }
 
+#[tokio::test]
+async fn a_widget_for_another_account_names_it_on_its_streams_and_status_polls() {
+    let (stub, browser) = open_stub(Mode::DiesThenPolls, "account", "&account=shop").await;
+    browser.wait_state("done").await;
+    let accounts = stub.accounts();
+    assert!(
+        stub.status_calls() >= 1 && accounts.len() >= 2,
+        "{accounts:?}"
+    );
+    assert!(accounts.iter().all(|a| a == "shop"), "{accounts:?}");
+    browser.close().await;
+    // The default account is named by nothing, as before.
+    let (stub, browser) = open_stub(Mode::DiesThenPolls, "account-default", "").await;
+    browser.wait_state("done").await;
+    let accounts = stub.accounts();
+    assert!(accounts.iter().all(|a| a == "-"), "{accounts:?}");
+    browser.close().await;
+}
+
 /// The code the widget keeps for a reload: `(key, {id, base, deadline})` of its one
 /// `sessionStorage` entry, or `None`.
 async fn kept_code(browser: &Browser) -> Option<(String, Value)> {

@@ -81,9 +81,11 @@ fn serve_router(
 }
 
 /// The settings of a deployment that the sandbox never uses: with them it could mint page
-/// or login tokens a real deployment accepts, or write into its Redis.
-pub const IGNORED: [&str; 4] = [
+/// or login tokens a real deployment accepts, write into its Redis, or hand real accounts'
+/// secrets (`ACCOUNTS_FILE`) to the fake.
+pub const IGNORED: [&str; 5] = [
     "API_TOKEN",
+    "ACCOUNTS_FILE",
     "LOGIN_TOKEN_SECRET",
     "LOGIN_TOKEN_KEY_FILE",
     "REDIS_URL",

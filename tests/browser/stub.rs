@@ -47,6 +47,8 @@ struct Stub {
     status_calls: AtomicUsize,
     /// Status requests that named the event id in their URL (`?id=`) rather than a header.
     ids_in_urls: AtomicUsize,
+    /// The `account` of every stream and status request, in order (`-` when absent).
+    accounts: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct StubServer {
@@ -68,6 +70,7 @@ impl StubServer {
             sse_calls: AtomicUsize::new(0),
             status_calls: AtomicUsize::new(0),
             ids_in_urls: AtomicUsize::new(0),
+            accounts: std::sync::Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/", get(page))
@@ -106,12 +109,21 @@ impl StubServer {
     pub fn ids_in_urls(&self) -> usize {
         self.stub.ids_in_urls.load(Ordering::SeqCst)
     }
+
+    /// The `account` each stream and status request named (`-` for none), in order.
+    pub fn accounts(&self) -> Vec<String> {
+        self.stub
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A bare page mounting the widget. `?token=T` passes a token; `?tokens=a,b` a `getToken`
 /// handing them out in turn. What the callbacks see goes to `window.wxlog`. `?onLogin=promise`
 /// makes `onLogin` return a promise the test settles with `window.settleLogin(ok)`;
-/// `?firstEventTimeout=ms` and `?showOpenid=1` pass those options.
+/// `?firstEventTimeout=ms`, `?showOpenid=1` and `?account=name` pass those options.
 async fn page() -> Html<&'static str> {
     Html(
         r#"<!doctype html><html lang="zh-CN"><head><meta charset="utf-8"><title>stub</title></head>
@@ -134,6 +146,7 @@ const opts = {
 };
 if (q.has('firstEventTimeout')) opts.firstEventTimeout = Number(q.get('firstEventTimeout'));
 if (q.has('showOpenid')) opts.showOpenid = true;
+if (q.has('account')) opts.account = q.get('account');
 if (q.has('tokens')) opts.getToken = async () => { wxlog.push(['getToken']); return tokens.shift() || ''; };
 else opts.token = q.get('token') || '';
 mount(document.getElementById('wxlogin'), opts);
@@ -153,6 +166,16 @@ async fn script() -> Response {
 struct TokenQuery {
     token: Option<String>,
     id: Option<String>,
+    account: Option<String>,
+}
+
+impl Stub {
+    fn saw_account(&self, q: &TokenQuery) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(q.account.clone().unwrap_or_else(|| "-".into()));
+    }
 }
 
 fn unauthorized() -> Response {
@@ -180,6 +203,7 @@ async fn sse(State(stub): State<Arc<Stub>>, Query(q): Query<TokenQuery>) -> Resp
     if q.token.as_deref() != Some(GOOD_TOKEN) {
         return unauthorized();
     }
+    stub.saw_account(&q);
     let n = stub.sse_calls.fetch_add(1, Ordering::SeqCst) + 1;
     let first = stream::once(async { Ok::<_, Infallible>(first_event()) });
     match stub.mode {
@@ -217,6 +241,7 @@ async fn status(
     if q.token.as_deref() != Some(GOOD_TOKEN) {
         return unauthorized();
     }
+    stub.saw_account(&q);
     if q.id.is_some() {
         stub.ids_in_urls.fetch_add(1, Ordering::SeqCst);
     }

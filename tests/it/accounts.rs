@@ -158,6 +158,19 @@ async fn two_accounts_each_get_their_own_qr_codes_and_callbacks() {
     assert_eq!(status, 200, "{claims}");
     assert_eq!(claims["appid"], home.appid.as_str());
 
+    // Readiness lists every account.
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        ready["accounts"]["shop"]["appid"],
+        shop.appid.as_str(),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["accounts"]["default"]["appid"],
+        home.appid.as_str(),
+        "{ready}"
+    );
+
     // An account not served is refused, with a reason.
     let unknown = app
         .get(&format!("/sse?token={}&account=nope", app.api_token))
@@ -475,4 +488,64 @@ async fn the_binary_rereads_the_accounts_file_on_sighup_and_warns_of_a_readable_
     assert!(!all.contains(blog.secret.expose()), "{all}");
     assert!(!all.contains(blog.mp_token.expose()), "{all}");
     cancel.cancel();
+}
+
+#[tokio::test]
+async fn check_tries_every_account_and_names_the_one_that_fails() {
+    let (shop, blog) = (FakeAccount::random(), FakeAccount::random());
+    let (app, _file) = spawn_accounts(&[("shop", &shop)]).await;
+    app.fake.add_account(blog.clone());
+    let wrong_blog = FakeAccount {
+        secret: wxlogin::wechat::secret::Secret::new("not-blogs-secret"),
+        ..blog.clone()
+    };
+    let file = AccountsFile::new(&format!(
+        "{}{}",
+        table("shop", &shop),
+        table("blog", &wrong_blog)
+    ));
+    let home = app.fake.account().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("API_TOKEN", "check-api-token-123".to_owned()),
+        ("APPID", home.appid.clone()),
+        ("SECRET_KEY", home.secret.expose().to_owned()),
+        ("MP_TOKEN", "mp".to_owned()),
+        ("WECHAT_API_BASE", app.fake_base.clone()),
+        ("ACCOUNTS_FILE", file.path.to_string_lossy().into_owned()),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wxlogin"))
+            .arg("check")
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("ok   account default: QR code created"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok   account shop: QR code created"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL account blog: access token"), "{text}");
+    for secret in [
+        home.secret.expose(),
+        shop.secret.expose(),
+        "not-blogs-secret",
+        shop.mp_token.expose(),
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
 }

@@ -54,12 +54,15 @@ async fn a_sandbox_in_a_production_folder_ignores_its_secrets_and_a_site_refuses
             ("LOGIN_TOKEN_SECRET", secret),
             ("LOGIN_TOKEN_KEY_FILE", "/nonexistent/production.pem"),
             ("REDIS_URL", "redis://127.0.0.1:1"),
+            // Unreadable: a sandbox that read it would not start.
+            ("ACCOUNTS_FILE", "/nonexistent/accounts.toml"),
         ],
     )
     .await;
     let banner = &sandbox.banner;
     for setting in [
         "API_TOKEN",
+        "ACCOUNTS_FILE",
         "LOGIN_TOKEN_SECRET",
         "LOGIN_TOKEN_KEY_FILE",
         "REDIS_URL",
