@@ -111,6 +111,8 @@ fn authorize<'a>(
         Some(_) => None,
     };
     if let Some(reason) = refused {
+        // Counted under the default account: the caller has not earned an answer about which
+        // accounts exist.
         Metrics::count(&state.metrics.token_broker, "unauthorized");
         return Err(HttpError::Unauthorized(reason));
     }
@@ -126,8 +128,9 @@ fn authorize<'a>(
 }
 
 /// WeChat could not give a token: logged here (never the token), the caller told to retry.
-fn unavailable(state: &AppState, account: &AccountName, e: &ApiError) -> HttpError {
-    Metrics::count(&state.metrics.token_broker, "failed");
+fn unavailable(account: &Account, e: &ApiError) -> HttpError {
+    Metrics::count(&account.metrics.token_broker, "failed");
+    let account = &account.name;
     tracing::warn!(%account, error = %e, "the token broker has no access token to give");
     match e {
         ApiError::ForceRefreshRationed => HttpError::TooManyRequests {
@@ -163,8 +166,8 @@ pub async fn access_token(
         .tokens
         .current()
         .await
-        .map_err(|e| unavailable(&state, &account.name, &e))?;
-    Metrics::count(&state.metrics.token_broker, "read");
+        .map_err(|e| unavailable(&account, &e))?;
+    Metrics::count(&account.metrics.token_broker, "read");
     Ok(Json(token.into()))
 }
 
@@ -204,7 +207,7 @@ pub async fn refresh(
         )));
     }
     if broker.refreshes.check_key(&account.name).is_err() {
-        Metrics::count(&state.metrics.token_broker, "limited");
+        Metrics::count(&account.metrics.token_broker, "limited");
         tracing::warn!(account = %account.name, "token refresh requests over the limit: 429");
         return Err(HttpError::TooManyRequests {
             retry_after: Duration::from_secs(1),
@@ -216,13 +219,13 @@ pub async fn refresh(
         .tokens
         .refresh_if_current(&Secret::new(seen))
         .await
-        .map_err(|e| unavailable(&state, &account.name, &e))?;
+        .map_err(|e| unavailable(&account, &e))?;
     let outcome = if renewal.refreshed {
         "refreshed"
     } else {
         "unchanged"
     };
-    Metrics::count(&state.metrics.token_broker, outcome);
+    Metrics::count(&account.metrics.token_broker, outcome);
     tracing::info!(account = %account.name, %client, outcome, "token refresh requested by another service");
     Ok(Json(renewal.token.into()))
 }

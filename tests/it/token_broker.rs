@@ -458,6 +458,14 @@ async fn each_account_of_the_registry_has_its_own_token_and_refresh() {
         (200, Some(home.as_str()))
     );
     assert_eq!(count(&app.fake.counters().token_requests), before + 1);
+    // Each account counts its own: the shop's crowd under the shop, the default's one refresh
+    // request under the default account.
+    let refreshed = "wxlogin_token_broker_requests_total{outcome=\"refreshed\"}";
+    let unchanged = "wxlogin_token_broker_requests_total{outcome=\"unchanged\"}";
+    assert_eq!(app.metric_of(refreshed, "shop").await, 1);
+    assert_eq!(app.metric_of(unchanged, "shop").await, 19);
+    assert_eq!(app.metric_of(refreshed, "default").await, 0);
+    assert_eq!(app.metric_of(unchanged, "default").await, 1);
 }
 
 on_every_backend!(each_account_of_the_registry_has_its_own_token_and_refresh);
