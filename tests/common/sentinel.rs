@@ -95,6 +95,10 @@ fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How long a new set may take to settle: a second when the machine is idle, but the whole
+/// suite starts a set for each of its Sentinel tests at once.
+const SETTLE: Duration = Duration::from_secs(30);
+
 /// Polls `check` every 20 ms; panics with `what` after `limit`.
 fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -126,7 +130,7 @@ impl SentinelSet {
             primary.port().to_string(),
         ]);
         let replica = RedisServer::start_with(&args);
-        wait_for(Duration::from_secs(10), "the replica syncs", || {
+        wait_for(SETTLE, "the replica syncs", || {
             cli(replica.port(), password, &["INFO", "replication"])
                 .contains("master_link_status:up")
         });
@@ -139,11 +143,9 @@ impl SentinelSet {
             paused: Mutex::new(Vec::new()),
             password: password.map(str::to_owned),
         };
-        wait_for(
-            Duration::from_secs(10),
-            "the sentinels name the primary",
-            || set.sentinels.iter().all(|s| set.named_by(s.port).is_some()),
-        );
+        wait_for(SETTLE, "the sentinels name the primary", || {
+            set.sentinels.iter().all(|s| set.named_by(s.port).is_some())
+        });
         set
     }
 
