@@ -318,6 +318,24 @@ impl RedisStore {
         self.inner.primary.conn()
     }
 
+    /// `SET key value NX PX ttl`: sets `key` for `ttl` unless it exists; whether it was set.
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: impl redis::ToSingleRedisArg + Send + Sync,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl).max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(set.is_some())
+    }
+
     fn session_key(&self, scene: &Scene) -> String {
         format!("{}s:{{{scene}}}", self.inner.prefix)
     }
@@ -473,17 +491,9 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.once_key(key))
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl).max(1))
-                .query_async(&mut conn)
+            self.set_if_absent(&self.once_key(key), 1, ttl)
                 .await
-                .map_err(err)?;
-            Ok(set.is_some())
+                .map_err(err)
         })
     }
 
@@ -979,16 +989,9 @@ impl TokenShare for RedisStore {
     fn try_lock(&self, ttl: Duration) -> BoxFuture<'_, Result<bool, ShareError>> {
         Box::pin(async move {
             let (_, lock) = self.token_keys();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(lock)
-                .arg(self.inner.instance.as_ref())
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl).max(1))
-                .query_async(&mut self.conn())
+            self.set_if_absent(&lock, self.inner.instance.as_ref(), ttl)
                 .await
-                .map_err(share_err)?;
-            Ok(set.is_some())
+                .map_err(share_err)
         })
     }
 

@@ -33,16 +33,9 @@ impl RedisStore {
         scene: &Scene,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.code_key(code))
-            .arg(scene.as_str())
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(ttl).max(1))
-            .query_async(&mut self.conn())
+        self.set_if_absent(&self.code_key(code), scene.as_str(), ttl)
             .await
-            .map_err(err)?;
-        Ok(set.is_some())
+            .map_err(err)
     }
 
     pub(super) async fn lookup_code(&self, code: &str) -> Result<Option<Scene>, StoreError> {

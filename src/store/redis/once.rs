@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{RedisStore, err};
-use crate::store::{StoreError, millis};
+use crate::store::StoreError;
 
 impl RedisStore {
     fn handoff_key(&self, key: &str) -> String {
@@ -18,16 +18,9 @@ impl RedisStore {
         value: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.handoff_key(key))
-            .arg(value)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(ttl).max(1))
-            .query_async(&mut self.conn())
+        self.set_if_absent(&self.handoff_key(key), value, ttl)
             .await
-            .map_err(err)?;
-        Ok(set.is_some())
+            .map_err(err)
     }
 
     pub(super) async fn take_once(&self, key: &str) -> Result<Option<String>, StoreError> {
