@@ -10,6 +10,7 @@ use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone;
 
 use crate::helpers::{TestApp, assert_login, on_every_backend, spawn_app_on, wait_until};
+use crate::page_tokens::mint;
 
 on_every_backend!(
     two_accounts_each_get_their_own_qr_codes_and_callbacks,
@@ -338,19 +339,11 @@ async fn a_changed_reply_text_leaves_the_accounts_open_streams_waiting() {
 async fn a_page_token_bound_to_an_account_opens_streams_of_that_account_only() {
     let shop = FakeAccount::random();
     let (app, _file) = spawn_accounts(&[("shop", &shop)]).await;
-    let mint = |body: Value| {
-        let app = &app;
-        async move {
-            app.client
-                .post(format!("{}/tokens", app.base))
-                .bearer_auth(&app.api_token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    let minted: Value = mint(json!({"account": "shop"})).await.json().await.unwrap();
+    let minted: Value = mint(&app, json!({"account": "shop"}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(minted["account"], "shop");
     let token = minted["token"].as_str().unwrap();
 
@@ -372,7 +365,7 @@ async fn a_page_token_bound_to_an_account_opens_streams_of_that_account_only() {
         200
     );
 
-    let unknown = mint(json!({"account": "nope"})).await;
+    let unknown = mint(&app, json!({"account": "nope"})).await;
     assert_eq!(unknown.status(), 404);
 }
 

@@ -508,6 +508,21 @@ impl TestApp {
             .map_or(0, |v| v as u64)
     }
 
+    /// `POST /login/verify` of a result's (or a login's) `login_token`, which must pass: its
+    /// claims.
+    pub async fn verified(&self, result: &Value) -> Value {
+        let r = self
+            .client
+            .post(format!("{}/login/verify", self.base))
+            .bearer_auth(&self.api_token)
+            .json(&serde_json::json!({"login_token": result["login_token"]}))
+            .send()
+            .await
+            .expect("/login/verify answers");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("claims as JSON")
+    }
+
     /// How many scans ended as `outcome` (`delivered`, `parked`, `undeliverable`,
     /// `duplicate`), by `/metrics`.
     pub async fn scans(&self, outcome: &str) -> u64 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use wxlogin::sandbox::phone::{self, Delivery, now_secs, reply_content};
 
 use crate::helpers::{
@@ -71,20 +71,6 @@ async fn quiet(stream: &mut Stream) -> bool {
         .is_none()
 }
 
-/// `POST /login/verify` of the result's token: its claims.
-async fn verified(app: &TestApp, result: &Value) -> Value {
-    let r = app
-        .client
-        .post(format!("{}/login/verify", app.base))
-        .bearer_auth(&app.api_token)
-        .json(&json!({"login_token": result["login_token"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
-}
-
 async fn a_stream_gets_a_qr_code_and_a_login_code_that_logs_it_in() {
     let app = spawn_app().await;
     let (mut stream, first, code) = open_with_code(&app).await;
@@ -100,7 +86,7 @@ async fn a_stream_gets_a_qr_code_and_a_login_code_that_logs_it_in() {
     );
     let result = stream.next_json().await;
     assert_login(&result, "oCoder", "code");
-    let claims = verified(&app, &result).await;
+    let claims = app.verified(&result).await;
     assert_eq!(claims["sub"], "oCoder");
     assert_eq!(claims["event"], "code");
     assert!(stream.ends_within(Duration::from_secs(2)).await);

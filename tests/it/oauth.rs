@@ -155,16 +155,7 @@ async fn a_browser_inside_wechat_logs_in_without_a_qr_code() {
     assert_eq!(login["userId"], openid);
     assert_eq!(login["event"], "oauth");
     assert!(login.get("unionId").is_none());
-    let verified = app
-        .client
-        .post(format!("{}/login/verify", app.base))
-        .bearer_auth(&app.api_token)
-        .json(&json!({ "login_token": login["login_token"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(verified.status(), 200);
-    let claims: Value = verified.json().await.unwrap();
+    let claims = app.verified(&login).await;
     assert_eq!(
         (claims["sub"].as_str(), claims["event"].as_str()),
         (Some(openid.as_str()), Some("oauth"))

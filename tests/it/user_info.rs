@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use wxlogin::sandbox::fake::Fault;
 
 use crate::helpers::{TestApp, assert_login, count, on_every_backend, spawn_app_with};
@@ -16,20 +16,6 @@ async fn login_as(app: &TestApp, openid: &str) -> Value {
     let result = stream.next_json().await;
     assert_login(&result, openid, "SCAN");
     result
-}
-
-/// `POST /login/verify` of the result's token: its claims.
-async fn verified(app: &TestApp, result: &Value) -> Value {
-    let r = app
-        .client
-        .post(format!("{}/login/verify", app.base))
-        .bearer_auth(&app.api_token)
-        .json(&json!({"login_token": result["login_token"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
 }
 
 async fn lookups(app: &TestApp, outcome: &str) -> u64 {
@@ -49,7 +35,7 @@ async fn a_login_carries_the_unionid_in_the_result_and_the_token() {
     let token = result["login_token"].as_str().unwrap();
     let claims = verify_like_a_site(&app, token).await.unwrap();
     assert_eq!(claims["unionId"], "uUnion_0123-abc");
-    assert_eq!(verified(&app, &result).await["unionId"], "uUnion_0123-abc");
+    assert_eq!(app.verified(&result).await["unionId"], "uUnion_0123-abc");
     assert_eq!(count(&app.fake.counters().user_info_requests), 1);
     assert_eq!(lookups(&app, "found").await, 1);
 }
@@ -77,7 +63,7 @@ async fn a_failing_user_info_does_not_fail_the_login() {
     let result = login_as(&app, "oFails").await;
 
     assert!(result.get("unionId").is_none(), "{result}");
-    assert!(verified(&app, &result).await.get("unionId").is_none());
+    assert!(app.verified(&result).await.get("unionId").is_none());
     assert_eq!(lookups(&app, "failed").await, 1);
 
     // The next login asks again and gets it.
@@ -168,5 +154,5 @@ async fn a_login_code_carries_the_unionid_too() {
     let result = stream.next_json().await;
     assert_login(&result, "oCode", "code");
     assert_eq!(result["unionId"], "uCode");
-    assert_eq!(verified(&app, &result).await["unionId"], "uCode");
+    assert_eq!(app.verified(&result).await["unionId"], "uCode");
 }
