@@ -8,6 +8,7 @@
 #   CHURN_DURATION=120 scripts/bench.sh               # a shorter churn
 #   SCENARIOS="callbacks churn" CHURN_DURATION=60 scripts/bench.sh
 #   SCENARIOS=redis-scan-to-push scripts/bench.sh     # several instances on one Redis
+#   SCENARIOS=cluster-scan-to-push scripts/bench.sh   # the same on a three-primary Redis Cluster
 #
 # Sizes (defaults are the targets' sizes):
 #   WAITERS_N=19000 WAITERS_RATE=1000 WAITERS_HOLD=20   waiters held (rate 0 = all at once)
@@ -31,7 +32,11 @@
 #                  default is the open-files limit less a reserve, ~19,500 here)
 #   REDIS_POOL_SIZE=1000  POOL_SIZE of each instance: with Redis the QR stock is shared, so
 #                  this is the stock of all instances together, not of each
-#   REDIS_PORT=18379 REDIS_SERVER=redis-server
+#   REDIS_PORT=18379 REDIS_SERVER=redis-server REDIS_CLI=redis-cli
+#                  cluster-scan-to-push: the same as redis-scan-to-push (same sizes) on a Redis
+#                  Cluster of three primaries (no replicas) on free ports from REDIS_PORT up,
+#                  made with `redis-cli --cluster create`. Both Redis scenarios log the Redis
+#                  commands the scenario cost (INFO stats of every node) per login.
 # Setup:
 #   SCENARIOS      default "waiters waiters-burst waiters-cap scan-to-push callbacks churn"
 #   PORT=18080 FAKE_PORT=18081 POOL_SIZE=1000 SSE_KEEPALIVE_SECS=15 SSE_TIMEOUT_SECS=600
@@ -80,6 +85,7 @@ REDIS_FIRST_PORT=${REDIS_FIRST_PORT:-18090}
 REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1000}
 REDIS_PORT=${REDIS_PORT:-18379}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
+REDIS_CLI=${REDIS_CLI:-redis-cli}
 QUIET_WAIT=${QUIET_WAIT:-300}
 QUIET_MAX_CORES=${QUIET_MAX_CORES:-0.3}
 BENCH_THREADS=${BENCH_THREADS:-2}
@@ -106,7 +112,8 @@ export API_TOKEN="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
 LOGS=$(mktemp -d "${TMPDIR:-/tmp}/wxlogin-bench.XXXXXX")
 log "server logs in $LOGS"
-FAKE_PID="" REDIS_PID=""
+FAKE_PID=""
+REDIS_PIDS=() REDIS_PORTS=() # one per redis-server
 SERVER_PIDS=() # one per instance
 
 stop_server() {
@@ -123,11 +130,10 @@ stop_fake() {
   fi
 }
 stop_redis() {
-  if [ -n "$REDIS_PID" ]; then
-    kill "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-    REDIS_PID=""
-  fi
+  local pid
+  for pid in "${REDIS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${REDIS_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  REDIS_PIDS=() REDIS_PORTS=()
 }
 cleanup() {
   stop_server
@@ -173,25 +179,75 @@ start_fake() { # name, the port of the instance its phone calls back
 }
 
 # A private redis-server: no persistence, its files in a temp dir, on the first free port from
-# REDIS_PORT. Sets REDIS_URL.
-start_redis() { # name
-  local port=$REDIS_PORT i
-  for ((i = 0; i < 100; i++)); do listening "$port" && port=$((port + 1)) || break; done
-  mkdir -p "$LOGS/redis-$1"
+# REDIS_PORT (after those taken already), with more arguments. Sets PORT_STARTED.
+spawn_redis() { # name, more redis-server arguments...
+  local name=$1 port=$REDIS_PORT i
+  shift
+  for ((i = 0; i < 100; i++)); do
+    if listening "$port" || [[ " ${REDIS_PORTS[*]} " == *" $port "* ]]; then
+      port=$((port + 1))
+    else
+      break
+    fi
+  done
+  mkdir -p "$LOGS/redis-$name"
   "${NICE[@]}" "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$LOGS/redis-$1" --loglevel warning >"$LOGS/redis-$1.log" 2>&1 &
-  REDIS_PID=$!
-  REDIS_URL="redis://127.0.0.1:$port"
+    --dir "$LOGS/redis-$name" --loglevel warning "$@" >"$LOGS/redis-$name.log" 2>&1 &
+  REDIS_PIDS+=($!)
+  REDIS_PORTS+=("$port")
   for ((i = 0; i < 100; i++)); do
     # Ours, not another process that took the port meanwhile: ours would have exited.
-    listening "$port" && kill -0 "$REDIS_PID" 2>/dev/null && {
+    listening "$port" && kill -0 "${REDIS_PIDS[-1]}" 2>/dev/null && {
       log "redis-server on port $port"
+      PORT_STARTED=$port
       return 0
     }
     sleep 0.1
   done
   echo "redis-server did not come up (see $LOGS)" >&2
   exit 1
+}
+
+# One redis-server. Sets REDIS_VARS, the instances' settings for it.
+start_redis() { # name
+  spawn_redis "$1"
+  REDIS_VARS=(REDIS_URL="redis://127.0.0.1:$PORT_STARTED")
+}
+
+# A Redis Cluster of three primaries. Sets REDIS_VARS.
+start_cluster() { # name
+  local i nodes=() urls=""
+  command -v "$REDIS_CLI" >/dev/null || { echo "no $REDIS_CLI (apt-get install redis-tools)" >&2; return 1; }
+  for i in 0 1 2; do
+    spawn_redis "$1-$i" --cluster-enabled yes --cluster-node-timeout 5000 \
+      --cluster-config-file "$LOGS/redis-$1-$i/nodes.conf"
+    nodes+=("127.0.0.1:$PORT_STARTED")
+    urls+="${urls:+,}redis://127.0.0.1:$PORT_STARTED"
+  done
+  "$REDIS_CLI" --cluster create "${nodes[@]}" --cluster-yes >"$LOGS/cluster-$1.log" 2>&1 || {
+    echo "redis-cli --cluster create failed (see $LOGS/cluster-$1.log)" >&2
+    exit 1
+  }
+  for ((i = 0; i < 300; i++)); do
+    local ok=0 port
+    for port in "${REDIS_PORTS[@]}"; do
+      "$REDIS_CLI" -p "$port" CLUSTER INFO | grep -q '^cluster_state:ok' && ok=$((ok + 1))
+    done
+    [ "$ok" -eq "${#REDIS_PORTS[@]}" ] && { log "Redis Cluster of ${#REDIS_PORTS[@]} primaries up"; REDIS_VARS=(REDIS_CLUSTER_URLS="$urls"); return 0; }
+    sleep 0.1
+  done
+  echo "the Redis Cluster did not come up (see $LOGS)" >&2
+  exit 1
+}
+
+# Commands all the redis-servers have processed.
+redis_commands() {
+  local port total=0 n
+  for port in "${REDIS_PORTS[@]}"; do
+    n=$("$REDIS_CLI" -p "$port" INFO stats | tr -d '\r' | awk -F: '/^total_commands_processed:/{print $2}')
+    total=$((total + ${n:-0}))
+  done
+  echo "$total"
 }
 
 # CPU seconds a process has used (utime + stime, in 1/100 s ticks).
@@ -218,7 +274,7 @@ start_server() { # name, port, pool size, more VAR=value...
 wait_stock() { # port, pool size
   local i stock
   for ((i = 0; i < 300; i++)); do
-    stock=$(curl -fsS "http://127.0.0.1:$1/readyz" | grep -o '"stock":[0-9]*' | cut -d: -f2)
+    stock=$(curl -fsS "http://127.0.0.1:$1/readyz" | grep -o '"stock":[0-9]*' | head -n 1 | cut -d: -f2)
     [ "${stock:-0}" -ge "$2" ] && return 0
     sleep 0.1
   done
@@ -253,7 +309,14 @@ run_tool() { # name, targets (comma-separated), wxlogin-bench arguments...
   line=$("${NICE[@]}" "$BIN/wxlogin-bench" --target "$targets" --server-pid "$pids" \
     --threads "$BENCH_THREADS" "$@") || { cleanup; log "$name failed"; return 1; }
   log "$name: the fake WeChat used $(cpu_secs "$FAKE_PID") s of CPU"
-  [ -z "$REDIS_PID" ] || log "$name: redis-server used $(cpu_secs "$REDIS_PID") s of CPU"
+  if ((${#REDIS_PIDS[@]})); then
+    local pid cpu=""
+    for pid in "${REDIS_PIDS[@]}"; do cpu+="${cpu:+ + }$(cpu_secs "$pid")"; done
+    log "$name: redis-server used $cpu s of CPU"
+    local commands=$(( $(redis_commands) - REDIS_COMMANDS_BEFORE ))
+    log "$name: $commands Redis commands (those scripts run included) for $LOGINS logins:" \
+      "$(awk -v c="$commands" -v n="$LOGINS" 'BEGIN{printf "%.1f", c/n}') per login"
+  fi
   cleanup
   echo "$line"
   [ -z "$RESULTS" ] || echo "$line" >>"$RESULTS"
@@ -270,11 +333,12 @@ bench() { # name, wxlogin-bench arguments...
   run_tool "$name" "http://127.0.0.1:$PORT" "$@"
 }
 
-# REDIS_INSTANCES instances on one redis-server, all with the same REDIS_URL and login-token
-# secret; the tool gets every instance as a target and every PID.
-bench_redis() { # name, wxlogin-bench arguments...
-  local name=$1 i port targets="" secret
-  shift
+# REDIS_INSTANCES instances on one redis-server (or a Redis Cluster), all with the same
+# REDIS_URL (REDIS_CLUSTER_URLS) and login-token secret; the tool gets every instance as a
+# target and every PID.
+bench_redis() { # name, redis|cluster, wxlogin-bench arguments...
+  local name=$1 kind=$2 i port targets="" secret
+  shift 2
   [ "$REDIS_INSTANCES" -ge 2 ] || { echo "REDIS_INSTANCES must be at least 2" >&2; return 1; }
   if ((FAKE_PORT >= REDIS_FIRST_PORT && FAKE_PORT < REDIS_FIRST_PORT + REDIS_INSTANCES)); then
     echo "FAKE_PORT $FAKE_PORT is among the instances' ports (REDIS_FIRST_PORT)" >&2
@@ -285,14 +349,15 @@ bench_redis() { # name, wxlogin-bench arguments...
   log "$name: $REDIS_INSTANCES instances; wxlogin-bench $*"
   secret=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
   start_fake "$name" "$REDIS_FIRST_PORT"
-  start_redis "$name"
+  "start_$kind" "$name"
   for ((i = 0; i < REDIS_INSTANCES; i++)); do
     port=$((REDIS_FIRST_PORT + i))
-    start_server "$name-$i" "$port" "$REDIS_POOL_SIZE" REDIS_URL="$REDIS_URL" \
+    start_server "$name-$i" "$port" "$REDIS_POOL_SIZE" "${REDIS_VARS[@]}" \
       LOGIN_TOKEN_SECRET="$secret"
     targets+="${targets:+,}http://127.0.0.1:$port"
   done
   wait_stock "$REDIS_FIRST_PORT" "$REDIS_POOL_SIZE"
+  REDIS_COMMANDS_BEFORE=$(redis_commands)
   run_tool "$name" "$targets" "$@"
 }
 
@@ -309,9 +374,10 @@ for scenario in $SCENARIOS; do
       bench scan-to-push scan-to-push --n "$SCAN_N" --rate "$SCAN_RATE" --open-rate "$SCAN_OPEN_RATE" || status=1 ;;
     callbacks)
       bench callbacks callbacks --concurrency "$CB_CONCURRENCY" --duration-secs "$CB_DURATION" || status=1 ;;
-    redis-scan-to-push)
-      bench_redis redis-scan-to-push scan-to-push --n "$REDIS_SCAN_N" --rate "$REDIS_SCAN_RATE" \
-        --open-rate "$REDIS_SCAN_OPEN_RATE" || status=1 ;;
+    redis-scan-to-push | cluster-scan-to-push)
+      LOGINS=$REDIS_SCAN_N
+      bench_redis "$scenario" "${scenario%%-*}" scan-to-push --n "$REDIS_SCAN_N" \
+        --rate "$REDIS_SCAN_RATE" --open-rate "$REDIS_SCAN_OPEN_RATE" || status=1 ;;
     churn)
       bench churn churn --rate "$CHURN_RATE" --duration-secs "$CHURN_DURATION" \
         --think-ms "$CHURN_THINK_MS" ${CHURN_WARMUP:+--warmup-secs "$CHURN_WARMUP"} || status=1 ;;
