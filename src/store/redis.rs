@@ -405,13 +405,29 @@ impl RedisStore {
         }
     }
 
+    /// On a Cluster, whether the primary of `key`'s shard has a replica that a result must
+    /// wait for (asked alongside the script that writes it, so that it costs no round trip of
+    /// its own); with one Redis, [`Primary::replicated`] knows. When the question fails, it
+    /// is taken to have one: the wait then fails too if the shard is down.
+    async fn has_replica(&self, key: &str) -> bool {
+        match &self.inner.backend {
+            Backend::Primary(_) => true,
+            Backend::Cluster(c, _) => c.durable().has_replica(key).await.unwrap_or(true),
+        }
+    }
+
     /// Waits until the writes made on `conn` (to `key`'s node) reached a replica, when there
     /// is one: see [`Primary::replicated`].
-    async fn replicated(&self, conn: &mut Conn, key: &str) -> redis::RedisResult<()> {
+    async fn replicated(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        has_replica: bool,
+    ) -> redis::RedisResult<()> {
         match (&self.inner.backend, conn) {
             (Backend::Primary(p), Conn::Primary(conn)) => p.replicated(conn).await,
-            (_, Conn::Cluster(conn)) => conn.replicated(key).await,
-            (Backend::Cluster(..), Conn::Primary(_)) => Ok(()),
+            (_, Conn::Cluster(conn)) if has_replica => conn.replicated(key).await,
+            _ => Ok(()),
         }
     }
 
@@ -1059,8 +1075,7 @@ impl Store for RedisStore {
                 call.key(self.once_key(event_key))
                     .key(self.once_key(&binding.key()));
             }
-            let reply: Vec<String> = call
-                .arg(millis(event_ttl).max(1))
+            call.arg(millis(event_ttl).max(1))
                 .arg(now_ms)
                 .arg(result.unwrap_or_default())
                 .arg(self.inner.instance.as_ref())
@@ -1070,17 +1085,19 @@ impl Store for RedisStore {
                 .arg(binding.digest_hex())
                 .arg(millis(binding.ttl()).max(1))
                 .arg(millis(ATTACHED_GRACE))
-                .arg(if cluster { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await
-                .map_err(err)?;
+                .arg(if cluster { "1" } else { "0" });
+            let (reply, has_replica) = tokio::join!(
+                call.invoke_async::<Vec<String>>(&mut conn),
+                self.has_replica(&session_key)
+            );
+            let reply = reply.map_err(err)?;
             let reply = match (reply.as_slice(), result) {
                 ([kind, h], Some(result)) if kind == "tell" => {
                     self.tell_result(&mut conn, scene, h, result).await?
                 }
                 _ => reply,
             };
-            if let Err(e) = self.replicated(&mut conn, &session_key).await {
+            if let Err(e) = self.replicated(&mut conn, &session_key, has_replica).await {
                 self.tell_own_stream(&mut conn, scene, &reply, result).await;
                 return Err(err(e));
             }

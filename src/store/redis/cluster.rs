@@ -137,17 +137,20 @@ impl Conn {
             .map(drop)
     }
 
-    /// Waits until the writes made on this connection to the primary of `key` reached one of
-    /// its replicas, when it has one: a result that Redis acknowledged then survives the
-    /// shard's failover. An error when no replica acknowledged in time, so that WeChat retries.
-    pub(super) async fn replicated(&self, key: &str) -> RedisResult<()> {
+    /// Whether the primary of `key`'s slot has a replica to wait for (`ROLE`). A replica
+    /// answering (a slot map that lags) has none: a write to it would have failed already.
+    pub(super) async fn has_replica(&self, key: &str) -> RedisResult<bool> {
         let role = self.on_primary_of(key, redis::cmd("ROLE")).await?;
-        match redis::from_redis_value::<redis::Role>(role)? {
-            redis::Role::Primary { replicas, .. } if !replicas.is_empty() => {}
-            // A primary without replicas, or (a slot map that lags) a replica: nothing to wait
-            // for; a write to a replica would have failed already.
-            _ => return Ok(()),
-        }
+        Ok(matches!(
+            redis::from_redis_value::<redis::Role>(role)?,
+            redis::Role::Primary { replicas, .. } if !replicas.is_empty()
+        ))
+    }
+
+    /// Waits until the writes made on this connection to the primary of `key` reached one of
+    /// its replicas: a result that Redis acknowledged then survives the shard's failover. An
+    /// error when no replica acknowledged in time, so that WeChat retries.
+    pub(super) async fn replicated(&self, key: &str) -> RedisResult<()> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(1).arg(REPLICA_WAIT.as_millis() as u64);
         let acked: i64 = redis::from_redis_value(self.on_primary_of(key, wait).await?)?;
