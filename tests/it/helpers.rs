@@ -1,9 +1,11 @@
 //! `spawn_app()`: a wxlogin on 127.0.0.1:0 talking to its own fake WeChat, and clients for it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wxlogin::app::App;
@@ -587,4 +589,236 @@ pub fn assert_login(result: &Value, openid: &str, event: &str) {
     assert_eq!(result["event"], event, "{result}");
     let token = result["login_token"].as_str().expect("a login_token");
     assert_eq!(token.split('.').count(), 3, "{token}");
+}
+
+// What a test that stops a Redis primary under load watches and does.
+
+/// The pause between WeChat's attempts at one callback (WeChat waits 5 s; shorter here to keep
+/// the suite quick: what is counted is whether a retry was needed, not how long it took).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Attempts before a login counts as lost.
+pub const ATTEMPTS: u32 = 40;
+
+/// What `/readyz` of an instance did while the test ran: down at some point, then up again.
+#[derive(Default)]
+pub struct Readiness {
+    went_down: AtomicBool,
+    came_back: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether `/readyz` answered other than 200 at some point.
+    pub fn went_down(&self) -> bool {
+        self.went_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether `/readyz` answered 200 again after it went down.
+    pub fn came_back(&self) -> bool {
+        self.came_back.load(Ordering::Relaxed)
+    }
+}
+
+/// Polls `/readyz` every 50 ms until `stop`.
+pub async fn watch_readiness(app: &TestApp, seen: &Readiness, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let ready = app.get("/readyz").await.status() == 200;
+        if !ready {
+            seen.went_down.store(true, Ordering::Relaxed);
+        } else if seen.went_down.load(Ordering::Relaxed) {
+            seen.came_back.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a stream every 100 ms until one opens after a refusal: when it opened again (503
+/// with `Retry-After` meanwhile), or `None`.
+pub async fn open_through_the_outage(app: &TestApp) -> Option<Instant> {
+    let mut refused = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let stream = app.open().await;
+        match stream.status.as_u16() {
+            503 => {
+                assert!(
+                    stream.headers.contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                refused = true;
+            }
+            200 if refused => return Some(Instant::now()),
+            200 => {}
+            other => panic!("a new stream during the failover got {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Sends WeChat's callback for `scene` as WeChat does: the same event again after every
+/// answer 5xx. The attempts it took.
+pub async fn scan_like_wechat(app: &TestApp, scene: &str, openid: &str) -> u32 {
+    let xml = app.scan_xml(scene, openid, phone::now_secs());
+    for attempt in 1..=ATTEMPTS {
+        let response = app
+            .post_callback(&app.signed_query(openid), xml.clone())
+            .await;
+        if response.status().is_success() {
+            return attempt;
+        }
+        assert!(response.status().is_server_error(), "{}", response.status());
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    panic!("the callback for {openid} was refused {ATTEMPTS} times");
+}
+
+/// The login of a stream: read on, or (if the stream ended) resumed by its last event id as
+/// EventSource does.
+pub async fn login_of(app: &TestApp, mut stream: Stream, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        while let Some(event) = stream.next_json_within(Duration::from_secs(30)).await {
+            if event.get("userId").is_some() {
+                assert!(
+                    stream.ends_within(Duration::from_secs(5)).await,
+                    "the stream ends after its result"
+                );
+                return event;
+            }
+        }
+        assert!(Instant::now() < deadline, "no login for the stream of {id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream = app.open_resuming(id).await;
+    }
+}
+
+/// Streams waiting on two instances when a primary dies in [`streams_through_a_failover`].
+pub const FAILOVER_STREAMS: usize = 200;
+/// Streams whose browser went away and whose scan came before the failover: their results were
+/// written before it, and the browsers' return after it gets each once.
+const FAILOVER_AWAY: usize = 20;
+/// The pause between two scans: the 200 callbacks come over 4 s, during the failover and after.
+const FAILOVER_SCAN_EVERY: Duration = Duration::from_millis(20);
+
+/// What [`streams_through_a_failover`] saw.
+pub struct FailoverRun {
+    /// When the primary was killed.
+    pub killed_at: Instant,
+    /// When a new stream on the second instance opened again after a 503, if one was refused.
+    pub reopened: Option<Instant>,
+    /// What `/readyz` of each instance did.
+    pub readiness: [Readiness; 2],
+    /// Logins whose callback was answered 5xx and sent again.
+    pub retried: u32,
+    /// When the last login arrived.
+    pub done_at: Instant,
+}
+
+impl FailoverRun {
+    /// Prints the figures of the run, `label` first.
+    pub fn print(&self, label: &str) {
+        let refused = match self.reopened {
+            Some(at) => format!(
+                "new streams refused for {:.1} s after the kill",
+                (at - self.killed_at).as_secs_f64()
+            ),
+            None => "no new stream refused".to_owned(),
+        };
+        println!(
+            "{label}: {refused}; {} of {FAILOVER_STREAMS} logins (callbacks sent over {:.1} s \
+             from the kill) needed a WeChat retry (answered 5xx, sent again); all \
+             {FAILOVER_STREAMS} delivered once, the last {:.1} s after the kill",
+            self.retried,
+            (FAILOVER_SCAN_EVERY * FAILOVER_STREAMS as u32).as_secs_f64(),
+            (self.done_at - self.killed_at).as_secs_f64()
+        );
+    }
+}
+
+/// Opens [`FAILOVER_STREAMS`] streams over two instances (ready, on one Redis deployment),
+/// plus streams whose browser goes away and whose scan comes at once; then calls `kill`
+/// (which stops a primary) and sends the waiting streams' callbacks over the failover and
+/// after it, to both instances, as WeChat does (again after a 5xx). Meanwhile it watches
+/// `/readyz` and opens new streams until one is refused and then opens again. Asserts that
+/// every stream gets its own login once, resumed by its last event id if it ended, and that
+/// the returning browsers get theirs.
+pub async fn streams_through_a_failover(apps: &[TestApp], kill: impl FnOnce()) -> FailoverRun {
+    let mut waiting = Vec::new();
+    for i in 0..FAILOVER_STREAMS {
+        let app = &apps[i % 2];
+        let (stream, scene, id) = app.open_with_id().await;
+        waiting.push((i, scene, id, stream));
+    }
+    let mut away = Vec::new();
+    for i in 0..FAILOVER_AWAY {
+        let (stream, scene, id) = apps[i % 2].open_with_id().await;
+        drop(stream);
+        away.push((i, scene, id));
+    }
+    for app in apps {
+        wait_until(Duration::from_secs(10), || async {
+            app.login.open_streams() == FAILOVER_STREAMS / 2
+        })
+        .await;
+    }
+    for (i, scene, _) in &away {
+        let openid = format!("oAway{i}");
+        assert_eq!(scan_like_wechat(&apps[i % 2], scene, &openid).await, 1);
+    }
+    // The sessions reached the replica (asynchronous replication, on loopback: at once; the
+    // results waited for it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stop = AtomicBool::new(false);
+    let readiness = [Readiness::default(), Readiness::default()];
+    let retried = std::sync::atomic::AtomicU32::new(0);
+    let killed_at = Instant::now();
+    kill();
+    let watching = futures_util::future::join(
+        watch_readiness(&apps[0], &readiness[0], &stop),
+        watch_readiness(&apps[1], &readiness[1], &stop),
+    );
+    let scanning = async {
+        // Callbacks spread over the failover and after it, to both instances.
+        let logins = futures_util::stream::iter(waiting)
+            .map(|(i, scene, id, stream)| {
+                let retried = &retried;
+                async move {
+                    tokio::time::sleep(FAILOVER_SCAN_EVERY * i as u32).await;
+                    let openid = format!("oFailover{i}");
+                    let app = &apps[i % 2];
+                    let attempts = scan_like_wechat(&apps[(i / 2) % 2], &scene, &openid).await;
+                    if attempts > 1 {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let result = login_of(app, stream, &id).await;
+                    assert_login(&result, &openid, "SCAN");
+                }
+            })
+            .buffer_unordered(FAILOVER_STREAMS)
+            .collect::<Vec<()>>();
+        // The browsers that went away come back during the failover, as EventSource does.
+        let returns = futures_util::future::join_all(away.iter().map(|(i, _, id)| {
+            let app = &apps[i % 2];
+            async move {
+                let back = login_of(app, app.open_resuming(id).await, id).await;
+                assert_login(&back, &format!("oAway{i}"), "SCAN");
+            }
+        }));
+        let (reopened, logins, _) =
+            futures_util::future::join3(open_through_the_outage(&apps[1]), logins, returns).await;
+        stop.store(true, Ordering::Relaxed);
+        (reopened, logins.len(), Instant::now())
+    };
+    let (_, (reopened, logins, done_at)) = futures_util::future::join(watching, scanning).await;
+    // Every stream ended with its one result (login_of): WeChat's retries logged nobody in
+    // twice.
+    assert_eq!(logins, FAILOVER_STREAMS);
+    FailoverRun {
+        killed_at,
+        reopened,
+        readiness,
+        retried: retried.into_inner(),
+        done_at,
+    }
 }
