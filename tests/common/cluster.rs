@@ -71,10 +71,8 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 
 /// A line of `CLUSTER NODES`: `<id> <ip:port@bus> <flags> <primary id|-> ... <slots...>`.
 struct NodeLine {
-    id: String,
     port: u16,
     flags: Vec<String>,
-    primary: Option<String>,
     /// Slot ranges, inclusive (importing and migrating markers skipped).
     slots: Vec<(u16, u16)>,
 }
@@ -97,13 +95,8 @@ impl NodeLine {
             })
             .collect();
         Some(Self {
-            id: (*fields.first()?).to_owned(),
             port,
             flags: fields.get(2)?.split(',').map(str::to_owned).collect(),
-            primary: fields
-                .get(3)
-                .filter(|id| **id != "-")
-                .map(|id| (*id).to_owned()),
             slots,
         })
     }
@@ -323,41 +316,23 @@ impl RedisCluster {
             .expect("DBSIZE answers a number")
     }
 
-    /// Runs `redis-cli -c` (following redirections) against a live node.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let port = self.any_live_port().to_string();
-        cli_following(&port, args)
+    /// Every key the node on `port` holds (its own slots only).
+    pub fn keys_on(&self, port: u16) -> Vec<String> {
+        cli(port, &["--scan"]).lines().map(str::to_owned).collect()
     }
 
-    /// The id of the node on `port`, as the cluster knows it.
-    pub fn node_id(&self, port: u16) -> String {
-        cluster_nodes(port)
-            .into_iter()
-            .find(|n| n.is("myself"))
-            .map(|n| n.id)
-            .expect("a node names itself")
-    }
-
-    /// The id of the primary the node on `port` replicates, if it is a replica.
-    pub fn primary_id_of(&self, port: u16) -> Option<String> {
-        cluster_nodes(port)
-            .into_iter()
-            .find(|n| n.is("myself"))
-            .and_then(|n| n.primary)
+    /// The shard channels (`SSUBSCRIBE`) someone listens to on the node on `port`.
+    pub fn shard_channels_on(&self, port: u16) -> Vec<String> {
+        cli(port, &["PUBSUB", "SHARDCHANNELS"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RedisServer>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn cli_following(port: &str, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-c", "-p", port])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for RedisCluster {
