@@ -107,13 +107,21 @@ pub struct App {
     grace: Duration,
 }
 
-/// The shared Redis when `REDIS_URL` or `REDIS_SENTINELS` is set (several instances), its keys those of the
+/// The shared Redis when `REDIS_URL`, `REDIS_SENTINELS` or `REDIS_CLUSTER_URLS` is set (several instances), its keys those of the
 /// default account; each account takes its own keys in it ([`RedisStore::for_appid`]).
 /// Without, every account keeps its state in memory (one process).
 fn redis(config: &Config) -> Result<Option<RedisStore>, RedisSetupError> {
     // Random per process: names this instance's streams and inbox in Redis.
     let instance: Arc<str> = crate::auth::random_id()[..12].into();
     let appid = &config.default_account().appid;
+    if let Some(seeds) = &config.redis_cluster {
+        tracing::info!(
+            nodes = seeds.len(),
+            %instance,
+            "state is shared in a Redis Cluster"
+        );
+        return RedisStore::with_cluster(seeds, appid, instance).map(Some);
+    }
     if let Some(sentinel) = &config.redis_sentinel {
         tracing::info!(
             master = %sentinel.master_name,

@@ -112,7 +112,8 @@ async fn check_account(
     }
 }
 
-/// Pings Redis when `REDIS_URL` or `REDIS_SENTINELS` is set, and closes the report.
+/// Pings Redis when `REDIS_URL`, `REDIS_SENTINELS` or `REDIS_CLUSTER_URLS` is set (every
+/// primary of a Cluster), and closes the report.
 async fn with_redis(config: &Config, mut text: String, mut passed: bool) -> Report {
     let mut line = |ok: bool, what: &str| {
         let _ = writeln!(text, "{} {what}", if ok { "ok  " } else { "FAIL" });
@@ -120,6 +121,13 @@ async fn with_redis(config: &Config, mut text: String, mut passed: bool) -> Repo
     };
     let appid = &config.default_account().appid;
     let (store, shown) = match (&config.redis_sentinel, &config.redis_url) {
+        _ if config.redis_cluster.is_some() => {
+            let seeds = config.redis_cluster.as_deref().unwrap_or_default();
+            (
+                RedisStore::with_cluster(seeds, appid, Arc::from("check")),
+                format!("the Redis Cluster of {} seed nodes", seeds.len()),
+            )
+        }
         (Some(s), _) => (
             RedisStore::with_sentinel(s, appid, Arc::from("check")),
             format!("the primary {:?} of REDIS_SENTINELS", s.master_name),

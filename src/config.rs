@@ -69,6 +69,9 @@ pub struct Config {
     /// `REDIS_SENTINELS` (with `REDIS_MASTER_NAME`, `REDIS_PASSWORD`, `REDIS_DB`): share state
     /// through the Redis primary that these sentinels name, followed across failovers.
     pub redis_sentinel: Option<RedisSentinel>,
+    /// `REDIS_CLUSTER_URLS`: share state with other instances through this Redis Cluster
+    /// (seed nodes, `redis://[:password@]host:port` each, comma-separated; the rest are found).
+    pub redis_cluster: Option<Vec<Secret>>,
     /// `METRICS_TOKEN`: when set, `/metrics` needs `Authorization: Bearer <it>`.
     pub metrics_token: Option<Secret>,
     /// `SSE_PER_IP_PER_MIN`: new streams one client IP may open per minute (0: no limit).
@@ -555,6 +558,44 @@ pub struct RedisSentinel {
     pub db: i64,
 }
 
+/// `REDIS_CLUSTER_URLS`: the seed nodes of a Redis Cluster, never with `REDIS_URL` or
+/// `REDIS_SENTINELS`. The URLs may hold passwords: a bad one is named by its place, not shown.
+fn redis_cluster(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<Vec<Secret>>, ConfigError> {
+    let Some(list) = get("REDIS_CLUSTER_URLS") else {
+        return Ok(None);
+    };
+    for other in ["REDIS_URL", "REDIS_SENTINELS"] {
+        if get(other).is_some() {
+            return Err(problem(
+                "REDIS_CLUSTER_URLS",
+                format!("and {other} are both set: set one"),
+            ));
+        }
+    }
+    let seeds: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if seeds.is_empty() {
+        return Err(problem("REDIS_CLUSTER_URLS", "names no node"));
+    }
+    for (n, seed) in seeds.iter().enumerate() {
+        if !["redis://", "rediss://"]
+            .iter()
+            .any(|s| seed.starts_with(s))
+        {
+            return Err(problem(
+                "REDIS_CLUSTER_URLS",
+                format!("node {} must be a redis:// or rediss:// URL", n + 1),
+            ));
+        }
+    }
+    Ok(Some(seeds.into_iter().map(Secret::new).collect()))
+}
+
 /// `REDIS_SENTINELS` and its companions, which apply only with it and never with `REDIS_URL`.
 fn redis_sentinel(
     get: &impl Fn(&str) -> Option<String>,
@@ -770,10 +811,10 @@ impl Config {
         self.accounts.default_account()
     }
 
-    /// Whether state is shared in Redis (`REDIS_URL` or `REDIS_SENTINELS`): several
-    /// instances may run.
+    /// Whether state is shared in Redis (`REDIS_URL`, `REDIS_SENTINELS` or
+    /// `REDIS_CLUSTER_URLS`): several instances may run.
     pub fn shares_state(&self) -> bool {
-        self.redis_url.is_some() || self.redis_sentinel.is_some()
+        self.redis_url.is_some() || self.redis_sentinel.is_some() || self.redis_cluster.is_some()
     }
 
     /// Reads `.env` (if present in the working directory) and the environment.
@@ -847,15 +888,18 @@ impl Config {
         }
         let redis_url = get("REDIS_URL");
         let redis_sentinel = redis_sentinel(&get)?;
-        if redis_sentinel.is_some()
-            && login_token_secret.is_none()
-            && get("LOGIN_TOKEN_KEY_FILE").is_none()
-        {
-            return Err(problem(
-                "REDIS_SENTINELS",
-                "is set, so several instances may run: set LOGIN_TOKEN_SECRET or \
-                 LOGIN_TOKEN_KEY_FILE so that they all sign login tokens with one key",
-            ));
+        let redis_cluster = redis_cluster(&get)?;
+        for (setting, set) in [
+            ("REDIS_SENTINELS", redis_sentinel.is_some()),
+            ("REDIS_CLUSTER_URLS", redis_cluster.is_some()),
+        ] {
+            if set && login_token_secret.is_none() && get("LOGIN_TOKEN_KEY_FILE").is_none() {
+                return Err(problem(
+                    setting,
+                    "is set, so several instances may run: set LOGIN_TOKEN_SECRET or \
+                     LOGIN_TOKEN_KEY_FILE so that they all sign login tokens with one key",
+                ));
+            }
         }
         if let Some(url) = &redis_url {
             let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
@@ -990,6 +1034,7 @@ impl Config {
             page_token_ttl: Duration::from_secs(page_token_ttl),
             redis_url: redis_url.map(Secret::new),
             redis_sentinel,
+            redis_cluster,
             metrics_token: get("METRICS_TOKEN").map(Secret::new),
             sse_per_ip_per_min: parse_or(&get, "SSE_PER_IP_PER_MIN", 60)?,
             sse_per_ip_open,
@@ -1410,6 +1455,41 @@ mod tests {
         let e = load(&vars).unwrap_err();
         assert_eq!(e.setting, "REDIS_URL");
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_cluster_urls_name_seed_nodes_alone_and_never_print_a_password() {
+        let mut vars = base();
+        vars.insert(
+            "REDIS_CLUSTER_URLS".into(),
+            "redis://:hunter2@n1:6379, rediss://n2:6380,".into(),
+        );
+        assert_eq!(load(&vars).unwrap_err().setting, "REDIS_CLUSTER_URLS");
+        vars.insert(
+            "LOGIN_TOKEN_SECRET".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+        );
+        let c = load(&vars).unwrap();
+        let seeds = c.redis_cluster.as_ref().unwrap();
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].expose(), "rediss://n2:6380");
+        assert!(c.shares_state() && c.redis_url.is_none() && c.redis_sentinel.is_none());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for bad in [",", "n1:6379", "redis://n1,http://:hunter2@n2"] {
+            vars.insert("REDIS_CLUSTER_URLS".into(), bad.into());
+            let e = load(&vars).unwrap_err();
+            assert_eq!(e.setting, "REDIS_CLUSTER_URLS", "{bad}");
+            assert!(!e.to_string().contains("hunter2"));
+        }
+        vars.insert("REDIS_CLUSTER_URLS".into(), "redis://n1".into());
+        for other in [("REDIS_URL", "redis://n1"), ("REDIS_SENTINELS", "s1:26379")] {
+            let mut both = vars.clone();
+            both.insert(other.0.into(), other.1.into());
+            if other.0 == "REDIS_SENTINELS" {
+                both.insert("REDIS_MASTER_NAME".into(), "mymaster".into());
+            }
+            assert_eq!(load(&both).unwrap_err().setting, "REDIS_CLUSTER_URLS");
+        }
     }
 
     #[test]

@@ -16,9 +16,15 @@
 //! itself) with short timeouts, so that a Redis outage turns into errors at once (503 for
 //! browsers, 5xx for WeChat) and not into hanging requests. With Redis Sentinel
 //! (`REDIS_SENTINELS`), [`primary`] finds the primary and follows it across failovers; a
-//! login's result then waits for a replica (`WAIT`) before WeChat is answered.
+//! login's result then waits for a replica (`WAIT`) before WeChat is answered. On a Redis
+//! Cluster (`REDIS_CLUSTER_URLS`, [`cluster`]) the same keys spread over the shards by their
+//! hash tags; the steps of `resolve` whose keys are in other slots than the scene's (the
+//! callback's binding and event, the delivery) run as commands of their own around its script,
+//! and delivery is sharded pub/sub ([`inbox`]).
 
+mod cluster;
 mod codes;
+mod inbox;
 mod once;
 mod primary;
 
@@ -26,10 +32,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use cluster::Cluster;
 use futures_util::future::BoxFuture;
-use primary::{Conn, Primary};
-use redis::{AsyncCommands as _, Client, Script};
+use primary::Primary;
+use redis::aio::ConnectionLike;
+use redis::{AsyncCommands as _, Client, Cmd, Pipeline, RedisFuture, Script, Value};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -121,6 +128,12 @@ fn manager_config() -> redis::aio::ConnectionManagerConfig {
         .set_max_delay(Duration::from_millis(500))
 }
 
+/// `REDIS_CLUSTER_URLS` with the credentials of each URL replaced.
+fn seed_list(seeds: &[Secret]) -> String {
+    let shown: Vec<String> = seeds.iter().map(|s| redact_url(s.expose())).collect();
+    shown.join(",")
+}
+
 /// `REDIS_SENTINELS` as given (it holds no secret).
 fn sentinel_list(settings: &RedisSentinel) -> String {
     let hosts: Vec<String> = settings
@@ -186,8 +199,52 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// Where commands go.
+#[derive(Clone)]
+enum Backend {
+    /// One Redis: `REDIS_URL`, or the primary that the sentinels of `REDIS_SENTINELS` name.
+    Primary(Arc<Primary>),
+    /// `REDIS_CLUSTER_URLS`, with its seeds, from which the inbox makes its own client.
+    Cluster(Arc<Cluster>, Arc<[Secret]>),
+}
+
+/// A connection of either backend.
+#[derive(Clone)]
+enum Conn {
+    Primary(primary::Conn),
+    Cluster(cluster::Conn),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Primary(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Primary(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Primary(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
-    primary: Arc<Primary>,
+    backend: Backend,
     /// `wxlogin:<appid>:`.
     prefix: String,
     instance: Arc<str>,
@@ -272,7 +329,11 @@ impl RedisStore {
         };
         let client = Client::open(url.expose()).map_err(setup_error)?;
         let primary = Primary::fixed(client, manager_config()).map_err(setup_error)?;
-        Ok(Self::on(Arc::new(primary), appid, instance))
+        Ok(Self::on(
+            Backend::Primary(Arc::new(primary)),
+            appid,
+            instance,
+        ))
     }
 
     /// A store on the primary that the sentinels of `settings` name, followed across
@@ -287,13 +348,28 @@ impl RedisStore {
                 url: format!("REDIS_SENTINELS {}", sentinel_list(settings)),
                 source,
             })?;
-        Ok(Self::on(primary, appid, instance))
+        Ok(Self::on(Backend::Primary(primary), appid, instance))
     }
 
-    fn on(primary: Arc<Primary>, appid: &str, instance: Arc<str>) -> Self {
+    /// A store on the Redis Cluster that `seeds` (`REDIS_CLUSTER_URLS`) lead to. Connects
+    /// lazily, like [`Self::new`]. Must be called inside a tokio runtime.
+    pub fn with_cluster(
+        seeds: &[Secret],
+        appid: &str,
+        instance: Arc<str>,
+    ) -> Result<Self, RedisSetupError> {
+        let cluster = Cluster::new(seeds).map_err(|source| RedisSetupError {
+            url: format!("REDIS_CLUSTER_URLS {}", seed_list(seeds)),
+            source,
+        })?;
+        let backend = Backend::Cluster(Arc::new(cluster), seeds.into());
+        Ok(Self::on(backend, appid, instance))
+    }
+
+    fn on(backend: Backend, appid: &str, instance: Arc<str>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                primary,
+                backend,
                 prefix: format!("wxlogin:{appid}:"),
                 instance,
                 listening: AtomicBool::new(false),
@@ -308,14 +384,81 @@ impl RedisStore {
     #[must_use]
     pub fn for_appid(&self, appid: &str) -> Self {
         Self::on(
-            Arc::clone(&self.inner.primary),
+            self.inner.backend.clone(),
             appid,
             Arc::clone(&self.inner.instance),
         )
     }
 
     fn conn(&self) -> Conn {
-        self.inner.primary.conn()
+        match &self.inner.backend {
+            Backend::Primary(p) => Conn::Primary(p.conn()),
+            Backend::Cluster(c, _) => Conn::Cluster(c.conn()),
+        }
+    }
+
+    /// The connection for results, which [`Self::replicated`] waits on.
+    fn durable(&self) -> Conn {
+        match &self.inner.backend {
+            Backend::Primary(p) => Conn::Primary(p.durable()),
+            Backend::Cluster(c, _) => Conn::Cluster(c.durable()),
+        }
+    }
+
+    /// Waits until the writes made on `conn` (to `key`'s node) reached a replica, when there
+    /// is one: see [`Primary::replicated`].
+    async fn replicated(&self, conn: &mut Conn, key: &str) -> redis::RedisResult<()> {
+        match (&self.inner.backend, conn) {
+            (Backend::Primary(p), Conn::Primary(conn)) => p.replicated(conn).await,
+            (_, Conn::Cluster(conn)) => conn.replicated(key).await,
+            (Backend::Cluster(..), Conn::Primary(_)) => Ok(()),
+        }
+    }
+
+    fn on_cluster(&self) -> bool {
+        matches!(self.inner.backend, Backend::Cluster(..))
+    }
+
+    /// Publishes `notice` on the inbox of `instance`: how many subscribers heard it. On a
+    /// Cluster the inbox is a sharded channel (`SPUBLISH`).
+    async fn publish(
+        &self,
+        conn: &mut Conn,
+        instance: &str,
+        notice: &serde_json::Value,
+    ) -> redis::RedisResult<i64> {
+        let command = if self.on_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        redis::cmd(command)
+            .arg(self.inbox_of(instance))
+            .arg(notice.to_string())
+            .query_async(conn)
+            .await
+    }
+
+    /// Records `value` at `key` for `ttl` unless the key holds a value already (`bind.lua`):
+    /// first, the same value again (with the outcome recorded for it), or another value.
+    async fn record(&self, key: &str, value: &str, ttl: Duration) -> Result<Bound, StoreError> {
+        let reply: String = self
+            .inner
+            .scripts
+            .bind
+            .key(key)
+            .arg(value)
+            .arg(millis(ttl).max(1))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        Ok(match reply.as_str() {
+            "first" => Bound::First,
+            "conflict" => Bound::Conflict,
+            outcome => Bound::Retry {
+                login: outcome == "L",
+            },
+        })
     }
 
     /// `SET key value NX PX ttl`: sets `key` for `ttl` unless it exists; whether it was set.
@@ -372,7 +515,17 @@ impl RedisStore {
     }
 
     fn inbox(&self) -> String {
-        format!("{}{{{}}}", self.inbox_prefix(), self.inner.instance)
+        self.inbox_of(&self.inner.instance)
+    }
+
+    fn inbox_of(&self, instance: &str) -> String {
+        format!("{}{{{instance}}}", self.inbox_prefix())
+    }
+
+    /// On a Cluster, the scene's copy of the key of a scan event (its openid and `CreateTime`),
+    /// in the scene's slot so that the script resolving the scene may touch it.
+    fn scene_event_key(&self, scene: &Scene, event_key: &str) -> String {
+        format!("{}once:{{{scene}}}:{event_key}", self.inner.prefix)
     }
 
     /// A result delivered to a stream of this instance, then refused to WeChat because no
@@ -401,68 +554,62 @@ impl RedisStore {
             "g": holder.generation.to_string(),
             "r": result,
         });
-        let sent: Result<i64, _> = conn.publish(self.inbox(), notice.to_string()).await;
-        if let Err(e) = sent {
+        if let Err(e) = self.publish(conn, &self.inner.instance, &notice).await {
             // The stream's session holds the result: the inbox's check when it is back, or
             // WeChat's retry, hands it over.
             tracing::warn!(error = %e, "cannot hand a result to its stream here");
         }
     }
 
-    /// Subscribes to this instance's inbox and hands its messages to `inbox` until the
-    /// connection fails or `cancel`. `Ok(true)` when cancelled.
-    async fn listen_once(
+    /// On a Cluster, after the script resolved `scene` for a stream of another instance
+    /// (`holder`): tells that instance (`SPUBLISH`), as the script does on one Redis. The
+    /// script's reply as it would have been: delivered when the instance heard it, else parked
+    /// (kept until the QR code expires). Should this instance die before telling, the stream
+    /// still gets the result when its wait ends, or from its session when its browser returns.
+    async fn tell_result(
         &self,
-        inbox: &Arc<dyn Inbox>,
-        cancel: &CancellationToken,
-    ) -> Result<bool, redis::RedisError> {
-        let mut changes = self.inner.primary.changes();
-        let client = changes.client().await?;
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::Io, "timed out connecting to Redis"))
-            })??;
-        let (mut sink, mut messages) = pubsub.split();
-        tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(self.inbox()))
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::Io, "timed out subscribing"))
-            })??;
-        // Notices arriving meanwhile wait in the subscription.
-        inbox.reconnected().await;
-        self.inner.listening.store(true, Ordering::Relaxed);
-        tracing::info!("listening for deliveries from other instances");
-        let mut ping = tokio::time::interval(INBOX_PING);
-        ping.tick().await;
-        let ended = loop {
-            tokio::select! {
-                message = messages.next() => match message {
-                    Some(message) => {
-                        let notice = message
-                            .get_payload::<String>()
-                            .ok()
-                            .and_then(|p| parse_notice(&p));
-                        match notice {
-                            Some(notice) => inbox.notice(notice),
-                            None => tracing::warn!("ignoring a malformed message in the inbox"),
-                        }
-                    }
-                    None => break Ok(false),
-                },
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break Ok(false);
-                    }
-                }
-                // A failover: subscribe on the new primary.
-                () = changes.changed() => break Ok(false),
-                () = cancel.cancelled() => break Ok(true),
+        conn: &mut Conn,
+        scene: &Scene,
+        holder: &str,
+        result: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some(h) = Holder::decode(holder) else {
+            return Err(bad_reply("resolve"));
+        };
+        let notice = serde_json::json!({
+            "k": "r",
+            "s": scene.as_str(),
+            "g": h.generation.to_string(),
+            "r": result,
+        });
+        let heard = match self.publish(conn, &h.instance, &notice).await {
+            Ok(heard) => heard,
+            Err(e) => {
+                tracing::warn!(error = %e, scene = %scene.short(), "cannot tell a stream's instance of its result");
+                0
             }
         };
-        self.inner.listening.store(false, Ordering::Relaxed);
-        ended
+        if heard > 0 {
+            return Ok(vec!["delivered".into(), holder.into()]);
+        }
+        self.keep_for_return(scene).await?;
+        Ok(vec!["parked".into()])
+    }
+
+    /// On a Cluster: tells the instance of a stream that another stream took its session over.
+    async fn tell_replaced(&self, scene: &Scene, old: &Holder) {
+        if old.instance == self.inner.instance {
+            return;
+        }
+        let notice = serde_json::json!({
+            "k": "x",
+            "s": scene.as_str(),
+            "g": old.generation.to_string(),
+        });
+        if let Err(e) = self.publish(&mut self.conn(), &old.instance, &notice).await {
+            // That stream then waits on until its timeout, its session answering no more.
+            tracing::warn!(error = %e, "cannot tell an instance that its stream was replaced");
+        }
     }
 }
 
@@ -473,11 +620,15 @@ impl Store for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn();
-            let _: String = redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
+            match self.conn() {
+                Conn::Cluster(conn) => conn.ping_primaries().await.map_err(err)?,
+                mut conn => {
+                    let _: String = redis::cmd("PING")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(err)?;
+                }
+            }
             if !self.inner.listening.load(Ordering::Relaxed) {
                 return Err(StoreError::InboxDown);
             }
@@ -730,6 +881,7 @@ impl Store for RedisStore {
                 .arg(self.inner.instance.as_ref())
                 .arg(scene.as_str())
                 .arg(key_digest)
+                .arg(if self.on_cluster() { "1" } else { "0" })
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(err)?;
@@ -747,10 +899,13 @@ impl Store for RedisStore {
                 key_digest: kd.clone(),
             };
             Ok(Some(match kind.as_str() {
-                "w" => Attached::Waiting {
-                    record,
-                    replaced: Holder::decode(last).filter(|h| h != holder),
-                },
+                "w" => {
+                    let replaced = Holder::decode(last).filter(|h| h != holder);
+                    if let Some(old) = replaced.as_ref().filter(|_| self.on_cluster()) {
+                        self.tell_replaced(scene, old).await;
+                    }
+                    Attached::Waiting { record, replaced }
+                }
                 _ => Attached::Result {
                     record,
                     result: last.clone(),
@@ -859,23 +1014,12 @@ impl Store for RedisStore {
 
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
         Box::pin(async move {
-            let reply: String = self
-                .inner
-                .scripts
-                .bind
-                .key(self.once_key(&binding.key()))
-                .arg(binding.digest_hex())
-                .arg(millis(binding.ttl()).max(1))
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(err)?;
-            match reply.as_str() {
-                "first" => Ok(Bound::First),
-                "conflict" => Ok(Bound::Conflict),
-                outcome => Ok(Bound::Retry {
-                    login: outcome == "L",
-                }),
-            }
+            self.record(
+                &self.once_key(&binding.key()),
+                &binding.digest_hex(),
+                binding.ttl(),
+            )
+            .await
         })
     }
 
@@ -890,14 +1034,32 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
         Box::pin(async move {
-            let mut conn = self.inner.primary.durable();
-            let reply: Vec<String> = self
-                .inner
-                .scripts
-                .resolve
-                .key(self.session_key(scene))
-                .key(self.once_key(event_key))
-                .key(self.once_key(&binding.key()))
+            let cluster = self.on_cluster();
+            if cluster {
+                // The binding and the event live in other slots than the scene: recorded
+                // first. A retry (the same query and body, the same event and scene) goes on,
+                // and the scene's copy of the event's key answers it as the first was answered.
+                if self.bind(binding).await? == Bound::Conflict {
+                    return Ok(Outcome::Replayed);
+                }
+                let event = self
+                    .record(&self.once_key(event_key), scene.as_str(), event_ttl)
+                    .await?;
+                if event == Bound::Conflict {
+                    // A signed callback repeating another scene's event: a replay.
+                    return Ok(Outcome::Duplicate { login: false });
+                }
+            }
+            let session_key = self.session_key(scene);
+            let mut conn = self.durable();
+            let mut call = self.inner.scripts.resolve.key(&session_key);
+            if cluster {
+                call.key(self.scene_event_key(scene, event_key));
+            } else {
+                call.key(self.once_key(event_key))
+                    .key(self.once_key(&binding.key()));
+            }
+            let reply: Vec<String> = call
                 .arg(millis(event_ttl).max(1))
                 .arg(now_ms)
                 .arg(result.unwrap_or_default())
@@ -908,10 +1070,17 @@ impl Store for RedisStore {
                 .arg(binding.digest_hex())
                 .arg(millis(binding.ttl()).max(1))
                 .arg(millis(ATTACHED_GRACE))
+                .arg(if cluster { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
-            if let Err(e) = self.inner.primary.replicated(&mut conn).await {
+            let reply = match (reply.as_slice(), result) {
+                ([kind, h], Some(result)) if kind == "tell" => {
+                    self.tell_result(&mut conn, scene, h, result).await?
+                }
+                _ => reply,
+            };
+            if let Err(e) = self.replicated(&mut conn, &session_key).await {
                 self.tell_own_stream(&mut conn, scene, &reply, result).await;
                 return Err(err(e));
             }
@@ -1099,6 +1268,24 @@ mod tests {
             let text = format!("{e} {e:?}");
             assert!(!text.contains("hunter2"), "{url} -> {text}");
             assert!(!text.contains("alice"), "{url} -> {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_seeds_the_client_refuses_are_not_echoed_in_the_error() {
+        for seeds in [
+            &["redis://alice:hunter2@/0"][..],
+            &["redis://:hunter2@n1:6379", "redis://:other@n2:6379"][..],
+            &["redis://:hunter2@n1:6379", "http://alice:hunter2@h"][..],
+        ] {
+            let seeds: Vec<Secret> = seeds.iter().map(|s| Secret::new(*s)).collect();
+            let Err(e) = RedisStore::with_cluster(&seeds, "wx1", Arc::from("i")) else {
+                panic!("{seeds:?} was accepted");
+            };
+            let text = format!("{e} {e:?}");
+            assert!(text.starts_with("REDIS_CLUSTER_URLS"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("alice"), "{text}");
         }
     }
 

@@ -2,7 +2,8 @@
 -- stream's key: attach it while the session waits (telling the instance of the replaced
 -- stream, if another), or hand it the result it has not seen. A wrong key changes nothing.
 -- KEYS[1] the session; ARGV: holder, has_result (1/0), now ms, grace ms, inbox prefix,
--- this instance, scene, key digest.
+-- this instance, scene, key digest, '1' when the caller tells the replaced stream's instance (a
+-- Redis Cluster, where a script may not publish on a channel of another slot).
 local s = redis.call('HMGET', KEYS[1], 'st', 'dl', 'ex', 'h', 'qr', 'aud', 'r', 'k', 'kd')
 if not s[1] or s[9] ~= ARGV[8] then return false end
 local now = tonumber(ARGV[3])
@@ -12,7 +13,7 @@ if s[1] == 'w' and now < tonumber(s[2]) then
   redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(s[2]) + tonumber(ARGV[4])))
   if old ~= '' and old ~= ARGV[1] then
     local inst, gen = string.match(old, '^(.*)/(%d+)$')
-    if inst and inst ~= ARGV[6] then
+    if inst and inst ~= ARGV[6] and ARGV[9] ~= '1' then
       redis.call('PUBLISH', ARGV[5] .. '{' .. inst .. '}', cjson.encode({k = 'x', s = ARGV[7], g = gen}))
     end
   end

@@ -6,18 +6,21 @@
 -- least until its wait is over, so that it is never taken for a lost one and opened again.
 -- The binding and the event's key remember whether the callback logged somebody in ('L') or
 -- not ('N'), so that a retry is answered as the first one was.
--- KEYS[1] the session, KEYS[2] the event's key, KEYS[3] the binding; ARGV: key ttl ms, now ms,
--- result ('' for none), this instance, inbox prefix, scene, resume window ms, body digest,
--- binding ttl ms, grace ms.
-local b = redis.call('GET', KEYS[3])
+-- On a Redis Cluster a script touches one slot: the binding, whose slot is not the scene's, is
+-- then recorded before ('bind.lua') and not passed, and the script does not publish (a channel
+-- of another slot) but returns {'tell', holder} for the caller to tell the stream's instance.
+-- KEYS[1] the session, KEYS[2] the event's key, KEYS[3] the binding (one Redis only); ARGV: key
+-- ttl ms, now ms, result ('' for none), this instance, inbox prefix, scene, resume window ms,
+-- body digest, binding ttl ms, grace ms, '1' when the caller tells the instance.
+local b = KEYS[3] and redis.call('GET', KEYS[3])
 if b then
   if string.sub(b, 1, #ARGV[8]) ~= ARGV[8] then return {'conflict'} end
   return {'dup', string.sub(b, #ARGV[8] + 2)}
 end
-redis.call('SET', KEYS[3], ARGV[8] .. ':N', 'PX', ARGV[9])
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[8] .. ':N', 'PX', ARGV[9]) end
 local e = redis.call('GET', KEYS[2])
 if e then
-  if e == 'L' then redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL') end
+  if e == 'L' and KEYS[3] then redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL') end
   return {'dup', e}
 end
 redis.call('SET', KEYS[2], 'N', 'PX', ARGV[1])
@@ -29,10 +32,15 @@ local function keep(until_ms)
   local stay = math.max(tonumber(until_ms), tonumber(s[2]) + tonumber(ARGV[10]))
   redis.call('PEXPIREAT', KEYS[1], string.format('%d', stay))
   redis.call('SET', KEYS[2], 'L', 'KEEPTTL')
-  redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL')
+  if KEYS[3] then redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL') end
 end
 local h = s[4] or ''
 local inst, gen = string.match(h, '^(.*)/(%d+)$')
+local window = string.format('%d', math.min(tonumber(s[3]), tonumber(ARGV[2]) + tonumber(ARGV[7])))
+if inst and inst ~= ARGV[4] and ARGV[11] == '1' then
+  keep(window)
+  return {'tell', h}
+end
 if inst and inst ~= ARGV[4] then
   local heard = redis.call('PUBLISH', ARGV[5] .. '{' .. inst .. '}',
     cjson.encode({k = 'r', s = ARGV[6], g = gen, r = ARGV[3]}))
@@ -42,5 +50,5 @@ if not inst then
   keep(s[3])
   return {'parked'}
 end
-keep(string.format('%d', math.min(tonumber(s[3]), tonumber(ARGV[2]) + tonumber(ARGV[7]))))
+keep(window)
 return {'delivered', h}
