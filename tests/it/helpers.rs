@@ -14,6 +14,7 @@ use wxlogin::login::LoginService;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone::{self, Phone};
 
+use crate::common::cluster::RedisCluster;
 use crate::common::redis_server::RedisServer;
 use crate::common::sentinel::{MASTER_NAME, SentinelSet};
 pub use crate::common::sse::Stream;
@@ -31,12 +32,15 @@ pub enum Backend {
     Redis,
     /// A primary, a replica and three sentinels of the test's own (`REDIS_SENTINELS`).
     Sentinel,
+    /// A Redis Cluster of three primaries of the test's own (`REDIS_CLUSTER_URLS`).
+    Cluster,
 }
 
 /// The Redis processes of a test on a Redis backend, stopped when dropped.
 pub enum Servers {
     Redis(RedisServer),
     Sentinel(SentinelSet),
+    Cluster(RedisCluster),
 }
 
 impl Servers {
@@ -46,6 +50,7 @@ impl Servers {
             Backend::Memory => None,
             Backend::Redis => Some(Self::Redis(RedisServer::start())),
             Backend::Sentinel => Some(Self::Sentinel(SentinelSet::start())),
+            Backend::Cluster => Some(Self::Cluster(RedisCluster::start())),
         }
     }
 
@@ -58,8 +63,12 @@ impl Servers {
             Self::Sentinel(set) => {
                 RedisStore::with_sentinel(&sentinel_settings(set), appid, name.into()).unwrap()
             }
+            Self::Cluster(cluster) => {
+                RedisStore::with_cluster(&cluster.seeds(), appid, name.into()).unwrap()
+            }
         };
-        // Through Sentinel the primary is found in the background: wait for it.
+        // Through Sentinel (or a cluster's seeds) the primary is found in the background: wait
+        // for it.
         wait_until(Duration::from_secs(5), || async {
             matches!(store.ping().await, Ok(()) | Err(StoreError::InboxDown))
         })
@@ -87,8 +96,8 @@ tokio::task_local! {
     pub static BACKEND: Backend;
 }
 
-/// Runs each named `async fn()` test once per backend: `name::memory`, `name::redis` and
-/// `name::sentinel`.
+/// Runs each named `async fn()` test once per backend: `name::memory`, `name::redis`,
+/// `name::sentinel` and `name::cluster`.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -108,6 +117,12 @@ macro_rules! on_every_backend {
             async fn sentinel() {
                 crate::helpers::BACKEND
                     .scope(crate::helpers::Backend::Sentinel, super::$name())
+                    .await
+            }
+            #[tokio::test]
+            async fn cluster() {
+                crate::helpers::BACKEND
+                    .scope(crate::helpers::Backend::Cluster, super::$name())
                     .await
             }
         }
@@ -147,6 +162,8 @@ pub struct TestApp {
     pub redis: Option<Arc<Mutex<RedisServer>>>,
     /// The Sentinel deployment of a Sentinel-backed app (shared by the instances of one test).
     pub sentinel: Option<Arc<SentinelSet>>,
+    /// The Redis Cluster of a cluster-backed app (shared by the instances of one test).
+    pub cluster: Option<Arc<RedisCluster>>,
     /// Where the fake WeChat listens.
     pub fake_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
@@ -202,20 +219,34 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
 /// A wxlogin against `fake` (its first account in the environment), with extra settings, on
 /// the test's backend.
 pub async fn spawn_app_on(fake: FakeWechat, settings: &[(&str, &str)]) -> TestApp {
+    let servers = Servers::start(BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory));
+    spawn_app_sharing(fake, servers, settings).await
+}
+
+/// A wxlogin against `fake`, with extra settings, on `servers` (in memory without).
+async fn spawn_app_sharing(
+    fake: FakeWechat,
+    servers: Option<Servers>,
+    settings: &[(&str, &str)],
+) -> TestApp {
     init_logs();
     let cancel = CancellationToken::new();
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
-    let shared = match Servers::start(BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory)) {
+    let shared = match servers {
         None => Shared::default(),
         Some(Servers::Redis(redis)) => Shared {
             redis: Some(Arc::new(Mutex::new(redis))),
-            sentinel: None,
+            ..Shared::default()
         },
         Some(Servers::Sentinel(set)) => Shared {
-            redis: None,
             sentinel: Some(Arc::new(set)),
+            ..Shared::default()
+        },
+        Some(Servers::Cluster(cluster)) => Shared {
+            cluster: Some(Arc::new(cluster)),
+            ..Shared::default()
         },
     };
     let phone = Phone::new(fake.clone());
@@ -241,7 +272,7 @@ pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp
         .expect("fake WeChat binds");
     let shared = Shared {
         redis: Some(Arc::new(Mutex::new(RedisServer::start()))),
-        sentinel: None,
+        ..Shared::default()
     };
     let phone = Phone::new(fake.clone());
     let mut apps = Vec::new();
@@ -269,6 +300,7 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
         Shared {
             redis: peer.redis.clone(),
             sentinel: peer.sentinel.clone(),
+            cluster: peer.cluster.clone(),
         },
         settings,
     )
@@ -278,9 +310,23 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
 /// Several wxlogin instances on one Sentinel deployment and one fake WeChat, like
 /// [`spawn_instances`].
 pub async fn spawn_sentinel_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
-    let first = BACKEND
-        .scope(Backend::Sentinel, spawn_app_with(settings))
-        .await;
+    spawn_instances_sharing(Servers::start(Backend::Sentinel), n, settings).await
+}
+
+/// Several wxlogin instances on one Redis Cluster (three primaries, no replicas) and one fake
+/// WeChat, like [`spawn_instances`].
+pub async fn spawn_cluster_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
+    spawn_instances_sharing(Servers::start(Backend::Cluster), n, settings).await
+}
+
+/// `n` instances on `servers` and one fake WeChat; its callbacks go to the first instance.
+pub async fn spawn_instances_sharing(
+    servers: Option<Servers>,
+    n: usize,
+    settings: &[(&str, &str)],
+) -> Vec<TestApp> {
+    let fake = FakeWechat::new(FakeAccount::random());
+    let first = spawn_app_sharing(fake, servers, settings).await;
     let mut apps = vec![first];
     for _ in 1..n {
         apps.push(spawn_instances_on(&apps[0], settings).await);
@@ -293,6 +339,7 @@ pub async fn spawn_sentinel_instances(n: usize, settings: &[(&str, &str)]) -> Ve
 struct Shared {
     redis: Option<Arc<Mutex<RedisServer>>>,
     sentinel: Option<Arc<SentinelSet>>,
+    cluster: Option<Arc<RedisCluster>>,
 }
 
 /// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
@@ -363,10 +410,16 @@ async fn spawn_instance(
     if let Some(set) = &shared.sentinel {
         vars.insert("REDIS_SENTINELS".into(), set.sentinels());
         vars.insert("REDIS_MASTER_NAME".into(), MASTER_NAME.into());
-        if !vars.contains_key("LOGIN_TOKEN_SECRET") {
-            vars.entry("LOGIN_TOKEN_KEY_FILE".into())
-                .or_insert_with(shared_key_file);
-        }
+    }
+    if let Some(cluster) = &shared.cluster {
+        vars.insert("REDIS_CLUSTER_URLS".into(), cluster.urls());
+    }
+    // Instances on one Redis sign login tokens with one key, so that each verifies the others'.
+    if (shared.sentinel.is_some() || shared.cluster.is_some())
+        && !vars.contains_key("LOGIN_TOKEN_SECRET")
+    {
+        vars.entry("LOGIN_TOKEN_KEY_FILE".into())
+            .or_insert_with(shared_key_file);
     }
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
     let app = App::with_listener(&config, listener, None).expect("app builds");
@@ -384,6 +437,7 @@ async fn spawn_instance(
         client: reqwest::Client::new(),
         redis: shared.redis,
         sentinel: shared.sentinel,
+        cluster: shared.cluster,
         fake_addr: Some(fake_addr),
         cancel,
     }
