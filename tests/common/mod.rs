@@ -1,11 +1,12 @@
 //! What every test binary that starts processes shares: free loopback ports, guarded child
-//! processes, a private `redis-server`, the `wxlogin sandbox` binary, the example sites and an
-//! SSE reader.
+//! processes, a private `redis-server`, Sentinel set or Redis Cluster, the `wxlogin sandbox`
+//! binary, the example sites and an SSE reader.
 //! Included with `#[path]` by `tests/it`, `tests/browser.rs`, `tests/example_site.rs` and
 //! `tests/bench_smoke.rs`.
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod example_site;
 pub mod process;
 pub mod redis_server;

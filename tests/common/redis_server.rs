@@ -51,15 +51,22 @@ impl RedisServer {
 
     /// [`Self::start`] with more arguments (`--replicaof 127.0.0.1 <port>`).
     pub fn start_with(extra: &[String]) -> Self {
+        Self::start_with_for_port(|_| extra.to_vec())
+    }
+
+    /// [`Self::start`] with more arguments made for the port it is tried on (a cluster node's
+    /// config file and bus port differ per node).
+    pub fn start_with_for_port(extra: impl Fn(u16) -> Vec<String>) -> Self {
         for _ in 0..5 {
             let port = free_port();
+            let extra = extra(port);
             let mut child =
-                spawn(port, extra).expect("redis-server runs (apt-get install redis-server)");
+                spawn(port, &extra).expect("redis-server runs (apt-get install redis-server)");
             if wait_listening(&mut child, port) {
                 return Self {
                     child: Some(child),
                     port,
-                    extra: extra.to_vec(),
+                    extra,
                 };
             }
             let _ = child.kill();
@@ -71,6 +78,11 @@ impl RedisServer {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether it runs (it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `redis://127.0.0.1:<port>`.

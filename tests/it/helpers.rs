@@ -1,9 +1,11 @@
 //! `spawn_app()`: a wxlogin on 127.0.0.1:0 talking to its own fake WeChat, and clients for it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wxlogin::app::App;
@@ -12,6 +14,7 @@ use wxlogin::login::LoginService;
 use wxlogin::sandbox::fake::{FakeAccount, FakeWechat};
 use wxlogin::sandbox::phone::{self, Phone};
 
+use crate::common::cluster::RedisCluster;
 use crate::common::redis_server::RedisServer;
 use crate::common::sentinel::{MASTER_NAME, SentinelSet};
 pub use crate::common::sse::Stream;
@@ -29,12 +32,15 @@ pub enum Backend {
     Redis,
     /// A primary, a replica and three sentinels of the test's own (`REDIS_SENTINELS`).
     Sentinel,
+    /// A Redis Cluster of three primaries of the test's own (`REDIS_CLUSTER_URLS`).
+    Cluster,
 }
 
 /// The Redis processes of a test on a Redis backend, stopped when dropped.
 pub enum Servers {
     Redis(RedisServer),
     Sentinel(SentinelSet),
+    Cluster(RedisCluster),
 }
 
 impl Servers {
@@ -44,6 +50,7 @@ impl Servers {
             Backend::Memory => None,
             Backend::Redis => Some(Self::Redis(RedisServer::start())),
             Backend::Sentinel => Some(Self::Sentinel(SentinelSet::start())),
+            Backend::Cluster => Some(Self::Cluster(RedisCluster::start())),
         }
     }
 
@@ -56,8 +63,12 @@ impl Servers {
             Self::Sentinel(set) => {
                 RedisStore::with_sentinel(&sentinel_settings(set), appid, name.into()).unwrap()
             }
+            Self::Cluster(cluster) => {
+                RedisStore::with_cluster(&cluster.seeds(), appid, name.into()).unwrap()
+            }
         };
-        // Through Sentinel the primary is found in the background: wait for it.
+        // Through Sentinel (or a cluster's seeds) the primary is found in the background: wait
+        // for it.
         wait_until(Duration::from_secs(5), || async {
             matches!(store.ping().await, Ok(()) | Err(StoreError::InboxDown))
         })
@@ -85,8 +96,8 @@ tokio::task_local! {
     pub static BACKEND: Backend;
 }
 
-/// Runs each named `async fn()` test once per backend: `name::memory`, `name::redis` and
-/// `name::sentinel`.
+/// Runs each named `async fn()` test once per backend: `name::memory`, `name::redis`,
+/// `name::sentinel` and `name::cluster`.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -106,6 +117,12 @@ macro_rules! on_every_backend {
             async fn sentinel() {
                 crate::helpers::BACKEND
                     .scope(crate::helpers::Backend::Sentinel, super::$name())
+                    .await
+            }
+            #[tokio::test]
+            async fn cluster() {
+                crate::helpers::BACKEND
+                    .scope(crate::helpers::Backend::Cluster, super::$name())
                     .await
             }
         }
@@ -145,6 +162,8 @@ pub struct TestApp {
     pub redis: Option<Arc<Mutex<RedisServer>>>,
     /// The Sentinel deployment of a Sentinel-backed app (shared by the instances of one test).
     pub sentinel: Option<Arc<SentinelSet>>,
+    /// The Redis Cluster of a cluster-backed app (shared by the instances of one test).
+    pub cluster: Option<Arc<RedisCluster>>,
     /// Where the fake WeChat listens.
     pub fake_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
@@ -200,20 +219,34 @@ pub async fn spawn_app_for(account: FakeAccount, settings: &[(&str, &str)]) -> T
 /// A wxlogin against `fake` (its first account in the environment), with extra settings, on
 /// the test's backend.
 pub async fn spawn_app_on(fake: FakeWechat, settings: &[(&str, &str)]) -> TestApp {
+    let servers = Servers::start(BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory));
+    spawn_app_sharing(fake, servers, settings).await
+}
+
+/// A wxlogin against `fake`, with extra settings, on `servers` (in memory without).
+async fn spawn_app_sharing(
+    fake: FakeWechat,
+    servers: Option<Servers>,
+    settings: &[(&str, &str)],
+) -> TestApp {
     init_logs();
     let cancel = CancellationToken::new();
     let fake_addr = wxlogin::sandbox::spawn_fake(&fake, cancel.clone())
         .await
         .expect("fake WeChat binds");
-    let shared = match Servers::start(BACKEND.try_with(|b| *b).unwrap_or(Backend::Memory)) {
+    let shared = match servers {
         None => Shared::default(),
         Some(Servers::Redis(redis)) => Shared {
             redis: Some(Arc::new(Mutex::new(redis))),
-            sentinel: None,
+            ..Shared::default()
         },
         Some(Servers::Sentinel(set)) => Shared {
-            redis: None,
             sentinel: Some(Arc::new(set)),
+            ..Shared::default()
+        },
+        Some(Servers::Cluster(cluster)) => Shared {
+            cluster: Some(Arc::new(cluster)),
+            ..Shared::default()
         },
     };
     let phone = Phone::new(fake.clone());
@@ -239,7 +272,7 @@ pub async fn spawn_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp
         .expect("fake WeChat binds");
     let shared = Shared {
         redis: Some(Arc::new(Mutex::new(RedisServer::start()))),
-        sentinel: None,
+        ..Shared::default()
     };
     let phone = Phone::new(fake.clone());
     let mut apps = Vec::new();
@@ -267,6 +300,7 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
         Shared {
             redis: peer.redis.clone(),
             sentinel: peer.sentinel.clone(),
+            cluster: peer.cluster.clone(),
         },
         settings,
     )
@@ -276,9 +310,23 @@ pub async fn spawn_instances_on(peer: &TestApp, settings: &[(&str, &str)]) -> Te
 /// Several wxlogin instances on one Sentinel deployment and one fake WeChat, like
 /// [`spawn_instances`].
 pub async fn spawn_sentinel_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
-    let first = BACKEND
-        .scope(Backend::Sentinel, spawn_app_with(settings))
-        .await;
+    spawn_instances_sharing(Servers::start(Backend::Sentinel), n, settings).await
+}
+
+/// Several wxlogin instances on one Redis Cluster (three primaries, no replicas) and one fake
+/// WeChat, like [`spawn_instances`].
+pub async fn spawn_cluster_instances(n: usize, settings: &[(&str, &str)]) -> Vec<TestApp> {
+    spawn_instances_sharing(Servers::start(Backend::Cluster), n, settings).await
+}
+
+/// `n` instances on `servers` and one fake WeChat; its callbacks go to the first instance.
+pub async fn spawn_instances_sharing(
+    servers: Option<Servers>,
+    n: usize,
+    settings: &[(&str, &str)],
+) -> Vec<TestApp> {
+    let fake = FakeWechat::new(FakeAccount::random());
+    let first = spawn_app_sharing(fake, servers, settings).await;
     let mut apps = vec![first];
     for _ in 1..n {
         apps.push(spawn_instances_on(&apps[0], settings).await);
@@ -291,6 +339,7 @@ pub async fn spawn_sentinel_instances(n: usize, settings: &[(&str, &str)]) -> Ve
 struct Shared {
     redis: Option<Arc<Mutex<RedisServer>>>,
     sentinel: Option<Arc<SentinelSet>>,
+    cluster: Option<Arc<RedisCluster>>,
 }
 
 /// The settings of an instance against `fake` (on `redis`, if given), with `settings` on top.
@@ -361,10 +410,16 @@ async fn spawn_instance(
     if let Some(set) = &shared.sentinel {
         vars.insert("REDIS_SENTINELS".into(), set.sentinels());
         vars.insert("REDIS_MASTER_NAME".into(), MASTER_NAME.into());
-        if !vars.contains_key("LOGIN_TOKEN_SECRET") {
-            vars.entry("LOGIN_TOKEN_KEY_FILE".into())
-                .or_insert_with(shared_key_file);
-        }
+    }
+    if let Some(cluster) = &shared.cluster {
+        vars.insert("REDIS_CLUSTER_URLS".into(), cluster.urls());
+    }
+    // Instances on one Redis sign login tokens with one key, so that each verifies the others'.
+    if (shared.sentinel.is_some() || shared.cluster.is_some())
+        && !vars.contains_key("LOGIN_TOKEN_SECRET")
+    {
+        vars.entry("LOGIN_TOKEN_KEY_FILE".into())
+            .or_insert_with(shared_key_file);
     }
     let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("valid test config");
     let app = App::with_listener(&config, listener, None).expect("app builds");
@@ -382,6 +437,7 @@ async fn spawn_instance(
         client: reqwest::Client::new(),
         redis: shared.redis,
         sentinel: shared.sentinel,
+        cluster: shared.cluster,
         fake_addr: Some(fake_addr),
         cancel,
     }
@@ -587,4 +643,236 @@ pub fn assert_login(result: &Value, openid: &str, event: &str) {
     assert_eq!(result["event"], event, "{result}");
     let token = result["login_token"].as_str().expect("a login_token");
     assert_eq!(token.split('.').count(), 3, "{token}");
+}
+
+// What a test that stops a Redis primary under load watches and does.
+
+/// The pause between WeChat's attempts at one callback (WeChat waits 5 s; shorter here to keep
+/// the suite quick: what is counted is whether a retry was needed, not how long it took).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Attempts before a login counts as lost.
+pub const ATTEMPTS: u32 = 40;
+
+/// What `/readyz` of an instance did while the test ran: down at some point, then up again.
+#[derive(Default)]
+pub struct Readiness {
+    went_down: AtomicBool,
+    came_back: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether `/readyz` answered other than 200 at some point.
+    pub fn went_down(&self) -> bool {
+        self.went_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether `/readyz` answered 200 again after it went down.
+    pub fn came_back(&self) -> bool {
+        self.came_back.load(Ordering::Relaxed)
+    }
+}
+
+/// Polls `/readyz` every 50 ms until `stop`.
+pub async fn watch_readiness(app: &TestApp, seen: &Readiness, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let ready = app.get("/readyz").await.status() == 200;
+        if !ready {
+            seen.went_down.store(true, Ordering::Relaxed);
+        } else if seen.went_down.load(Ordering::Relaxed) {
+            seen.came_back.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a stream every 100 ms until one opens after a refusal: when it opened again (503
+/// with `Retry-After` meanwhile), or `None`.
+pub async fn open_through_the_outage(app: &TestApp) -> Option<Instant> {
+    let mut refused = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let stream = app.open().await;
+        match stream.status.as_u16() {
+            503 => {
+                assert!(
+                    stream.headers.contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                refused = true;
+            }
+            200 if refused => return Some(Instant::now()),
+            200 => {}
+            other => panic!("a new stream during the failover got {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Sends WeChat's callback for `scene` as WeChat does: the same event again after every
+/// answer 5xx. The attempts it took.
+pub async fn scan_like_wechat(app: &TestApp, scene: &str, openid: &str) -> u32 {
+    let xml = app.scan_xml(scene, openid, phone::now_secs());
+    for attempt in 1..=ATTEMPTS {
+        let response = app
+            .post_callback(&app.signed_query(openid), xml.clone())
+            .await;
+        if response.status().is_success() {
+            return attempt;
+        }
+        assert!(response.status().is_server_error(), "{}", response.status());
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    panic!("the callback for {openid} was refused {ATTEMPTS} times");
+}
+
+/// The login of a stream: read on, or (if the stream ended) resumed by its last event id as
+/// EventSource does.
+pub async fn login_of(app: &TestApp, mut stream: Stream, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        while let Some(event) = stream.next_json_within(Duration::from_secs(30)).await {
+            if event.get("userId").is_some() {
+                assert!(
+                    stream.ends_within(Duration::from_secs(5)).await,
+                    "the stream ends after its result"
+                );
+                return event;
+            }
+        }
+        assert!(Instant::now() < deadline, "no login for the stream of {id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream = app.open_resuming(id).await;
+    }
+}
+
+/// Streams waiting on two instances when a primary dies in [`streams_through_a_failover`].
+pub const FAILOVER_STREAMS: usize = 200;
+/// Streams whose browser went away and whose scan came before the failover: their results were
+/// written before it, and the browsers' return after it gets each once.
+const FAILOVER_AWAY: usize = 20;
+/// The pause between two scans: the 200 callbacks come over 4 s, during the failover and after.
+const FAILOVER_SCAN_EVERY: Duration = Duration::from_millis(20);
+
+/// What [`streams_through_a_failover`] saw.
+pub struct FailoverRun {
+    /// When the primary was killed.
+    pub killed_at: Instant,
+    /// When a new stream on the second instance opened again after a 503, if one was refused.
+    pub reopened: Option<Instant>,
+    /// What `/readyz` of each instance did.
+    pub readiness: [Readiness; 2],
+    /// Logins whose callback was answered 5xx and sent again.
+    pub retried: u32,
+    /// When the last login arrived.
+    pub done_at: Instant,
+}
+
+impl FailoverRun {
+    /// Prints the figures of the run, `label` first.
+    pub fn print(&self, label: &str) {
+        let refused = match self.reopened {
+            Some(at) => format!(
+                "new streams refused for {:.1} s after the kill",
+                (at - self.killed_at).as_secs_f64()
+            ),
+            None => "no new stream refused".to_owned(),
+        };
+        println!(
+            "{label}: {refused}; {} of {FAILOVER_STREAMS} logins (callbacks sent over {:.1} s \
+             from the kill) needed a WeChat retry (answered 5xx, sent again); all \
+             {FAILOVER_STREAMS} delivered once, the last {:.1} s after the kill",
+            self.retried,
+            (FAILOVER_SCAN_EVERY * FAILOVER_STREAMS as u32).as_secs_f64(),
+            (self.done_at - self.killed_at).as_secs_f64()
+        );
+    }
+}
+
+/// Opens [`FAILOVER_STREAMS`] streams over two instances (ready, on one Redis deployment),
+/// plus streams whose browser goes away and whose scan comes at once; then calls `kill`
+/// (which stops a primary) and sends the waiting streams' callbacks over the failover and
+/// after it, to both instances, as WeChat does (again after a 5xx). Meanwhile it watches
+/// `/readyz` and opens new streams until one is refused and then opens again. Asserts that
+/// every stream gets its own login once, resumed by its last event id if it ended, and that
+/// the returning browsers get theirs.
+pub async fn streams_through_a_failover(apps: &[TestApp], kill: impl FnOnce()) -> FailoverRun {
+    let mut waiting = Vec::new();
+    for i in 0..FAILOVER_STREAMS {
+        let app = &apps[i % 2];
+        let (stream, scene, id) = app.open_with_id().await;
+        waiting.push((i, scene, id, stream));
+    }
+    let mut away = Vec::new();
+    for i in 0..FAILOVER_AWAY {
+        let (stream, scene, id) = apps[i % 2].open_with_id().await;
+        drop(stream);
+        away.push((i, scene, id));
+    }
+    for app in apps {
+        wait_until(Duration::from_secs(10), || async {
+            app.login.open_streams() == FAILOVER_STREAMS / 2
+        })
+        .await;
+    }
+    for (i, scene, _) in &away {
+        let openid = format!("oAway{i}");
+        assert_eq!(scan_like_wechat(&apps[i % 2], scene, &openid).await, 1);
+    }
+    // The sessions reached the replica (asynchronous replication, on loopback: at once; the
+    // results waited for it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stop = AtomicBool::new(false);
+    let readiness = [Readiness::default(), Readiness::default()];
+    let retried = std::sync::atomic::AtomicU32::new(0);
+    let killed_at = Instant::now();
+    kill();
+    let watching = futures_util::future::join(
+        watch_readiness(&apps[0], &readiness[0], &stop),
+        watch_readiness(&apps[1], &readiness[1], &stop),
+    );
+    let scanning = async {
+        // Callbacks spread over the failover and after it, to both instances.
+        let logins = futures_util::stream::iter(waiting)
+            .map(|(i, scene, id, stream)| {
+                let retried = &retried;
+                async move {
+                    tokio::time::sleep(FAILOVER_SCAN_EVERY * i as u32).await;
+                    let openid = format!("oFailover{i}");
+                    let app = &apps[i % 2];
+                    let attempts = scan_like_wechat(&apps[(i / 2) % 2], &scene, &openid).await;
+                    if attempts > 1 {
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let result = login_of(app, stream, &id).await;
+                    assert_login(&result, &openid, "SCAN");
+                }
+            })
+            .buffer_unordered(FAILOVER_STREAMS)
+            .collect::<Vec<()>>();
+        // The browsers that went away come back during the failover, as EventSource does.
+        let returns = futures_util::future::join_all(away.iter().map(|(i, _, id)| {
+            let app = &apps[i % 2];
+            async move {
+                let back = login_of(app, app.open_resuming(id).await, id).await;
+                assert_login(&back, &format!("oAway{i}"), "SCAN");
+            }
+        }));
+        let (reopened, logins, _) =
+            futures_util::future::join3(open_through_the_outage(&apps[1]), logins, returns).await;
+        stop.store(true, Ordering::Relaxed);
+        (reopened, logins.len(), Instant::now())
+    };
+    let (_, (reopened, logins, done_at)) = futures_util::future::join(watching, scanning).await;
+    // Every stream ended with its one result (login_of): WeChat's retries logged nobody in
+    // twice.
+    assert_eq!(logins, FAILOVER_STREAMS);
+    FailoverRun {
+        killed_at,
+        reopened,
+        readiness,
+        retried: retried.into_inner(),
+        done_at,
+    }
 }

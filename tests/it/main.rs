@@ -6,6 +6,7 @@
 
 mod accounts;
 mod callbacks;
+mod cluster;
 mod codes;
 #[path = "../common/mod.rs"]
 mod common;

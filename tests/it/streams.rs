@@ -217,7 +217,7 @@ async fn fifty_clients_that_vanish_mid_stream_leave_nothing_behind() {
     }
     let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["open_streams"], 0);
-    if app.redis.is_none() && app.sentinel.is_none() {
+    if app.redis.is_none() && app.sentinel.is_none() && app.cluster.is_none() {
         assert_eq!(ready["live_scenes"], 0);
     }
     // Their scans now reach nobody.
