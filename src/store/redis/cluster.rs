@@ -5,9 +5,17 @@
 //! Two connections, as with one Redis: most commands, and the results with their `WAIT`,
 //! which holds up the commands behind it on its connection to that node. Both are made at the
 //! first command, not at start-up, so that an instance starts while the cluster is down.
+//!
+//! The client learns the slot map again only when a live node redirects it (`MOVED`): a
+//! primary that died leaves it retrying the dead address (connection refused, timeouts) for
+//! that primary's slots, and it does not react to `READONLY` from a demoted one. So a command
+//! that fails the way a failover makes it fail marks the connection suspect, and the next
+//! command (at most every [`REMAKE_EVERY`]) makes a new one from the seeds, which reads the
+//! slot map afresh, as the Sentinel mode asks the sentinels again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -15,7 +23,7 @@ use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use crate::wechat::secret::Secret;
 
@@ -25,14 +33,80 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a login's result waits for a replica of its shard to acknowledge it (`WAIT`).
 const REPLICA_WAIT: Duration = Duration::from_millis(500);
+/// The least time between two connections made anew after failures.
+const REMAKE_EVERY: Duration = Duration::from_millis(500);
+
+/// A connection to the cluster, made at the first command and again after failures.
+struct Link {
+    made: Mutex<Option<(ClusterConnection, Instant)>>,
+    /// A command failed the way a failover makes it fail.
+    suspect: AtomicBool,
+}
+
+impl Link {
+    fn new() -> Self {
+        Self {
+            made: Mutex::new(None),
+            suspect: AtomicBool::new(false),
+        }
+    }
+
+    /// The connection: made now if there is none, or if it is suspect and old enough.
+    async fn get(&self, client: &ClusterClient) -> RedisResult<ClusterConnection> {
+        let mut made = self.made.lock().await;
+        if let Some((conn, at)) = made.as_ref() {
+            let remake = self.suspect.load(Ordering::Relaxed) && at.elapsed() >= REMAKE_EVERY;
+            if !remake {
+                return Ok(conn.clone());
+            }
+        }
+        self.suspect.store(false, Ordering::Relaxed);
+        // The client tries each seed in turn; bound the whole.
+        let fresh = tokio::time::timeout(RESPONSE_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| timed_out());
+        match (fresh, made.as_mut()) {
+            (Ok(Ok(conn)), _) => {
+                *made = Some((conn.clone(), Instant::now()));
+                Ok(conn)
+            }
+            // No new one: the old one goes on, and is made again at the next failure.
+            (Ok(Err(e)) | Err(e), Some((conn, at))) => {
+                tracing::debug!(error = %e, "cannot reconnect to the Redis Cluster");
+                *at = Instant::now();
+                Ok(conn.clone())
+            }
+            (Ok(Err(e)) | Err(e), None) => Err(e),
+        }
+    }
+
+    /// A command on this connection failed: if it looks like a failover, make it again.
+    fn failed(&self, e: &RedisError) {
+        // Cluster errors: MOVED, ASK, TRYAGAIN, CLUSTERDOWN.
+        let failover = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+                ) | ErrorKind::ClusterConnectionNotFound
+            );
+        if failover {
+            self.suspect.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// The cluster of `REDIS_CLUSTER_URLS`, shared by every account's store of the process.
 pub(super) struct Cluster {
     client: ClusterClient,
     /// Most commands.
-    conn: OnceCell<ClusterConnection>,
+    conn: Link,
     /// Results and their `WAIT`.
-    durable: OnceCell<ClusterConnection>,
+    durable: Link,
 }
 
 /// The client's settings: errors soon rather than requests that hang through an outage, and
@@ -51,8 +125,8 @@ impl Cluster {
     pub(super) fn new(seeds: &[Secret]) -> RedisResult<Self> {
         Ok(Self {
             client: builder(seeds).build()?,
-            conn: OnceCell::new(),
-            durable: OnceCell::new(),
+            conn: Link::new(),
+            durable: Link::new(),
         })
     }
 
@@ -96,32 +170,35 @@ fn timed_out() -> RedisError {
 }
 
 impl Conn {
-    async fn connection(&self) -> RedisResult<ClusterConnection> {
-        let cell = match self.durable {
+    fn link(&self) -> &Link {
+        match self.durable {
             true => &self.cluster.durable,
             false => &self.cluster.conn,
-        };
-        let conn = cell
-            .get_or_try_init(|| async {
-                // The client tries each seed in turn; bound the whole.
-                tokio::time::timeout(
-                    RESPONSE_TIMEOUT * 2,
-                    self.cluster.client.get_async_connection(),
-                )
-                .await
-                .map_err(|_| timed_out())?
-            })
-            .await?;
-        Ok(conn.clone())
+        }
+    }
+
+    async fn connection(&self) -> RedisResult<ClusterConnection> {
+        self.link().get(&self.cluster.client).await
+    }
+
+    /// `reply`, noting a failure that looks like a failover.
+    fn seen<T>(&self, reply: RedisResult<T>) -> RedisResult<T> {
+        if let Err(e) = &reply {
+            self.link().failed(e);
+        }
+        reply
+    }
+
+    /// `cmd` to `routing`.
+    async fn route(&self, cmd: Cmd, routing: RoutingInfo) -> RedisResult<Value> {
+        let mut conn = self.connection().await?;
+        self.seen(conn.route_command(cmd, routing).await)
     }
 
     /// `cmd` on the primary of `key`'s slot.
     async fn on_primary_of(&self, key: &str, cmd: Cmd) -> RedisResult<Value> {
         let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
-        self.connection()
-            .await?
-            .route_command(cmd, RoutingInfo::SingleNode(route))
-            .await
+        self.route(cmd, RoutingInfo::SingleNode(route)).await
     }
 
     /// `PING` on every primary: the cluster serves every slot.
@@ -130,11 +207,7 @@ impl Conn {
             MultipleNodeRoutingInfo::AllMasters,
             Some(ResponsePolicy::AllSucceeded),
         ));
-        self.connection()
-            .await?
-            .route_command(redis::cmd("PING"), routing)
-            .await
-            .map(drop)
+        self.route(redis::cmd("PING"), routing).await.map(drop)
     }
 
     /// Whether the primary of `key`'s slot has a replica to wait for (`ROLE`). A replica
@@ -166,7 +239,10 @@ impl Conn {
 
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move { self.connection().await?.req_packed_command(cmd).await })
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            self.seen(conn.req_packed_command(cmd).await)
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -176,10 +252,8 @@ impl redis::aio::ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            self.connection()
-                .await?
-                .req_packed_commands(cmd, offset, count)
-                .await
+            let mut conn = self.connection().await?;
+            self.seen(conn.req_packed_commands(cmd, offset, count).await)
         })
     }
 
