@@ -54,6 +54,11 @@ impl Registry {
         self.waiters.remove(&(scene.clone(), generation)).is_some()
     }
 
+    /// Whether the waiter is still registered.
+    pub(crate) fn holds(&self, scene: &Scene, generation: u64) -> bool {
+        self.waiters.contains_key(&(scene.clone(), generation))
+    }
+
     /// Waiters registered now.
     pub(crate) fn len(&self) -> usize {
         self.waiters.len()

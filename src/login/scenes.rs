@@ -511,10 +511,10 @@ impl Scenes {
 
     /// Checks every stream held here against its session, after notices may have been lost:
     /// hands over results that arrived meanwhile, ends streams another instance took over,
-    /// and re-creates sessions the store lost.
+    /// and re-creates sessions the store lost. Sessions that cannot be checked now (a shard of
+    /// a Redis Cluster still failing over) are checked again in the background until they
+    /// can be, or their streams are gone.
     pub async fn recover(&self) {
-        /// Sessions checked at once.
-        const CONCURRENCY: usize = 64;
         let held = self.inner.registry.held();
         if held.is_empty() {
             return;
@@ -523,18 +523,48 @@ impl Scenes {
             streams = held.len(),
             "checking the sessions of this instance's streams"
         );
-        let failed = std::sync::atomic::AtomicUsize::new(0);
+        let failed = self.recover_each(held).await;
+        if !failed.is_empty() {
+            tokio::spawn(self.clone().recover_later(failed));
+        }
+    }
+
+    /// [`Self::recover_one`] for each of `held`, some at once: those that failed.
+    async fn recover_each(
+        &self,
+        held: Vec<(Scene, u64, SessionRecord)>,
+    ) -> Vec<(Scene, u64, SessionRecord)> {
+        /// Sessions checked at once.
+        const CONCURRENCY: usize = 64;
+        let failed = std::sync::Mutex::new(Vec::new());
         futures_util::stream::iter(held)
             .for_each_concurrent(CONCURRENCY, |(scene, generation, record)| {
                 let failed = &failed;
                 async move {
-                    if let Err(e) = self.recover_one(&scene, generation, &record).await
-                        && failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                            tracing::warn!(error = %e, "cannot check sessions; will retry when reconnected");
+                    if let Err(e) = self.recover_one(&scene, generation, &record).await {
+                        let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        if failed.is_empty() {
+                            tracing::warn!(error = %e, "cannot check sessions; checking them again soon");
                         }
+                        failed.push((scene, generation, record));
+                    }
                 }
             })
             .await;
+        failed.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks `failed` again, with growing pauses, while their streams are held here.
+    async fn recover_later(self, mut failed: Vec<(Scene, u64, SessionRecord)>) {
+        const FIRST: Duration = Duration::from_millis(250);
+        const MOST: Duration = Duration::from_secs(4);
+        let mut pause = FIRST;
+        while !failed.is_empty() {
+            tokio::time::sleep(pause).await;
+            failed.retain(|(scene, generation, _)| self.inner.registry.holds(scene, *generation));
+            failed = self.recover_each(failed).await;
+            pause = (pause * 2).min(MOST);
+        }
     }
 
     async fn recover_one(
