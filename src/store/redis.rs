@@ -53,6 +53,11 @@ use crate::wechat::token::{ShareError, TokenShare};
 /// Limits on talking to Redis: a command, a connection attempt.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a result is told again to its stream's instance after errors (on a Cluster), and
+/// the pause between tries: within WeChat's 5 s wait for the callback's answer, with the
+/// script and the replica's acknowledgement.
+const TELL_RETRIES_FOR: Duration = Duration::from_secs(1);
+const TELL_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How often the subscription is checked with a PING, and the backoff between attempts to
 /// subscribe again.
 const INBOX_PING: Duration = Duration::from_secs(5);
@@ -598,11 +603,23 @@ impl RedisStore {
             "g": h.generation.to_string(),
             "r": result,
         });
-        let heard = match self.publish(conn, &h.instance, &notice).await {
-            Ok(heard) => heard,
-            Err(e) => {
-                tracing::warn!(error = %e, scene = %scene.short(), "cannot tell a stream's instance of its result");
-                0
+        // An error (the channel's primary just died, and the client still routes to it) is
+        // retried for a while, on a connection made anew: that instance cannot learn of the
+        // result otherwise until its stream's wait ends, because it checked its sessions when
+        // its inbox came back, which may have been before this script ran. Silence (nobody
+        // heard) needs no retry: an instance whose inbox was away checks its sessions after.
+        let deadline = tokio::time::Instant::now() + TELL_RETRIES_FOR;
+        let heard = loop {
+            match self.publish(conn, &h.instance, &notice).await {
+                Ok(heard) => break heard,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, scene = %scene.short(), "cannot tell a stream's instance of its result");
+                    break 0;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "telling a stream's instance again soon");
+                    tokio::time::sleep(TELL_RETRY_PAUSE).await;
+                }
             }
         };
         if heard > 0 {
