@@ -28,12 +28,22 @@ fn spawn(port: u16, extra: &[String]) -> std::io::Result<Child> {
         .spawn()
 }
 
-/// Waits until `port` accepts connections; `false` if the server died or 5 s passed.
+/// Waits until `child` answers on `port`; `false` if it died or 5 s passed. Another test's
+/// server may have taken the port between its pick and our start: the server that answers
+/// must be ours (its `process_id`).
 pub fn wait_listening(child: &mut Child, port: u16) -> bool {
+    wait_listening_with(child, port, None)
+}
+
+/// [`wait_listening`] for a server with `requirepass`.
+fn wait_listening_with(child: &mut Child, port: u16, password: Option<&str>) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let ours = format!("process_id:{}", child.id());
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+            return info_server(port, password)
+                .lines()
+                .any(|l| l.trim_end() == ours);
         }
         if matches!(child.try_wait(), Ok(Some(_))) {
             return false;
@@ -41,6 +51,25 @@ pub fn wait_listening(child: &mut Child, port: u16) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// The `--requirepass` among a server's arguments.
+fn password(extra: &[String]) -> Option<&str> {
+    let at = extra.iter().position(|a| a == "--requirepass")?;
+    extra.get(at + 1).map(String::as_str)
+}
+
+/// `INFO server` of the server on `port` (empty if none answers).
+fn info_server(port: u16, password: Option<&str>) -> String {
+    let mut cli = Command::new("redis-cli");
+    cli.args(["-p", &port.to_string()]);
+    if let Some(password) = password {
+        cli.args(["-a", password, "--no-auth-warning"]);
+    }
+    cli.args(["INFO", "server"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl RedisServer {
@@ -62,7 +91,7 @@ impl RedisServer {
             let extra = extra(port);
             let mut child =
                 spawn(port, &extra).expect("redis-server runs (apt-get install redis-server)");
-            if wait_listening(&mut child, port) {
+            if wait_listening_with(&mut child, port, password(&extra)) {
                 return Self {
                     child: Some(child),
                     port,
@@ -104,7 +133,7 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut child = spawn(self.port, &self.extra).expect("redis-server runs");
-            if wait_listening(&mut child, self.port) {
+            if wait_listening_with(&mut child, self.port, password(&self.extra)) {
                 self.child = Some(child);
                 return;
             }
