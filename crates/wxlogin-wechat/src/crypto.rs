@@ -35,7 +35,7 @@ use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use subtle::ConstantTimeEq;
 
-use super::signature::{sign_sorted, verify_sorted};
+use super::signature::{matches_sorted, sign_sorted, verify_sorted};
 use super::xml::push_cdata;
 
 /// Length of an EncodingAESKey as configured in the WeChat admin console.
@@ -354,6 +354,19 @@ pub fn verify_msg_signature(
     expected: &str,
 ) -> bool {
     verify_sorted([token, timestamp, nonce, encrypt], expected)
+}
+
+/// Checks a `msg_signature`, already decoded (`signature::decode_signature`), in constant
+/// time.
+#[must_use]
+pub fn msg_signature_matches(
+    token: &str,
+    timestamp: &str,
+    nonce: &str,
+    encrypt: &str,
+    expected: &[u8; 20],
+) -> bool {
+    matches_sorted([token, timestamp, nonce, encrypt], expected)
 }
 
 /// Appends `text` as escaped XML character data.

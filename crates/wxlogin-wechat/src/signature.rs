@@ -28,7 +28,14 @@ pub fn sign_sorted<const N: usize>(parts: [&str; N]) -> String {
 pub fn verify_sorted<const N: usize>(parts: [&str; N], given: &str) -> bool {
     // Compared as bytes, so nothing is allocated; a `given` that is not 40 hex digits fails
     // before the digest is compared (its length and form are not secret).
-    decode_signature(given).is_some_and(|given| digest_sorted(parts).ct_eq(&given).into())
+    decode_signature(given).is_some_and(|given| matches_sorted(parts, &given))
+}
+
+/// Whether `given` (a signature already decoded, see [`decode_signature`]) is the signature
+/// of `parts`, compared in constant time. For a caller that keeps the decoded bytes anyway
+/// (a callback's binding is named by them): the hex is then decoded once.
+pub fn matches_sorted<const N: usize>(parts: [&str; N], given: &[u8; 20]) -> bool {
+    digest_sorted(parts).ct_eq(given).into()
 }
 
 /// A signature's 20 bytes, from its hex (either case); `None` if it is not 40 hex digits.
@@ -46,6 +53,11 @@ pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
 /// Checks a plain callback signature in constant time.
 pub fn verify_signature(token: &str, timestamp: &str, nonce: &str, given: &str) -> bool {
     verify_sorted([token, timestamp, nonce], given)
+}
+
+/// Checks a plain callback signature, already decoded, in constant time.
+pub fn signature_matches(token: &str, timestamp: &str, nonce: &str, given: &[u8; 20]) -> bool {
+    matches_sorted([token, timestamp, nonce], given)
 }
 
 /// Whether a callback's `timestamp` (seconds) is within `max_skew` seconds of `now`.
@@ -85,6 +97,8 @@ mod tests {
         for (token, ts, nonce, sig) in VECTORS {
             assert_eq!(signature(token, ts, nonce), sig);
             assert!(verify_signature(token, ts, nonce, sig));
+            let decoded = decode_signature(sig).unwrap();
+            assert!(signature_matches(token, ts, nonce, &decoded));
             assert!(verify_signature(
                 token,
                 ts,
@@ -112,5 +126,8 @@ mod tests {
         assert!(!verify_signature("other", ts, nonce, sig));
         assert!(!verify_signature(token, ts, nonce, &sig[..39]));
         assert!(!verify_signature(token, ts, nonce, ""));
+        let decoded = decode_signature(sig).unwrap();
+        assert!(!signature_matches(token, "1409735670", nonce, &decoded));
+        assert!(!signature_matches("other", ts, nonce, &decoded));
     }
 }

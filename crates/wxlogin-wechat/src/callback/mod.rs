@@ -27,9 +27,9 @@ use sha2::Digest as _;
 
 pub use self::event::{Callback, DedupeKey, ScanEvent, ScanKind, TextMessage, classify};
 pub use self::query::Query;
-use super::crypto::{CryptoError, KeyRing, KeySlot, verify_msg_signature};
+use super::crypto::{CryptoError, KeyRing, KeySlot, msg_signature_matches};
 use super::secret::Secret;
-use super::signature::{decode_signature, is_fresh, verify_signature};
+use super::signature::{decode_signature, is_fresh, signature_matches};
 use super::xml::{self, CallbackXml, XmlError};
 
 /// How far a callback's `timestamp` may be from our clock.
@@ -292,7 +292,9 @@ pub fn open<'a>(
     ) else {
         return Err(CallbackError::MissingSignature);
     };
-    if !verify_signature(checker.token.expose(), timestamp, nonce, signature) {
+    // Decoded once: the binding is named by these bytes too.
+    let signature = decode_signature(signature).ok_or(CallbackError::BadSignature)?;
+    if !signature_matches(checker.token.expose(), timestamp, nonce, &signature) {
         return Err(CallbackError::BadSignature);
     }
     let sent: i64 = timestamp.parse().map_err(|_| CallbackError::BadTimestamp)?;
@@ -306,7 +308,6 @@ pub fn open<'a>(
     if checker.keys.is_some() && (!encrypted || query.msg_signature.is_none()) {
         return Err(CallbackError::NotEncrypted);
     }
-    let signature = decode_signature(signature).ok_or(CallbackError::BadSignature)?;
     let msg_signature = match (&checker.keys, query.msg_signature.as_deref()) {
         (Some(_), Some(m)) => Some(decode_signature(m).ok_or(CallbackError::BadMsgSignature)?),
         _ => None,
@@ -333,9 +334,11 @@ pub fn open<'a>(
         return Err(CallbackError::SafeModeOff);
     };
     let encrypt = outer.encrypt.as_deref().ok_or(CallbackError::NoEncrypt)?;
-    // Present: without it the callback was refused above as not encrypted.
-    let msg_signature = query.msg_signature.as_deref().unwrap_or_default();
-    if !verify_msg_signature(
+    // Present and decoded: without it the callback was refused above as not encrypted.
+    let Some(msg_signature) = &msg_signature else {
+        return Err(CallbackError::BadMsgSignature);
+    };
+    if !msg_signature_matches(
         checker.token.expose(),
         timestamp,
         nonce,
