@@ -258,6 +258,17 @@ struct Inner {
     scripts: Scripts,
 }
 
+/// Whether `e` is how a command fails while its primary fails over: the connection lost or
+/// refused, no answer in time, or `READONLY` from a primary demoted to a replica. Sentinel and
+/// Cluster mode both look for the primary again on such an error.
+fn failover_like(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
 fn err(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e)
 }

@@ -83,16 +83,12 @@ impl Link {
     /// A command on this connection failed: if it looks like a failover, make it again.
     fn failed(&self, e: &RedisError) {
         // Cluster errors: MOVED, ASK, TRYAGAIN, CLUSTERDOWN.
-        let failover = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
+        let failover = super::failover_like(e)
             || e.is_cluster_error()
             || matches!(
                 e.kind(),
-                ErrorKind::Server(
-                    redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
-                ) | ErrorKind::ClusterConnectionNotFound
+                ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+                    | ErrorKind::ClusterConnectionNotFound
             );
         if failover {
             self.suspect.store(true, Ordering::Relaxed);

@@ -156,12 +156,7 @@ impl Primary {
 
     /// A command failed: if it looks like a failover, ask the sentinels now.
     fn suspect(&self, e: &RedisError) {
-        let failover = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-        if let (true, Some(wake)) = (failover, &self.wake) {
+        if let (true, Some(wake)) = (super::failover_like(e), &self.wake) {
             wake.notify_one();
         }
     }
