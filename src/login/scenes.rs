@@ -536,22 +536,19 @@ impl Scenes {
     ) -> Vec<(Scene, u64, SessionRecord)> {
         /// Sessions checked at once.
         const CONCURRENCY: usize = 64;
-        let failed = std::sync::Mutex::new(Vec::new());
-        futures_util::stream::iter(held)
-            .for_each_concurrent(CONCURRENCY, |(scene, generation, record)| {
-                let failed = &failed;
-                async move {
-                    if let Err(e) = self.recover_one(&scene, generation, &record).await {
-                        let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
-                        if failed.is_empty() {
-                            tracing::warn!(error = %e, "cannot check sessions; checking them again soon");
-                        }
-                        failed.push((scene, generation, record));
-                    }
-                }
+        let failed: Vec<_> = futures_util::stream::iter(held)
+            .map(|(scene, generation, record)| async move {
+                let outcome = self.recover_one(&scene, generation, &record).await;
+                outcome.err().map(|e| (e, (scene, generation, record)))
             })
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
             .await;
-        failed.into_inner().unwrap_or_else(|p| p.into_inner())
+        if let Some((e, _)) = failed.first() {
+            tracing::warn!(error = %e, failed = failed.len(), "cannot check sessions; checking them again soon");
+        }
+        failed.into_iter().map(|(_, held)| held).collect()
     }
 
     /// Checks `failed` again, with growing pauses, while their streams are held here.
