@@ -31,8 +31,8 @@ use super::event::{Lang, LoginResult, StreamKey};
 use super::pool::QrCode;
 use super::registry::Registry;
 use crate::store::{
-    Attached, Bound, Closed, Holder, Inbox, Notice, Outcome, SessionRecord, SessionState, Store,
-    StoreError, instant_to_ms, ms_to_instant, unix_now_ms,
+    Attached, Bound, Closed, Found, Holder, Inbox, Notice, Outcome, SessionRecord, SessionState,
+    Store, StoreError, instant_to_ms, ms_to_instant, unix_now_ms,
 };
 use crate::wechat::callback::Binding;
 use crate::wechat::ids::Scene;
@@ -394,15 +394,19 @@ impl Scenes {
         make: impl FnOnce(Option<&str>) -> LoginResult,
     ) -> Result<(Outcome, Option<Face>), StoreError> {
         // No session for the scene: it resolves nothing. Only the callback's binding is
-        // recorded (a signed callback is WeChat's, or a replay the binding refuses); the
-        // event's key would only let floods of unknown scenes grow memory.
-        let Some(session) = self.inner.store.session(scene).await? else {
-            let outcome = match self.inner.store.bind(binding).await? {
-                Bound::First => Outcome::Nobody,
-                Bound::Retry { login } => Outcome::Duplicate { login },
-                Bound::Conflict => Outcome::Replayed,
-            };
-            return Ok((outcome, None));
+        // recorded, in the same step as the look (a signed callback is WeChat's, or a replay
+        // the binding refuses); the event's key would only let floods of unknown scenes grow
+        // memory.
+        let session = match self.inner.store.session_or_bind(scene, binding).await? {
+            Found::Session(session) => session,
+            Found::Bound(bound) => {
+                let outcome = match bound {
+                    Bound::First => Outcome::Nobody,
+                    Bound::Retry { login } => Outcome::Duplicate { login },
+                    Bound::Conflict => Outcome::Replayed,
+                };
+                return Ok((outcome, None));
+            }
         };
         let face = Face::decode(&session.record.qr, session.record.expires_ms)
             .map_err(

@@ -20,8 +20,8 @@ use subtle::ConstantTimeEq as _;
 use self::codes::{Attempts, Codes};
 use self::once::Once;
 use super::{
-    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Outcome, SessionRecord, SessionState,
-    Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
+    ATTACHED_GRACE, Attached, Bound, Closed, Found, Holder, Inbox, Outcome, SessionRecord,
+    SessionState, Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
 use crate::wechat::callback::{Binding, replayable_for};
 use crate::wechat::ids::Scene;
@@ -562,6 +562,18 @@ impl Store for MemoryStore {
 
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>> {
         ready(self.bind_now(self.fingerprint(binding.name()), binding))
+    }
+
+    fn session_or_bind<'a>(
+        &'a self,
+        scene: &'a Scene,
+        binding: &'a Binding,
+    ) -> BoxFuture<'a, Result<Found, StoreError>> {
+        let session = self.sessions().get(scene).cloned();
+        ready(match session {
+            Some(session) => Found::Session(session),
+            None => Found::Bound(self.bind_now(self.fingerprint(binding.name()), binding)),
+        })
     }
 
     fn resolve<'a>(

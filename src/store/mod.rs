@@ -269,6 +269,16 @@ impl<H> Outcome<H> {
     }
 }
 
+/// A scan's first look at the store ([`Store::session_or_bind`]): the scene's session, or,
+/// when it has none, what recording the callback's binding found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The scene has a session: the binding is left to [`Store::resolve`].
+    Session(Snapshot),
+    /// No session: the callback's binding is recorded (or found bound) already.
+    Bound(Bound),
+}
+
 /// What recording a callback's binding found ([`Store::bind`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bound {
@@ -517,6 +527,15 @@ pub trait Store: Send + Sync + 'static {
     /// Records a callback's binding ([`Binding`]) of a callback that is not a login scan
     /// (or that found no session), unless its query is bound already.
     fn bind<'a>(&'a self, binding: &'a Binding) -> BoxFuture<'a, Result<Bound, StoreError>>;
+
+    /// Reads the session of `scene`; when there is none, records `binding` as [`Store::bind`]
+    /// does, in the same step: a scan that can resolve nothing (an expired or unknown QR code)
+    /// costs one round trip, its query bound all the same.
+    fn session_or_bind<'a>(
+        &'a self,
+        scene: &'a Scene,
+        binding: &'a Binding,
+    ) -> BoxFuture<'a, Result<Found, StoreError>>;
 
     /// Resolves a scan of `scene`, once, in one atomic step: records the callback's
     /// `binding` ([`Outcome::Replayed`] if its query is bound to another body,

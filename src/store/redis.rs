@@ -41,7 +41,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ATTACHED_GRACE, Attached, Bound, Closed, Holder, Inbox, Notice, Outcome, SessionRecord,
+    ATTACHED_GRACE, Attached, Bound, Closed, Found, Holder, Inbox, Notice, Outcome, SessionRecord,
     SessionState, Snapshot, StockedQr, Store, StoreError, millis, unix_now_ms,
 };
 use crate::config::RedisSentinel;
@@ -306,6 +306,17 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 /// The fields of a session that [`snapshot`] reads, in its order.
 const SESSION_FIELDS: [&str; 9] = ["st", "qr", "aud", "dl", "ex", "h", "r", "k", "kd"];
 
+/// What `bind.lua` found of a binding: `first`, `conflict`, or the first one's outcome.
+fn bound(reply: &[Option<String>]) -> Bound {
+    match reply.first().and_then(Option::as_deref) {
+        Some("first") => Bound::First,
+        Some("conflict") => Bound::Conflict,
+        outcome => Bound::Retry {
+            login: outcome == Some("L"),
+        },
+    }
+}
+
 /// A session from `HMGET` of [`SESSION_FIELDS`].
 fn snapshot(fields: &[Option<String>]) -> Option<Snapshot> {
     let [st, qr, aud, dl, ex, h, r, k, kd] = fields else {
@@ -474,7 +485,7 @@ impl RedisStore {
     /// Records `value` at `key` for `ttl` unless the key holds a value already (`bind.lua`):
     /// first, the same value again (with the outcome recorded for it), or another value.
     async fn record(&self, key: &str, value: &str, ttl: Duration) -> Result<Bound, StoreError> {
-        let reply: String = self
+        let reply: Vec<Option<String>> = self
             .inner
             .scripts
             .bind
@@ -484,13 +495,7 @@ impl RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(err)?;
-        Ok(match reply.as_str() {
-            "first" => Bound::First,
-            "conflict" => Bound::Conflict,
-            outcome => Bound::Retry {
-                login: outcome == "L",
-            },
-        })
+        Ok(bound(&reply))
     }
 
     /// `SET key value NX PX ttl`: sets `key` for `ttl` unless it exists; whether it was set.
@@ -1064,6 +1069,43 @@ impl Store for RedisStore {
                 binding.ttl(),
             )
             .await
+        })
+    }
+
+    fn session_or_bind<'a>(
+        &'a self,
+        scene: &'a Scene,
+        binding: &'a Binding,
+    ) -> BoxFuture<'a, Result<Found, StoreError>> {
+        Box::pin(async move {
+            if self.on_cluster() {
+                // The session and the binding live in different slots: two commands.
+                return Ok(match self.session(scene).await? {
+                    Some(session) => Found::Session(session),
+                    None => Found::Bound(self.bind(binding).await?),
+                });
+            }
+            let reply: Vec<Option<String>> = self
+                .inner
+                .scripts
+                .bind
+                .key(self.once_key(&binding.key()))
+                .key(self.session_key(scene))
+                .arg(binding.digest_hex())
+                .arg(millis(binding.ttl()).max(1))
+                .arg(&SESSION_FIELDS)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            match reply.split_first() {
+                Some((Some(tag), fields)) if tag == "session" => match snapshot(fields) {
+                    Some(session) => Ok(Found::Session(session)),
+                    // A session hash that does not read as one resolves nothing, as a
+                    // missing one: its callback is bound all the same.
+                    None => self.bind(binding).await.map(Found::Bound),
+                },
+                _ => Ok(Found::Bound(bound(&reply))),
+            }
         })
     }
 

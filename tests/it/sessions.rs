@@ -14,7 +14,7 @@ use wxlogin::login::pool::QrCode;
 use wxlogin::login::scenes::{Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
-use wxlogin::store::{Inbox, StockedQr, Store, unix_now_ms};
+use wxlogin::store::{Bound, Found, Inbox, StockedQr, Store, unix_now_ms};
 use wxlogin::wechat::callback::{Binding, ScanKind};
 use wxlogin::wechat::ids::{OpenId, Scene, Ticket};
 use wxlogin::wechat::secret::Secret;
@@ -160,6 +160,68 @@ async fn a_retried_login_is_a_duplicate_and_its_query_with_another_body_a_replay
     assert_eq!(again.unwrap(), Outcome::Duplicate { login: true });
     assert_eq!(same.unwrap(), Outcome::Duplicate { login: true });
     assert_eq!(replay.unwrap(), Outcome::Replayed);
+}
+
+/// `calls=N` of `command` in the server's `INFO commandstats`; 0 when it never ran.
+fn calls(servers: &Servers, command: &str) -> Option<u64> {
+    let Servers::Redis(redis) = servers else {
+        return None;
+    };
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")));
+    Some(line.map_or(0, |l| {
+        l.split(['=', ','])
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }))
+}
+
+async fn a_scan_without_a_session_binds_its_query_in_the_same_step() {
+    let (one, servers) = on_backend().await;
+    let store = &one.store;
+    let nobody = new_scene();
+    let callback = bound(0xcc, "x");
+    let first = store.session_or_bind(&nobody, &callback).await.unwrap();
+    if let Some(servers) = &servers {
+        servers_reset(servers);
+    }
+    let retry = store.session_or_bind(&nobody, &callback).await.unwrap();
+    let replay = store
+        .session_or_bind(&nobody, &bound(0xcc, "y"))
+        .await
+        .unwrap();
+    assert_eq!(first, Found::Bound(Bound::First));
+    assert_eq!(retry, Found::Bound(Bound::Retry { login: false }));
+    assert_eq!(replay, Found::Bound(Bound::Conflict));
+    // One Redis: one script each, no read of the session of its own.
+    if let Some(servers) = &servers
+        && let Some(scripts) = calls(servers, "evalsha")
+    {
+        assert_eq!((scripts, calls(servers, "hmget")), (2, Some(0)));
+    }
+
+    // A scene with a session: read as `session` reads it, the binding left to its resolve.
+    let (view, _attachment) = one.scenes.open(qr(), later(60), None).await.unwrap();
+    let scene = view.qr.scene.clone();
+    let callback = bound(0xdd, "x");
+    let found = store.session_or_bind(&scene, &callback).await.unwrap();
+    let session = store.session(&scene).await.unwrap().unwrap();
+    assert_eq!(found, Found::Session(session));
+    assert_eq!(store.bind(&callback).await.unwrap(), Bound::First);
+    assert_eq!(
+        resolve(&one.scenes, &scene, "o1").await,
+        Outcome::Delivered(())
+    );
+}
+
+/// Zeroes the command counts of a plain Redis.
+fn servers_reset(servers: &Servers) {
+    if let Servers::Redis(redis) = servers {
+        redis.cli(&["CONFIG", "RESETSTAT"]);
+    }
 }
 
 async fn the_result_is_built_with_the_sessions_audience_only_when_resolving() {
@@ -424,6 +486,7 @@ async fn the_stock_hands_each_code_out_once_and_stays_within_its_target() {
 crate::helpers::on_every_backend!(
     a_scan_reaches_the_attached_stream_once,
     a_retried_login_is_a_duplicate_and_its_query_with_another_body_a_replay,
+    a_scan_without_a_session_binds_its_query_in_the_same_step,
     the_result_is_built_with_the_sessions_audience_only_when_resolving,
     a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume,
     a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer,
