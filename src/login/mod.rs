@@ -274,7 +274,8 @@ impl LoginService {
     }
 
     /// Ends the code of `scene`, whose session could not be opened. (A resolved session keeps
-    /// its code until the wait ends, so that a late sender is told the login is over.) A
+    /// its code while it keeps its result, `RESULT_KEEP_SECS`, so that a late sender is told
+    /// the login is over; see [`Store::resolve`].) A
     /// failure only leaves the code to its expiry with the wait (it resolves nothing
     /// meanwhile: it names no session).
     async fn release_code(&self, code: &LoginCode, scene: &Scene) {

@@ -436,6 +436,9 @@ impl Scenes {
                 &event_key,
                 event_ttl,
                 encoded.as_deref(),
+                face.as_ref()
+                    .and_then(|f| f.code.as_ref())
+                    .map(LoginCode::as_str),
                 self.inner.result_keep,
                 now_ms,
             )

@@ -583,6 +583,7 @@ impl Store for MemoryStore {
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        code: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
@@ -626,6 +627,10 @@ impl Store for MemoryStore {
             result: result.to_owned(),
             kept_until_ms,
         };
+        if let Some(code) = code {
+            let now = Instant::now();
+            lock(&self.inner.codes).lapse_by(code, scene, now, now + keep.min(FAR));
+        }
         self.mark_login(event);
         self.mark_bound_login(bound, binding);
         ready(resolved)

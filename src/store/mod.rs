@@ -545,7 +545,10 @@ pub trait Store: Send + Sync + 'static {
     /// result handed to a stream is kept `keep` longer (at most until the QR code expires),
     /// for that stream's reconnect should the result not reach its browser; a parked one
     /// until the QR code expires. The session itself stays until its wait is over, so that a
-    /// resolved session is never taken for a lost one and opened again.
+    /// resolved session is never taken for a lost one and opened again. The session's login
+    /// `code`, if it has one, lapses `keep` after the resolution (not later than it would):
+    /// a late sender of it is told the login is over while the result is kept, and a busy
+    /// site's codes in use follow its waiting streams, not every stream of the last wait.
     #[allow(clippy::too_many_arguments)]
     fn resolve<'a>(
         &'a self,
@@ -554,6 +557,7 @@ pub trait Store: Send + Sync + 'static {
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        code: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>>;

@@ -1116,6 +1116,7 @@ impl Store for RedisStore {
         event_key: &'a str,
         event_ttl: Duration,
         result: Option<&'a str>,
+        code: Option<&'a str>,
         keep: Duration,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Outcome<Holder>, StoreError>> {
@@ -1144,6 +1145,9 @@ impl Store for RedisStore {
             } else {
                 call.key(self.once_key(event_key))
                     .key(self.once_key(&binding.key()));
+                if let Some(code) = code {
+                    call.key(self.code_key(code));
+                }
             }
             call.arg(millis(event_ttl).max(1))
                 .arg(now_ms)
@@ -1170,6 +1174,11 @@ impl Store for RedisStore {
             if let Err(e) = self.replicated(&mut conn, &session_key, has_replica).await {
                 self.tell_own_stream(&mut conn, scene, &reply, result).await;
                 return Err(err(e));
+            }
+            if let (true, Some(code), Some(kind)) = (cluster, code, reply.first())
+                && matches!(kind.as_str(), "delivered" | "parked")
+            {
+                self.lapse_code(code, scene, keep).await;
             }
             match reply.as_slice() {
                 [k] if k == "conflict" => Ok(Outcome::Replayed),

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wxlogin::login::Outcome;
+use wxlogin::login::code::{CodeLength, LoginCode};
+use wxlogin::login::event::Lang;
 use wxlogin::login::event::{LoginResult, StreamKey};
 use wxlogin::login::policy::new_scene;
 use wxlogin::login::pool::QrCode;
-use wxlogin::login::scenes::{Resumed, Scenes, Status};
+use wxlogin::login::scenes::{Face, Resumed, Scenes, Status};
 use wxlogin::store::memory::MemoryStore;
 use wxlogin::store::redis::RedisStore;
 use wxlogin::store::{Bound, Found, Inbox, StockedQr, Store, unix_now_ms};
@@ -281,6 +283,85 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
     );
 }
 
+async fn a_resolved_sessions_login_code_lapses_with_its_kept_result() {
+    let (one, _redis) = on_backend().await;
+    let (scenes, store) = (&one.scenes, &one.store);
+    for parked in [false, true] {
+        let code = LoginCode::random(CodeLength::DEFAULT);
+        let face = Face {
+            qr: qr(),
+            code: Some(code.clone()),
+            lang: Lang::Zh,
+        };
+        let scene = face.qr.scene.clone();
+        assert!(
+            store
+                .code_reserve(code.as_str(), &scene, TTL)
+                .await
+                .unwrap()
+        );
+        let (_, attachment) = scenes.open_face(face, later(60), None).await.unwrap();
+        let attachment = if parked {
+            drop(attachment);
+            // The store learns of the detachment on its own time (a task, with Redis).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        } else {
+            Some(attachment)
+        };
+        let resolved = resolve(scenes, &scene, "o1").await;
+        assert_eq!(
+            resolved,
+            if parked {
+                Outcome::Parked
+            } else {
+                Outcome::Delivered(())
+            }
+        );
+        if let Some(mut attachment) = attachment {
+            (&mut attachment.result).await.unwrap();
+        }
+        // While the result is kept, the code still names its session (a late sender is told
+        // the login is over); after, it is free, not held to the end of the wait (600 s).
+        assert_eq!(
+            store.code_lookup(code.as_str()).await.unwrap(),
+            Some(scene.clone())
+        );
+        tokio::time::sleep(KEEP + Duration::from_millis(300)).await;
+        store.purge_expired();
+        assert_eq!(
+            store.code_lookup(code.as_str()).await.unwrap(),
+            None,
+            "parked: {parked}"
+        );
+        assert!(
+            store
+                .code_reserve(code.as_str(), &new_scene(), TTL)
+                .await
+                .unwrap()
+        );
+    }
+    // A code that names another session is left alone.
+    let code = LoginCode::random(CodeLength::DEFAULT);
+    let other = new_scene();
+    assert!(
+        store
+            .code_reserve(code.as_str(), &other, TTL)
+            .await
+            .unwrap()
+    );
+    let face = Face {
+        qr: qr(),
+        code: Some(code.clone()),
+        lang: Lang::Zh,
+    };
+    let scene = face.qr.scene.clone();
+    let _attached = scenes.open_face(face, later(60), None).await.unwrap();
+    assert_eq!(resolve(scenes, &scene, "o2").await, Outcome::Delivered(()));
+    tokio::time::sleep(KEEP + Duration::from_millis(300)).await;
+    assert_eq!(store.code_lookup(code.as_str()).await.unwrap(), Some(other));
+}
+
 async fn a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer() {
     let (one, _redis) = on_backend().await;
     let scenes = &one.scenes;
@@ -490,6 +571,7 @@ crate::helpers::on_every_backend!(
     the_result_is_built_with_the_sessions_audience_only_when_resolving,
     a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume,
     a_delivered_result_is_kept_for_the_resume_window_and_a_parked_one_longer,
+    a_resolved_sessions_login_code_lapses_with_its_kept_result,
     a_resumed_stream_replaces_the_old_one_and_receives_the_scan,
     a_closed_or_overdue_scene_resolves_nothing,
     a_wrong_key_resumes_nothing_and_leaves_the_stream_waiting,

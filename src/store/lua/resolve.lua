@@ -9,7 +9,11 @@
 -- On a Redis Cluster a script touches one slot: the binding, whose slot is not the scene's, is
 -- then recorded before ('bind.lua') and not passed, and the script does not publish (a channel
 -- of another slot) but returns {'tell', holder} for the caller to tell the stream's instance.
--- KEYS[1] the session, KEYS[2] the event's key, KEYS[3] the binding (one Redis only); ARGV: key
+-- The session's login code, when it has one and is on one Redis, lapses a resume window after
+-- the resolution (never later than it would): on a Cluster it is in another slot, and the
+-- caller shortens it after the script.
+-- KEYS[1] the session, KEYS[2] the event's key, KEYS[3] the binding and KEYS[4] the session's
+-- login code (one Redis only; the code optional); ARGV: key
 -- ttl ms, now ms, result ('' for none), this instance, inbox prefix, scene, resume window ms,
 -- body digest, binding ttl ms, grace ms, '1' when the caller tells the instance.
 local b = KEYS[3] and redis.call('GET', KEYS[3])
@@ -33,6 +37,10 @@ local function keep(until_ms)
   redis.call('PEXPIREAT', KEYS[1], string.format('%d', stay))
   redis.call('SET', KEYS[2], 'L', 'KEEPTTL')
   if KEYS[3] then redis.call('SET', KEYS[3], ARGV[8] .. ':L', 'KEEPTTL') end
+  if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[6]
+      and redis.call('PTTL', KEYS[4]) > tonumber(ARGV[7]) then
+    redis.call('PEXPIRE', KEYS[4], ARGV[7])
+  end
 end
 local h = s[4] or ''
 local inst, gen = string.match(h, '^(.*)/(%d+)$')

@@ -17,8 +17,12 @@ use crate::wechat::ids::Scene;
 static ATTEMPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/code_attempt.lua")));
 
+/// The script shortening a code's life on a Cluster (immutable: its source and digest).
+static LAPSE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/code_lapse.lua")));
+
 impl RedisStore {
-    fn code_key(&self, code: &str) -> String {
+    pub(super) fn code_key(&self, code: &str) -> String {
         format!("{}code:{code}", self.inner.prefix)
     }
 
@@ -59,6 +63,21 @@ impl RedisStore {
             .await
             .map_err(err)?;
         Ok(deleted > 0)
+    }
+
+    /// On a Cluster, where `resolve.lua` cannot reach the code's slot: `code` lapses within
+    /// `keep` if it still names `scene` (`lua/code_lapse.lua`). A failure leaves it to lapse
+    /// with its wait: it names a resolved session, which it cannot log in again.
+    pub(super) async fn lapse_code(&self, code: &str, scene: &Scene, keep: Duration) {
+        let lapsed = LAPSE
+            .key(self.code_key(code))
+            .arg(scene.as_str())
+            .arg(millis(keep))
+            .invoke_async::<i64>(&mut self.conn())
+            .await;
+        if let Err(e) = lapsed {
+            tracing::warn!(error = %err(e), scene = %scene.short(), "cannot shorten a resolved session's login code; it lapses with its wait");
+        }
     }
 
     /// One script (`lua/code_attempt.lua`): the count, the message's, and the window's
