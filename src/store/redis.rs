@@ -1178,7 +1178,10 @@ impl Store for RedisStore {
             if let (true, Some(code), Some(kind)) = (cluster, code, reply.first())
                 && matches!(kind.as_str(), "delivered" | "parked")
             {
-                self.lapse_code(code, scene, keep).await;
+                // Not awaited: the login is done, and the code's shard may be the one
+                // failing over; the callback's answer need not wait for it.
+                let (store, code, scene) = (self.clone(), code.to_owned(), scene.clone());
+                tokio::spawn(async move { store.lapse_code(&code, &scene, keep).await });
             }
             match reply.as_slice() {
                 [k] if k == "conflict" => Ok(Outcome::Replayed),
