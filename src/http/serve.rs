@@ -17,6 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -80,11 +81,14 @@ pub async fn serve(
             });
         let connection = graceful
             .watch(http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        // Mapped, not awaited in an `async` block: such a block holds the connection twice
+        // (as its capture and as the future it awaits), and a held stream's task would
+        // carry 1.7 KB where 0.9 KB does (BENCHMARKS.md).
+        tokio::spawn(connection.map(|ended| {
+            if let Err(e) = ended {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;

@@ -31,10 +31,13 @@ use super::limits::{HoldError, StreamSlot};
 use crate::accounts::Account;
 use crate::config::AccountName;
 use crate::login::code::LoginCode;
-use crate::login::event::{EventId, Lang, LoginEvent, LoginResult, QrIssued, TimeoutEvent};
+use crate::login::event::{
+    EventId, Lang, LoginEvent, LoginResult, QrIssued, StreamKey, TimeoutEvent,
+};
 use crate::login::pool::TakeError;
 use crate::login::scenes::{Attachment, Resumed, SceneView};
 use crate::metrics::Metrics;
+use crate::wechat::ids::Scene;
 
 /// The query of `/sse`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -195,7 +198,7 @@ pub async fn sse(
             (view, Tail::Wait(attachment))
         }
     };
-    Ok(respond(&state, &account, &view, tail, lang, slot))
+    Ok(respond(&state, &account, view, tail, lang, slot))
 }
 
 fn qr_event(account: &Account, view: &SceneView) -> Event {
@@ -229,9 +232,14 @@ fn ceil_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn result_event(account: &AccountName, view: &SceneView, result: &LoginResult) -> Event {
+fn result_event(
+    account: &AccountName,
+    scene: &Scene,
+    key: &StreamKey,
+    result: &LoginResult,
+) -> Event {
     data_event(
-        EventId::format(&view.qr.scene, &view.key, true),
+        EventId::format(scene, key, true),
         &LoginEvent::from(result).with_account(account.as_str()),
     )
 }
@@ -239,25 +247,32 @@ fn result_event(account: &AccountName, view: &SceneView, result: &LoginResult) -
 fn respond(
     state: &AppState,
     account: &Account,
-    view: &SceneView,
+    view: SceneView,
     tail: Tail,
     lang: Lang,
     slot: StreamSlot,
 ) -> Response {
-    let first = stream::once(ready(qr_event(account, view)));
+    let first = stream::once(ready(qr_event(account, &view)));
     let events: BoxStream<'static, Event> = match tail {
         Tail::Result(result) => first
             .chain(stream::once(ready(result_event(
                 &account.name,
-                view,
+                &view.qr.scene,
+                &view.key,
                 &result,
             ))))
             .boxed(),
         Tail::Wait(attachment) => {
+            // The wait keeps what its last event needs, not the whole view: it is held for
+            // as long as the stream is.
             let last = wait_for_result(
                 attachment,
                 account.name.clone(),
-                view.clone(),
+                Waited {
+                    key: view.key,
+                    deadline: view.deadline,
+                    qr: view.qr.is_some(),
+                },
                 state.shutdown.clone(),
                 Arc::clone(&account.metrics),
                 lang,
@@ -281,13 +296,21 @@ fn respond(
     response
 }
 
+/// What a stream's last event needs of its [`SceneView`].
+struct Waited {
+    key: StreamKey,
+    deadline: Instant,
+    /// Whether the stream shows a QR code (its timeout event says so).
+    qr: bool,
+}
+
 /// Waits for the scan, the end of the wait, or shutdown. The attachment lives as long as this
 /// future: when the client goes away the body stream is dropped, the attachment with it, and
 /// the stream is detached (its session stays resumable until the deadline).
 async fn wait_for_result(
     mut attachment: Attachment,
     account: AccountName,
-    view: SceneView,
+    waited: Waited,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
     lang: Lang,
@@ -304,16 +327,16 @@ async fn wait_for_result(
             // A newer stream resumed this session.
             Err(_) => End::Replaced,
         },
-        () = tokio::time::sleep_until(view.deadline.into()) => End::Timeout,
+        () = tokio::time::sleep_until(waited.deadline.into()) => End::Timeout,
         () = shutdown.cancelled() => End::Shutdown,
     };
-    let delivered = |result: LoginResult| {
-        tracing::info!(scene = %view.qr.scene.short(), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
+    let delivered = |scene: &Scene, result: LoginResult| {
+        tracing::info!(scene = %scene.short(), openid = %result.openid.short(), event = result.kind.as_str(), "login delivered");
         Metrics::observe(&metrics.scan_to_push_seconds, result.resolved_at.elapsed());
-        result_event(&account, &view, &result)
+        result_event(&account, scene, &waited.key, &result)
     };
     match end {
-        End::Result(result) => Some(delivered(result)),
+        End::Result(result) => Some(delivered(attachment.scene(), result)),
         End::Shutdown => {
             // The session stays: the browser reconnects (to another instance, with a shared
             // store) and resumes it.
@@ -324,21 +347,24 @@ async fn wait_for_result(
                     .data(r#"{"event":"shutdown","message":"server restarting; reconnecting"}"#),
             )
         }
-        End::Timeout => match attachment.close().await {
-            // A scan resolved the session as the wait ended: it goes to the browser.
-            Some(result) => Some(delivered(result)),
-            None => {
-                tracing::debug!(scene = %view.qr.scene.short(), "stream timed out");
-                Some(data_event(
-                    EventId::format(&view.qr.scene, &view.key, true),
-                    &if view.qr.is_some() {
-                        TimeoutEvent::new(lang)
-                    } else {
-                        TimeoutEvent::code_only(lang)
-                    },
-                ))
+        End::Timeout => {
+            let scene = attachment.scene().clone();
+            match attachment.close().await {
+                // A scan resolved the session as the wait ended: it goes to the browser.
+                Some(result) => Some(delivered(&scene, result)),
+                None => {
+                    tracing::debug!(scene = %scene.short(), "stream timed out");
+                    Some(data_event(
+                        EventId::format(&scene, &waited.key, true),
+                        &if waited.qr {
+                            TimeoutEvent::new(lang)
+                        } else {
+                            TimeoutEvent::code_only(lang)
+                        },
+                    ))
+                }
             }
-        },
+        }
         End::Replaced => None,
     }
 }
