@@ -114,7 +114,85 @@ impl<V> ByFingerprint<V> {
 /// filled, now's, stays small enough to be in cache at any rate of callbacks.
 #[derive(Default)]
 struct Bindings {
-    by_second: BTreeMap<i64, ByFingerprint<Bond>>,
+    by_second: BTreeMap<i64, Second>,
+}
+
+/// How many seconds after its own a second's bindings are settled (see [`Second`]): WeChat's
+/// callbacks carry WeChat's clock, so a second keeps getting bindings for as long as the two
+/// clocks differ.
+const SETTLE_AFTER_SECS: i64 = 5;
+
+/// One second's bindings. A hash table while its callbacks arrive; once the second is past,
+/// its bindings sorted in a slice of their exact size: a table's slots come in powers of two
+/// and it is half empty as often as not, and a second's bindings are kept for five minutes,
+/// so settled seconds hold them in about half the memory. A binding that comes for a settled
+/// second (a clock further off) goes to a table beside it.
+enum Second {
+    Filling(ByFingerprint<Bond>),
+    Settled {
+        sorted: Box<[(u64, Bond)]>,
+        late: ByFingerprint<Bond>,
+    },
+}
+
+impl Second {
+    fn len(&self) -> usize {
+        match self {
+            Self::Filling(table) => table.len(),
+            Self::Settled { sorted, late } => sorted.len() + late.len(),
+        }
+    }
+
+    fn bind(&mut self, fingerprint: u64, digest: [u8; 16]) -> Bound {
+        let table = match self {
+            Self::Filling(table) => table,
+            Self::Settled { sorted, late } => match find(sorted, fingerprint) {
+                Some(bond) => return bond.seen(digest),
+                None => late,
+            },
+        };
+        match table.entry(fingerprint) {
+            Entry::Occupied(seen) => seen.get().1.seen(digest),
+            Entry::Vacant(slot) => {
+                slot.insert((fingerprint, Bond::new(digest)));
+                Bound::First
+            }
+        }
+    }
+
+    fn get_mut(&mut self, fingerprint: u64) -> Option<&mut Bond> {
+        match self {
+            Self::Filling(table) => table.get_mut(fingerprint),
+            Self::Settled { sorted, late } => match find(sorted, fingerprint) {
+                Some(bond) => Some(bond),
+                None => late.get_mut(fingerprint),
+            },
+        }
+    }
+
+    /// Sorts a filling second's bindings into a slice of their size.
+    fn settle(&mut self) {
+        if let Self::Filling(table) = self {
+            let mut sorted: Vec<(u64, Bond)> =
+                std::mem::replace(table, ByFingerprint::with_capacity(0))
+                    .0
+                    .into_iter()
+                    .collect();
+            sorted.sort_unstable_by_key(|(fingerprint, _)| *fingerprint);
+            *self = Self::Settled {
+                sorted: sorted.into_boxed_slice(),
+                late: ByFingerprint::with_capacity(0),
+            };
+        }
+    }
+}
+
+/// The binding of `fingerprint` in `sorted`, if there.
+fn find(sorted: &mut [(u64, Bond)], fingerprint: u64) -> Option<&mut Bond> {
+    let at = sorted
+        .binary_search_by_key(&fingerprint, |(f, _)| *f)
+        .ok()?;
+    sorted.get_mut(at).map(|(_, bond)| bond)
 }
 
 impl Bindings {
@@ -123,25 +201,11 @@ impl Bindings {
     fn bind(&mut self, second: i64, fingerprint: u64, digest: [u8; 16]) -> Bound {
         // A new second's table is sized for as many as the latest one holds: at a steady rate
         // it is never grown (and rehashed) while filling.
-        let latest = self.by_second.last_key_value().map_or(0, |(_, t)| t.len());
-        let table = self
-            .by_second
+        let latest = self.by_second.last_key_value().map_or(0, |(_, s)| s.len());
+        self.by_second
             .entry(second)
-            .or_insert_with(|| ByFingerprint::with_capacity(latest));
-        match table.entry(fingerprint) {
-            Entry::Occupied(seen) => {
-                let bond = seen.get().1;
-                if bond.matches(digest) {
-                    Bound::Retry { login: bond.login }
-                } else {
-                    Bound::Conflict
-                }
-            }
-            Entry::Vacant(slot) => {
-                slot.insert((fingerprint, Bond::new(digest)));
-                Bound::First
-            }
-        }
+            .or_insert_with(|| Second::Filling(ByFingerprint::with_capacity(latest)))
+            .bind(fingerprint, digest)
     }
 
     /// Notes that the callback bound under `fingerprint`, signed at `second`, logged
@@ -150,16 +214,23 @@ impl Bindings {
         if let Some(bond) = self
             .by_second
             .get_mut(&second)
-            .and_then(|t| t.get_mut(fingerprint))
+            .and_then(|s| s.get_mut(fingerprint))
         {
             bond.login = true;
         }
     }
 
-    /// Drops the seconds whose queries no longer pass the freshness check at `now`.
+    /// Drops the seconds whose queries no longer pass the freshness check at `now`, and
+    /// settles those that are past.
     fn purge(&mut self, now: i64) {
         self.by_second
             .retain(|second, _| !replayable_for(*second, now).is_zero());
+        for (_, second) in self
+            .by_second
+            .range_mut(..now.saturating_sub(SETTLE_AFTER_SECS))
+        {
+            second.settle();
+        }
     }
 }
 
@@ -185,6 +256,16 @@ impl Bond {
 
     fn matches(self, digest: [u8; 16]) -> bool {
         self.digest.ct_eq(&digest[..12]).into()
+    }
+
+    /// What a callback whose query is bound already is: WeChat's retry with the same body,
+    /// else a replay with another.
+    fn seen(self, digest: [u8; 16]) -> Bound {
+        if self.matches(digest) {
+            Bound::Retry { login: self.login }
+        } else {
+            Bound::Conflict
+        }
     }
 }
 
@@ -737,6 +818,42 @@ mod tests {
         let counted =
             futures_util::FutureExt::now_or_never(store.code_attempt("o1", "m1", Duration::MAX));
         assert!(matches!(counted, Some(Ok(1))));
+    }
+
+    #[test]
+    fn a_settled_second_answers_as_it_did_while_filling_and_takes_late_bindings() {
+        let mut bindings = Bindings::default();
+        let now = 1_800_000_000;
+        let (a, b) = ([1; 16], [2; 16]);
+        for fingerprint in (0..100).map(|n| n * 7919) {
+            assert_eq!(bindings.bind(now, fingerprint, a), Bound::First);
+        }
+        bindings.mark_login(now, 7919);
+        bindings.purge(now + SETTLE_AFTER_SECS - 1);
+        assert!(matches!(
+            bindings.by_second.get(&now),
+            Some(Second::Filling(_))
+        ));
+        bindings.purge(now + SETTLE_AFTER_SECS + 1);
+        let Some(Second::Settled { sorted, late }) = bindings.by_second.get(&now) else {
+            panic!("the second is settled");
+        };
+        assert_eq!((sorted.len(), late.len()), (100, 0));
+        assert!(sorted.is_sorted_by_key(|(f, _)| *f));
+        assert_eq!(bindings.bind(now, 0, a), Bound::Retry { login: false });
+        assert_eq!(bindings.bind(now, 7919, a), Bound::Retry { login: true });
+        assert_eq!(bindings.bind(now, 99 * 7919, b), Bound::Conflict);
+        // A binding for the settled second, from a clock further off.
+        assert_eq!(bindings.bind(now, 5, b), Bound::First);
+        assert_eq!(bindings.bind(now, 5, a), Bound::Conflict);
+        bindings.mark_login(now, 5);
+        bindings.mark_login(now, 2 * 7919);
+        assert_eq!(bindings.bind(now, 5, b), Bound::Retry { login: true });
+        assert_eq!(
+            bindings.bind(now, 2 * 7919, a),
+            Bound::Retry { login: true }
+        );
+        assert_eq!(bindings.by_second.get(&now).map(Second::len), Some(101));
     }
 
     #[test]
