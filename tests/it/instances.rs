@@ -312,13 +312,14 @@ async fn a_redis_restart_is_survived_without_duplicates_and_readiness_follows_it
 /// Counts what Redis sees per login with `MONITOR`: the commands instances send (round
 /// trips) and the commands their scripts run inside Redis. `cargo test --test it
 /// redis_operations -- --nocapture` prints the figures (README, "Several instances").
-/// QR codes only; login codes on (the default) add their reservation and release.
+/// QR codes only; login codes on (the default) add their reservation (their lapse at login is
+/// inside the resolving script).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_operations_per_login_are_few() {
     let qr = redis_operations_per_login("qr").await;
     assert!(qr <= 10.0, "{qr}");
     let both = redis_operations_per_login("qr,code").await;
-    assert!(both <= qr + 2.5, "{both} against {qr}");
+    assert!(both <= qr + 1.5, "{both} against {qr}");
 }
 
 /// Round trips per login with `modes`, and the breakdown printed.
