@@ -254,14 +254,10 @@ impl Bond {
         }
     }
 
-    fn matches(self, digest: [u8; 16]) -> bool {
-        self.digest.ct_eq(&digest[..12]).into()
-    }
-
     /// What a callback whose query is bound already is: WeChat's retry with the same body,
     /// else a replay with another.
     fn seen(self, digest: [u8; 16]) -> Bound {
-        if self.matches(digest) {
+        if self.digest.ct_eq(&digest[..12]).into() {
             Bound::Retry { login: self.login }
         } else {
             Bound::Conflict
@@ -709,8 +705,7 @@ impl Store for MemoryStore {
             kept_until_ms,
         };
         if let Some(code) = code {
-            let now = Instant::now();
-            lock(&self.inner.codes).lapse_by(code, scene, now, now + keep.min(FAR));
+            lock(&self.inner.codes).lapse_by(code, scene, Instant::now() + keep.min(FAR));
         }
         self.mark_login(event);
         self.mark_bound_login(bound, binding);

@@ -283,16 +283,21 @@ async fn a_scan_while_the_stream_is_away_is_parked_and_handed_over_on_resume() {
     );
 }
 
+/// A fresh QR code with `code` beside it, as a stream with login codes shows them.
+fn face_with(code: &LoginCode) -> Face {
+    Face {
+        qr: qr(),
+        code: Some(code.clone()),
+        lang: Lang::Zh,
+    }
+}
+
 async fn a_resolved_sessions_login_code_lapses_with_its_kept_result() {
     let (one, _redis) = on_backend().await;
     let (scenes, store) = (&one.scenes, &one.store);
     for parked in [false, true] {
         let code = LoginCode::random(CodeLength::DEFAULT);
-        let face = Face {
-            qr: qr(),
-            code: Some(code.clone()),
-            lang: Lang::Zh,
-        };
+        let face = face_with(&code);
         let scene = face.qr.scene.clone();
         assert!(
             store
@@ -350,11 +355,7 @@ async fn a_resolved_sessions_login_code_lapses_with_its_kept_result() {
             .await
             .unwrap()
     );
-    let face = Face {
-        qr: qr(),
-        code: Some(code.clone()),
-        lang: Lang::Zh,
-    };
+    let face = face_with(&code);
     let scene = face.qr.scene.clone();
     let _attached = scenes.open_face(face, later(60), None).await.unwrap();
     assert_eq!(resolve(scenes, &scene, "o2").await, Outcome::Delivered(()));

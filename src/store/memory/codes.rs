@@ -65,11 +65,10 @@ impl Codes {
         }
     }
 
-    /// Brings the lapse of `code` forward to `until` if it names `scene` and is live.
-    pub(super) fn lapse_by(&mut self, code: &str, scene: &Scene, now: Instant, until: Instant) {
+    /// Brings the lapse of `code` forward to `until` if it names `scene` (never later).
+    pub(super) fn lapse_by(&mut self, code: &str, scene: &Scene, until: Instant) {
         if let Some(held) = self.by_digits.get_mut(code)
             && held.scene == *scene
-            && held.until > now
         {
             held.until = held.until.min(until);
         }
@@ -185,11 +184,11 @@ mod tests {
         let (a, b) = (new_scene(), new_scene());
         let t0 = Instant::now();
         assert!(codes.reserve("123456", &a, t0, t0 + 2 * MINUTE));
-        codes.lapse_by("123456", &b, t0, t0 + MINUTE);
+        codes.lapse_by("123456", &b, t0 + MINUTE);
         assert_eq!(codes.lookup("123456", t0 + MINUTE), Some(a.clone()));
-        codes.lapse_by("123456", &a, t0, t0 + 3 * MINUTE);
+        codes.lapse_by("123456", &a, t0 + 3 * MINUTE);
         assert_eq!(codes.lookup("123456", t0 + 2 * MINUTE), None);
-        codes.lapse_by("123456", &a, t0, t0 + MINUTE);
+        codes.lapse_by("123456", &a, t0 + MINUTE);
         assert_eq!(codes.lookup("123456", t0 + MINUTE / 2), Some(a.clone()));
         assert_eq!(codes.lookup("123456", t0 + MINUTE), None);
         codes.purge(t0 + MINUTE);
